@@ -1,0 +1,5 @@
+"""``python -m onshore``: the same as the ``onshore`` command."""
+
+from onshore.cli.app import main
+
+main()

@@ -1,0 +1,136 @@
+"""``onshore ingest``, ``onshore inventory`` and ``onshore store verify``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from onshore.cli.output import JsonOption, ProjectOption, console, emit, err_console, progress_bar
+from onshore.settings import load_project
+from onshore.store import SiteStore
+from onshore.store.ingest import iter_inputs
+
+__all__ = ["register"]
+
+SiteOption = Annotated[str, typer.Option("--site", "-s", help="Site id, e.g. cn-shanghai.")]
+
+
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="MCAP, Parquet or CSV files, or folders.")],
+    site: SiteOption,
+    project: ProjectOption = None,
+    keep_bad: Annotated[
+        bool, typer.Option("--keep-bad", help="Copy bad files to quarantine but keep the source.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Ingest fleet uploads into the site's store and catalogue; bad files go to quarantine."""
+    from onshore.store.ingest import ingest as run_ingest
+
+    proj = load_project(project)
+    files = list(iter_inputs(paths))
+    total = sum(f.stat().st_size for f in files)
+    opened = SiteStore.open(proj, site)
+    try:
+        with progress_bar(f"ingest {site}", total, unit="bytes") as bar:
+            report = run_ingest(
+                site,
+                opened.objects,
+                opened.catalogue,
+                files,
+                on_file=lambda _p, n: bar.advance(bar.task_ids[0], n),
+                remove_quarantined_source=not keep_bad,
+            )
+    finally:
+        opened.close()
+
+    def render(d: dict[str, Any]) -> None:
+        console.print(
+            f"{d['site']}: {d['files']} files, {d['clips']} new clips, {d['rows']:,} rows, "
+            f"{d['bytes'] / 1e6:.1f} MB read in {d['seconds']:.1f} s"
+            + (f", {d['already_ingested']} already ingested" if d["already_ingested"] else "")
+        )
+        for q in d["quarantined"]:
+            err_console.print(f"[yellow]quarantined[/] {q['path']}: {q['reason']}")
+
+    emit(report.as_dict(), as_json, render)
+
+
+def inventory(site: SiteOption, project: ProjectOption = None, as_json: JsonOption = False) -> None:
+    """What the site holds: clips, vehicles, rows, bytes, time range, consent shares."""
+    opened = SiteStore.open(load_project(project), site)
+    try:
+        data = opened.catalogue.inventory()
+    finally:
+        opened.close()
+    emit(data, as_json, lambda d: console.print(inventory_table([d])))
+
+
+def inventory_table(rows: list[dict[str, Any]]) -> Table:
+    """A table of site inventories, one row a site."""
+    table = Table(
+        "site",
+        "clips",
+        "vehicles",
+        "rows",
+        "MB",
+        "from",
+        "to",
+        "consent (clips)",
+        "quarantined",
+        title="Inventory",
+    )
+    for d in rows:
+        share = d["consent"]["training_share_of_clips"]
+        tr = d["time_range"]
+        table.add_row(
+            d["site"],
+            f"{d['clips']:,}",
+            f"{d['vehicles']:,}",
+            f"{d['rows']:,}",
+            f"{d['bytes'] / 1e6:.1f}",
+            (tr["start"] or "-")[:19],
+            (tr["end"] or "-")[:19],
+            "-" if share is None else f"{share:.0%}",
+            str(d["files"]["quarantined"]),
+        )
+    return table
+
+
+store_app = typer.Typer(help="Check a site's store.", no_args_is_help=True)
+
+
+@store_app.command()
+def verify(
+    site: SiteOption,
+    project: ProjectOption = None,
+    deep: Annotated[bool, typer.Option(help="Also re-hash every clip object.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Check that the site's store and catalogue agree; exit 1 if they do not."""
+    opened = SiteStore.open(load_project(project), site)
+    try:
+        report = opened.check(deep=deep)
+    finally:
+        opened.close()
+
+    def render(d: dict[str, Any]) -> None:
+        if d["ok"]:
+            console.print(f"{d['site']}: store and catalogue agree ({d['clips']} clips)")
+            return
+        for key in ("missing_objects", "damaged_objects", "uncatalogued_objects", "partial_writes"):
+            if d[key]:
+                console.print(f"[red]{key.replace('_', ' ')}[/]: {', '.join(d[key][:10])}")
+
+    emit(report, as_json, render)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(ingest)
+    app.command()(inventory)
+    app.add_typer(store_app, name="store")

@@ -1,0 +1,183 @@
+"""The one error tree of onshore.
+
+Every error a user can meet is an :class:`OnshoreError` with a stable ``code`` (part of the public
+interface: scripts match on it, the CLI prints it in ``--json`` output), a message that says what
+to do, and the exit code the CLI ends with. ``Transient`` errors may succeed when retried as they
+are (a store or database that did not answer); ``Terminal`` ones will not until the input or the
+configuration is changed. Retry code checks these markers, never message text.
+
+    OnshoreError
+    ├── ConfigError                  (terminal) onshore.toml or an option is wrong
+    │   ├── ProjectNotFound          (terminal) no onshore.toml where one was looked for
+    │   ├── ProjectExists            (terminal) init would overwrite a project
+    │   └── SiteNotFound             (terminal) a site id that the project does not declare
+    ├── KeystoreError                (terminal) a site's keys are missing or unreadable
+    ├── SimulationError              (terminal) SUMO or a network build failed
+    ├── ClipError                    (terminal) one input file is not a valid clip: quarantined
+    │   ├── UnreadableFile           (terminal) empty, truncated, or not the format its name says
+    │   ├── SchemaError              (terminal) a channel, column or field is missing or mistyped
+    │   ├── PhysicsError             (terminal) time, position or speed cannot be real
+    │   └── ClipConflict             (terminal) a clip id already stored with other content
+    ├── StoreError                   (transient) the site's object store failed
+    └── CatalogueError               (transient) the site's catalogue database failed
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "ERRORS",
+    "CatalogueError",
+    "ClipConflict",
+    "ClipError",
+    "ConfigError",
+    "KeystoreError",
+    "OnshoreError",
+    "PhysicsError",
+    "ProjectExists",
+    "ProjectNotFound",
+    "SchemaError",
+    "SimulationError",
+    "SiteNotFound",
+    "StoreError",
+    "Terminal",
+    "Transient",
+    "UnreadableFile",
+]
+
+
+class Transient:
+    """Marker: the same call may succeed if retried later."""
+
+
+class Terminal:
+    """Marker: retrying will not help until the input or configuration changes."""
+
+
+class OnshoreError(Exception):
+    """Base of every error onshore raises on purpose.
+
+    ``code`` is stable across releases; ``exit_code`` is what the CLI exits with; ``hint`` says
+    what the user can do about it.
+    """
+
+    code: ClassVar[str] = "onshore"
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def to_dict(self) -> dict[str, str | int | None]:
+        """The error as the CLI prints it under ``--json``."""
+        return {
+            "error": self.code,
+            "message": self.message,
+            "hint": self.hint,
+            "exit_code": self.exit_code,
+        }
+
+    def __str__(self) -> str:
+        return self.message if self.hint is None else f"{self.message} ({self.hint})"
+
+
+class ConfigError(OnshoreError, Terminal):
+    """The project's configuration, or an option given to a command, is wrong."""
+
+    code = "config"
+    exit_code = 2
+
+
+class ProjectNotFound(ConfigError):
+    """No ``onshore.toml`` where one was looked for."""
+
+    code = "config.project_not_found"
+
+
+class ProjectExists(ConfigError):
+    """``init`` would overwrite an existing project."""
+
+    code = "config.project_exists"
+
+
+class SiteNotFound(ConfigError):
+    """A site id the project does not declare."""
+
+    code = "config.site_not_found"
+
+
+class KeystoreError(OnshoreError, Terminal):
+    """A site's keystore is missing, unreadable or readable by others."""
+
+    code = "keystore"
+    exit_code = 3
+
+
+class SimulationError(OnshoreError, Terminal):
+    """SUMO, or building its road network, failed."""
+
+    code = "simulation"
+    exit_code = 4
+
+
+class ClipError(OnshoreError, Terminal):
+    """One input file is not a valid clip. Ingest quarantines the file with this reason."""
+
+    code = "clip"
+    exit_code = 5
+
+
+class UnreadableFile(ClipError):
+    """The file is empty, truncated, or not in the format its name says."""
+
+    code = "clip.unreadable"
+
+
+class SchemaError(ClipError):
+    """A channel, column or field the clip format requires is missing or has the wrong type."""
+
+    code = "clip.schema"
+
+
+class PhysicsError(ClipError):
+    """Time, position or speed that no real vehicle could have recorded."""
+
+    code = "clip.physics"
+
+
+class StoreError(OnshoreError, Transient):
+    """The site's object store could not be read or written."""
+
+    code = "store"
+    exit_code = 6
+
+
+class CatalogueError(OnshoreError, Transient):
+    """The site's catalogue database could not be read or written."""
+
+    code = "catalogue"
+    exit_code = 7
+
+
+class ClipConflict(ClipError):
+    """A clip id already in the catalogue with different content."""
+
+    code = "clip.conflict"
+
+
+def _catalogue() -> dict[str, type[OnshoreError]]:
+    found: dict[str, type[OnshoreError]] = {}
+    pending: list[type[OnshoreError]] = [OnshoreError]
+    while pending:
+        cls = pending.pop()
+        if cls.code in found:
+            raise RuntimeError(f"error code {cls.code!r} is used twice")
+        found[cls.code] = cls
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+ERRORS: dict[str, type[OnshoreError]] = _catalogue()
+"""Every error code, mapped to its class. A test checks each is documented above."""

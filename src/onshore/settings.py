@@ -1,0 +1,225 @@
+"""Typed settings: ``onshore.toml`` parsed into documented objects.
+
+A project is a folder holding ``onshore.toml``. Relative paths in it are relative to that folder.
+Secrets are never in this file: each site's keys live in its keystore (see
+:mod:`onshore.sites.keystore`), and this file only says where that keystore is.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from onshore.errors import ConfigError, ProjectNotFound, SiteNotFound
+
+__all__ = [
+    "CONFIG_NAME",
+    "ComputeProfile",
+    "FleetSettings",
+    "Project",
+    "Settings",
+    "SiteSettings",
+    "find_project",
+    "load_project",
+]
+
+CONFIG_NAME: Final = "onshore.toml"
+
+Jurisdiction = Literal["CN", "EU", "US"]
+SiteId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class ComputeProfile(_Model):
+    """What a site can compute with."""
+
+    device: str = "cpu"
+    """Torch device the site trains on (``cpu``, ``cuda``)."""
+    relative_throughput: float = Field(default=1.0, gt=0)
+    """Work per unit time relative to a reference site; export rules cap some sites' hardware."""
+    accelerators: str = ""
+    """Free text: the accelerators the site has, e.g. ``8x H20`` (for the model card)."""
+
+
+class FleetSettings(_Model):
+    """How the site's simulated fleet behaves (``onshore fleet simulate``)."""
+
+    profile: Literal["cn", "eu", "us"] | None = None
+    """Region profile for the simulator; defaults to the site's jurisdiction."""
+    fleet_share: float = Field(default=0.3, gt=0, le=1)
+    """Share of passenger cars in traffic that are fleet vehicles and record."""
+    no_consent_share: float = Field(default=0.15, ge=0, le=1)
+    """Share of fleet vehicles whose driver has not consented to training."""
+    clip_seconds: float = Field(default=20.0, ge=5, le=600)
+    """Length of the window a vehicle uploads as one clip."""
+
+
+class SiteSettings(_Model):
+    """One regional data centre."""
+
+    id: SiteId
+    jurisdiction: Jurisdiction
+    """Whose law governs the data recorded here: ``CN``, ``EU`` or ``US``."""
+    entity: str = Field(min_length=1)
+    """The legal entity operating the site (the data handler in that jurisdiction)."""
+    store: str
+    """fsspec URL of the site's object store, or a folder (relative to the project)."""
+    catalogue: str
+    """SQLAlchemy URL of the site's catalogue; a relative SQLite path is relative to the project."""
+    keystore: str
+    """Folder holding the site's Ed25519 key and HMAC secret (owner-only permissions)."""
+    compute: ComputeProfile = ComputeProfile()
+    fleet: FleetSettings = FleetSettings()
+
+    @property
+    def region_profile(self) -> Literal["cn", "eu", "us"]:
+        """The fleet simulator profile this site uses."""
+        if self.fleet.profile is not None:
+            return self.fleet.profile
+        match self.jurisdiction:
+            case "CN":
+                return "cn"
+            case "EU":
+                return "eu"
+            case "US":
+                return "us"
+
+
+class Settings(_Model):
+    """The whole of ``onshore.toml``."""
+
+    name: str = "onshore"
+    """A name for the project, shown in reports."""
+    sites: dict[str, SiteSettings] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    """A project folder and its parsed settings, with paths resolved against the folder."""
+
+    root: Path
+    settings: Settings
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    def site(self, site_id: str) -> SiteSettings:
+        """The site called ``site_id``; raises :class:`SiteNotFound` naming the declared ones."""
+        try:
+            return self.settings.sites[site_id]
+        except KeyError:
+            known = ", ".join(sorted(self.settings.sites)) or "none"
+            raise SiteNotFound(
+                f"no site {site_id!r} in {self.config_path}",
+                hint=f"declared sites: {known}",
+            ) from None
+
+    def store_url(self, site: SiteSettings) -> str:
+        """The site's store as an fsspec URL or absolute path."""
+        if "://" in site.store:
+            return site.store
+        return str((self.root / site.store).resolve())
+
+    def catalogue_url(self, site: SiteSettings) -> str:
+        """The site's catalogue as a SQLAlchemy URL, relative SQLite paths made absolute."""
+        url = site.catalogue
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/"):
+            rest = url[len(prefix) :]
+            if rest and rest != ":memory:":
+                return prefix + str((self.root / rest).resolve())
+        return url
+
+    def keystore_path(self, site: SiteSettings) -> Path:
+        """The site's keystore folder."""
+        return (self.root / site.keystore).resolve()
+
+
+def _parse(raw: dict[str, object], source: Path) -> Settings:
+    project = raw.get("project", {})
+    sites_raw = raw.get("sites", {})
+    unknown = set(raw) - {"project", "sites"}
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {', '.join(sorted(unknown))}")
+    if not isinstance(project, dict) or not isinstance(sites_raw, dict):
+        raise ConfigError(f"{source}: [project] and [sites] must be tables")
+    sites = {}
+    for site_id, body in sites_raw.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: [sites.{site_id}] must be a table")
+        defaults = {
+            "id": site_id,
+            "store": f"sites/{site_id}/store",
+            "keystore": f"keys/{site_id}",
+        }
+        merged = {**defaults, **body}
+        if "catalogue" not in merged:
+            merged["catalogue"] = _default_catalogue(str(merged["store"]), source, site_id)
+        sites[site_id] = merged
+    try:
+        return Settings.model_validate({**project, "sites": sites})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        if where.startswith("sites."):
+            parts = where.split(".")
+            where = f"[sites.{parts[1]}] {'.'.join(parts[2:])}"
+        raise ConfigError(
+            f"{source}: {where}: {first['msg']}", hint=f"{exc.error_count()} problem(s) in all"
+        ) from exc
+
+
+def _default_catalogue(store: str, source: Path, site_id: str) -> str:
+    if "://" in store and not store.startswith("file://"):
+        raise ConfigError(
+            f"{source}: [sites.{site_id}] store {store!r} is not a local folder, "
+            "so catalogue has no default",
+            hint="set catalogue = a SQLAlchemy URL, e.g. postgresql+psycopg://...",
+        )
+    folder = store.removeprefix("file://")
+    return f"sqlite:///{folder}/catalogue.sqlite"
+
+
+def find_project(start: Path | None = None) -> Path:
+    """The project folder: ``$ONSHORE_PROJECT``, or the nearest folder from ``start`` (default:
+    the working directory) upwards holding ``onshore.toml``."""
+    env = os.environ.get("ONSHORE_PROJECT")
+    if start is None and env:
+        return Path(env)
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / CONFIG_NAME).is_file():
+            return folder
+    raise ProjectNotFound(
+        f"no {CONFIG_NAME} in {here} or any folder above it",
+        hint="run 'onshore init DIR --example three-regions', then pass --project DIR "
+        "or set ONSHORE_PROJECT",
+    )
+
+
+def load_project(path: Path | None = None) -> Project:
+    """Read and validate a project. ``path`` is its folder or its ``onshore.toml``; ``None``
+    looks for one with :func:`find_project`. Raises :class:`ConfigError` naming the field."""
+    root = path if path is not None else find_project()
+    if root.name == CONFIG_NAME:
+        root = root.parent
+    config = root / CONFIG_NAME
+    if not config.is_file():
+        raise ProjectNotFound(
+            f"no {CONFIG_NAME} in {root}",
+            hint="run 'onshore init DIR --example three-regions' first",
+        )
+    try:
+        raw = tomllib.loads(config.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{config}: not valid TOML: {exc}") from exc
+    return Project(root.resolve(), _parse(raw, config))

@@ -1,0 +1,111 @@
+"""Sites: the regional data centres a project declares, and how a project is created.
+
+``init_project`` writes ``onshore.toml`` from an example and creates each site's folders and
+keystore; ``describe_sites`` is what ``onshore sites`` prints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Final
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from onshore.errors import ConfigError, ProjectExists
+from onshore.settings import CONFIG_NAME, Project, load_project
+from onshore.sites.keystore import PUBLIC_FILE, create_keystore
+
+__all__ = ["EXAMPLES", "describe_sites", "init_project"]
+
+_THREE_REGIONS: Final = """\
+# An onshore project: one carmaker, three regional data centres.
+# Relative paths are relative to this file. Secrets are not here: each site's keys live in
+# its keystore folder, readable only by its owner.
+
+[project]
+name = "three-regions"
+
+[sites.cn-shanghai]
+jurisdiction = "CN"
+entity = "Onshore Mobility (Shanghai) Co., Ltd."
+store = "sites/cn-shanghai/store"                                   # any fsspec URL
+catalogue = "sqlite:///sites/cn-shanghai/store/catalogue.sqlite"    # any SQLAlchemy URL
+keystore = "keys/cn-shanghai"
+compute = { device = "cpu", relative_throughput = 0.5, accelerators = "export-capped (H20 class)" }
+fleet = { fleet_share = 0.3, no_consent_share = 0.15 }
+
+[sites.eu-frankfurt]
+jurisdiction = "EU"
+entity = "Onshore Mobility Europe GmbH"
+store = "sites/eu-frankfurt/store"
+catalogue = "sqlite:///sites/eu-frankfurt/store/catalogue.sqlite"
+keystore = "keys/eu-frankfurt"
+compute = { device = "cpu", relative_throughput = 1.0, accelerators = "H100 class" }
+fleet = { fleet_share = 0.3, no_consent_share = 0.1 }
+
+[sites.us-oregon]
+jurisdiction = "US"
+entity = "Onshore Mobility Inc."
+store = "sites/us-oregon/store"
+catalogue = "sqlite:///sites/us-oregon/store/catalogue.sqlite"
+keystore = "keys/us-oregon"
+compute = { device = "cpu", relative_throughput = 1.0, accelerators = "H100 class" }
+fleet = { fleet_share = 0.3, no_consent_share = 0.2 }
+"""
+
+EXAMPLES: Final = {"three-regions": _THREE_REGIONS}
+"""The project templates ``onshore init --example`` knows."""
+
+
+def init_project(folder: Path, example: str = "three-regions") -> Project:
+    """Create a project in ``folder`` from ``example``: ``onshore.toml``, each site's local store
+    folder and its keystore. Raises :class:`ProjectExists` rather than overwrite anything."""
+    if example not in EXAMPLES:
+        raise ConfigError(
+            f"unknown example {example!r}", hint=f"known examples: {', '.join(EXAMPLES)}"
+        )
+    config = folder / CONFIG_NAME
+    if config.exists():
+        raise ProjectExists(
+            f"{config} already exists", hint="choose another folder, or edit the file you have"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / f".{CONFIG_NAME}.new"
+    staging.write_text(EXAMPLES[example], encoding="utf-8")
+    staging.replace(config)
+    project = load_project(folder)
+    for site in project.settings.sites.values():
+        if "://" not in site.store:
+            (project.root / site.store).mkdir(parents=True, exist_ok=True)
+        create_keystore(project.keystore_path(site))
+    return project
+
+
+def describe_sites(project: Project) -> list[dict[str, Any]]:
+    """One record per site, as ``onshore sites --json`` prints it (no secrets)."""
+    rows = []
+    for site in project.settings.sites.values():
+        keystore = project.keystore_path(site)
+        rows.append(
+            {
+                "id": site.id,
+                "jurisdiction": site.jurisdiction,
+                "entity": site.entity,
+                "store": project.store_url(site),
+                "catalogue": _redact(project.catalogue_url(site)),
+                "keystore": str(keystore),
+                "keystore_present": (keystore / PUBLIC_FILE).is_file(),
+                "compute": site.compute.model_dump(),
+                "fleet_profile": site.region_profile,
+            }
+        )
+    return rows
+
+
+def _redact(url: str) -> str:
+    """A database URL with any password replaced, fit for output and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # an unparsable URL is reported where it is used, not here
+        return url

@@ -1,0 +1,374 @@
+"""A site's catalogue: which clips, vehicles and files the site holds, in any SQL database.
+
+SQLAlchemy Core over SQLite by default and PostgreSQL in production; the contract tests run the
+same suite against both. Every table carries the site id, so several sites may share a database
+in development without seeing each other's rows. A file's clips, their vehicles and the file
+itself are registered in one transaction: either all of it is in the catalogue or none is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+
+from onshore.errors import CatalogueError, ClipConflict, ConfigError
+
+__all__ = ["Catalogue", "ClipRecord", "FileRecord"]
+
+SCHEMA_VERSION: Final = 1
+_R = TypeVar("_R", "FileRecord", "ClipRecord")
+
+_metadata = MetaData()
+
+_files = Table(
+    "files",
+    _metadata,
+    Column("site", String(64), primary_key=True),
+    Column("sha256", String(64), primary_key=True),
+    Column("path", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("error_code", String(64)),
+    Column("reason", Text),
+    Column("clips", Integer, nullable=False),
+    Column("quarantine_path", Text),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+)
+
+_vehicles = Table(
+    "vehicles",
+    _metadata,
+    Column("site", String(64), primary_key=True),
+    Column("vin", String(17), primary_key=True),
+    Column("vehicle_model", Text, nullable=False),
+    Column("first_seen", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+)
+
+_clips = Table(
+    "clips",
+    _metadata,
+    Column("site", String(64), primary_key=True),
+    Column("clip_id", String(200), primary_key=True),
+    Column("sha256", String(64), nullable=False, index=True),
+    Column("path", Text, nullable=False),
+    Column("vin", String(17), nullable=False, index=True),
+    Column("vehicle_model", Text, nullable=False),
+    Column("trigger", String(32), nullable=False),
+    Column("consent_training", Boolean, nullable=False),
+    Column("recorded_in", String(64), nullable=False),
+    Column("start_time", DateTime(timezone=True), nullable=False),
+    Column("end_time", DateTime(timezone=True), nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("objects", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("min_lat", Float, nullable=False),
+    Column("max_lat", Float, nullable=False),
+    Column("min_lon", Float, nullable=False),
+    Column("max_lon", Float, nullable=False),
+    Column("source_sha256", String(64), nullable=False),
+    Column("ingested_at", DateTime(timezone=True), nullable=False),
+)
+
+_meta = Table(
+    "onshore_meta",
+    _metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """An input file the site has seen, and what became of it."""
+
+    sha256: str
+    path: str
+    size: int
+    status: str
+    """``ingested`` or ``quarantined``."""
+    clips: int = 0
+    error_code: str | None = None
+    reason: str | None = None
+    quarantine_path: str | None = None
+    recorded_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClipRecord:
+    """One stored clip, as the catalogue knows it."""
+
+    clip_id: str
+    sha256: str
+    path: str
+    vin: str
+    vehicle_model: str
+    trigger: str
+    consent_training: bool
+    recorded_in: str
+    start_time: datetime
+    end_time: datetime
+    rows: int
+    objects: int
+    bytes: int
+    min_lat: float
+    max_lat: float
+    min_lon: float
+    max_lon: float
+    source_sha256: str
+    ingested_at: datetime | None = None
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every time onshore stores is UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _row_to(cls: type[_R], row: Any) -> _R:
+    names = {f.name for f in fields(cls)}
+    values = {k: v for k, v in row._mapping.items() if k in names}
+    for key, value in values.items():
+        if isinstance(value, datetime):
+            values[key] = _utc(value)
+    return cls(**values)
+
+
+class Catalogue:
+    """The catalogue of ``site`` in the database at ``url`` (created on first use)."""
+
+    def __init__(self, url: str, site: str) -> None:
+        self.site = site
+        try:
+            parsed = make_url(url)
+        except ArgumentError as exc:
+            raise ConfigError(f"catalogue URL {url!r} is not a SQLAlchemy URL: {exc}") from exc
+        self.url = parsed.render_as_string(hide_password=True)
+        try:
+            self._engine = self._connect(url, parsed.get_backend_name())
+            _metadata.create_all(self._engine)
+            with self._engine.begin() as conn:
+                if (
+                    conn.execute(select(_meta.c.value).where(_meta.c.key == "schema")).first()
+                    is None
+                ):
+                    conn.execute(_meta.insert().values(key="schema", value=str(SCHEMA_VERSION)))
+        except IntegrityError:
+            pass  # another process created the row first
+        except (SQLAlchemyError, ModuleNotFoundError) as exc:
+            raise CatalogueError(f"cannot open catalogue {self.url}: {exc}") from exc
+
+    @staticmethod
+    def _connect(url: str, backend: str) -> Engine:
+        if backend != "sqlite":
+            return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, connect_args={"timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.close()
+
+        return engine
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self._engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self._engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise CatalogueError(f"catalogue {self.url} failed: {exc.orig}") from exc
+
+    def file(self, sha256: str) -> FileRecord | None:
+        """The record of the file with this content hash, if the site has seen it."""
+        with self._tx() as conn:
+            row = conn.execute(
+                select(_files).where(_files.c.site == self.site, _files.c.sha256 == sha256)
+            ).first()
+        return None if row is None else _row_to(FileRecord, row)
+
+    def clip(self, clip_id: str) -> ClipRecord | None:
+        with self._tx() as conn:
+            row = conn.execute(
+                select(_clips).where(_clips.c.site == self.site, _clips.c.clip_id == clip_id)
+            ).first()
+        return None if row is None else _row_to(ClipRecord, row)
+
+    def clips(self) -> list[ClipRecord]:
+        """Every clip of the site, oldest first."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(_clips)
+                .where(_clips.c.site == self.site)
+                .order_by(_clips.c.start_time, _clips.c.clip_id)
+            ).all()
+        return [_row_to(ClipRecord, r) for r in rows]
+
+    def files(self, status: str | None = None) -> list[FileRecord]:
+        query = select(_files).where(_files.c.site == self.site)
+        if status is not None:
+            query = query.where(_files.c.status == status)
+        with self._tx() as conn:
+            rows = conn.execute(query.order_by(_files.c.recorded_at)).all()
+        return [_row_to(FileRecord, r) for r in rows]
+
+    def register(self, file: FileRecord, clips: Sequence[ClipRecord]) -> list[str]:
+        """Record an ingested file, its clips and their vehicles, all in one transaction.
+
+        A clip already catalogued with the same content is left as it is. Returns the ids of
+        the clips that were new. Raises :class:`ClipConflict` (and records nothing) when a
+        clip id is already catalogued with different content.
+        """
+        now = datetime.now(UTC)
+        new: list[str] = []
+        with self._tx() as conn:
+            for clip in clips:
+                existing = conn.execute(
+                    select(_clips.c.sha256).where(
+                        _clips.c.site == self.site, _clips.c.clip_id == clip.clip_id
+                    )
+                ).scalar()
+                if existing is not None:
+                    if existing != clip.sha256:
+                        raise ClipConflict(
+                            f"clip {clip.clip_id} is already stored with different content "
+                            f"(sha256 {existing[:12]}..., this file has {clip.sha256[:12]}...)",
+                            hint="a vehicle must not reuse a clip id; give the upload a new id",
+                        )
+                    continue
+                self._upsert_vehicle(conn, clip)
+                row = {**asdict(clip), "ingested_at": now, "site": self.site}
+                conn.execute(_clips.insert().values(**row))
+                new.append(clip.clip_id)
+            self._put_file(conn, file, now)
+        return new
+
+    def record_quarantine(self, file: FileRecord) -> None:
+        """Record that a file was quarantined, with its reason."""
+        with self._tx() as conn:
+            self._put_file(conn, file, datetime.now(UTC))
+
+    def _put_file(self, conn: Connection, file: FileRecord, now: datetime) -> None:
+        row = {**asdict(file), "recorded_at": now, "site": self.site}
+        key = (_files.c.site == self.site) & (_files.c.sha256 == file.sha256)
+        if conn.execute(select(_files.c.sha256).where(key)).first() is None:
+            conn.execute(_files.insert().values(**row))
+        else:
+            conn.execute(_files.update().where(key).values(**row))
+
+    def _upsert_vehicle(self, conn: Connection, clip: ClipRecord) -> None:
+        key = (_vehicles.c.site == self.site) & (_vehicles.c.vin == clip.vin)
+        row = conn.execute(select(_vehicles).where(key)).first()
+        if row is None:
+            conn.execute(
+                _vehicles.insert().values(
+                    site=self.site,
+                    vin=clip.vin,
+                    vehicle_model=clip.vehicle_model,
+                    first_seen=clip.start_time,
+                    last_seen=clip.end_time,
+                )
+            )
+            return
+        conn.execute(
+            _vehicles.update()
+            .where(key)
+            .values(
+                first_seen=min(_utc(row.first_seen), clip.start_time),
+                last_seen=max(_utc(row.last_seen), clip.end_time),
+            )
+        )
+
+    def inventory(self) -> dict[str, Any]:
+        """Counts and ranges of what the site holds: clips, vehicles, rows, bytes, time range,
+        consent shares, triggers and models, and how many files were quarantined."""
+        c = _clips.c
+        where = c.site == self.site
+        with self._tx() as conn:
+            totals = conn.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(c.rows), 0),
+                    func.coalesce(func.sum(c.objects), 0),
+                    func.coalesce(func.sum(c.bytes), 0),
+                    func.min(c.start_time),
+                    func.max(c.end_time),
+                    func.coalesce(func.sum(c.consent_training.cast(Integer)), 0),
+                ).where(where)
+            ).one()
+            vehicles = conn.execute(
+                select(func.count()).select_from(_vehicles).where(_vehicles.c.site == self.site)
+            ).scalar_one()
+            consenting_vehicles = conn.execute(
+                select(func.count(func.distinct(c.vin))).where(where, c.consent_training)
+            ).scalar_one()
+            triggers: dict[str, int] = dict(
+                conn.execute(select(c.trigger, func.count()).where(where).group_by(c.trigger)).all()
+            )
+            models: dict[str, int] = dict(
+                conn.execute(
+                    select(c.vehicle_model, func.count(func.distinct(c.vin)))
+                    .where(where)
+                    .group_by(c.vehicle_model)
+                ).all()
+            )
+            files: dict[str, int] = dict(
+                conn.execute(
+                    select(_files.c.status, func.count())
+                    .where(_files.c.site == self.site)
+                    .group_by(_files.c.status)
+                ).all()
+            )
+        clips, rows, objects, size, start, end, consenting = totals
+        return {
+            "site": self.site,
+            "clips": int(clips),
+            "vehicles": int(vehicles),
+            "rows": int(rows),
+            "objects": int(objects),
+            "bytes": int(size),
+            "time_range": {
+                "start": None if start is None else _utc(start).isoformat(),
+                "end": None if end is None else _utc(end).isoformat(),
+            },
+            "consent": {
+                "training_share_of_clips": round(consenting / clips, 4) if clips else None,
+                "training_share_of_vehicles": (
+                    round(consenting_vehicles / vehicles, 4) if vehicles else None
+                ),
+            },
+            "triggers": {k: int(v) for k, v in sorted(triggers.items())},
+            "vehicle_models": {k: int(v) for k, v in sorted(models.items())},
+            "files": {
+                "ingested": int(files.get("ingested", 0)),
+                "quarantined": int(files.get("quarantined", 0)),
+            },
+        }

@@ -1,0 +1,285 @@
+"""Ingest: fleet uploads land in the store and catalogue of the site where they were recorded.
+
+For each input file: read it once, decode it by its extension (MCAP, Parquet, CSV), check every
+clip's schema and physics, write each clip as content-addressed Parquet into the site's store,
+then register file, clips and vehicles in the catalogue in one transaction. A bad file is moved
+to the site's quarantine with a reason a person can act on, and the run carries on.
+
+Order matters for crash safety: store objects are written (atomically) before the catalogue
+transaction that makes them visible, so a process killed at any point leaves at worst an
+uncatalogued object that the rerun adopts, never a catalogued clip without its object.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import pyarrow.compute as pc
+
+from onshore.clips.mcap import read_mcap
+from onshore.clips.schema import Clip
+from onshore.clips.tabular import clip_to_parquet, read_csv, read_parquet
+from onshore.clips.validate import validate_clip
+from onshore.errors import ClipError, ConfigError, UnreadableFile
+from onshore.store.catalogue import Catalogue, ClipRecord, FileRecord
+from onshore.store.objects import ObjectStore, sha256
+
+__all__ = ["SUPPORTED", "IngestReport", "decode_file", "ingest", "iter_inputs"]
+
+SUPPORTED: Final = {".mcap": "mcap", ".parquet": "parquet", ".csv": "csv"}
+"""File extensions ingest reads, and the format each means."""
+
+_SNIFF: Final = (
+    (b"\x89MCAP0\r\n", "MCAP"),
+    (b"PAR1", "Parquet"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "gzip data"),
+    (b"%PDF", "a PDF document"),
+    (b"\x28\xb5\x2f\xfd", "zstd data"),
+    (b"SQLite format 3", "an SQLite database"),
+)
+
+
+@dataclass(slots=True)
+class IngestReport:
+    """What an ingest run did; ``as_dict`` is what ``onshore ingest --json`` prints."""
+
+    site: str
+    files: int = 0
+    """Input files looked at."""
+    clips: int = 0
+    """Clips newly stored."""
+    rows: int = 0
+    """Ego rows in the newly stored clips."""
+    bytes: int = 0
+    """Bytes of input read."""
+    stored_bytes: int = 0
+    """Bytes of Parquet newly written to the store."""
+    already_ingested: int = 0
+    """Files skipped because the catalogue already has them."""
+    duplicate_clips: int = 0
+    """Clips in new files that the store already held."""
+    quarantined: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "site": self.site,
+            "files": self.files,
+            "clips": self.clips,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "stored_bytes": self.stored_bytes,
+            "already_ingested": self.already_ingested,
+            "duplicate_clips": self.duplicate_clips,
+            "quarantined": self.quarantined,
+            "seconds": round(self.seconds, 3),
+            "mb_per_s": round(self.bytes / 1e6 / self.seconds, 2) if self.seconds else None,
+        }
+
+
+def iter_inputs(paths: Iterable[Path]) -> Iterator[Path]:
+    """The files to ingest: named files as they are, folders searched for supported files.
+
+    Raises :class:`ConfigError` for a path that does not exist (before anything is ingested).
+    """
+    resolved = []
+    for path in paths:
+        if not path.exists():
+            raise ConfigError(f"{path}: no such file or folder")
+        resolved.append(path)
+    for path in resolved:
+        if path.is_dir():
+            for found in sorted(path.rglob("*")):
+                hidden = any(part.startswith(".") for part in found.relative_to(path).parts)
+                if found.is_file() and not hidden and found.suffix.lower() in SUPPORTED:
+                    yield found
+        else:
+            yield path
+
+
+def _sniff(data: bytes) -> str:
+    for magic, kind in _SNIFF:
+        if data.startswith(magic):
+            return kind
+    head = data[:2048]
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary data"
+    return "text"
+
+
+def decode_file(path: Path, data: bytes) -> list[Clip]:
+    """Decode and validate the clips in one input file.
+
+    Raises a :class:`ClipError` subclass naming the file and what is wrong with it.
+    """
+    name = str(path)
+    kind = SUPPORTED.get(path.suffix.lower())
+    if kind is None:
+        raise UnreadableFile(
+            f"{name}: unsupported file type {path.suffix or '(no extension)'!r}",
+            hint=f"ingest reads {', '.join(SUPPORTED)}",
+        )
+    if not data:
+        raise UnreadableFile(f"{name}: the file is empty (0 bytes)", hint="re-upload it")
+    try:
+        if kind == "mcap":
+            clips = [read_mcap(data, name)]
+        elif kind == "parquet":
+            clips = read_parquet(data, name)
+        else:
+            clips = read_csv(data, name)
+    except UnreadableFile as exc:
+        actual = _sniff(data)
+        expected = {"mcap": "MCAP", "parquet": "Parquet", "csv": "text"}[kind]
+        if actual != expected and actual != "text":
+            raise UnreadableFile(
+                f"{name}: named {path.suffix} but its content is {actual}", hint=exc.hint
+            ) from exc
+        raise
+    for clip in clips:
+        validate_clip(clip, name)
+    return clips
+
+
+def _record(clip: Clip, digest: str, path: str, size: int, source: str) -> ClipRecord:
+    table = clip.table
+    times = pc.min_max(table["time"])
+    lat = table["lat"].to_numpy()
+    lon = table["lon"].to_numpy()
+    return ClipRecord(
+        clip_id=clip.meta.clip_id,
+        sha256=digest,
+        path=path,
+        vin=clip.meta.vin,
+        vehicle_model=clip.meta.vehicle_model,
+        trigger=clip.meta.trigger,
+        consent_training=clip.meta.consent_training,
+        recorded_in=clip.meta.recorded_in,
+        start_time=times["min"].as_py(),
+        end_time=times["max"].as_py(),
+        rows=clip.rows,
+        objects=int(pc.sum(pc.list_value_length(table["objects"])).as_py() or 0),
+        bytes=size,
+        min_lat=float(np.min(lat)),
+        max_lat=float(np.max(lat)),
+        min_lon=float(np.min(lon)),
+        max_lon=float(np.max(lon)),
+        source_sha256=source,
+    )
+
+
+def ingest(
+    site: str,
+    store: ObjectStore,
+    catalogue: Catalogue,
+    paths: Iterable[Path],
+    *,
+    on_file: Callable[[Path, int], None] | None = None,
+    remove_quarantined_source: bool = True,
+) -> IngestReport:
+    """Ingest ``paths`` (files or folders) into ``site``'s store and catalogue.
+
+    ``on_file(path, size)`` is called after each file (for a progress bar). A bad file is moved
+    into the store's quarantine (its source removed unless ``remove_quarantined_source`` is
+    false), recorded in the catalogue, and listed in the report; the run goes on.
+    """
+    report = IngestReport(site=site)
+    started = time.perf_counter()
+    store.clean_staging()
+    for path in iter_inputs(paths):
+        data = path.read_bytes()
+        report.files += 1
+        report.bytes += len(data)
+        _ingest_one(site, store, catalogue, path, data, report, remove_quarantined_source)
+        if on_file is not None:
+            on_file(path, len(data))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _ingest_one(
+    site: str,
+    store: ObjectStore,
+    catalogue: Catalogue,
+    path: Path,
+    data: bytes,
+    report: IngestReport,
+    remove_source: bool,
+) -> None:
+    digest = sha256(data)
+    known = catalogue.file(digest)
+    if known is not None and known.status == "ingested":
+        report.already_ingested += 1
+        return
+    try:
+        clips = decode_file(path, data)
+        records = []
+        for clip in clips:
+            parquet = clip_to_parquet(clip)
+            clip_digest = sha256(parquet)
+            stored = store.put(ObjectStore.clip_path(clip_digest), parquet)
+            if stored.written:
+                report.stored_bytes += stored.size
+            else:
+                report.duplicate_clips += 1
+            records.append(_record(clip, clip_digest, stored.path, stored.size, digest))
+        file = FileRecord(digest, str(path), len(data), "ingested", clips=len(records))
+        new = set(catalogue.register(file, records))
+    except ClipError as exc:
+        _quarantine(site, store, catalogue, path, data, digest, exc, report, remove_source)
+        return
+    for clip, record in zip(clips, records, strict=True):
+        if record.clip_id in new:
+            report.clips += 1
+            report.rows += clip.rows
+
+
+def _quarantine(
+    site: str,
+    store: ObjectStore,
+    catalogue: Catalogue,
+    path: Path,
+    data: bytes,
+    digest: str,
+    exc: ClipError,
+    report: IngestReport,
+    remove_source: bool,
+) -> None:
+    reason = str(exc)
+    where = store.quarantine(
+        path.name,
+        data,
+        {"site": site, "source": str(path), "error": exc.code, "reason": reason},
+    )
+    catalogue.record_quarantine(
+        FileRecord(
+            digest,
+            str(path),
+            len(data),
+            "quarantined",
+            error_code=exc.code,
+            reason=reason,
+            quarantine_path=where,
+            recorded_at=datetime.now(UTC),
+        )
+    )
+    if remove_source:
+        try:
+            os.unlink(path)
+        except OSError:
+            reason += f" (the source {path} could not be removed; it is kept)"
+    report.quarantined.append(
+        {"path": str(path), "reason": reason, "error": exc.code, "quarantine": where}
+    )

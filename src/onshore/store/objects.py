@@ -1,0 +1,197 @@
+"""A site's object store: clips as content-addressed Parquet, and the quarantine.
+
+Any fsspec URL works (a local folder by default, ``memory://`` in tests, ``s3://`` in
+production). Writes are atomic: on a local disk an object is written under ``.staging/``, synced
+and renamed into place; on object stores a single PUT is already all-or-nothing. Readers never
+see a partial object, and an object that exists is never rewritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import fsspec
+import orjson
+
+from onshore.errors import StoreError
+
+__all__ = [
+    "CLIPS_DIR",
+    "QUARANTINE_DIR",
+    "STAGING_DIR",
+    "ZONES_PATH",
+    "ObjectStore",
+    "StoredObject",
+    "sha256",
+]
+
+CLIPS_DIR: Final = "clips"
+QUARANTINE_DIR: Final = "quarantine"
+STAGING_DIR: Final = ".staging"
+ZONES_PATH: Final = "reference/sensitive_areas.geojson"
+"""Where a site keeps the GeoJSON of its sensitive areas (military, government zones)."""
+
+
+def sha256(data: bytes) -> str:
+    """Hex SHA-256 of ``data``: the address of an object in a store."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """Where an object landed and whether this call wrote it."""
+
+    path: str
+    """Path relative to the store root."""
+    size: int
+    written: bool
+    """False when the object was already there (idempotent put)."""
+
+
+class ObjectStore:
+    """A site's store at ``url``. All paths it returns are relative to the store root."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            fs, root = fsspec.core.url_to_fs(url)
+        except (ValueError, ImportError) as exc:
+            raise StoreError(f"cannot open store {url!r}: {exc}") from exc
+        self._fs: Any = fs
+        self._root = str(root).rstrip("/")
+        self._local = "file" in _protocols(fs)
+
+    def _abs(self, path: str) -> str:
+        return f"{self._root}/{path}"
+
+    @staticmethod
+    def clip_path(digest: str) -> str:
+        """Where the clip whose Parquet hashes to ``digest`` lives."""
+        return f"{CLIPS_DIR}/{digest[:2]}/{digest}.parquet"
+
+    def put(self, path: str, data: bytes) -> StoredObject:
+        """Write ``data`` at ``path`` atomically, unless an object is already there."""
+        target = self._abs(path)
+        try:
+            if self._fs.exists(target):
+                return StoredObject(path, len(data), written=False)
+            parent = target.rsplit("/", 1)[0]
+            self._fs.makedirs(parent, exist_ok=True)
+            if self._local:
+                self._put_local(target, data)
+            else:
+                self._fs.pipe_file(target, data)
+        except OSError as exc:
+            raise StoreError(f"cannot write {path} to store {self.url}: {exc}") from exc
+        return StoredObject(path, len(data), written=True)
+
+    def _put_local(self, target: str, data: bytes) -> None:
+        staging = self._abs(STAGING_DIR)
+        os.makedirs(staging, exist_ok=True)
+        part = f"{staging}/{os.getpid()}-{uuid.uuid4().hex}.part"
+        try:
+            with open(part, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(part, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(part)
+        dir_fd = os.open(os.path.dirname(target), os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def read(self, path: str) -> bytes:
+        """The bytes of the object at ``path``."""
+        try:
+            return bytes(self._fs.cat_file(self._abs(path)))
+        except FileNotFoundError:
+            raise StoreError(f"{path} is not in store {self.url}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read {path} from store {self.url}: {exc}") from exc
+
+    def exists(self, path: str) -> bool:
+        return bool(self._fs.exists(self._abs(path)))
+
+    def size(self, path: str) -> int:
+        return int(self._fs.size(self._abs(path)))
+
+    def delete(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._fs.rm_file(self._abs(path))
+
+    def find(self, prefix: str) -> Iterator[str]:
+        """Paths of the objects below ``prefix``, sorted."""
+        base = self._abs(prefix)
+        if not self._fs.exists(base):
+            return
+        strip = len(self._root) + 1
+        for found in sorted(self._fs.find(base)):
+            yield str(found)[strip:] if str(found).startswith(self._root) else str(found)
+
+    def clip_digests(self) -> Iterator[tuple[str, str]]:
+        """(digest, path) of every clip object in the store."""
+        for path in self.find(CLIPS_DIR):
+            name = path.rsplit("/", 1)[-1]
+            if name.endswith(".parquet"):
+                yield name.removesuffix(".parquet"), path
+
+    def quarantine(self, name: str, data: bytes, reason: dict[str, Any]) -> str:
+        """Keep a rejected file with a JSON note of why; returns the file's store path.
+
+        Named by content hash, so quarantining the same file again writes nothing new.
+        """
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[-120:]
+        path = f"{QUARANTINE_DIR}/{sha256(data)[:16]}-{safe}"
+        note = {**reason, "quarantined_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        self.put(path, data)
+        self.put(f"{path}.reason.json", orjson.dumps(note, option=orjson.OPT_INDENT_2))
+        return path
+
+    def staging_leftovers(self) -> list[str]:
+        """Partial writes left by a process that died (only local stores stage writes)."""
+        if not self._local:
+            return []
+        staging = self._abs(STAGING_DIR)
+        if not os.path.isdir(staging):
+            return []
+        return [
+            f"{STAGING_DIR}/{name}"
+            for name in sorted(os.listdir(staging))
+            if not _pid_alive(name.split("-", 1)[0])
+        ]
+
+    def clean_staging(self) -> int:
+        """Remove partial writes of dead processes; returns how many were removed."""
+        leftovers = self.staging_leftovers()
+        for path in leftovers:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._abs(path))
+        return len(leftovers)
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def _pid_alive(text: str) -> bool:
+    if not text.isdigit():
+        return False
+    try:
+        os.kill(int(text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

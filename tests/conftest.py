@@ -1,0 +1,98 @@
+"""Shared fixtures: synthetic clips made from kinematics (no SUMO needed), projects, PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from onshore.clips.mcap import write_mcap
+from onshore.clips.schema import OBJECT_TYPE, SCHEMA, Clip, ClipMeta
+from onshore.clips.vin import make_vin
+from onshore.settings import Project
+from onshore.sites import init_project
+
+POSTGRES_URL = os.environ.get("ONSHORE_TEST_POSTGRES_URL")
+
+
+def make_clip(
+    seed: int = 0,
+    *,
+    steps: int = 120,
+    clip_id: str | None = None,
+    consent: bool = True,
+    lat0: float = 31.23,
+    lon0: float = 121.47,
+) -> Clip:
+    """A plausible clip: an ego driving a gentle curve at ~12 m/s with two tracked cars."""
+    rng = np.random.default_rng(seed)
+    t0 = np.datetime64("2026-03-02T08:00:00", "us").astype(np.int64) + seed * 60_000_000
+    time_us = t0 + np.arange(steps, dtype=np.int64) * 100_000
+    speed = 12 + np.cumsum(rng.normal(0, 0.05, steps))
+    heading = (45 + np.cumsum(rng.normal(0, 0.2, steps))) % 360
+    dist = np.cumsum(speed * 0.1)
+    lat = lat0 + dist * np.cos(np.radians(heading)) / 111_320
+    lon = lon0 + dist * np.sin(np.radians(heading)) / (111_320 * np.cos(np.radians(lat0)))
+    objects = [
+        [
+            {"track_id": 1, "class": "car", "x": 20.0 - i * 0.05, "y": 0.2, "vx": -0.5, "vy": 0.0},
+            {"track_id": 2, "class": "bus", "x": -15.0, "y": 3.5, "vx": 0.1, "vy": 0.0},
+        ]
+        for i in range(steps)
+    ]
+    table = pa.Table.from_arrays(
+        [
+            pa.array(time_us).cast(SCHEMA.field("time").type),
+            pa.array(lat),
+            pa.array(lon),
+            pa.array(speed, pa.float32()),
+            pa.array(heading, pa.float32()),
+            pa.array(np.gradient(speed, 0.1), pa.float32()),
+            pa.array(np.gradient(np.unwrap(np.radians(heading)), 0.1) * 57.2958, pa.float32()),
+            pa.array(np.zeros(steps), pa.float32()),
+            pa.array(np.zeros(steps), pa.float32()),
+            pa.array(objects, pa.list_(OBJECT_TYPE)),
+        ],
+        schema=SCHEMA,
+    )
+    meta = ClipMeta(
+        clip_id=clip_id or f"test-{seed:05d}",
+        vin=make_vin(random.Random(seed), "LSV", "AB12C", 2025, "S"),
+        vehicle_model="Test Sedan",
+        trigger="random_sample",
+        consent_training=consent,
+        recorded_in="cn-shanghai",
+    )
+    return Clip(meta, table)
+
+
+def write_clips(folder: Path, count: int, *, start: int = 0, steps: int = 120) -> list[Path]:
+    """Write ``count`` synthetic clips as MCAP files into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed in range(start, start + count):
+        path = folder / f"clip-{seed:05d}.mcap"
+        write_mcap(make_clip(seed, steps=steps), path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    """A fresh three-site project on local folders and SQLite."""
+    return init_project(tmp_path / "proj", "three-regions")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """The PostgreSQL server CI starts; skipped locally when none is configured."""
+    if not POSTGRES_URL:
+        if os.environ.get("CI"):
+            pytest.fail("CI must set ONSHORE_TEST_POSTGRES_URL (.ci/run starts PostgreSQL)")
+        pytest.skip("no PostgreSQL: set ONSHORE_TEST_POSTGRES_URL to run the contract suite on it")
+    yield POSTGRES_URL

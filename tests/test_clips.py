@@ -1,0 +1,104 @@
+"""The clip formats: VINs, MCAP uploads and table exports round-trip exactly."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import make_clip
+from onshore.clips.mcap import read_mcap, write_mcap
+from onshore.clips.schema import SCHEMA
+from onshore.clips.tabular import clip_to_parquet, export_table, read_csv, read_parquet
+from onshore.clips.validate import validate_clip
+from onshore.clips.vin import check_digit, is_valid_vin, make_vin
+from onshore.errors import PhysicsError, SchemaError, UnreadableFile
+
+
+@pytest.mark.parametrize(
+    ("vin", "valid"),
+    [
+        ("1M8GDM9AXKP042788", True),  # the worked example of 49 CFR 565
+        ("11111111111111111", True),
+        ("1M8GDM9A1KP042788", False),  # wrong check digit
+        ("1M8GDM9AXKP04278", False),  # 16 characters
+        ("IM8GDM9AXKP042788", False),  # I is not allowed
+    ],
+)
+def test_vin_check_digit(vin: str, valid: bool) -> None:
+    assert is_valid_vin(vin) is valid
+
+
+def test_made_vins_are_valid() -> None:
+    rng = random.Random(3)
+    vins = {make_vin(rng, "WVW", "ZZZ1K", 2026, "W") for _ in range(200)}
+    assert len(vins) > 190
+    assert all(is_valid_vin(v) and v.startswith("WVW") and v[9] == "T" for v in vins)
+    with pytest.raises(ValueError, match="not a VIN"):
+        check_digit("short")
+
+
+def test_mcap_round_trip_is_exact() -> None:
+    clip = make_clip(5)
+    buf = io.BytesIO()
+    write_mcap(clip, buf)
+    back = read_mcap(buf.getvalue(), "x.mcap")
+    assert back.meta == clip.meta
+    assert back.table.equals(clip.table)
+    validate_clip(back, "x.mcap")
+
+
+def test_stored_parquet_is_deterministic_and_self_describing() -> None:
+    clip = make_clip(2)
+    first, second = clip_to_parquet(clip), clip_to_parquet(make_clip(2))
+    assert first == second
+    (back,) = read_parquet(first, "c.parquet")
+    assert back.meta == clip.meta and back.table.equals(clip.table)
+
+
+def test_export_tables_round_trip_in_parquet_and_csv() -> None:
+    clips = [make_clip(1), make_clip(2, consent=False)]
+    table = export_table(clips)
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    from_parquet = read_parquet(sink.getvalue(), "e.parquet")
+    assert [c.meta for c in from_parquet] == [c.meta for c in clips]
+    assert all(a.table.equals(b.table) for a, b in zip(from_parquet, clips, strict=True))
+
+    csv_table = table.set_column(
+        table.schema.get_field_index("objects"),
+        "objects",
+        pa.array([__import__("orjson").dumps(o).decode() for o in table["objects"].to_pylist()]),
+    )
+    out = io.BytesIO()
+    import pyarrow.csv as pacsv
+
+    pacsv.write_csv(csv_table, out)
+    from_csv = read_csv(out.getvalue(), "e.csv")
+    assert [c.meta for c in from_csv] == [c.meta for c in clips]
+    for got, want in zip(from_csv, clips, strict=True):
+        assert got.table["time"].equals(want.table["time"])
+        assert got.table["objects"].equals(want.table["objects"])
+
+
+def test_validation_names_row_and_value() -> None:
+    clip = make_clip(1)
+    speed = clip.table["speed"].to_numpy().copy()
+    speed[17] = 250.0
+    bad = clip.table.set_column(3, SCHEMA.field("speed"), pa.array(speed, pa.float32()))
+    with pytest.raises(PhysicsError, match=r"speed 250\.00 m/s at row 17"):
+        validate_clip(type(clip)(clip.meta, bad), "f.mcap")
+
+
+def test_empty_and_foreign_bytes_are_unreadable() -> None:
+    with pytest.raises(UnreadableFile, match="empty"):
+        read_mcap(b"", "a.mcap")
+    with pytest.raises(UnreadableFile, match="not an MCAP"):
+        read_mcap(b"PAR1....PAR1", "a.mcap")
+    with pytest.raises(SchemaError, match="missing column"):
+        sink = io.BytesIO()
+        pq.write_table(pa.table({"a": [1]}), sink)
+        read_parquet(sink.getvalue(), "a.parquet")

@@ -1,0 +1,185 @@
+"""Ingest: good files land once, every kind of bad file is quarantined with its reason, and
+nothing else is lost."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import make_clip, write_clips
+from onshore.clips.mcap import write_mcap
+from onshore.clips.schema import SCHEMA, Clip
+from onshore.clips.tabular import export_table
+from onshore.settings import Project
+from onshore.store import SiteStore, ingest
+
+SITE = "cn-shanghai"
+
+
+@pytest.fixture
+def site(project: Project) -> SiteStore:
+    opened = SiteStore.open(project, SITE)
+    yield opened  # type: ignore[misc]
+    opened.close()
+
+
+def _mcap_bytes(clip: Clip) -> bytes:
+    buf = io.BytesIO()
+    write_mcap(clip, buf)
+    return buf.getvalue()
+
+
+def _with_column(clip: Clip, name: str, values: object) -> Clip:
+    i = SCHEMA.get_field_index(name)
+    return Clip(
+        clip.meta,
+        clip.table.set_column(i, SCHEMA.field(name), pa.array(values, SCHEMA.field(name).type)),
+    )
+
+
+def test_ingest_is_idempotent(site: SiteStore, tmp_path: Path) -> None:
+    files = write_clips(tmp_path / "up", 5)
+    first = ingest(SITE, site.objects, site.catalogue, [tmp_path / "up"])
+    assert (first.files, first.clips, first.rows, first.quarantined) == (5, 5, 600, [])
+    assert first.bytes == sum(f.stat().st_size for f in files)
+    again = ingest(SITE, site.objects, site.catalogue, files)
+    assert (again.clips, again.already_ingested) == (0, 5)
+    assert len(list(site.objects.clip_digests())) == 5
+    assert site.check(deep=True)["ok"]
+
+
+def test_the_same_clip_in_another_file_is_stored_once(site: SiteStore, tmp_path: Path) -> None:
+    clip = make_clip(9)
+    a = tmp_path / "a.mcap"
+    write_mcap(clip, a)
+    sink = io.BytesIO()
+    pq.write_table(export_table([clip]), sink)
+    b = tmp_path / "b.parquet"
+    b.write_bytes(sink.getvalue())
+    report = ingest(SITE, site.objects, site.catalogue, [a, b])
+    assert (report.clips, report.duplicate_clips, report.quarantined) == (1, 1, [])
+    assert len(site.catalogue.clips()) == 1
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, str]]:
+    """Each bad file, and a fragment its quarantine reason must contain."""
+    good = _mcap_bytes(make_clip(1))
+    cases: dict[str, tuple[bytes, str, str]] = {
+        "truncated": (good[: len(good) * 2 // 3], "trunc.mcap", "truncated"),
+        "truncated_at_footer": (good[:-30], "trunc2.mcap", "truncated"),
+        "zero_bytes": (b"", "empty.mcap", "empty (0 bytes)"),
+        "png_named_mcap": (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "photo.mcap", "content is a PNG"),
+        "csv_named_parquet": (b"a,b\n1,2\n", "table.parquet", "not a Parquet file"),
+        "mcap_named_csv": (good, "upload.csv", "content is MCAP"),
+        "unknown_extension": (_mcap_bytes(make_clip(11)), "upload.bin", "unsupported file type"),
+        "non_monotonic_time": (
+            _mcap_bytes(_with_column(make_clip(2), "time", _swap(make_clip(2).table["time"], 40))),
+            "time.mcap",
+            "not strictly increasing at row",
+        ),
+        "latitude_out_of_range": (
+            _mcap_bytes(_with_column(make_clip(3), "lat", [95.0] * 120)),
+            "lat.mcap",
+            "latitude 95.0 at row 0 is outside -90..90",
+        ),
+        "longitude_out_of_range": (
+            _mcap_bytes(_with_column(make_clip(4), "lon", [121.47] * 60 + [-200.0] * 60)),
+            "lon.mcap",
+            "longitude -200.0 at row 60",
+        ),
+        "position_jump": (
+            _mcap_bytes(_with_column(make_clip(5), "lat", [31.2] * 50 + [32.2] * 70)),
+            "jump.mcap",
+            "position jumps",
+        ),
+    }
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"time": [1, 2], "latitude": [1.0, 2.0]}), sink)
+    cases["wrong_schema_parquet"] = (sink.getvalue(), "wrong.parquet", "missing column(s)")
+    cases["wrong_schema_csv"] = (b"when,where\n1,2\n", "wrong.csv", "missing column(s)")
+    wrong_type = (
+        export_table([make_clip(6)])
+        .drop_columns(["speed"])
+        .append_column("speed", pa.array(["fast"] * 120))
+    )
+    sink = io.BytesIO()
+    pq.write_table(wrong_type, sink)
+    cases["wrong_type_parquet"] = (
+        sink.getvalue(),
+        "type.parquet",
+        "column 'speed' has type string",
+    )
+    out = {}
+    for key, (data, name, reason) in cases.items():
+        path = tmp / name
+        path.write_bytes(data)
+        out[key] = (path, reason)
+    return out
+
+
+def _swap(column: pa.ChunkedArray, i: int) -> pa.Array:
+    values = column.to_pylist()
+    values[i], values[i + 1] = values[i + 1], values[i]
+    return values  # type: ignore[return-value]
+
+
+def test_every_bad_input_is_quarantined_with_its_reason(site: SiteStore, tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    good = write_clips(inbox / "good", 3, start=100)
+    bad = _bad_inputs(inbox)
+    report = ingest(SITE, site.objects, site.catalogue, [*good, *(p for p, _ in bad.values())])
+
+    assert report.clips == 3, "the good files are not lost"
+    by_path = {q["path"]: q for q in report.quarantined}
+    assert set(by_path) == {str(p) for p, _ in bad.values()}
+    for key, (path, fragment) in bad.items():
+        reason = by_path[str(path)]["reason"]
+        assert fragment in reason, f"{key}: {reason!r}"
+        assert str(path) in reason, f"{key}: the reason names the file"
+        assert not path.exists(), f"{key}: moved out of the inbox"
+        kept = by_path[str(path)]["quarantine"]
+        assert site.objects.read(kept) is not None
+        note = json.loads(site.objects.read(f"{kept}.reason.json"))
+        assert note["reason"] == reason and note["source"] == str(path)
+    inventory = site.catalogue.inventory()
+    assert inventory["files"] == {"ingested": 3, "quarantined": len(bad)}
+    assert site.check()["ok"]
+
+
+def test_one_bad_clip_in_an_export_quarantines_the_file_and_nothing_else(
+    site: SiteStore, tmp_path: Path
+) -> None:
+    bad = _with_column(make_clip(8), "lat", [95.0] * 120)
+    sink = io.BytesIO()
+    pq.write_table(export_table([make_clip(7), bad]), sink)
+    export = tmp_path / "export.parquet"
+    export.write_bytes(sink.getvalue())
+    report = ingest(SITE, site.objects, site.catalogue, [export, *write_clips(tmp_path / "g", 1)])
+    assert report.clips == 1 and len(report.quarantined) == 1
+    assert site.catalogue.clips()[0].clip_id == "test-00000"
+    assert list(site.objects.clip_digests()) and site.check()["ok"]
+
+
+def test_a_clip_id_reused_with_other_content_is_a_conflict(site: SiteStore, tmp_path: Path) -> None:
+    write_mcap(make_clip(1, clip_id="same"), tmp_path / "one.mcap")
+    write_mcap(make_clip(2, clip_id="same"), tmp_path / "two.mcap")
+    report = ingest(
+        SITE, site.objects, site.catalogue, [tmp_path / "one.mcap", tmp_path / "two.mcap"]
+    )
+    assert report.clips == 1
+    assert "already stored with different content" in report.quarantined[0]["reason"]
+
+
+def test_a_missing_path_fails_before_anything_is_ingested(site: SiteStore, tmp_path: Path) -> None:
+    from onshore.errors import ConfigError
+
+    files = write_clips(tmp_path / "up", 2)
+    with pytest.raises(ConfigError, match="no such file"):
+        ingest(SITE, site.objects, site.catalogue, [*files, tmp_path / "nope.mcap"])
+    assert site.catalogue.clips() == []
