@@ -1,36 +1,34 @@
-"""Clips as vehicles upload them: MCAP files with JSON-encoded messages.
+"""Clips as vehicles upload them: MCAP files of ROS 2 messages (CDR-encoded).
 
-An upload holds three things:
+An upload holds three things, the way a ROS 2 vehicle's recorder writes them:
 
-- ``/vehicle/ego`` — one message per 10 Hz step, schema ``onshore.EgoState``;
-- ``/perception/objects`` — one message per step with the list of tracked objects, schema
-  ``onshore.TrackedObjects``;
+- ``/vehicle/ego``: one ``onshore_msgs/msg/EgoState`` per 10 Hz step;
+- ``/perception/objects``: one ``onshore_msgs/msg/TrackedObjects`` per step, the objects as
+  parallel arrays (struct of arrays, as perception stacks publish them);
 - a metadata record ``onshore.clip`` with the :class:`~onshore.clips.schema.ClipMeta` fields.
 
-JSON with a JSON Schema per channel is what Foxglove and the ``mcap`` CLI read without a plugin.
-Both messages carry ``stamp`` (nanoseconds since the Unix epoch) in the payload, so decoding can
-hand every channel's payloads to Arrow's JSON reader at once instead of a Python loop per message.
+The message definitions travel in the file (``ros2msg`` schemas), so Foxglove and the ``mcap``
+CLI read it without a plugin. Decoding is vectorised: the payloads of a channel are concatenated
+and every field of every message is gathered with NumPy at once, since the lengths of a CDR
+message's arrays fix where each field lies.
 """
 
 from __future__ import annotations
 
-import io
 import struct
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final
 
+import lz4.frame
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pajson
-from mcap.exceptions import McapError
-from mcap.records import Channel, DataEnd, Footer, Message, Metadata, Schema
-from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, Writer
-from zstandard import ZstdError
+from zstandard import ZstdDecompressor, ZstdError
 
-from onshore.clips.schema import OBJECT_TYPE, SCHEMA, Clip, ClipMeta
+from onshore.clips.schema import OBJECT_CLASSES, OBJECT_TYPE, SCHEMA, Clip, ClipMeta
 from onshore.errors import SchemaError, UnreadableFile
 
 __all__ = ["EGO_TOPIC", "OBJECTS_TOPIC", "read_mcap", "write_mcap"]
@@ -39,125 +37,116 @@ EGO_TOPIC: Final = "/vehicle/ego"
 OBJECTS_TOPIC: Final = "/perception/objects"
 _META_NAME: Final = "onshore.clip"
 _MAGIC: Final = b"\x89MCAP0\r\n"
+_CDR_LE: Final = b"\x00\x01\x00\x00"
+"""Encapsulation header of little-endian plain CDR, ahead of every payload."""
 
-_EGO_JSON_SCHEMA: Final = orjson.dumps(
-    {
-        "title": "onshore.EgoState",
-        "type": "object",
-        "properties": {
-            "stamp": {"type": "integer", "description": "ns since the Unix epoch"},
-            "lat": {"type": "number", "description": "WGS-84 latitude, degrees"},
-            "lon": {"type": "number", "description": "WGS-84 longitude, degrees"},
-            "speed": {"type": "number", "description": "m/s"},
-            "heading": {"type": "number", "description": "degrees clockwise from north"},
-            "accel": {"type": "number", "description": "longitudinal, m/s^2"},
-            "yaw_rate": {"type": "number", "description": "deg/s"},
-            "steering": {"type": ["number", "null"], "description": "road-wheel angle, rad"},
-            "brake": {"type": ["number", "null"], "description": "brake demand, 0..1"},
-        },
-        "required": ["stamp", "lat", "lon", "speed", "heading", "accel", "yaw_rate"],
-    }
-)
-_OBJECTS_JSON_SCHEMA: Final = orjson.dumps(
-    {
-        "title": "onshore.TrackedObjects",
-        "type": "object",
-        "properties": {
-            "stamp": {"type": "integer"},
-            "objects": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "track_id": {"type": "integer"},
-                        "class": {"type": "string"},
-                        "x": {"type": "number", "description": "metres ahead of the ego"},
-                        "y": {"type": "number", "description": "metres to the ego's left"},
-                        "vx": {"type": "number"},
-                        "vy": {"type": "number"},
-                    },
-                },
-            },
-        },
-        "required": ["stamp", "objects"],
-    }
+_EGO_MSG: Final = b"""\
+# The ego vehicle's state at one step. Headings are compass degrees (clockwise from north).
+int64 stamp       # nanoseconds since the Unix epoch
+float64 lat       # WGS-84 latitude, degrees
+float64 lon       # WGS-84 longitude, degrees
+float64 speed     # m/s
+float64 heading   # degrees clockwise from north
+float64 accel     # longitudinal acceleration, m/s^2
+float64 yaw_rate  # deg/s
+float64 steering  # road-wheel angle, rad; NaN when the vehicle does not report it
+float64 brake     # brake demand 0..1; NaN when the vehicle does not report it
+"""
+_OBJECTS_MSG: Final = (
+    b"""\
+# Objects tracked around the ego at one step, in the ego frame (x forward, y left, metres).
+# Parallel arrays: element i of each array describes object i.
+"""
+    + b"".join(
+        f"uint8 CLASS_{name.upper()}={i}\n".encode() for i, name in enumerate(OBJECT_CLASSES)
+    )
+    + b"""\
+int64 stamp        # nanoseconds since the Unix epoch
+int32[] track_id   # stable within a clip
+uint8[] class_id   # one of the CLASS_ constants
+float32[] x
+float32[] y
+float32[] vx       # velocity relative to the ego, m/s
+float32[] vy
+"""
 )
 
-_EGO_PARSE: Final = pa.schema(
+_EGO_DTYPE: Final = np.dtype(
     [
-        pa.field("stamp", pa.int64()),
-        pa.field("lat", pa.float64()),
-        pa.field("lon", pa.float64()),
-        pa.field("speed", pa.float64()),
-        pa.field("heading", pa.float64()),
-        pa.field("accel", pa.float64()),
-        pa.field("yaw_rate", pa.float64()),
-        pa.field("steering", pa.float64()),
-        pa.field("brake", pa.float64()),
+        ("cdr", "<u4"),
+        ("stamp", "<i8"),
+        *((name, "<f8") for name in SCHEMA.names[1:9]),
     ]
 )
-_OBJECTS_PARSE: Final = pa.schema(
-    [
-        pa.field("stamp", pa.int64()),
-        pa.field(
-            "objects",
-            pa.list_(
-                pa.struct(
-                    [
-                        pa.field("track_id", pa.int64()),
-                        pa.field("class", pa.string()),
-                        pa.field("x", pa.float64()),
-                        pa.field("y", pa.float64()),
-                        pa.field("vx", pa.float64()),
-                        pa.field("vy", pa.float64()),
-                    ]
-                )
-            ),
-        ),
-    ]
-)
+_EGO_COLUMNS: Final = SCHEMA.names[1:9]
 
 
 def write_mcap(clip: Clip, target: Path | IO[bytes]) -> None:
     """Write ``clip`` as a vehicle would upload it."""
     table = clip.table
     stamps = pc.cast(table["time"], pa.int64()).to_numpy() * 1000
-    ego_cols = {
-        name: table[name].to_numpy(zero_copy_only=False)
-        for name in ("lat", "lon", "speed", "heading", "accel", "yaw_rate", "steering", "brake")
-    }
+    ego = np.zeros(clip.rows, dtype=_EGO_DTYPE)
+    ego["cdr"] = np.frombuffer(_CDR_LE, "<u4")[0]
+    ego["stamp"] = stamps
+    for name in _EGO_COLUMNS:
+        values = table[name].to_numpy(zero_copy_only=False)
+        ego[name] = np.where(_is_null(values), np.nan, values)
+    class_ids = {name: i for i, name in enumerate(OBJECT_CLASSES)}
     objects = table["objects"].to_pylist()
     own = isinstance(target, Path)
     stream: IO[bytes] = target.open("wb") if isinstance(target, Path) else target
     try:
         writer = Writer(stream, compression=CompressionType.ZSTD)
-        writer.start(profile="", library="onshore")
-        ego_schema = writer.register_schema("onshore.EgoState", "jsonschema", _EGO_JSON_SCHEMA)
+        writer.start(profile="ros2", library="onshore")
+        ego_schema = writer.register_schema("onshore_msgs/msg/EgoState", "ros2msg", _EGO_MSG)
         obj_schema = writer.register_schema(
-            "onshore.TrackedObjects", "jsonschema", _OBJECTS_JSON_SCHEMA
+            "onshore_msgs/msg/TrackedObjects", "ros2msg", _OBJECTS_MSG
         )
-        ego_channel = writer.register_channel(EGO_TOPIC, "json", ego_schema)
-        obj_channel = writer.register_channel(OBJECTS_TOPIC, "json", obj_schema)
+        ego_channel = writer.register_channel(EGO_TOPIC, "cdr", ego_schema)
+        obj_channel = writer.register_channel(OBJECTS_TOPIC, "cdr", obj_schema)
         for i, stamp in enumerate(stamps.tolist()):
-            ego = {"stamp": stamp}
-            for name, values in ego_cols.items():
-                value = values[i]
-                ego[name] = None if value is None or value != value else float(value)
-            writer.add_message(ego_channel, stamp, orjson.dumps(ego), stamp, sequence=i)
-            payload = {"stamp": stamp, "objects": objects[i] or []}
-            writer.add_message(obj_channel, stamp, orjson.dumps(payload), stamp, sequence=i)
-        meta = orjson.loads(clip.meta.to_json())
-        writer.add_metadata(_META_NAME, {k: _meta_str(v) for k, v in meta.items()})
+            writer.add_message(ego_channel, stamp, ego[i].tobytes(), stamp, sequence=i)
+            payload = _encode_objects(stamp, objects[i] or [], class_ids)
+            writer.add_message(obj_channel, stamp, payload, stamp, sequence=i)
+        meta = clip.meta
+        writer.add_metadata(
+            _META_NAME,
+            {
+                "clip_id": meta.clip_id,
+                "vin": meta.vin,
+                "vehicle_model": meta.vehicle_model,
+                "trigger": meta.trigger,
+                "consent_training": "true" if meta.consent_training else "false",
+                "recorded_in": meta.recorded_in,
+                "sensor_range_m": repr(meta.sensor_range_m),
+            },
+        )
         writer.finish()  # type: ignore[no-untyped-call]
     finally:
         if own:
             stream.close()
 
 
-def _meta_str(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+def _is_null(values: np.ndarray) -> np.ndarray:
+    """Null (None) or NaN, element-wise, for a float or object array."""
+    if values.dtype == object:
+        return np.array([v is None for v in values], dtype=bool)
+    return np.asarray(np.isnan(values), dtype=bool)
+
+
+def _encode_objects(
+    stamp: int, objects: list[dict[str, object]], class_ids: dict[str, int]
+) -> bytes:
+    n = len(objects)
+    parts = [_CDR_LE, struct.pack("<qI", stamp, n)]
+    parts.append(struct.pack(f"<{n}i", *(int(o["track_id"]) for o in objects)))  # type: ignore[call-overload]
+    parts.append(struct.pack("<I", n) + bytes(class_ids[str(o["class"])] for o in objects))
+    body = b"".join(parts)
+    pad = -(len(body) - len(_CDR_LE)) % 4
+    body += b"\0" * pad
+    for key in ("x", "y", "vx", "vy"):
+        body += struct.pack(f"<I{n}f", n, *(float(o[key]) for o in objects))  # type: ignore[arg-type]
+    return body
 
 
 def read_mcap(data: bytes, name: str) -> Clip:
@@ -173,93 +162,254 @@ def read_mcap(data: bytes, name: str) -> Clip:
             f"{name}: not an MCAP file (it does not start with the MCAP magic bytes)",
             hint="check the file's real format; MCAP, Parquet and CSV are accepted",
         )
-    channels: dict[int, str] = {}
-    payloads: dict[str, list[bytes]] = {EGO_TOPIC: [], OBJECTS_TOPIC: []}
-    meta: dict[str, str] | None = None
-    ended = False
     try:
-        for record in StreamReader(io.BytesIO(data), validate_crcs=True).records:
-            if isinstance(record, Message):
-                topic = channels.get(record.channel_id)
-                if topic in payloads:
-                    payloads[topic].append(record.data)
-            elif isinstance(record, Channel):
-                channels[record.id] = record.topic
-                if record.topic in payloads and record.message_encoding != "json":
-                    raise SchemaError(
-                        f"{name}: channel {record.topic} is encoded as "
-                        f"{record.message_encoding!r}; onshore reads 'json'"
-                    )
-            elif isinstance(record, Metadata) and record.name == _META_NAME:
-                meta = dict(record.metadata)
-            elif isinstance(record, DataEnd | Footer):
-                ended = True
-            elif isinstance(record, Schema):
-                continue
-    except (McapError, ZstdError, struct.error, ValueError, EOFError, IndexError) as exc:
+        scan = _scan(data)
+    except (_Corrupt, ZstdError, RuntimeError, struct.error) as exc:
         raise UnreadableFile(
-            f"{name}: truncated or corrupt MCAP ({type(exc).__name__}: {exc})",
+            f"{name}: truncated or corrupt MCAP ({exc})",
             hint="the upload was probably cut off; ask the vehicle to upload it again",
         ) from exc
-    if not ended:
+    if not scan.ended:
         raise UnreadableFile(
             f"{name}: truncated MCAP (the file ends before its footer)",
             hint="the upload was probably cut off; ask the vehicle to upload it again",
         )
-    if meta is None:
+    for topic in (EGO_TOPIC, OBJECTS_TOPIC):
+        encoding = scan.encodings.get(topic)
+        if encoding is None:
+            raise SchemaError(f"{name}: no channel {topic}")
+        if encoding != "cdr":
+            raise SchemaError(
+                f"{name}: channel {topic} is encoded as {encoding!r}; onshore reads ROS 2 'cdr'"
+            )
+    if scan.meta is None:
         raise SchemaError(f"{name}: no '{_META_NAME}' metadata record (vin, trigger, consent...)")
     try:
-        clip_meta = ClipMeta.from_mapping(dict(meta))
+        clip_meta = ClipMeta.from_mapping(dict(scan.meta))
     except (KeyError, TypeError, ValueError) as exc:
         raise SchemaError(f"{name}: metadata record '{_META_NAME}' is invalid: {exc}") from exc
-    if not payloads[EGO_TOPIC]:
+    if not scan.payloads[EGO_TOPIC]:
         raise SchemaError(f"{name}: no messages on channel {EGO_TOPIC}")
-    ego = _parse_json(payloads[EGO_TOPIC], _EGO_PARSE, name, EGO_TOPIC)
-    objects = _parse_json(payloads[OBJECTS_TOPIC], _OBJECTS_PARSE, name, OBJECTS_TOPIC)
-    return Clip(clip_meta, assemble(ego, objects, name))
+    ego = _decode_ego(scan.payloads[EGO_TOPIC], name)
+    stamps, lists = _decode_objects(scan.payloads[OBJECTS_TOPIC], name)
+    return Clip(clip_meta, _assemble(ego, stamps, lists, name))
 
 
-def _parse_json(lines: list[bytes], schema: pa.Schema, name: str, topic: str) -> pa.Table:
-    if not lines:
-        return schema.empty_table()
-    options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-    try:
-        return pajson.read_json(
-            io.BytesIO(b"\n".join(lines)),
-            read_options=pajson.ReadOptions(block_size=1 << 24),
-            parse_options=options,
+def _decode_ego(payloads: list[memoryview], name: str) -> np.ndarray:
+    sizes = {len(p) for p in payloads}
+    if sizes != {_EGO_DTYPE.itemsize}:
+        raise SchemaError(
+            f"{name}: {EGO_TOPIC} messages are {sorted(sizes)} bytes, an EgoState is "
+            f"{_EGO_DTYPE.itemsize}"
         )
-    except pa.ArrowInvalid as exc:
-        raise SchemaError(f"{name}: messages on {topic} do not match their schema: {exc}") from exc
+    ego = np.frombuffer(b"".join(payloads), dtype=_EGO_DTYPE)
+    if (ego["cdr"] != ego["cdr"][0]).any() or ego["cdr"][0] != np.frombuffer(_CDR_LE, "<u4")[0]:
+        raise SchemaError(f"{name}: {EGO_TOPIC} messages are not little-endian CDR")
+    return ego
 
 
-def assemble(ego: pa.Table, objects: pa.Table, name: str) -> pa.Table:
-    """Join parsed ego rows and per-step object lists (by ``stamp``) into a :data:`SCHEMA` table.
+def _u32(buf: np.ndarray, at: np.ndarray) -> np.ndarray:
+    return buf[at[:, None] + np.arange(4)].copy().view("<u4").ravel()
 
-    Steps without an objects message get an empty list. Raises :class:`SchemaError` when a
-    required ego field is missing.
-    """
-    for field in ("stamp", "lat", "lon", "speed", "heading", "accel", "yaw_rate"):
-        if ego[field].null_count:
-            raise SchemaError(f"{name}: ego field '{field}' is missing in some messages")
-    ego_stamps = ego["stamp"].to_numpy()
-    if objects.num_rows:
-        obj_stamps = objects["stamp"].to_numpy()
-        order = np.argsort(obj_stamps, kind="stable")
-        pos = np.searchsorted(obj_stamps[order], ego_stamps)
-        pos_clipped = np.minimum(pos, len(order) - 1)
-        found = obj_stamps[order][pos_clipped] == ego_stamps
-        take = pa.array(order[pos_clipped], mask=~found)
-        lists = objects["objects"].take(take)
-        lists = pc.if_else(pc.is_null(lists), pa.scalar([], lists.type), lists)
-    else:
-        lists = pa.array([[]] * len(ego_stamps), type=_OBJECTS_PARSE.field("objects").type)
-    columns = [
-        pa.array(ego_stamps // 1000, pa.int64()).cast(SCHEMA.field("time").type),
-        *(ego[f].cast(SCHEMA.field(f).type) for f in SCHEMA.names[1:-1]),
-        pc.cast(lists, pa.list_(OBJECT_TYPE)),
+
+def _gather(
+    buf: np.ndarray, base: np.ndarray, counts: np.ndarray, size: int, dtype: str
+) -> np.ndarray:
+    """Elements ``i`` of the arrays starting at ``base`` (``counts`` elements each)."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=dtype)
+    first = np.repeat(base, counts)
+    within = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    at = first + within * size
+    return np.asarray(buf[at[:, None] + np.arange(size)].copy().view(dtype).ravel())
+
+
+def _decode_objects(payloads: list[memoryview], name: str) -> tuple[np.ndarray, pa.ListArray]:
+    """Stamps and per-message object lists of TrackedObjects messages, all at once."""
+    if not payloads:
+        return np.zeros(0, np.int64), pa.array([], pa.list_(OBJECT_TYPE))
+    lengths = np.fromiter((len(p) for p in payloads), dtype=np.int64, count=len(payloads))
+    if (lengths < 16).any():
+        raise SchemaError(f"{name}: a {OBJECTS_TOPIC} message is shorter than its header")
+    buf = np.frombuffer(b"".join(payloads), dtype=np.uint8)
+    start = np.cumsum(lengths) - lengths + 4  # CDR alignment counts from after the header
+    stamps = buf[start[:, None] + np.arange(8)].copy().view("<i8").ravel()
+    n = _u32(buf, start + 8).astype(np.int64)
+    ends = start - 4 + lengths
+    after_classes = start + 16 + 5 * n
+    floats_at = start + ((after_classes - start + 3) // 4) * 4
+    expected_end = floats_at + 16 + 16 * n
+    if (expected_end != ends).any():
+        i = int(np.argmax(expected_end != ends))
+        raise SchemaError(
+            f"{name}: {OBJECTS_TOPIC} message {i} is {lengths[i]} bytes, "
+            f"which does not fit {n[i]} tracked objects"
+        )
+    counts = [_u32(buf, start + 12 + 4 * n)]
+    counts += [_u32(buf, floats_at + k * (4 + 4 * n)) for k in range(4)]
+    if any((c != n).any() for c in counts):
+        raise SchemaError(f"{name}: a {OBJECTS_TOPIC} message has arrays of different lengths")
+    class_id = _gather(buf, start + 16 + 4 * n, n, 1, "u1")
+    if (class_id >= len(OBJECT_CLASSES)).any():
+        bad = int(class_id[class_id >= len(OBJECT_CLASSES)][0])
+        raise SchemaError(f"{name}: tracked object class id {bad} is not defined")
+    children = [
+        pa.array(_gather(buf, start + 12, n, 4, "<i4")),
+        pc.take(pa.array(OBJECT_CLASSES), pa.array(class_id)),
+        *(pa.array(_gather(buf, floats_at + 4 + k * (4 + 4 * n), n, 4, "<f4")) for k in range(4)),
     ]
+    structs = pa.StructArray.from_arrays(children, fields=list(OBJECT_TYPE))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(n)]).astype(np.int32))
+    return stamps, pa.ListArray.from_arrays(offsets, structs, type=pa.list_(OBJECT_TYPE))
+
+
+def _assemble(ego: np.ndarray, stamps: np.ndarray, lists: pa.ListArray, name: str) -> pa.Table:
+    """Join ego rows and per-step object lists (by ``stamp``) into a :data:`SCHEMA` table.
+
+    Steps without an objects message get an empty list.
+    """
+    ego_stamps = ego["stamp"]
+    if len(stamps) == len(ego_stamps) and (stamps == ego_stamps).all():
+        objects = lists
+    elif len(stamps):
+        order = np.argsort(stamps, kind="stable")
+        pos = np.minimum(np.searchsorted(stamps[order], ego_stamps), len(order) - 1)
+        found = stamps[order][pos] == ego_stamps
+        taken = lists.take(pa.array(order[pos], mask=~found))
+        objects = pc.if_else(pc.is_null(taken), pa.scalar([], lists.type), taken)
+    else:
+        objects = pa.array([[]] * len(ego_stamps), type=pa.list_(OBJECT_TYPE))
+    columns = [pa.array(ego_stamps // 1000).cast(SCHEMA.field("time").type)]
+    for column in _EGO_COLUMNS:
+        values = ego[column]
+        field_type = SCHEMA.field(column).type
+        nullable = SCHEMA.field(column).nullable
+        mask = np.isnan(values) if nullable else None
+        columns.append(pa.array(values, mask=mask).cast(field_type))
+    columns.append(objects)
     try:
         return pa.Table.from_arrays(columns, schema=SCHEMA)
     except (pa.ArrowInvalid, ValueError) as exc:
         raise SchemaError(f"{name}: tracked objects are incomplete: {exc}") from exc
+
+
+class _Corrupt(Exception):
+    """A record runs past the end of its container, or a checksum does not match."""
+
+
+@dataclass(slots=True)
+class _Scan:
+    payloads: dict[str, list[memoryview]] = field(
+        default_factory=lambda: {EGO_TOPIC: [], OBJECTS_TOPIC: []}
+    )
+    encodings: dict[str, str] = field(default_factory=dict)
+    topics: dict[int, str] = field(default_factory=dict)
+    meta: dict[str, str] | None = None
+    ended: bool = False
+
+
+_RECORD: Final = struct.Struct("<BQ")
+_U16: Final = struct.Struct("<H")
+_U32: Final = struct.Struct("<I")
+_U64: Final = struct.Struct("<Q")
+_CHUNK_HEAD: Final = struct.Struct("<QQQI")
+_OP_FOOTER, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK, _OP_METADATA, _OP_DATA_END = (
+    0x02,
+    0x04,
+    0x05,
+    0x06,
+    0x0C,
+    0x0F,
+)
+_MESSAGE_HEAD: Final = 22  # channel id u16, sequence u32, log and publish times u64
+
+
+def _scan(data: bytes) -> _Scan:
+    """Collect the payloads of onshore's channels and the clip metadata in one pass.
+
+    A small reader of the MCAP record layout (mcap.dev/spec): the ``mcap`` package's reader
+    builds an object per record, which costs more than the rest of ingest together; here the
+    hot path is one ``struct`` unpack and one slice per message.
+    """
+    buf = memoryview(data)
+    if len(buf) < 2 * len(_MAGIC) or bytes(buf[-len(_MAGIC) :]) != _MAGIC:
+        raise _Corrupt("the file does not end with the MCAP magic bytes: it was cut off")
+    scan = _Scan()
+    _records(buf[len(_MAGIC) : len(buf) - len(_MAGIC)], scan, top=True)
+    return scan
+
+
+def _string(buf: memoryview, pos: int) -> tuple[str, int]:
+    (n,) = _U32.unpack_from(buf, pos)
+    pos += 4
+    if pos + n > len(buf):
+        raise _Corrupt("a string runs past the end of its record")
+    return bytes(buf[pos : pos + n]).decode("utf-8"), pos + n
+
+
+def _string_map(buf: memoryview, pos: int) -> tuple[dict[str, str], int]:
+    (size,) = _U32.unpack_from(buf, pos)
+    pos += 4
+    end = pos + size
+    out = {}
+    while pos < end:
+        key, pos = _string(buf, pos)
+        value, pos = _string(buf, pos)
+        out[key] = value
+    return out, end
+
+
+def _records(buf: memoryview, scan: _Scan, *, top: bool) -> None:
+    pos, n = 0, len(buf)
+    payloads, topics = scan.payloads, scan.topics
+    while pos < n:
+        if pos + 9 > n:
+            raise _Corrupt(f"a record header at byte {pos} is cut off")
+        op, length = _RECORD.unpack_from(buf, pos)
+        pos += 9
+        end = pos + length
+        if end > n:
+            raise _Corrupt(f"a record at byte {pos - 9} runs past the end of the data")
+        if op == _OP_MESSAGE:
+            topic = topics.get(_U16.unpack_from(buf, pos)[0])
+            if topic in payloads:
+                payloads[topic].append(buf[pos + _MESSAGE_HEAD : end])
+        elif op == _OP_CHUNK:
+            _chunk(buf[pos:end], scan)
+        elif op == _OP_CHANNEL:
+            (channel_id,) = _U16.unpack_from(buf, pos)
+            topic, at = _string(buf, pos + 4)
+            encoding, _ = _string(buf, at)
+            topics[channel_id] = topic
+            scan.encodings[topic] = encoding
+        elif op == _OP_METADATA:
+            name, at = _string(buf, pos)
+            if name == _META_NAME:
+                scan.meta, _ = _string_map(buf, at)
+        elif op in (_OP_DATA_END, _OP_FOOTER) and top:
+            scan.ended = True
+            if op == _OP_FOOTER:
+                return
+        pos = end
+
+
+def _chunk(buf: memoryview, scan: _Scan) -> None:
+    _start, _end, size, crc = _CHUNK_HEAD.unpack_from(buf, 0)
+    compression, pos = _string(buf, _CHUNK_HEAD.size)
+    (length,) = _U64.unpack_from(buf, pos)
+    pos += 8
+    if pos + length > len(buf):
+        raise _Corrupt("a chunk's records run past the end of the chunk")
+    raw = buf[pos : pos + length]
+    if compression == "zstd":
+        records = ZstdDecompressor().decompress(raw, max_output_size=size)
+    elif compression == "lz4":
+        records = lz4.frame.decompress(raw)
+    elif compression == "":
+        records = bytes(raw)
+    else:
+        raise _Corrupt(f"unknown chunk compression {compression!r}")
+    if len(records) != size or (crc and zlib.crc32(records) != crc):
+        raise _Corrupt("a chunk's checksum does not match its content")
+    _records(memoryview(records), scan, top=False)

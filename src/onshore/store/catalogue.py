@@ -142,6 +142,12 @@ class ClipRecord:
     ingested_at: datetime | None = None
 
 
+def _batches(values: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
+    """Slices small enough for an SQL ``IN`` list on every backend."""
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
+
+
 def _utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes; every time onshore stores is UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -189,8 +195,11 @@ class Catalogue:
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA synchronous=FULL")
+            # WAL: readers (inventory, the console) never block ingest. NORMAL sync in WAL mode
+            # may lose the last commits on power loss but never corrupts; ingest re-registers
+            # what a lost commit dropped, since store objects are written first.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
         return engine
@@ -240,72 +249,118 @@ class Catalogue:
             rows = conn.execute(query.order_by(_files.c.recorded_at)).all()
         return [_row_to(FileRecord, r) for r in rows]
 
+    def clip_hashes(self, clip_ids: Sequence[str]) -> dict[str, str]:
+        """The content hash of each of ``clip_ids`` that is already catalogued."""
+        found: dict[str, str] = {}
+        with self._tx() as conn:
+            for part in _batches(sorted(set(clip_ids))):
+                rows = conn.execute(
+                    select(_clips.c.clip_id, _clips.c.sha256).where(
+                        _clips.c.site == self.site, _clips.c.clip_id.in_(part)
+                    )
+                ).all()
+                found.update({r.clip_id: r.sha256 for r in rows})
+        return found
+
+    def ingested_files(self) -> set[str]:
+        """Content hashes of every file already ingested (quarantined ones may be retried)."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(_files.c.sha256).where(
+                    _files.c.site == self.site, _files.c.status == "ingested"
+                )
+            ).scalars()
+            return set(rows)
+
     def register(self, file: FileRecord, clips: Sequence[ClipRecord]) -> list[str]:
-        """Record an ingested file, its clips and their vehicles, all in one transaction.
+        """Record one ingested file with its clips; see :meth:`register_many`."""
+        return self.register_many([(file, clips)])
+
+    def register_many(self, batch: Sequence[tuple[FileRecord, Sequence[ClipRecord]]]) -> list[str]:
+        """Record ingested files, their clips and their vehicles, all in one transaction.
 
         A clip already catalogued with the same content is left as it is. Returns the ids of
         the clips that were new. Raises :class:`ClipConflict` (and records nothing) when a
-        clip id is already catalogued with different content.
+        clip id is already catalogued, or appears earlier in the batch, with other content.
         """
         now = datetime.now(UTC)
-        new: list[str] = []
-        with self._tx() as conn:
+        clip_ids = [c.clip_id for _, clips in batch for c in clips]
+        vins = sorted({c.vin for _, clips in batch for c in clips})
+        known = self.clip_hashes(clip_ids)
+        new_clips: list[dict[str, Any]] = []
+        for _, clips in batch:
             for clip in clips:
-                existing = conn.execute(
-                    select(_clips.c.sha256).where(
-                        _clips.c.site == self.site, _clips.c.clip_id == clip.clip_id
+                existing = known.get(clip.clip_id)
+                if existing is None:
+                    known[clip.clip_id] = clip.sha256
+                    new_clips.append({**asdict(clip), "ingested_at": now, "site": self.site})
+                elif existing != clip.sha256:
+                    raise ClipConflict(
+                        f"clip {clip.clip_id} is already stored with different content "
+                        f"(sha256 {existing[:12]}..., this file has {clip.sha256[:12]}...)",
+                        hint="a vehicle must not reuse a clip id; give the upload a new id",
                     )
-                ).scalar()
-                if existing is not None:
-                    if existing != clip.sha256:
-                        raise ClipConflict(
-                            f"clip {clip.clip_id} is already stored with different content "
-                            f"(sha256 {existing[:12]}..., this file has {clip.sha256[:12]}...)",
-                            hint="a vehicle must not reuse a clip id; give the upload a new id",
-                        )
-                    continue
-                self._upsert_vehicle(conn, clip)
-                row = {**asdict(clip), "ingested_at": now, "site": self.site}
-                conn.execute(_clips.insert().values(**row))
-                new.append(clip.clip_id)
-            self._put_file(conn, file, now)
-        return new
+        with self._tx() as conn:
+            if new_clips:
+                self._merge_vehicles(conn, vins, new_clips)
+                conn.execute(_clips.insert(), new_clips)
+            hashes = [file.sha256 for file, _ in batch]
+            for part in _batches(hashes):
+                conn.execute(
+                    _files.delete().where(_files.c.site == self.site, _files.c.sha256.in_(part))
+                )
+            conn.execute(
+                _files.insert(),
+                [{**asdict(file), "recorded_at": now, "site": self.site} for file, _ in batch],
+            )
+        return [c["clip_id"] for c in new_clips]
 
     def record_quarantine(self, file: FileRecord) -> None:
         """Record that a file was quarantined, with its reason."""
-        with self._tx() as conn:
-            self._put_file(conn, file, datetime.now(UTC))
-
-    def _put_file(self, conn: Connection, file: FileRecord, now: datetime) -> None:
-        row = {**asdict(file), "recorded_at": now, "site": self.site}
+        now = datetime.now(UTC)
         key = (_files.c.site == self.site) & (_files.c.sha256 == file.sha256)
-        if conn.execute(select(_files.c.sha256).where(key)).first() is None:
-            conn.execute(_files.insert().values(**row))
-        else:
-            conn.execute(_files.update().where(key).values(**row))
-
-    def _upsert_vehicle(self, conn: Connection, clip: ClipRecord) -> None:
-        key = (_vehicles.c.site == self.site) & (_vehicles.c.vin == clip.vin)
-        row = conn.execute(select(_vehicles).where(key)).first()
-        if row is None:
+        with self._tx() as conn:
+            conn.execute(_files.delete().where(key))
             conn.execute(
-                _vehicles.insert().values(
-                    site=self.site,
-                    vin=clip.vin,
-                    vehicle_model=clip.vehicle_model,
-                    first_seen=clip.start_time,
-                    last_seen=clip.end_time,
+                _files.insert().values({**asdict(file), "recorded_at": now, "site": self.site})
+            )
+
+    def _merge_vehicles(
+        self, conn: Connection, vins: list[str], clips: list[dict[str, Any]]
+    ) -> None:
+        seen: dict[str, tuple[datetime, datetime, str]] = {}
+        for part in _batches(vins):
+            rows = conn.execute(
+                select(_vehicles).where(_vehicles.c.site == self.site, _vehicles.c.vin.in_(part))
+            ).all()
+            seen.update({r.vin: (_utc(r.first_seen), _utc(r.last_seen), "old") for r in rows})
+        for clip in clips:
+            first, last, state = seen.get(
+                clip["vin"], (clip["start_time"], clip["end_time"], "new")
+            )
+            first, last = min(first, clip["start_time"]), max(last, clip["end_time"])
+            seen[clip["vin"]] = (first, last, "changed" if state == "old" else state)
+        models = {c["vin"]: c["vehicle_model"] for c in clips}
+        inserts = [
+            {
+                "site": self.site,
+                "vin": vin,
+                "vehicle_model": models[vin],
+                "first_seen": first,
+                "last_seen": last,
+            }
+            for vin, (first, last, state) in seen.items()
+            if state == "new"
+        ]
+        if inserts:
+            conn.execute(_vehicles.insert(), inserts)
+        for vin, (first, last, state) in seen.items():
+            if state == "changed":
+                conn.execute(
+                    _vehicles.update()
+                    .where(_vehicles.c.site == self.site, _vehicles.c.vin == vin)
+                    .values(first_seen=first, last_seen=last)
                 )
-            )
-            return
-        conn.execute(
-            _vehicles.update()
-            .where(key)
-            .values(
-                first_seen=min(_utc(row.first_seen), clip.start_time),
-                last_seen=max(_utc(row.last_seen), clip.end_time),
-            )
-        )
 
     def inventory(self) -> dict[str, Any]:
         """Counts and ranges of what the site holds: clips, vehicles, rows, bytes, time range,

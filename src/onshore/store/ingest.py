@@ -12,9 +12,11 @@ uncatalogued object that the rerun adopts, never a catalogued clip without its o
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,11 +29,11 @@ from onshore.clips.mcap import read_mcap
 from onshore.clips.schema import Clip
 from onshore.clips.tabular import clip_to_parquet, read_csv, read_parquet
 from onshore.clips.validate import validate_clip
-from onshore.errors import ClipError, ConfigError, UnreadableFile
+from onshore.errors import ClipConflict, ClipError, ConfigError, UnreadableFile
 from onshore.store.catalogue import Catalogue, ClipRecord, FileRecord
 from onshore.store.objects import ObjectStore, sha256
 
-__all__ = ["SUPPORTED", "IngestReport", "decode_file", "ingest", "iter_inputs"]
+__all__ = ["SUPPORTED", "IngestReport", "decode_file", "default_workers", "ingest", "iter_inputs"]
 
 SUPPORTED: Final = {".mcap": "mcap", ".parquet": "parquet", ".csv": "csv"}
 """File extensions ingest reads, and the format each means."""
@@ -153,7 +155,7 @@ def decode_file(path: Path, data: bytes) -> list[Clip]:
     return clips
 
 
-def _record(clip: Clip, digest: str, path: str, size: int, source: str) -> ClipRecord:
+def _record(clip: Clip, digest: str, size: int, source: str) -> ClipRecord:
     table = clip.table
     times = pc.min_max(table["time"])
     lat = table["lat"].to_numpy()
@@ -161,7 +163,7 @@ def _record(clip: Clip, digest: str, path: str, size: int, source: str) -> ClipR
     return ClipRecord(
         clip_id=clip.meta.clip_id,
         sha256=digest,
-        path=path,
+        path=ObjectStore.clip_path(digest),
         vin=clip.meta.vin,
         vehicle_model=clip.meta.vehicle_model,
         trigger=clip.meta.trigger,
@@ -180,6 +182,48 @@ def _record(clip: Clip, digest: str, path: str, size: int, source: str) -> ClipR
     )
 
 
+@dataclass(slots=True)
+class _Prepared:
+    """One input file decoded, checked and encoded for the store (or the reason it cannot be)."""
+
+    path: Path
+    size: int
+    digest: str
+    objects: list[bytes] = field(default_factory=list)
+    records: list[ClipRecord] = field(default_factory=list)
+    error: ClipError | None = None
+
+
+def _prepare(path: Path, data: bytes, digest: str) -> _Prepared:
+    """The CPU-heavy part of ingest, free of I/O so it can run in a worker process."""
+    prepared = _Prepared(path, len(data), digest)
+    try:
+        for clip in decode_file(path, data):
+            parquet = clip_to_parquet(clip)
+            prepared.objects.append(parquet)
+            prepared.records.append(_record(clip, sha256(parquet), len(parquet), digest))
+    except ClipError as exc:
+        return _Prepared(path, len(data), digest, error=exc)
+    return prepared
+
+
+def _prepare_job(job: tuple[Path, bytes, str]) -> _Prepared:
+    return _prepare(*job)
+
+
+_BATCH_FILES: Final = 64
+"""Files registered per catalogue transaction."""
+_BATCH_SECONDS: Final = 1.0
+"""Longest a prepared file waits before its batch is committed."""
+_PARALLEL_FROM: Final = 24
+"""Below this many input files, worker processes cost more to start than they save."""
+
+
+def default_workers() -> int:
+    """Worker processes for decoding: one per core, at most four."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
 def ingest(
     site: str,
     store: ObjectStore,
@@ -188,62 +232,142 @@ def ingest(
     *,
     on_file: Callable[[Path, int], None] | None = None,
     remove_quarantined_source: bool = True,
+    workers: int | None = None,
 ) -> IngestReport:
     """Ingest ``paths`` (files or folders) into ``site``'s store and catalogue.
 
-    ``on_file(path, size)`` is called after each file (for a progress bar). A bad file is moved
-    into the store's quarantine (its source removed unless ``remove_quarantined_source`` is
-    false), recorded in the catalogue, and listed in the report; the run goes on.
+    Files are decoded in ``workers`` processes (default: one per core) and registered in the
+    catalogue in batches, each batch in one transaction after its objects are in the store.
+    ``on_file(path, size)`` is called as each file is done (for a progress bar). A bad file is
+    moved into the store's quarantine (its source removed unless ``remove_quarantined_source``
+    is false), recorded in the catalogue, and listed in the report; the run goes on.
     """
-    report = IngestReport(site=site)
+    files = list(iter_inputs(paths))
+    run = _Run(site, store, catalogue, on_file, remove_quarantined_source)
     started = time.perf_counter()
     store.clean_staging()
-    for path in iter_inputs(paths):
-        data = path.read_bytes()
-        report.files += 1
-        report.bytes += len(data)
-        _ingest_one(site, store, catalogue, path, data, report, remove_quarantined_source)
-        if on_file is not None:
-            on_file(path, len(data))
-    report.seconds = time.perf_counter() - started
-    return report
+    known = catalogue.ingested_files()
+    count = workers if workers is not None else default_workers()
+    if count > 1 and len(files) >= _PARALLEL_FROM:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["onshore.store.ingest"])
+        with ProcessPoolExecutor(count, mp_context=context) as pool:
+            run.consume(pool.map(_prepare_job, run.jobs(files, known), chunksize=4))
+    else:
+        run.consume(_prepare(*job) for job in run.jobs(files, known))
+    run.report.seconds = time.perf_counter() - started
+    return run.report
 
 
-def _ingest_one(
-    site: str,
-    store: ObjectStore,
-    catalogue: Catalogue,
-    path: Path,
-    data: bytes,
-    report: IngestReport,
-    remove_source: bool,
-) -> None:
-    digest = sha256(data)
-    known = catalogue.file(digest)
-    if known is not None and known.status == "ingested":
-        report.already_ingested += 1
-        return
-    try:
-        clips = decode_file(path, data)
-        records = []
-        for clip in clips:
-            parquet = clip_to_parquet(clip)
-            clip_digest = sha256(parquet)
-            stored = store.put(ObjectStore.clip_path(clip_digest), parquet)
-            if stored.written:
-                report.stored_bytes += stored.size
-            else:
-                report.duplicate_clips += 1
-            records.append(_record(clip, clip_digest, stored.path, stored.size, digest))
-        file = FileRecord(digest, str(path), len(data), "ingested", clips=len(records))
-        new = set(catalogue.register(file, records))
-    except ClipError as exc:
-        _quarantine(site, store, catalogue, path, data, digest, exc, report, remove_source)
-        return
-    for clip, record in zip(clips, records, strict=True):
-        if record.clip_id in new:
-            report.clips += 1
-            report.rows += clip.rows
+class _Run:
+    """The state of one ingest: the report, and the batch waiting for its transaction."""
+
+    def __init__(
+        self,
+        site: str,
+        store: ObjectStore,
+        catalogue: Catalogue,
+        on_file: Callable[[Path, int], None] | None,
+        remove_source: bool,
+    ) -> None:
+        self.site, self.store, self.catalogue = site, store, catalogue
+        self.on_file = on_file or (lambda _p, _n: None)
+        self.remove_source = remove_source
+        self.report = IngestReport(site=site)
+        self.batch: list[_Prepared] = []
+        self.batch_started = 0.0
+
+    def jobs(self, files: list[Path], known: set[str]) -> Iterator[tuple[Path, bytes, str]]:
+        """Read and hash each file; yield those the catalogue does not have yet."""
+        for path in files:
+            data = path.read_bytes()
+            digest = sha256(data)
+            self.report.files += 1
+            self.report.bytes += len(data)
+            if digest in known:
+                self.report.already_ingested += 1
+                self.on_file(path, len(data))
+                continue
+            known.add(digest)  # the same content twice in one run is ingested once
+            yield path, data, digest
+
+    def consume(self, prepared: Iterable[_Prepared]) -> None:
+        for item in prepared:
+            if item.error is not None:
+                self.quarantine(item, item.error)
+                continue
+            if not self.batch:
+                self.batch_started = time.monotonic()
+            self.batch.append(item)
+            if (
+                len(self.batch) >= _BATCH_FILES
+                or time.monotonic() - self.batch_started > _BATCH_SECONDS
+            ):
+                self.flush()
+        self.flush()
+
+    def flush(self) -> None:
+        """Store the batch's objects, then register the batch in one transaction."""
+        if not self.batch:
+            return
+        batch, self.batch = self.batch, []
+        known = self.catalogue.clip_hashes([r.clip_id for p in batch for r in p.records])
+        accepted = []
+        for item in batch:
+            conflict = next(
+                (r for r in item.records if known.setdefault(r.clip_id, r.sha256) != r.sha256),
+                None,
+            )
+            if conflict is not None:
+                self.quarantine(
+                    item,
+                    ClipConflict(
+                        f"{item.path}: clip {conflict.clip_id} is already stored with different "
+                        f"content (this file's clip has sha256 {conflict.sha256[:12]}...)",
+                        hint="a vehicle must not reuse a clip id; give the upload a new id",
+                    ),
+                )
+                continue
+            for parquet, record in zip(item.objects, item.records, strict=True):
+                stored = self.store.put(record.path, parquet)
+                if stored.written:
+                    self.report.stored_bytes += stored.size
+                else:
+                    self.report.duplicate_clips += 1
+            accepted.append(item)
+        new = set(
+            self.catalogue.register_many(
+                [
+                    (
+                        FileRecord(p.digest, str(p.path), p.size, "ingested", clips=len(p.records)),
+                        p.records,
+                    )
+                    for p in accepted
+                ]
+            )
+        )
+        for item in accepted:
+            for record in item.records:
+                if record.clip_id in new:
+                    self.report.clips += 1
+                    self.report.rows += record.rows
+                    new.discard(record.clip_id)
+            self.on_file(item.path, item.size)
+
+    def quarantine(self, item: _Prepared, exc: ClipError) -> None:
+        data = item.path.read_bytes()
+        _quarantine(
+            self.site,
+            self.store,
+            self.catalogue,
+            item.path,
+            data,
+            item.digest,
+            exc,
+            self.report,
+            self.remove_source,
+        )
+        self.on_file(item.path, item.size)
 
 
 def _quarantine(
