@@ -8,6 +8,8 @@ import random
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import make_clip
 from onshore.clips.mcap import read_mcap, write_mcap
@@ -15,7 +17,7 @@ from onshore.clips.schema import SCHEMA
 from onshore.clips.tabular import clip_to_parquet, export_table, read_csv, read_parquet
 from onshore.clips.validate import validate_clip
 from onshore.clips.vin import check_digit, is_valid_vin, make_vin
-from onshore.errors import PhysicsError, SchemaError, UnreadableFile
+from onshore.errors import ClipError, PhysicsError, SchemaError, UnreadableFile
 
 
 @pytest.mark.parametrize(
@@ -102,3 +104,28 @@ def test_empty_and_foreign_bytes_are_unreadable() -> None:
         sink = io.BytesIO()
         pq.write_table(pa.table({"a": [1]}), sink)
         read_parquet(sink.getvalue(), "a.parquet")
+
+
+_UPLOAD = io.BytesIO()
+write_mcap(make_clip(21, steps=40), _UPLOAD)
+UPLOAD = _UPLOAD.getvalue()
+
+
+@settings(max_examples=300, deadline=None)
+@given(cut=st.integers(min_value=0, max_value=len(UPLOAD) - 1))
+def test_any_truncation_is_reported_as_unreadable(cut: int) -> None:
+    with pytest.raises(UnreadableFile, match=r"x\.mcap"):
+        read_mcap(UPLOAD[:cut], "x.mcap")
+
+
+@settings(max_examples=300, deadline=None)
+@given(at=st.integers(min_value=0, max_value=len(UPLOAD) - 1), byte=st.integers(0, 255))
+def test_any_corrupted_byte_is_caught_or_harmless(at: int, byte: int) -> None:
+    data = bytearray(UPLOAD)
+    data[at] = byte
+    try:
+        validate_clip(read_mcap(bytes(data), "x.mcap"), "x.mcap")
+    except ClipError as exc:
+        assert "x.mcap" in str(exc)
+    # Otherwise the byte changed nothing that matters (padding, an unread index) or changed a
+    # value into another plausible one: the clip is still valid, which is all ingest needs.

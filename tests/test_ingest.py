@@ -183,3 +183,24 @@ def test_a_missing_path_fails_before_anything_is_ingested(site: SiteStore, tmp_p
     with pytest.raises(ConfigError, match="no such file"):
         ingest(SITE, site.objects, site.catalogue, [*files, tmp_path / "nope.mcap"])
     assert site.catalogue.clips() == []
+
+
+def test_ingest_into_an_in_memory_store(tmp_path: Path) -> None:
+    from onshore.settings import load_project
+
+    (tmp_path / "onshore.toml").write_text(
+        '[sites.eu-test]\njurisdiction = "EU"\nentity = "Test GmbH"\n'
+        f'store = "memory://onshore-{tmp_path.name}"\n'
+        f'catalogue = "sqlite:///{tmp_path}/catalogue.sqlite"\n'
+    )
+    opened = SiteStore.open(load_project(tmp_path), "eu-test")
+    try:
+        files = write_clips(tmp_path / "up", 30)
+        (tmp_path / "up" / "bad.csv").write_bytes(b"\x00\x01binary")
+        report = ingest("eu-test", opened.objects, opened.catalogue, [tmp_path / "up"])
+        assert (report.clips, len(report.quarantined)) == (30, 1)
+        assert opened.objects.url.startswith("memory://")
+        assert opened.check(deep=True)["ok"]
+        assert len(files) == 30 and not (tmp_path / "up" / "bad.csv").exists()
+    finally:
+        opened.close()

@@ -79,11 +79,19 @@ def test_ingest_survives_being_killed(project: Project, tmp_path: Path) -> None:
     db = Path(project.catalogue_url(project.site(SITE)).removeprefix("sqlite:///"))
     rng = random.Random(20261129)
     partial = 0
-    for _ in range(TRIALS):
+    for trial in range(TRIALS):
         proc = subprocess.Popen(
             _run_cmd(project, SITE, inbox), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        time.sleep(rng.uniform(0.3, 1.0) * duration)
+        if trial % 2:
+            # Anywhere in the run: start-up, decoding, writing objects, committing.
+            time.sleep(rng.uniform(0.1, 1.0) * duration)
+        else:
+            # Just after a commit became visible, with a random lag into the next batch.
+            before = max(_clips_in_catalogue(db), 0)
+            while proc.poll() is None and _clips_in_catalogue(db) <= before:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0, 0.1) * duration)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         if 0 < _clips_in_catalogue(db) < FILES:

@@ -37,8 +37,9 @@ ProjectOption = Annotated[
     ),
 ]
 
-console = Console()
-err_console = Console(stderr=True)
+# Rich assumes 80 columns when output is not a terminal; logs and pipes have room for tables.
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
 def _default(value: Any) -> Any:

@@ -44,7 +44,7 @@ def sites(project: ProjectOption = None, as_json: JsonOption = False) -> None:
     rows = describe_sites(load_project(project))
 
     def render(data: list[dict[str, Any]]) -> None:
-        table = Table("site", "jurisdiction", "entity", "store", "catalogue", "compute")
+        table = Table("site", "law", "entity", "store", "compute")
         for s in data:
             c = s["compute"]
             table.add_row(
@@ -52,7 +52,6 @@ def sites(project: ProjectOption = None, as_json: JsonOption = False) -> None:
                 s["jurisdiction"],
                 s["entity"],
                 s["store"],
-                s["catalogue"],
                 f"{c['device']} x{c['relative_throughput']}",
             )
         console.print(table)

@@ -77,23 +77,22 @@ def inventory_table(rows: list[dict[str, Any]]) -> Table:
         "vehicles",
         "rows",
         "MB",
-        "from",
-        "to",
-        "consent (clips)",
+        "recorded (UTC)",
+        "consent",
         "quarantined",
         title="Inventory",
     )
     for d in rows:
         share = d["consent"]["training_share_of_clips"]
         tr = d["time_range"]
+        span = "-" if tr["start"] is None else f"{tr['start'][:16]} to {tr['end'][11:16]}"
         table.add_row(
             d["site"],
             f"{d['clips']:,}",
             f"{d['vehicles']:,}",
             f"{d['rows']:,}",
             f"{d['bytes'] / 1e6:.1f}",
-            (tr["start"] or "-")[:19],
-            (tr["end"] or "-")[:19],
+            span.replace("T", " "),
             "-" if share is None else f"{share:.0%}",
             str(d["files"]["quarantined"]),
         )

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from mcap.writer import CompressionType, Writer
 from zstandard import ZstdDecompressor, ZstdError
 
-from onshore.clips.schema import OBJECT_CLASSES, OBJECT_TYPE, SCHEMA, Clip, ClipMeta
+from onshore.clips.schema import CLASS_ARRAY, OBJECT_CLASSES, OBJECT_TYPE, SCHEMA, Clip, ClipMeta
 from onshore.errors import SchemaError, UnreadableFile
 
 __all__ = ["EGO_TOPIC", "OBJECTS_TOPIC", "read_mcap", "write_mcap"]
@@ -164,7 +164,7 @@ def read_mcap(data: bytes, name: str) -> Clip:
         )
     try:
         scan = _scan(data)
-    except (_Corrupt, ZstdError, RuntimeError, struct.error) as exc:
+    except (_Corrupt, ZstdError, RuntimeError, struct.error, ValueError, IndexError) as exc:
         raise UnreadableFile(
             f"{name}: truncated or corrupt MCAP ({exc})",
             hint="the upload was probably cut off; ask the vehicle to upload it again",
@@ -256,7 +256,7 @@ def _decode_objects(payloads: list[memoryview], name: str) -> tuple[np.ndarray, 
         raise SchemaError(f"{name}: tracked object class id {bad} is not defined")
     children = [
         pa.array(_gather(buf, start + 12, n, 4, "<i4")),
-        pc.take(pa.array(OBJECT_CLASSES), pa.array(class_id)),
+        pc.take(CLASS_ARRAY, pa.array(class_id)),
         *(pa.array(_gather(buf, floats_at + 4 + k * (4 + 4 * n), n, 4, "<f4")) for k in range(4)),
     ]
     structs = pa.StructArray.from_arrays(children, fields=list(OBJECT_TYPE))

@@ -37,6 +37,10 @@ TRIGGERS: Final = ("hard_brake", "lane_change", "random_sample")
 OBJECT_CLASSES: Final = ("car", "bus", "truck", "motorcycle", "bicycle", "pedestrian")
 """What a tracked object can be."""
 
+CLASS_ARRAY: Final = pa.array(OBJECT_CLASSES, pa.string())
+""":data:`OBJECT_CLASSES` as an Arrow array, made once: building Arrow arrays from Python
+objects costs a failed optional import each time."""
+
 OBJECT_TYPE: Final = pa.struct(
     [
         pa.field("track_id", pa.int32(), nullable=False),

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from onshore.clips.schema import OBJECT_CLASSES, SCHEMA, TRIGGERS, Clip
+from onshore.clips.schema import CLASS_ARRAY, OBJECT_CLASSES, OBJECT_TYPE, SCHEMA, TRIGGERS, Clip
 from onshore.clips.vin import is_valid_vin
 from onshore.errors import PhysicsError, SchemaError
 
@@ -131,20 +131,22 @@ def _haversine(
 
 
 def _check_objects(table: pa.Table, name: str) -> None:
-    objects = pc.list_flatten(table["objects"])
+    column = table["objects"].combine_chunks()
+    objects = column.values
     if len(objects) == 0:
         return
-    for field in ("track_id", "class", "x", "y", "vx", "vy"):
-        child = pc.struct_field(objects, field)
+    if objects.null_count:
+        raise SchemaError(f"{name}: a tracked object is null")
+    fields = dict(zip(OBJECT_TYPE.names, objects.flatten(), strict=True))
+    for field, child in fields.items():
         if child.null_count:
             raise SchemaError(f"{name}: a tracked object has no '{field}'")
-    unknown = pc.invert(pc.is_in(pc.struct_field(objects, "class"), pa.array(OBJECT_CLASSES)))
-    if pc.any(unknown).as_py():
-        cls = pc.filter(pc.struct_field(objects, "class"), unknown)[0].as_py()
+    known = pc.is_in(fields["class"], CLASS_ARRAY)
+    if not pc.all(known).as_py():
+        cls = pc.filter(fields["class"], pc.invert(known))[0].as_py()
         raise SchemaError(
             f"{name}: tracked object class {cls!r} is not one of {', '.join(OBJECT_CLASSES)}"
         )
     for field in ("x", "y", "vx", "vy"):
-        values = pc.struct_field(objects, field).to_numpy(zero_copy_only=False)
-        if not np.isfinite(values).all():
+        if not np.isfinite(fields[field].to_numpy(zero_copy_only=False)).all():
             raise PhysicsError(f"{name}: a tracked object's '{field}' is not finite")

@@ -2,7 +2,7 @@
 
 - ``berlin-osm``: the OpenStreetMap network of south-east Berlin that SUMO ships (its DRT demo),
   already projected in UTM zone 33.
-- ``shanghai-grid``: a dense generated grid (blocks of 110-125 m, two lanes each way plus a bike
+- ``shanghai-grid``: a dense generated grid (blocks of 100-115 m, two lanes each way plus a bike
   lane, 40-50 km/h, a traffic light at every junction), placed over central Shanghai.
 - ``portland-arterials``: wide arterials (three lanes, 45 mph, blocks of 400 m, signals) south of
   which runs a freeway (three lanes each way, 65 mph) with on- and off-ramps at three
@@ -80,6 +80,8 @@ class Network:
     name: str
     path: Path
     georef: Georeference
+    centre: tuple[float, float]
+    """Centre of the network's extent, in network x/y."""
     description: str
 
 
@@ -89,11 +91,7 @@ def default_cache_dir() -> Path:
     return (Path(base) if base else Path.home() / ".cache") / "onshore" / "networks"
 
 
-def read_georeference(path: Path) -> Georeference:
-    """The projection and offset in the ``<location>`` element of the network at ``path``.
-
-    Raises :class:`SimulationError` when the network has none or is not projected.
-    """
+def _location(path: Path) -> dict[str, str]:
     head = b""
     with path.open("rb") as stream:
         # The element comes right after the generator's comment, in the first kilobytes.
@@ -102,12 +100,25 @@ def read_georeference(path: Path) -> Georeference:
             if not chunk or len(head) > 1 << 22:
                 raise SimulationError(f"{path}: no <location> element in the network")
             head += chunk
-    attrs = {k.decode(): v.decode() for k, v in _ATTR_RE.findall(match.group(0))}
+    return {k.decode(): v.decode() for k, v in _ATTR_RE.findall(match.group(0))}
+
+
+def read_georeference(path: Path) -> Georeference:
+    """The projection and offset in the ``<location>`` element of the network at ``path``.
+
+    Raises :class:`SimulationError` when the network has none or is not projected.
+    """
+    attrs = _location(path)
     proj = attrs.get("projParameter", "!")
     if not proj.startswith("+proj"):
         raise SimulationError(f"{path}: the network is not geo-referenced (projParameter={proj})")
     offset_x, offset_y = (float(v) for v in attrs["netOffset"].split(","))
     return Georeference(proj, offset_x, offset_y)
+
+
+def _centre(path: Path) -> tuple[float, float]:
+    x0, y0, x1, y1 = (float(v) for v in _location(path)["convBoundary"].split(","))
+    return (x0 + x1) / 2, (y0 + y1) / 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +181,10 @@ class _RoadClass:
 
 @dataclass(frozen=True, slots=True)
 class _ShanghaiLayout:
-    x_number: int = 12
-    y_number: int = 12
-    x_length: float = 125.0
-    y_length: float = 110.0
+    x_number: int = 8
+    y_number: int = 8
+    x_length: float = 115.0
+    y_length: float = 100.0
     attach_length: float = 120.0
     """Stubs leaving the grid at its border: where through traffic enters and leaves."""
     arterial: _RoadClass = _RoadClass(2, 13.89, 3, "pedestrian")
@@ -381,6 +392,7 @@ def load_network(name: str, cache_dir: Path | None = None) -> Network:
             name,
             path,
             read_georeference(path),
+            _centre(path),
             "OpenStreetMap network of south-east Berlin shipped with SUMO (tools/game/DRT)",
         )
     spec = _GENERATED.get(name)
@@ -408,4 +420,4 @@ def load_network(name: str, cache_dir: Path | None = None) -> Network:
             (workdir / target.name).replace(target)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-    return Network(name, target, read_georeference(target), spec.description)
+    return Network(name, target, read_georeference(target), _centre(target), spec.description)

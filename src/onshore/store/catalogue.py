@@ -142,6 +142,11 @@ class ClipRecord:
     ingested_at: datetime | None = None
 
 
+def _fields(record: FileRecord | ClipRecord) -> dict[str, Any]:
+    """A record's fields as a dict (``asdict`` deep-copies every value; these are immutable)."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
+
+
 def _batches(values: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
     """Slices small enough for an SQL ``IN`` list on every backend."""
     for i in range(0, len(values), size):
@@ -293,7 +298,7 @@ class Catalogue:
                 existing = known.get(clip.clip_id)
                 if existing is None:
                     known[clip.clip_id] = clip.sha256
-                    new_clips.append({**asdict(clip), "ingested_at": now, "site": self.site})
+                    new_clips.append({**_fields(clip), "ingested_at": now, "site": self.site})
                 elif existing != clip.sha256:
                     raise ClipConflict(
                         f"clip {clip.clip_id} is already stored with different content "
@@ -311,7 +316,7 @@ class Catalogue:
                 )
             conn.execute(
                 _files.insert(),
-                [{**asdict(file), "recorded_at": now, "site": self.site} for file, _ in batch],
+                [{**_fields(file), "recorded_at": now, "site": self.site} for file, _ in batch],
             )
         return [c["clip_id"] for c in new_clips]
 

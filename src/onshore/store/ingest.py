@@ -12,17 +12,16 @@ uncatalogued object that the rerun adopts, never a catalogued clip without its o
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from onshore.clips.mcap import read_mcap
@@ -33,7 +32,7 @@ from onshore.errors import ClipConflict, ClipError, ConfigError, UnreadableFile
 from onshore.store.catalogue import Catalogue, ClipRecord, FileRecord
 from onshore.store.objects import ObjectStore, sha256
 
-__all__ = ["SUPPORTED", "IngestReport", "decode_file", "default_workers", "ingest", "iter_inputs"]
+__all__ = ["SUPPORTED", "IngestReport", "decode_file", "ingest", "iter_inputs"]
 
 SUPPORTED: Final = {".mcap": "mcap", ".parquet": "parquet", ".csv": "csv"}
 """File extensions ingest reads, and the format each means."""
@@ -157,7 +156,9 @@ def decode_file(path: Path, data: bytes) -> list[Clip]:
 
 def _record(clip: Clip, digest: str, size: int, source: str) -> ClipRecord:
     table = clip.table
-    times = pc.min_max(table["time"])
+    # Integer microseconds, since a tz-aware Arrow scalar's as_py() retries a failing import of
+    # dateutil on every call.
+    micros = pc.cast(table["time"], pa.int64()).to_numpy()
     lat = table["lat"].to_numpy()
     lon = table["lon"].to_numpy()
     return ClipRecord(
@@ -169,8 +170,8 @@ def _record(clip: Clip, digest: str, size: int, source: str) -> ClipRecord:
         trigger=clip.meta.trigger,
         consent_training=clip.meta.consent_training,
         recorded_in=clip.meta.recorded_in,
-        start_time=times["min"].as_py(),
-        end_time=times["max"].as_py(),
+        start_time=_EPOCH + timedelta(microseconds=int(micros.min())),
+        end_time=_EPOCH + timedelta(microseconds=int(micros.max())),
         rows=clip.rows,
         objects=int(pc.sum(pc.list_value_length(table["objects"])).as_py() or 0),
         bytes=size,
@@ -195,7 +196,7 @@ class _Prepared:
 
 
 def _prepare(path: Path, data: bytes, digest: str) -> _Prepared:
-    """The CPU-heavy part of ingest, free of I/O so it can run in a worker process."""
+    """The CPU-heavy part of ingest: decode, check, encode; no I/O."""
     prepared = _Prepared(path, len(data), digest)
     try:
         for clip in decode_file(path, data):
@@ -207,21 +208,11 @@ def _prepare(path: Path, data: bytes, digest: str) -> _Prepared:
     return prepared
 
 
-def _prepare_job(job: tuple[Path, bytes, str]) -> _Prepared:
-    return _prepare(*job)
-
-
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _BATCH_FILES: Final = 64
 """Files registered per catalogue transaction."""
 _BATCH_SECONDS: Final = 1.0
 """Longest a prepared file waits before its batch is committed."""
-_PARALLEL_FROM: Final = 24
-"""Below this many input files, worker processes cost more to start than they save."""
-
-
-def default_workers() -> int:
-    """Worker processes for decoding: one per core, at most four."""
-    return max(1, min(os.cpu_count() or 1, 4))
 
 
 def ingest(
@@ -232,12 +223,11 @@ def ingest(
     *,
     on_file: Callable[[Path, int], None] | None = None,
     remove_quarantined_source: bool = True,
-    workers: int | None = None,
 ) -> IngestReport:
     """Ingest ``paths`` (files or folders) into ``site``'s store and catalogue.
 
-    Files are decoded in ``workers`` processes (default: one per core) and registered in the
-    catalogue in batches, each batch in one transaction after its objects are in the store.
+    Files are registered in the catalogue in batches, each batch in one transaction after its
+    objects are durable in the store.
     ``on_file(path, size)`` is called as each file is done (for a progress bar). A bad file is
     moved into the store's quarantine (its source removed unless ``remove_quarantined_source``
     is false), recorded in the catalogue, and listed in the report; the run goes on.
@@ -247,14 +237,7 @@ def ingest(
     started = time.perf_counter()
     store.clean_staging()
     known = catalogue.ingested_files()
-    count = workers if workers is not None else default_workers()
-    if count > 1 and len(files) >= _PARALLEL_FROM:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["onshore.store.ingest"])
-        with ProcessPoolExecutor(count, mp_context=context) as pool:
-            run.consume(pool.map(_prepare_job, run.jobs(files, known), chunksize=4))
-    else:
-        run.consume(_prepare(*job) for job in run.jobs(files, known))
+    run.consume(_prepare(*job) for job in run.jobs(files, known))
     run.report.seconds = time.perf_counter() - started
     return run.report
 
@@ -328,13 +311,19 @@ class _Run:
                     ),
                 )
                 continue
-            for parquet, record in zip(item.objects, item.records, strict=True):
-                stored = self.store.put(record.path, parquet)
-                if stored.written:
-                    self.report.stored_bytes += stored.size
-                else:
-                    self.report.duplicate_clips += 1
             accepted.append(item)
+        stored = self.store.put_many(
+            [
+                (r.path, parquet)
+                for p in accepted
+                for parquet, r in zip(p.objects, p.records, strict=True)
+            ]
+        )
+        for obj in stored:
+            if obj.written:
+                self.report.stored_bytes += obj.size
+            else:
+                self.report.duplicate_clips += 1
         new = set(
             self.catalogue.register_many(
                 [

@@ -1,0 +1,23 @@
+"""The fleet simulator: realistic clips for each region when no real fleet is at hand.
+
+SUMO simulates traffic on a real or generated road network per region, with the vehicle mix and
+driver behaviour of that region (:mod:`~onshore.fleet.profiles`); the carmaker's fleet vehicles
+in it record, and their uploads are written as the MCAP clips real vehicles send.
+"""
+
+from onshore.fleet.profiles import PROFILES, REGIONS, RegionProfile, get_profile
+from onshore.fleet.simulate import Progress, SimulationResult, simulate_fleet
+from onshore.fleet.stats import FleetStatistics, fleet_statistics, ks_statistic
+
+__all__ = [
+    "PROFILES",
+    "REGIONS",
+    "FleetStatistics",
+    "Progress",
+    "RegionProfile",
+    "SimulationResult",
+    "fleet_statistics",
+    "get_profile",
+    "ks_statistic",
+    "simulate_fleet",
+]

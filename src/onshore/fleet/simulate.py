@@ -1,0 +1,295 @@
+"""Simulate one region's traffic with SUMO and write what its fleet uploads.
+
+The run goes: road network (built once and cached) → random trips per vehicle type, a share of
+the cars made fleet vehicles → SUMO at 10 Hz, floating-car data written only for fleet vehicles
+and what is within sensor range of them → clips cut from each fleet vehicle's drive → one MCAP
+file per clip, the sensitive areas as GeoJSON, and a manifest. Everything random is seeded from
+the run's seed, so the same arguments write byte-identical clips and zones.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Final
+
+import orjson
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from onshore.clips.mcap import write_mcap
+from onshore.clips.schema import TRIGGERS
+from onshore.errors import ConfigError, SimulationError
+from onshore.fleet.clips import FCD_COLUMNS, ClipBatch, ClipSettings, cut_clips
+from onshore.fleet.demand import build_demand, derive_seed
+from onshore.fleet.networks import load_network
+from onshore.fleet.profiles import get_profile
+from onshore.fleet.sumo_tools import ToolRun, run_tool, sumo_binary, sumo_version
+from onshore.fleet.zones import place_zones, zones_geojson
+
+__all__ = ["Progress", "SimulationResult", "simulate_fleet"]
+
+Progress = Callable[[str, float], None]
+"""Called with a stage (``network``, ``trips``, ``sumo``, ``clips``, ``zones``) and the fraction
+of that stage done (0..1)."""
+
+STEP_LENGTH: Final = 0.1
+"""Seconds per simulation step: the 10 Hz at which vehicles log."""
+SENSOR_RANGE_M: Final = 80.0
+_DEPART_SHARE: Final = 0.85
+"""Vehicles depart during this share of the run, so traffic is on the roads until its end."""
+_ZONES_FILE: Final = "sensitive_areas.geojson"
+_MANIFEST_FILE: Final = "manifest.json"
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationResult:
+    """What one simulation wrote and how much traffic it had."""
+
+    region: str
+    seed: int
+    network: str
+    """Name of the road network (``berlin-osm``, ``shanghai-grid``, ``portland-arterials``)."""
+    clips: list[Path]
+    """One MCAP file per uploaded clip, in order of fleet vehicle and time."""
+    zones: Path
+    """The sensitive areas, a GeoJSON FeatureCollection of WGS-84 polygons."""
+    manifest: Path
+    vehicles_inserted: int
+    """Vehicles of every class that entered the simulation."""
+    fleet_vehicles: int
+    fleet_without_consent: int
+    rows: int
+    """Ego rows (10 Hz steps) over all clips."""
+    triggers: dict[str, int]
+    """Clips per upload trigger."""
+
+
+def _check(
+    vehicles: int,
+    minutes: float,
+    fleet_share: float,
+    no_consent_share: float,
+    clip_seconds: float,
+) -> None:
+    if vehicles < 1:
+        raise ConfigError(f"vehicles must be at least 1, not {vehicles}")
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise ConfigError(f"minutes must be a positive number, not {minutes}")
+    for name, share in (("fleet_share", fleet_share), ("no_consent_share", no_consent_share)):
+        if not 0.0 <= share <= 1.0:
+            raise ConfigError(f"{name} must be between 0 and 1, not {share}")
+    if not (math.isfinite(clip_seconds) and clip_seconds >= 5.0):
+        raise ConfigError(f"clip_seconds must be at least 5, not {clip_seconds}")
+
+
+def epoch_start(seed: int, utc_offset_hours: int) -> datetime:
+    """When simulation time 0 is on the clock: a morning between 07:00 and 10:00 local time in
+    March 2026, the day and minute drawn from ``seed``."""
+    day = datetime(2026, 3, 2, 7, tzinfo=UTC) - timedelta(hours=utc_offset_hours)
+    offset = derive_seed("epoch", seed)
+    return day + timedelta(days=offset % 28, minutes=(offset // 28) % 180)
+
+
+def simulate_fleet(
+    region: str,
+    *,
+    vehicles: int,
+    minutes: float,
+    seed: int,
+    out: Path,
+    recorded_in: str,
+    fleet_share: float = 0.3,
+    no_consent_share: float = 0.15,
+    clip_seconds: float = 20.0,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> SimulationResult:
+    """Simulate ``vehicles`` vehicles for ``minutes`` in ``region`` and write the fleet's clips.
+
+    ``fleet_share`` of the passenger cars are fleet vehicles; ``no_consent_share`` of those have
+    drivers who did not consent to training. Writes ``<clip_id>.mcap`` per clip,
+    ``sensitive_areas.geojson`` and ``manifest.json`` into ``out``.
+
+    Raises :class:`ConfigError` for an unknown region or a bad parameter, and
+    :class:`SimulationError` (with SUMO's own message) when a SUMO tool fails.
+    """
+    profile = get_profile(region)
+    _check(vehicles, minutes, fleet_share, no_consent_share, clip_seconds)
+
+    def report(stage: str, fraction: float) -> None:
+        if progress is not None:
+            progress(stage, fraction)
+
+    end = minutes * 60.0
+    report("network", 0.0)
+    network = load_network(profile.network, cache_dir)
+    report("network", 1.0)
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"onshore-fleet-{region}-"))
+    try:
+        report("trips", 0.0)
+        demand = build_demand(
+            profile,
+            network=network.path,
+            vehicles=vehicles,
+            depart_end=end * _DEPART_SHARE,
+            seed=seed,
+            fleet_share=fleet_share,
+            no_consent_share=no_consent_share,
+            workdir=workdir,
+        )
+        report("trips", 1.0)
+        report("sumo", 0.0)
+        fcd_path, stats_path = workdir / "fcd.parquet", workdir / "statistics.xml"
+        run_tool(
+            ToolRun(
+                "sumo",
+                (
+                    str(sumo_binary("sumo")),
+                    f"--net-file={network.path}",
+                    f"--additional-files={demand.vtypes.name}",
+                    f"--route-files={demand.routes.name}",
+                    f"--step-length={STEP_LENGTH}",
+                    "--begin=0",
+                    f"--end={end:.1f}",
+                    f"--seed={derive_seed(region, seed, 'sumo')}",
+                    f"--fcd-output={fcd_path.name}",
+                    "--fcd-output.acceleration",
+                    "--fcd-output.attributes=x,y,angle,type,speed,lane,acceleration",
+                    # Only fleet vehicles carry the FCD device (their vType says so; without
+                    # probability 0 every vehicle would), and it also logs what is around them.
+                    "--device.fcd.probability=0",
+                    f"--device.fcd.radius={SENSOR_RANGE_M}",
+                    # Lane changes take time and move the car sideways, as a driver's do.
+                    "--lanechange.duration=2",
+                    f"--statistic-output={stats_path.name}",
+                    "--ignore-route-errors",
+                    "--no-step-log",
+                    "--no-warnings",
+                ),
+            ),
+            cwd=workdir,
+        )
+        report("sumo", 1.0)
+        inserted = _inserted(stats_path)
+        table = (
+            pq.read_table(fcd_path, columns=list(FCD_COLUMNS))
+            if fcd_path.is_file() and fcd_path.stat().st_size
+            else None
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    settings = ClipSettings(
+        region=region,
+        seed=seed,
+        recorded_in=recorded_in,
+        epoch_us=int(epoch_start(seed, profile.utc_offset_hours).timestamp()) * 1_000_000,
+        clip_seconds=clip_seconds,
+        step_length=STEP_LENGTH,
+        sensor_range_m=SENSOR_RANGE_M,
+    )
+    report("clips", 0.0)
+    batch = (
+        cut_clips(table, demand.fleet, profile.object_classes(), network.georef, settings)
+        if table is not None
+        else ClipBatch.empty()
+    )
+    paths: list[Path] = []
+    for number, clip in enumerate(batch.clips, start=1):
+        path = out / f"{clip.meta.clip_id}.mcap"
+        partial = path.with_name(f".{path.name}.partial")
+        write_mcap(clip, partial)
+        # A clip appears under its name only once it is complete.
+        partial.replace(path)
+        paths.append(path)
+        report("clips", number / len(batch.clips))
+    report("clips", 1.0)
+
+    report("zones", 0.0)
+    placed = place_zones(batch.x, batch.y, profile.zones, network.centre)
+    zones = out / _ZONES_FILE
+    _write_atomically(zones, zones_geojson(placed, network.georef))
+    report("zones", 1.0)
+
+    triggers = Counter(clip.meta.trigger for clip in batch.clips)
+    trigger_counts = {name: triggers.get(name, 0) for name in TRIGGERS}
+    rows = sum(clip.rows for clip in batch.clips)
+    result = SimulationResult(
+        region=region,
+        seed=seed,
+        network=network.name,
+        clips=paths,
+        zones=zones,
+        manifest=out / _MANIFEST_FILE,
+        vehicles_inserted=inserted,
+        fleet_vehicles=len(demand.fleet),
+        fleet_without_consent=sum(not vehicle.consent_training for vehicle in demand.fleet),
+        rows=rows,
+        triggers=trigger_counts,
+    )
+    manifest = {
+        "region": region,
+        "jurisdiction": profile.jurisdiction,
+        "city": profile.city,
+        "recorded_in": recorded_in,
+        "seed": seed,
+        "network": {
+            "name": network.name,
+            "description": network.description,
+            "file": network.path.name,
+            "sumo_version": sumo_version(),
+        },
+        "params": {
+            "vehicles": vehicles,
+            "minutes": minutes,
+            "fleet_share": fleet_share,
+            "no_consent_share": no_consent_share,
+            "clip_seconds": clip_seconds,
+            "step_length_s": STEP_LENGTH,
+            "sensor_range_m": SENSOR_RANGE_M,
+        },
+        "epoch_start": epoch_start(seed, profile.utc_offset_hours).isoformat(),
+        "counts": {
+            "vehicles_requested": vehicles,
+            "vehicles_planned": dict(demand.planned),
+            "vehicles_inserted": inserted,
+            "fleet_vehicles": result.fleet_vehicles,
+            "fleet_without_consent": result.fleet_without_consent,
+            "clips": len(paths),
+            "rows": rows,
+            "objects": sum(len(pc.list_flatten(clip.table["objects"])) for clip in batch.clips),
+            "triggers": trigger_counts,
+        },
+        "files": {"clips": [path.name for path in paths], "zones": zones.name},
+    }
+    _write_atomically(
+        result.manifest,
+        orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n",
+    )
+    return result
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(data)
+    partial.replace(path)
+
+
+def _inserted(statistics: Path) -> int:
+    """Vehicles SUMO inserted, from its ``--statistic-output``."""
+    try:
+        element = ET.parse(statistics).getroot().find("vehicles")
+    except (OSError, ET.ParseError) as exc:
+        raise SimulationError(f"sumo wrote no readable statistics: {exc}") from exc
+    if element is None:
+        raise SimulationError("sumo's statistics have no <vehicles> element")
+    return int(element.attrib.get("inserted", "0"))

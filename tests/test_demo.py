@@ -1,0 +1,72 @@
+"""The demo runs end to end on a small setting: three sites, each fleet in its own region."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from onshore.settings import load_project
+from onshore.store import SiteStore
+from onshore.store.objects import ZONES_PATH
+
+# Rough boxes around the three cities the profiles are geo-referenced in.
+CITY = {
+    "cn-shanghai": ((30.7, 31.9), (120.9, 122.1)),
+    "eu-frankfurt": ((52.3, 52.7), (13.0, 13.8)),  # the Berlin OSM network
+    "us-oregon": ((45.2, 45.8), (-123.1, -122.3)),
+}
+
+
+def _demo(folder: Path) -> dict:  # type: ignore[type-arg]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onshore",
+            "demo",
+            "--dir",
+            str(folder),
+            "--vehicles",
+            "40",
+            "--minutes",
+            "1",
+            "--seed",
+            "3",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    folder = tmp_path / "demo"
+    first = _demo(folder)
+    inventories = {inv["site"]: inv for inv in first["inventory"]}
+    assert set(inventories) == set(CITY)
+    for report in first["ingest"]:
+        assert report["quarantined"] == [] and report["clips"] > 0
+    project = load_project(folder)
+    for site_id, ((lat0, lat1), (lon0, lon1)) in CITY.items():
+        inv = inventories[site_id]
+        assert inv["clips"] > 0 and inv["vehicles"] > 0 and inv["rows"] >= 50 * inv["clips"]
+        opened = SiteStore.open(project, site_id)
+        try:
+            assert opened.check(deep=True)["ok"]
+            clips = opened.catalogue.clips()
+            assert all(c.recorded_in == site_id for c in clips)
+            assert all(lat0 < c.min_lat and c.max_lat < lat1 for c in clips), site_id
+            assert all(lon0 < c.min_lon and c.max_lon < lon1 for c in clips), site_id
+            zones = json.loads(opened.objects.read(ZONES_PATH))
+            assert zones["type"] == "FeatureCollection" and zones["features"]
+        finally:
+            opened.close()
+
+    again = _demo(folder)
+    assert again["inventory"] == first["inventory"], "a rerun stores nothing twice"
+    assert all(r["clips"] == 0 for r in again["ingest"])
