@@ -67,3 +67,41 @@ def test_unknown_site_exit_code(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert isinstance(result.exception, Exception)
     assert getattr(result.exception, "code", None) == "config.site_not_found"
+
+
+def test_fleet_simulate_in_a_project_stores_the_site_zones(tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    _json(["init", str(root)])
+    args = [
+        "fleet",
+        "simulate",
+        "--project",
+        str(root),
+        "--site",
+        "us-oregon",
+        "--vehicles",
+        "40",
+        "--minutes",
+        "1",
+        "--seed",
+        "5",
+        "--out",
+        str(tmp_path / "up"),
+    ]
+    first = _json(args)
+    assert isinstance(first, dict) and first["region"] == "us" and first["clips"] > 0
+    assert first["site_sensitive_areas"] == {
+        "path": "reference/sensitive_areas.geojson",
+        "written": True,
+    }
+    zones = root / "sites" / "us-oregon" / "store" / "reference" / "sensitive_areas.geojson"
+    assert json.loads(zones.read_text())["features"]
+    again = _json(args)
+    assert again["site_sensitive_areas"]["written"] is False, "the first zones stay the site's"
+    assert len(list((tmp_path / "up").glob("*.mcap"))) == first["clips"]
+
+
+def test_fleet_simulate_needs_a_site_or_a_region(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["fleet", "simulate", "--out", str(tmp_path), "--json"])
+    assert result.exit_code != 0
+    assert getattr(result.exception, "code", None) == "config"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import random
 
 import pyarrow as pa
@@ -106,19 +107,20 @@ def test_empty_and_foreign_bytes_are_unreadable() -> None:
         read_parquet(sink.getvalue(), "a.parquet")
 
 
+MAX_EXAMPLES = int(os.environ.get("ONSHORE_FUZZ_EXAMPLES", "300"))
 _UPLOAD = io.BytesIO()
 write_mcap(make_clip(21, steps=40), _UPLOAD)
 UPLOAD = _UPLOAD.getvalue()
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=MAX_EXAMPLES, deadline=None)
 @given(cut=st.integers(min_value=0, max_value=len(UPLOAD) - 1))
 def test_any_truncation_is_reported_as_unreadable(cut: int) -> None:
     with pytest.raises(UnreadableFile, match=r"x\.mcap"):
         read_mcap(UPLOAD[:cut], "x.mcap")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=MAX_EXAMPLES, deadline=None)
 @given(at=st.integers(min_value=0, max_value=len(UPLOAD) - 1), byte=st.integers(0, 255))
 def test_any_corrupted_byte_is_caught_or_harmless(at: int, byte: int) -> None:
     data = bytearray(UPLOAD)

@@ -91,8 +91,7 @@ def write_mcap(clip: Clip, target: Path | IO[bytes]) -> None:
     for name in _EGO_COLUMNS:
         values = table[name].to_numpy(zero_copy_only=False)
         ego[name] = np.where(_is_null(values), np.nan, values)
-    class_ids = {name: i for i, name in enumerate(OBJECT_CLASSES)}
-    objects = table["objects"].to_pylist()
+    objects = _ObjectArrays.of(table["objects"])
     own = isinstance(target, Path)
     stream: IO[bytes] = target.open("wb") if isinstance(target, Path) else target
     try:
@@ -106,7 +105,7 @@ def write_mcap(clip: Clip, target: Path | IO[bytes]) -> None:
         obj_channel = writer.register_channel(OBJECTS_TOPIC, "cdr", obj_schema)
         for i, stamp in enumerate(stamps.tolist()):
             writer.add_message(ego_channel, stamp, ego[i].tobytes(), stamp, sequence=i)
-            payload = _encode_objects(stamp, objects[i] or [], class_ids)
+            payload = objects.message(i, stamp)
             writer.add_message(obj_channel, stamp, payload, stamp, sequence=i)
         meta = clip.meta
         writer.add_metadata(
@@ -134,19 +133,50 @@ def _is_null(values: np.ndarray) -> np.ndarray:
     return np.asarray(np.isnan(values), dtype=bool)
 
 
-def _encode_objects(
-    stamp: int, objects: list[dict[str, object]], class_ids: dict[str, int]
-) -> bytes:
-    n = len(objects)
-    parts = [_CDR_LE, struct.pack("<qI", stamp, n)]
-    parts.append(struct.pack(f"<{n}i", *(int(o["track_id"]) for o in objects)))  # type: ignore[call-overload]
-    parts.append(struct.pack("<I", n) + bytes(class_ids[str(o["class"])] for o in objects))
-    body = b"".join(parts)
-    pad = -(len(body) - len(_CDR_LE)) % 4
-    body += b"\0" * pad
-    for key in ("x", "y", "vx", "vy"):
-        body += struct.pack(f"<I{n}f", n, *(float(o[key]) for o in objects))  # type: ignore[arg-type]
-    return body
+@dataclass(frozen=True, slots=True)
+class _ObjectArrays:
+    """A clip's tracked objects as flat arrays, to write one CDR message per step from slices."""
+
+    offsets: np.ndarray
+    track_id: np.ndarray
+    class_id: np.ndarray
+    floats: tuple[np.ndarray, ...]
+    """x, y, vx, vy."""
+
+    @classmethod
+    def of(cls, column: pa.ChunkedArray) -> _ObjectArrays:
+        lists = column.combine_chunks()
+        lists = pc.if_else(pc.is_null(lists), pa.scalar([], lists.type), lists)
+        start = lists.offsets[0].as_py()
+        values = lists.values.slice(start, lists.offsets[-1].as_py() - start)
+        fields = dict(zip(OBJECT_TYPE.names, values.flatten(), strict=True))
+        class_id = pc.index_in(fields["class"], CLASS_ARRAY)
+        if class_id.null_count:
+            unknown = pc.filter(fields["class"], pc.is_null(class_id))[0].as_py()
+            raise SchemaError(f"tracked object class {unknown!r} is not one of {OBJECT_CLASSES}")
+        return cls(
+            offsets=lists.offsets.to_numpy() - start,
+            track_id=fields["track_id"].to_numpy().astype("<i4"),
+            class_id=class_id.to_numpy().astype(np.uint8),
+            floats=tuple(fields[k].to_numpy().astype("<f4") for k in ("x", "y", "vx", "vy")),
+        )
+
+    def message(self, i: int, stamp: int) -> bytes:
+        """The CDR payload of TrackedObjects for step ``i``."""
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        n = b - a
+        count = struct.pack("<I", n)
+        parts = [
+            _CDR_LE,
+            struct.pack("<qI", stamp, n),
+            self.track_id[a:b].tobytes(),
+            count,
+            self.class_id[a:b].tobytes(),
+            b"\0" * (-(16 + 5 * n) % 4),  # align the next count to 4 bytes
+        ]
+        for values in self.floats:
+            parts += [count, values[a:b].tobytes()]
+        return b"".join(parts)
 
 
 def read_mcap(data: bytes, name: str) -> Clip:
@@ -164,7 +194,15 @@ def read_mcap(data: bytes, name: str) -> Clip:
         )
     try:
         scan = _scan(data)
-    except (_Corrupt, ZstdError, RuntimeError, struct.error, ValueError, IndexError) as exc:
+    except (
+        _Corrupt,
+        ZstdError,
+        RuntimeError,
+        struct.error,
+        ValueError,
+        IndexError,
+        OverflowError,
+    ) as exc:
         raise UnreadableFile(
             f"{name}: truncated or corrupt MCAP ({exc})",
             hint="the upload was probably cut off; ask the vehicle to upload it again",
@@ -322,6 +360,8 @@ _OP_FOOTER, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK, _OP_METADATA, _OP_DATA_END = (
     0x0C,
     0x0F,
 )
+_MAX_CHUNK: Final = 1 << 30
+"""Largest uncompressed chunk accepted: a corrupt size must not allocate without bound."""
 _MESSAGE_HEAD: Final = 22  # channel id u16, sequence u32, log and publish times u64
 
 
@@ -402,8 +442,11 @@ def _chunk(buf: memoryview, scan: _Scan) -> None:
     if pos + length > len(buf):
         raise _Corrupt("a chunk's records run past the end of the chunk")
     raw = buf[pos : pos + length]
+    if size > _MAX_CHUNK:
+        raise _Corrupt(f"a chunk claims {size} bytes uncompressed, more than any upload holds")
     if compression == "zstd":
-        records = ZstdDecompressor().decompress(raw, max_output_size=size)
+        # Streaming, so a corrupt size cannot make it allocate that much up front.
+        records = ZstdDecompressor().decompressobj().decompress(raw)
     elif compression == "lz4":
         records = lz4.frame.decompress(raw)
     elif compression == "":
