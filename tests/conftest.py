@@ -28,6 +28,7 @@ def make_clip(
     consent: bool = True,
     lat0: float = 31.23,
     lon0: float = 121.47,
+    recorded_in: str = "cn-shanghai",
 ) -> Clip:
     """A plausible clip: an ego driving a gentle curve at ~12 m/s with two tracked cars."""
     rng = np.random.default_rng(seed)
@@ -66,18 +67,25 @@ def make_clip(
         vehicle_model="Test Sedan",
         trigger="random_sample",
         consent_training=consent,
-        recorded_in="cn-shanghai",
+        recorded_in=recorded_in,
     )
     return Clip(meta, table)
 
 
-def write_clips(folder: Path, count: int, *, start: int = 0, steps: int = 120) -> list[Path]:
+def write_clips(
+    folder: Path,
+    count: int,
+    *,
+    start: int = 0,
+    steps: int = 120,
+    recorded_in: str = "cn-shanghai",
+) -> list[Path]:
     """Write ``count`` synthetic clips as MCAP files into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for seed in range(start, start + count):
         path = folder / f"clip-{seed:05d}.mcap"
-        write_mcap(make_clip(seed, steps=steps), path)
+        write_mcap(make_clip(seed, steps=steps, recorded_in=recorded_in), path)
         paths.append(path)
     return paths
 

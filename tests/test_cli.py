@@ -29,7 +29,7 @@ def test_init_sites_ingest_inventory_verify(tmp_path: Path) -> None:
     assert [s["id"] for s in sites] == ["cn-shanghai", "eu-frankfurt", "us-oregon"]  # type: ignore[union-attr]
 
     inbox = tmp_path / "in"
-    write_clips(inbox, 4)
+    write_clips(inbox, 4, recorded_in="US")
     (inbox / "empty.mcap").write_bytes(b"")
     summary = _json(["ingest", "--project", str(root), "--site", "us-oregon", str(inbox)])
     assert isinstance(summary, dict)
@@ -61,12 +61,43 @@ def test_errors_are_json_with_code_and_exit_code(tmp_path: Path) -> None:
 def test_unknown_site_exit_code(tmp_path: Path) -> None:
     root = tmp_path / "p"
     _json(["init", str(root)])
-    result = runner.invoke(
-        app, ["inventory", "--project", str(root), "--site", "jp-tokyo", "--json"]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onshore",
+            "inventory",
+            "--project",
+            str(root),
+            "--site",
+            "jp-tokyo",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
     )
-    assert result.exit_code != 0
-    assert isinstance(result.exception, Exception)
-    assert getattr(result.exception, "code", None) == "config.site_not_found"
+    assert done.returncode == 2
+    assert json.loads(done.stdout)["error"] == "config.site_not_found"
+
+
+def test_usage_and_file_system_errors_are_json_too(tmp_path: Path) -> None:
+    run = [sys.executable, "-m", "onshore"]
+    usage = subprocess.run([*run, "ingest", "--bogus", "--json"], capture_output=True, text=True)
+    assert usage.returncode == 2 and json.loads(usage.stdout)["error"] == "usage"
+    (tmp_path / "afile").write_text("")
+    fs = subprocess.run(
+        [*run, "init", str(tmp_path / "afile"), "--json"], capture_output=True, text=True
+    )
+    assert fs.returncode == 8 and json.loads(fs.stdout)["error"] == "filesystem"
+
+
+def test_sites_reports_an_exposed_keystore(tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    _json(["init", str(root)])
+    (root / "keys" / "eu-frankfurt" / "hmac.secret").chmod(0o644)
+    sites = {s["id"]: s for s in _json(["sites", "--project", str(root)])}  # type: ignore[union-attr]
+    assert sites["cn-shanghai"]["keystore_status"] == "ok"
+    assert "can be read by others" in sites["eu-frankfurt"]["keystore_status"]
 
 
 def test_fleet_simulate_in_a_project_stores_the_site_zones(tmp_path: Path) -> None:
@@ -99,9 +130,40 @@ def test_fleet_simulate_in_a_project_stores_the_site_zones(tmp_path: Path) -> No
     again = _json(args)
     assert again["site_sensitive_areas"]["written"] is False, "the first zones stay the site's"
     assert len(list((tmp_path / "up").glob("*.mcap"))) == first["clips"]
+    (tmp_path / "up" / "mine.mcap").write_bytes(b"a file the simulator did not write")
+    other = _json([*args[:-4], "--seed", "6", "--out", str(tmp_path / "up")])
+    left = {p.name for p in (tmp_path / "up").glob("*.mcap")}
+    assert len(left) == other["clips"] + 1 and "mine.mcap" in left, "earlier clips are gone"
 
 
 def test_fleet_simulate_needs_a_site_or_a_region(tmp_path: Path) -> None:
     result = runner.invoke(app, ["fleet", "simulate", "--out", str(tmp_path), "--json"])
     assert result.exit_code != 0
     assert getattr(result.exception, "code", None) == "config"
+
+
+def test_every_command_takes_json() -> None:
+    import typer.main
+
+    def walk(group: object, prefix: str) -> list[tuple[str, object]]:
+        found = []
+        for name, cmd in getattr(group, "commands", {}).items():
+            if hasattr(cmd, "commands"):
+                found += walk(cmd, f"{prefix}{name} ")
+            else:
+                found.append((prefix + name, cmd))
+        return found
+
+    commands = walk(typer.main.get_command(app), "")
+    assert {name for name, _ in commands} >= {
+        "init",
+        "sites",
+        "ingest",
+        "inventory",
+        "demo",
+        "fleet simulate",
+        "store verify",
+    }
+    for name, cmd in commands:
+        options = {opt for param in cmd.params for opt in getattr(param, "opts", [])}  # type: ignore[attr-defined]
+        assert "--json" in options, f"onshore {name} has no --json"

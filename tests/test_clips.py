@@ -7,6 +7,7 @@ import os
 import random
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
@@ -131,3 +132,21 @@ def test_any_corrupted_byte_is_caught_or_harmless(at: int, byte: int) -> None:
         assert "x.mcap" in str(exc)
     # Otherwise the byte changed nothing that matters (padding, an unread index) or changed a
     # value into another plausible one: the clip is still valid, which is all ingest needs.
+
+
+def test_csv_keeps_metadata_text_and_reads_integer_nanoseconds() -> None:
+    clip = make_clip(3)
+    ns = pc.multiply(pc.cast(clip.table["time"], pa.int64()), 1000)
+    rows = [
+        "clip_id,vin,vehicle_model,trigger,consent_training,recorded_in,time,lat,lon,speed,"
+        "heading,accel,yaw_rate"
+    ]
+    for i in range(clip.rows):
+        rows.append(
+            f"c1,{clip.meta.vin},0300,hard_brake,false,CN,{ns[i].as_py()},"
+            f"{clip.table['lat'][i].as_py()},{clip.table['lon'][i].as_py()},10,45,0,0"
+        )
+    (back,) = read_csv("\n".join(rows).encode(), "e.csv")
+    assert back.meta.vehicle_model == "0300" and back.meta.consent_training is False
+    assert back.table["time"].equals(clip.table["time"])
+    validate_clip(back, "e.csv")

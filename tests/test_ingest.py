@@ -44,10 +44,10 @@ def _with_column(clip: Clip, name: str, values: object) -> Clip:
 
 def test_ingest_is_idempotent(site: SiteStore, tmp_path: Path) -> None:
     files = write_clips(tmp_path / "up", 5)
-    first = ingest(SITE, site.objects, site.catalogue, [tmp_path / "up"])
+    first = ingest(site, [tmp_path / "up"])
     assert (first.files, first.clips, first.rows, first.quarantined) == (5, 5, 600, [])
     assert first.bytes == sum(f.stat().st_size for f in files)
-    again = ingest(SITE, site.objects, site.catalogue, files)
+    again = ingest(site, files)
     assert (again.clips, again.already_ingested) == (0, 5)
     assert len(list(site.objects.clip_digests())) == 5
     assert site.check(deep=True)["ok"]
@@ -61,7 +61,7 @@ def test_the_same_clip_in_another_file_is_stored_once(site: SiteStore, tmp_path:
     pq.write_table(export_table([clip]), sink)
     b = tmp_path / "b.parquet"
     b.write_bytes(sink.getvalue())
-    report = ingest(SITE, site.objects, site.catalogue, [a, b])
+    report = ingest(site, [a, b])
     assert (report.clips, report.duplicate_clips, report.quarantined) == (1, 1, [])
     assert len(site.catalogue.clips()) == 1
 
@@ -133,7 +133,7 @@ def test_every_bad_input_is_quarantined_with_its_reason(site: SiteStore, tmp_pat
     inbox.mkdir()
     good = write_clips(inbox / "good", 3, start=100)
     bad = _bad_inputs(inbox)
-    report = ingest(SITE, site.objects, site.catalogue, [*good, *(p for p, _ in bad.values())])
+    report = ingest(site, [*good, *(p for p, _ in bad.values())])
 
     assert report.clips == 3, "the good files are not lost"
     by_path = {q["path"]: q for q in report.quarantined}
@@ -160,7 +160,7 @@ def test_one_bad_clip_in_an_export_quarantines_the_file_and_nothing_else(
     pq.write_table(export_table([make_clip(7), bad]), sink)
     export = tmp_path / "export.parquet"
     export.write_bytes(sink.getvalue())
-    report = ingest(SITE, site.objects, site.catalogue, [export, *write_clips(tmp_path / "g", 1)])
+    report = ingest(site, [export, *write_clips(tmp_path / "g", 1)])
     assert report.clips == 1 and len(report.quarantined) == 1
     assert site.catalogue.clips()[0].clip_id == "test-00000"
     assert list(site.objects.clip_digests()) and site.check()["ok"]
@@ -169,9 +169,7 @@ def test_one_bad_clip_in_an_export_quarantines_the_file_and_nothing_else(
 def test_a_clip_id_reused_with_other_content_is_a_conflict(site: SiteStore, tmp_path: Path) -> None:
     write_mcap(make_clip(1, clip_id="same"), tmp_path / "one.mcap")
     write_mcap(make_clip(2, clip_id="same"), tmp_path / "two.mcap")
-    report = ingest(
-        SITE, site.objects, site.catalogue, [tmp_path / "one.mcap", tmp_path / "two.mcap"]
-    )
+    report = ingest(site, [tmp_path / "one.mcap", tmp_path / "two.mcap"])
     assert report.clips == 1
     assert "already stored with different content" in report.quarantined[0]["reason"]
 
@@ -181,7 +179,7 @@ def test_a_missing_path_fails_before_anything_is_ingested(site: SiteStore, tmp_p
 
     files = write_clips(tmp_path / "up", 2)
     with pytest.raises(ConfigError, match="no such file"):
-        ingest(SITE, site.objects, site.catalogue, [*files, tmp_path / "nope.mcap"])
+        ingest(site, [*files, tmp_path / "nope.mcap"])
     assert site.catalogue.clips() == []
 
 
@@ -195,12 +193,70 @@ def test_ingest_into_an_in_memory_store(tmp_path: Path) -> None:
     )
     opened = SiteStore.open(load_project(tmp_path), "eu-test")
     try:
-        files = write_clips(tmp_path / "up", 30)
+        files = write_clips(tmp_path / "up", 30, recorded_in="EU")
         (tmp_path / "up" / "bad.csv").write_bytes(b"\x00\x01binary")
-        report = ingest("eu-test", opened.objects, opened.catalogue, [tmp_path / "up"])
+        report = ingest(opened, [tmp_path / "up"])
         assert (report.clips, len(report.quarantined)) == (30, 1)
         assert opened.objects.url.startswith("memory://")
         assert opened.check(deep=True)["ok"]
         assert len(files) == 30 and not (tmp_path / "up" / "bad.csv").exists()
     finally:
         opened.close()
+
+
+def test_a_clip_recorded_in_another_region_is_refused(project: Project, tmp_path: Path) -> None:
+    eu = SiteStore.open(project, "eu-frankfurt")
+    try:
+        chinese = write_clips(tmp_path / "cn", 2, recorded_in="cn-shanghai")
+        european = write_clips(tmp_path / "eu", 2, start=10, recorded_in="EU")
+        report = ingest(eu, [*chinese, *european])
+        assert report.clips == 2
+        assert {q["error"] for q in report.quarantined} == {"clip.residency"}
+        assert "recorded in 'cn-shanghai'" in str(report.quarantined[0]["reason"])
+        assert all(c.recorded_in == "EU" for c in eu.catalogue.clips())
+    finally:
+        eu.close()
+
+
+def test_only_conflicting_files_in_a_batch_are_quarantined(site: SiteStore, tmp_path: Path) -> None:
+    write_mcap(make_clip(1, clip_id="same"), tmp_path / "a.mcap")
+    ingest(site, [tmp_path / "a.mcap"])
+    # A batch holding nothing but a conflict, then one where a good file shares the batch.
+    write_mcap(make_clip(2, clip_id="same"), tmp_path / "b.mcap")
+    alone = ingest(site, [tmp_path / "b.mcap"], remove_quarantined_source=False)
+    assert alone.clips == 0 and alone.quarantined[0]["error"] == "clip.conflict"
+    again = ingest(site, [tmp_path / "b.mcap", *write_clips(tmp_path / "g", 2, start=40)])
+    assert again.clips == 2 and len(again.quarantined) == 1
+    assert site.check()["ok"]
+
+
+def test_unreadable_and_oversized_files_do_not_stop_the_run(
+    site: SiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    ingest_module = importlib.import_module("onshore.store.ingest")
+
+    good = write_clips(tmp_path / "in", 2)
+    big = tmp_path / "in" / "big.mcap"
+    big.write_bytes(b"\x89MCAP0\r\n" + b"\0" * 300_000)
+    monkeypatch.setattr(ingest_module, "MAX_FILE_BYTES", 200_000)
+    locked = good[1]
+    real_read = Path.read_bytes
+
+    def read_bytes(path: Path) -> bytes:  # as for a file root may not read (NFS, SELinux)
+        if path == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    (tmp_path / "in" / "gone.mcap").symlink_to(tmp_path / "in" / "nowhere")
+    (tmp_path / "in" / "notes.txt").write_text("not an upload")
+    report = ingest(site, [tmp_path / "in"])
+    assert report.clips == 1, "the readable good file is not lost"
+    by_path = {q["path"]: q for q in report.quarantined}
+    assert "293 KiB is more than the 195 KiB" in str(by_path[str(big)]["reason"])
+    assert by_path[str(locked)]["quarantine"] is None and locked.exists()
+    assert "cannot be read (Permission denied)" in str(by_path[str(locked)]["reason"])
+    assert str(tmp_path / "in" / "gone.mcap") in report.ignored
+    assert str(tmp_path / "in" / "notes.txt") in report.ignored

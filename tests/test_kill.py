@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from conftest import write_clips
 from onshore.settings import Project
+from onshore.sites import init_project
 from onshore.store import SiteStore
 from onshore.store.objects import sha256
 
@@ -63,15 +64,16 @@ def _run_cmd(project: Project, site: str, inbox: Path) -> list[str]:
 
 def test_ingest_survives_being_killed(project: Project, tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
-    write_clips(inbox, FILES, steps=300)
+    write_clips(inbox, FILES, steps=300, recorded_in=SITE)
     for i in range(3):
         (inbox / f"bad-{i}.mcap").write_bytes(b"\x89MCAP0\r\n" + os.urandom(200 + i))
     keep = tmp_path / "keep"
     shutil.copytree(inbox, keep)  # quarantine moves bad files out; each trial starts from all
 
-    # How long an uninterrupted run takes, on another site, so kills can land anywhere in it.
+    # How long an uninterrupted run takes, in another project, so kills can land anywhere in it.
+    reference = init_project(tmp_path / "reference")
     started = time.monotonic()
-    subprocess.run(_run_cmd(project, "us-oregon", inbox), capture_output=True, check=True)
+    subprocess.run(_run_cmd(reference, SITE, inbox), capture_output=True, check=True)
     duration = time.monotonic() - started
     shutil.rmtree(inbox)
     shutil.copytree(keep, inbox)

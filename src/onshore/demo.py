@@ -57,7 +57,7 @@ def run_demo(
         say(f"{site.id}: ingesting {len(result.clips)} clips")
         opened = SiteStore.open(project, site.id)
         try:
-            report = ingest(site.id, opened.objects, opened.catalogue, result.clips)
+            report = ingest(opened, result.clips)
             ingests.append(report.as_dict())
             inventories.append(opened.catalogue.inventory())
         finally:

@@ -17,7 +17,9 @@ configuration is changed. Retry code checks these markers, never message text.
     │   ├── UnreadableFile           (terminal) empty, truncated, or not the format its name says
     │   ├── SchemaError              (terminal) a channel, column or field is missing or mistyped
     │   ├── PhysicsError             (terminal) time, position or speed cannot be real
+    │   ├── ResidencyError           (terminal) recorded in another region: not this site's data
     │   └── ClipConflict             (terminal) a clip id already stored with other content
+    ├── FileSystemError              (terminal) a local file or folder cannot be read or written
     ├── StoreError                   (transient) the site's object store failed
     └── CatalogueError               (transient) the site's catalogue database failed
 """
@@ -32,11 +34,13 @@ __all__ = [
     "ClipConflict",
     "ClipError",
     "ConfigError",
+    "FileSystemError",
     "KeystoreError",
     "OnshoreError",
     "PhysicsError",
     "ProjectExists",
     "ProjectNotFound",
+    "ResidencyError",
     "SchemaError",
     "SimulationError",
     "SiteNotFound",
@@ -147,6 +151,14 @@ class PhysicsError(ClipError):
     code = "clip.physics"
 
 
+class FileSystemError(OnshoreError, Terminal):
+    """A local file or folder cannot be read or written (permissions, a file where a folder
+    should be, a full disk)."""
+
+    code = "filesystem"
+    exit_code = 8
+
+
 class StoreError(OnshoreError, Transient):
     """The site's object store could not be read or written."""
 
@@ -159,6 +171,12 @@ class CatalogueError(OnshoreError, Transient):
 
     code = "catalogue"
     exit_code = 7
+
+
+class ResidencyError(ClipError):
+    """A clip recorded under another jurisdiction than the site's: it belongs in its own site."""
+
+    code = "clip.residency"
 
 
 class ClipConflict(ClipError):

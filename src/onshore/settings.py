@@ -8,6 +8,7 @@ Secrets are never in this file: each site's keys live in its keystore (see
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "SiteSettings",
     "find_project",
     "load_project",
+    "redact_url",
 ]
 
 CONFIG_NAME: Final = "onshore.toml"
@@ -142,6 +144,15 @@ class Project:
     def keystore_path(self, site: SiteSettings) -> Path:
         """The site's keystore folder."""
         return (self.root / site.keystore).resolve()
+
+
+_CREDENTIALS: Final = re.compile(r"(?<=://)([^/@:]*):[^/@]*@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of any ``user:password@`` part replaced by ``***``: what
+    messages, logs and exports show of store and catalogue URLs."""
+    return _CREDENTIALS.sub(r"\1:***@", url)
 
 
 def _parse(raw: dict[str, object], source: Path) -> Settings:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from typing import Any, NoReturn
 
 import orjson
 import typer
+from typer.exceptions import TyperException
 
 from onshore.cli import demo, fleet, project, store
-from onshore.errors import OnshoreError
+from onshore.errors import FileSystemError, OnshoreError
 
 __all__ = ["app", "main"]
 
@@ -27,15 +29,47 @@ demo.register(app)
 
 
 def main() -> None:
-    """Entry point: run the CLI; an :class:`OnshoreError` becomes its message and exit code."""
+    """Entry point: run the CLI. An :class:`OnshoreError` (or a file-system error, or a usage
+    error) becomes its message, its code and its exit code; as JSON under ``--json``."""
+    as_json = "--json" in sys.argv
     try:
-        app()
+        code = app(standalone_mode=False)
     except OnshoreError as exc:
-        if "--json" in sys.argv:
-            sys.stdout.write(orjson.dumps(exc.to_dict(), option=orjson.OPT_INDENT_2).decode())
-            sys.stdout.write("\n")
-        else:
-            sys.stderr.write(f"error [{exc.code}]: {exc.message}\n")
-            if exc.hint:
-                sys.stderr.write(f"  hint: {exc.hint}\n")
-        sys.exit(exc.exit_code)
+        _fail(exc.to_dict(), as_json)
+    except OSError as exc:
+        error = FileSystemError(
+            f"{exc.filename or 'a file'}: {exc.strerror or exc}",
+            hint="check the path, its permissions and the free space",
+        )
+        _fail(error.to_dict(), as_json)
+    except TyperException as exc:  # a usage error: unknown option, bad value
+        if not as_json:
+            show = getattr(exc, "show", None)
+            if callable(show):
+                show()
+            else:
+                sys.stderr.write(f"error: {exc.format_message()}\n")
+            sys.exit(exc.exit_code)
+        _fail(
+            {
+                "error": "usage",
+                "message": exc.format_message(),
+                "hint": "see --help",
+                "exit_code": exc.exit_code,
+            },
+            True,
+        )
+    except (typer.Abort, KeyboardInterrupt):
+        sys.stderr.write("aborted\n")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(error: dict[str, Any], as_json: bool) -> NoReturn:
+    if as_json:
+        sys.stdout.write(orjson.dumps(error, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stderr.write(f"error [{error['error']}]: {error['message']}\n")
+        if error.get("hint"):
+            sys.stderr.write(f"  hint: {error['hint']}\n")
+    sys.exit(int(error["exit_code"]))

@@ -56,6 +56,7 @@ def simulate(
     else:
         options = {"recorded_in": str(region).upper()}
     assert region is not None
+    region = region.lower()
     with progress_bar(f"simulate {site or region}", 1.0, unit="stages") as bar:
         task = bar.task_ids[0]
 

@@ -44,7 +44,7 @@ def sites(project: ProjectOption = None, as_json: JsonOption = False) -> None:
     rows = describe_sites(load_project(project))
 
     def render(data: list[dict[str, Any]]) -> None:
-        table = Table("site", "law", "entity", "store", "compute")
+        table = Table("site", "law", "entity", "store", "compute", "keystore")
         for s in data:
             c = s["compute"]
             table.add_row(
@@ -53,6 +53,9 @@ def sites(project: ProjectOption = None, as_json: JsonOption = False) -> None:
                 s["entity"],
                 s["store"],
                 f"{c['device']} x{c['relative_throughput']}",
+                s["keystore_status"]
+                if s["keystore_status"] == "ok"
+                else f"[red]{s['keystore_status']}[/]",
             )
         console.print(table)
 

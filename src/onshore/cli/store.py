@@ -11,7 +11,7 @@ from rich.table import Table
 from onshore.cli.output import JsonOption, ProjectOption, console, emit, err_console, progress_bar
 from onshore.settings import load_project
 from onshore.store import SiteStore
-from onshore.store.ingest import iter_inputs
+from onshore.store.ingest import scan_inputs
 
 __all__ = ["register"]
 
@@ -31,16 +31,13 @@ def ingest(
     from onshore.store.ingest import ingest as run_ingest
 
     proj = load_project(project)
-    files = list(iter_inputs(paths))
-    total = sum(f.stat().st_size for f in files)
+    total = sum(_size(f) for f in scan_inputs(paths)[0])
     opened = SiteStore.open(proj, site)
     try:
         with progress_bar(f"ingest {site}", total, unit="bytes") as bar:
             report = run_ingest(
-                site,
-                opened.objects,
-                opened.catalogue,
-                files,
+                opened,
+                paths,
                 on_file=lambda _p, n: bar.advance(bar.task_ids[0], n),
                 remove_quarantined_source=not keep_bad,
             )
@@ -54,9 +51,19 @@ def ingest(
             + (f", {d['already_ingested']} already ingested" if d["already_ingested"] else "")
         )
         for q in d["quarantined"]:
-            err_console.print(f"[yellow]quarantined[/] {q['path']}: {q['reason']}")
+            kept = "quarantined" if q["quarantine"] else "skipped"
+            err_console.print(f"[yellow]{kept}[/] {q['reason']}")
+        if d["ignored"]:
+            err_console.print(f"ignored {len(d['ignored'])} file(s) that are not uploads")
 
     emit(report.as_dict(), as_json, render)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def inventory(site: SiteOption, project: ProjectOption = None, as_json: JsonOption = False) -> None:

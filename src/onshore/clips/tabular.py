@@ -89,12 +89,12 @@ def read_csv(data: bytes, name: str) -> list[Clip]:
         table = pacsv.read_csv(
             io.BytesIO(data),
             convert_options=pacsv.ConvertOptions(
+                # Metadata as written (a model "0300" stays "0300"), and time and objects
+                # as text, parsed below.
                 column_types={
-                    "clip_id": pa.string(),
-                    "vin": pa.string(),
+                    **dict.fromkeys(META_COLUMNS, pa.string()),
                     "objects": pa.string(),
                     "time": pa.string(),
-                    "consent_training": pa.string(),
                 },
                 strings_can_be_null=True,
             ),
@@ -189,6 +189,8 @@ def _time(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
         ns = column.cast(pa.int64()).to_numpy()
         return pa.chunked_array([pa.array(np.asarray(ns // 1000), pa.int64()).cast(target)])
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        if pc.all(pc.match_substring_regex(column, r"^-?[0-9]+$")).as_py():
+            return _time(column.cast(pa.int64()), name)  # nanoseconds, written as text in CSV
         try:
             return pc.cast(pc.strptime(column, format="%Y-%m-%dT%H:%M:%S%z", unit="us"), target)
         except pa.ArrowInvalid:

@@ -197,6 +197,7 @@ def simulate_fleet(
         step_length=STEP_LENGTH,
         sensor_range_m=SENSOR_RANGE_M,
     )
+    stale = _previous_clips(out / _MANIFEST_FILE)
     report("clips", 0.0)
     batch = (
         cut_clips(table, demand.fleet, profile.object_classes(), network.georef, settings)
@@ -275,7 +276,20 @@ def simulate_fleet(
         result.manifest,
         orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n",
     )
+    # Clips an earlier simulation wrote here and this one did not: the folder now holds this
+    # run's uploads only. Files the simulator did not write are left alone.
+    for name in stale - {path.name for path in paths}:
+        (out / name).unlink(missing_ok=True)
     return result
+
+
+def _previous_clips(manifest: Path) -> set[str]:
+    """Clip files an earlier simulation listed in ``manifest`` (none if there is no such file)."""
+    try:
+        files = orjson.loads(manifest.read_bytes())["files"]["clips"]
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+        return set()
+    return {name for name in files if isinstance(name, str) and "/" not in name}
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -9,12 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
-from onshore.errors import ConfigError, ProjectExists
-from onshore.settings import CONFIG_NAME, Project, load_project
-from onshore.sites.keystore import PUBLIC_FILE, create_keystore
+from onshore.errors import ConfigError, KeystoreError, ProjectExists
+from onshore.settings import CONFIG_NAME, Project, load_project, redact_url
+from onshore.sites.keystore import create_keystore, load_keystore
 
 __all__ = ["EXAMPLES", "describe_sites", "init_project"]
 
@@ -92,10 +89,10 @@ def describe_sites(project: Project) -> list[dict[str, Any]]:
                 "id": site.id,
                 "jurisdiction": site.jurisdiction,
                 "entity": site.entity,
-                "store": project.store_url(site),
-                "catalogue": _redact(project.catalogue_url(site)),
+                "store": redact_url(project.store_url(site)),
+                "catalogue": redact_url(project.catalogue_url(site)),
                 "keystore": str(keystore),
-                "keystore_present": (keystore / PUBLIC_FILE).is_file(),
+                "keystore_status": _keystore_status(keystore),
                 "compute": site.compute.model_dump(),
                 "fleet_profile": site.region_profile,
             }
@@ -103,9 +100,10 @@ def describe_sites(project: Project) -> list[dict[str, Any]]:
     return rows
 
 
-def _redact(url: str) -> str:
-    """A database URL with any password replaced, fit for output and logs."""
+def _keystore_status(folder: Path) -> str:
+    """``ok``, or why the site's keys cannot be used (missing, unreadable, exposed)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:  # an unparsable URL is reported where it is used, not here
-        return url
+        load_keystore(folder)
+    except KeystoreError as exc:
+        return str(exc)
+    return "ok"

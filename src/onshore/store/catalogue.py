@@ -35,10 +35,12 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
 from onshore.errors import CatalogueError, ClipConflict, ConfigError
+from onshore.settings import redact_url
 
 __all__ = ["Catalogue", "ClipRecord", "FileRecord"]
 
 SCHEMA_VERSION: Final = 1
+_RETRIES: Final = 5
 _R = TypeVar("_R", "FileRecord", "ClipRecord")
 
 _metadata = MetaData()
@@ -175,7 +177,10 @@ class Catalogue:
         try:
             parsed = make_url(url)
         except ArgumentError as exc:
-            raise ConfigError(f"catalogue URL {url!r} is not a SQLAlchemy URL: {exc}") from exc
+            raise ConfigError(
+                f"catalogue URL {redact_url(url)!r} is not a SQLAlchemy URL",
+                hint="e.g. sqlite:///path/catalogue.sqlite or postgresql+psycopg://user@host/db",
+            ) from exc
         self.url = parsed.render_as_string(hide_password=True)
         try:
             self._engine = self._connect(url, parsed.get_backend_name())
@@ -288,6 +293,22 @@ class Catalogue:
         the clips that were new. Raises :class:`ClipConflict` (and records nothing) when a
         clip id is already catalogued, or appears earlier in the batch, with other content.
         """
+        if not batch:
+            return []
+        for attempt in range(_RETRIES):
+            try:
+                return self._register(batch)
+            except IntegrityError as exc:
+                # Another writer inserted the same vehicle, clip or file between our read and
+                # our insert: read again and retry; what it wrote is now known.
+                if attempt == _RETRIES - 1:
+                    raise CatalogueError(
+                        f"catalogue {self.url}: concurrent writers kept colliding: {exc.orig}",
+                        hint="run one ingest per site at a time, then rerun this one",
+                    ) from exc
+        raise AssertionError("unreachable")
+
+    def _register(self, batch: Sequence[tuple[FileRecord, Sequence[ClipRecord]]]) -> list[str]:
         now = datetime.now(UTC)
         clip_ids = [c.clip_id for _, clips in batch for c in clips]
         vins = sorted({c.vin for _, clips in batch for c in clips})

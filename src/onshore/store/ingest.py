@@ -12,7 +12,7 @@ uncatalogued object that the rerun adopts, never a catalogued clip without its o
 
 from __future__ import annotations
 
-import os
+import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,11 +28,27 @@ from onshore.clips.mcap import read_mcap
 from onshore.clips.schema import Clip
 from onshore.clips.tabular import clip_to_parquet, read_csv, read_parquet
 from onshore.clips.validate import validate_clip
-from onshore.errors import ClipConflict, ClipError, ConfigError, UnreadableFile
-from onshore.store.catalogue import Catalogue, ClipRecord, FileRecord
+from onshore.errors import (
+    ClipConflict,
+    ClipError,
+    ConfigError,
+    FileSystemError,
+    ResidencyError,
+    UnreadableFile,
+)
+from onshore.store.catalogue import ClipRecord, FileRecord
 from onshore.store.objects import ObjectStore, sha256
+from onshore.store.site import Residency, SiteStore
 
-__all__ = ["SUPPORTED", "IngestReport", "decode_file", "ingest", "iter_inputs"]
+__all__ = [
+    "MAX_FILE_BYTES",
+    "SUPPORTED",
+    "IngestReport",
+    "decode_file",
+    "ingest",
+    "iter_inputs",
+    "scan_inputs",
+]
 
 SUPPORTED: Final = {".mcap": "mcap", ".parquet": "parquet", ".csv": "csv"}
 """File extensions ingest reads, and the format each means."""
@@ -69,7 +85,11 @@ class IngestReport:
     """Files skipped because the catalogue already has them."""
     duplicate_clips: int = 0
     """Clips in new files that the store already held."""
-    quarantined: list[dict[str, str]] = field(default_factory=list)
+    quarantined: list[dict[str, str | None]] = field(default_factory=list)
+    """Bad files: ``path``, ``reason``, ``error`` code and where the file is kept
+    (``quarantine``; null when it could not even be read and was left where it is)."""
+    ignored: list[str] = field(default_factory=list)
+    """Files inside the given folders that are not uploads (unsupported extension, broken link)."""
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -83,29 +103,42 @@ class IngestReport:
             "already_ingested": self.already_ingested,
             "duplicate_clips": self.duplicate_clips,
             "quarantined": self.quarantined,
+            "ignored": self.ignored,
             "seconds": round(self.seconds, 3),
             "mb_per_s": round(self.bytes / 1e6 / self.seconds, 2) if self.seconds else None,
         }
 
 
-def iter_inputs(paths: Iterable[Path]) -> Iterator[Path]:
-    """The files to ingest: named files as they are, folders searched for supported files.
+def scan_inputs(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
+    """The files to ingest, and the files in the given folders that are not uploads.
 
-    Raises :class:`ConfigError` for a path that does not exist (before anything is ingested).
+    Named files are taken as they are (an unsupported one is quarantined, since it was named);
+    folders are searched for supported files, skipping hidden ones. Raises :class:`ConfigError`
+    for a path that does not exist, before anything is ingested.
     """
-    resolved = []
-    for path in paths:
+    named = list(paths)
+    for path in named:
         if not path.exists():
             raise ConfigError(f"{path}: no such file or folder")
-        resolved.append(path)
-    for path in resolved:
-        if path.is_dir():
-            for found in sorted(path.rglob("*")):
-                hidden = any(part.startswith(".") for part in found.relative_to(path).parts)
-                if found.is_file() and not hidden and found.suffix.lower() in SUPPORTED:
-                    yield found
-        else:
-            yield path
+    files: list[Path] = []
+    ignored: list[Path] = []
+    for path in named:
+        if not path.is_dir():
+            files.append(path)
+            continue
+        for found in sorted(path.rglob("*")):
+            if any(part.startswith(".") for part in found.relative_to(path).parts):
+                continue
+            if found.is_file() and found.suffix.lower() in SUPPORTED:
+                files.append(found)
+            elif not found.is_dir():
+                ignored.append(found)
+    return files, ignored
+
+
+def iter_inputs(paths: Iterable[Path]) -> Iterator[Path]:
+    """The files :func:`scan_inputs` would ingest."""
+    yield from scan_inputs(paths)[0]
 
 
 def _sniff(data: bytes) -> str:
@@ -195,11 +228,19 @@ class _Prepared:
     error: ClipError | None = None
 
 
-def _prepare(path: Path, data: bytes, digest: str) -> _Prepared:
+def _prepare(path: Path, data: bytes, digest: str, residency: Residency) -> _Prepared:
     """The CPU-heavy part of ingest: decode, check, encode; no I/O."""
     prepared = _Prepared(path, len(data), digest)
     try:
         for clip in decode_file(path, data):
+            if not residency.allows(clip.meta.recorded_in):
+                raise ResidencyError(
+                    f"{path}: clip {clip.meta.clip_id} was recorded in "
+                    f"{clip.meta.recorded_in!r}, not under site {residency.site}'s jurisdiction "
+                    f"({residency.jurisdiction})",
+                    hint="ingest it at the site of the region where it was recorded; "
+                    "data crosses borders only through the gate",
+                )
             parquet = clip_to_parquet(clip)
             prepared.objects.append(parquet)
             prepared.records.append(_record(clip, sha256(parquet), len(parquet), digest))
@@ -213,12 +254,12 @@ _BATCH_FILES: Final = 64
 """Files registered per catalogue transaction."""
 _BATCH_SECONDS: Final = 1.0
 """Longest a prepared file waits before its batch is committed."""
+MAX_FILE_BYTES: Final = 512 * 1024 * 1024
+"""Largest upload read into memory; a larger file is quarantined unread (split it first)."""
 
 
 def ingest(
-    site: str,
-    store: ObjectStore,
-    catalogue: Catalogue,
+    site: SiteStore,
     paths: Iterable[Path],
     *,
     on_file: Callable[[Path, int], None] | None = None,
@@ -226,18 +267,20 @@ def ingest(
 ) -> IngestReport:
     """Ingest ``paths`` (files or folders) into ``site``'s store and catalogue.
 
+    Each clip must have been recorded under the site's jurisdiction (:class:`Residency`).
     Files are registered in the catalogue in batches, each batch in one transaction after its
-    objects are durable in the store.
-    ``on_file(path, size)`` is called as each file is done (for a progress bar). A bad file is
-    moved into the store's quarantine (its source removed unless ``remove_quarantined_source``
-    is false), recorded in the catalogue, and listed in the report; the run goes on.
+    objects are durable in the store. ``on_file(path, size)`` is called as each file is done
+    (for a progress bar). A bad file is moved into the store's quarantine (its source removed
+    unless ``remove_quarantined_source`` is false), recorded in the catalogue, and listed in
+    the report; the run goes on.
     """
-    files = list(iter_inputs(paths))
-    run = _Run(site, store, catalogue, on_file, remove_quarantined_source)
+    files, ignored = scan_inputs(paths)
+    run = _Run(site, on_file, remove_quarantined_source)
+    run.report.ignored = [str(p) for p in ignored]
     started = time.perf_counter()
-    store.clean_staging()
-    known = catalogue.ingested_files()
-    run.consume(_prepare(*job) for job in run.jobs(files, known))
+    site.objects.clean_staging()
+    known = site.catalogue.ingested_files()
+    run.consume(_prepare(*job, site.residency) for job in run.jobs(files, known))
     run.report.seconds = time.perf_counter() - started
     return run.report
 
@@ -247,25 +290,31 @@ class _Run:
 
     def __init__(
         self,
-        site: str,
-        store: ObjectStore,
-        catalogue: Catalogue,
+        site: SiteStore,
         on_file: Callable[[Path, int], None] | None,
         remove_source: bool,
     ) -> None:
-        self.site, self.store, self.catalogue = site, store, catalogue
+        self.site, self.store, self.catalogue = site, site.objects, site.catalogue
         self.on_file = on_file or (lambda _p, _n: None)
         self.remove_source = remove_source
-        self.report = IngestReport(site=site)
+        self.report = IngestReport(site=site.site)
         self.batch: list[_Prepared] = []
         self.batch_started = 0.0
 
     def jobs(self, files: list[Path], known: set[str]) -> Iterator[tuple[Path, bytes, str]]:
         """Read and hash each file; yield those the catalogue does not have yet."""
         for path in files:
-            data = path.read_bytes()
-            digest = sha256(data)
             self.report.files += 1
+            try:
+                size = path.stat().st_size
+                if size > MAX_FILE_BYTES:
+                    self._quarantine_unread(path, size)
+                    continue
+                data = path.read_bytes()
+            except OSError as exc:
+                self._unreadable(path, exc)
+                continue
+            digest = sha256(data)
             self.report.bytes += len(data)
             if digest in known:
                 self.report.already_ingested += 1
@@ -291,27 +340,10 @@ class _Run:
 
     def flush(self) -> None:
         """Store the batch's objects, then register the batch in one transaction."""
-        if not self.batch:
-            return
         batch, self.batch = self.batch, []
-        known = self.catalogue.clip_hashes([r.clip_id for p in batch for r in p.records])
-        accepted = []
-        for item in batch:
-            conflict = next(
-                (r for r in item.records if known.setdefault(r.clip_id, r.sha256) != r.sha256),
-                None,
-            )
-            if conflict is not None:
-                self.quarantine(
-                    item,
-                    ClipConflict(
-                        f"{item.path}: clip {conflict.clip_id} is already stored with different "
-                        f"content (this file's clip has sha256 {conflict.sha256[:12]}...)",
-                        hint="a vehicle must not reuse a clip id; give the upload a new id",
-                    ),
-                )
-                continue
-            accepted.append(item)
+        accepted = self._without_conflicts(batch)
+        if not accepted:
+            return
         stored = self.store.put_many(
             [
                 (r.path, parquet)
@@ -324,17 +356,17 @@ class _Run:
                 self.report.stored_bytes += obj.size
             else:
                 self.report.duplicate_clips += 1
-        new = set(
-            self.catalogue.register_many(
-                [
-                    (
-                        FileRecord(p.digest, str(p.path), p.size, "ingested", clips=len(p.records)),
-                        p.records,
-                    )
-                    for p in accepted
-                ]
-            )
-        )
+        try:
+            new = set(self.catalogue.register_many([_entry(p) for p in accepted]))
+        except ClipConflict:
+            # Another ingest registered a clip id in the meantime: file by file, so that only
+            # the conflicting files are quarantined.
+            new = set()
+            for item in accepted:
+                try:
+                    new.update(self.catalogue.register_many([_entry(item)]))
+                except ClipConflict as exc:
+                    self.quarantine(item, exc)
         for item in accepted:
             for record in item.records:
                 if record.clip_id in new:
@@ -343,56 +375,104 @@ class _Run:
                     new.discard(record.clip_id)
             self.on_file(item.path, item.size)
 
+    def _without_conflicts(self, batch: list[_Prepared]) -> list[_Prepared]:
+        """The batch less the files reusing a clip id (catalogued or earlier in the batch) for
+        other content; those are quarantined."""
+        if not batch:
+            return []
+        known = self.catalogue.clip_hashes([r.clip_id for p in batch for r in p.records])
+        accepted = []
+        for item in batch:
+            conflict = next(
+                (r for r in item.records if known.get(r.clip_id, r.sha256) != r.sha256), None
+            )
+            if conflict is not None:
+                self.quarantine(
+                    item,
+                    ClipConflict(
+                        f"{item.path}: clip {conflict.clip_id} is already stored with different "
+                        f"content (this file's clip has sha256 {conflict.sha256[:12]}...)",
+                        hint="a vehicle must not reuse a clip id; give the upload a new id",
+                    ),
+                )
+                continue
+            known.update({r.clip_id: r.sha256 for r in item.records})
+            accepted.append(item)
+        return accepted
+
     def quarantine(self, item: _Prepared, exc: ClipError) -> None:
-        data = item.path.read_bytes()
-        _quarantine(
-            self.site,
-            self.store,
-            self.catalogue,
-            item.path,
-            data,
-            item.digest,
-            exc,
-            self.report,
-            self.remove_source,
+        """Move a bad file into the store's quarantine with its reason; record it."""
+        reason = str(exc)
+        try:
+            where = self.store.quarantine_file(
+                item.path,
+                item.digest,
+                {
+                    "site": self.site.site,
+                    "source": str(item.path),
+                    "error": exc.code,
+                    "reason": reason,
+                },
+            )
+        except OSError as error:
+            self._unreadable(item.path, error)
+            return
+        self.catalogue.record_quarantine(
+            FileRecord(
+                item.digest,
+                str(item.path),
+                item.size,
+                "quarantined",
+                error_code=exc.code,
+                reason=reason,
+                quarantine_path=where,
+                recorded_at=datetime.now(UTC),
+            )
+        )
+        if self.remove_source:
+            try:
+                item.path.unlink()
+            except OSError:
+                reason += f" (the source {item.path} could not be removed; it is kept)"
+        self.report.quarantined.append(
+            {"path": str(item.path), "reason": reason, "error": exc.code, "quarantine": where}
         )
         self.on_file(item.path, item.size)
 
-
-def _quarantine(
-    site: str,
-    store: ObjectStore,
-    catalogue: Catalogue,
-    path: Path,
-    data: bytes,
-    digest: str,
-    exc: ClipError,
-    report: IngestReport,
-    remove_source: bool,
-) -> None:
-    reason = str(exc)
-    where = store.quarantine(
-        path.name,
-        data,
-        {"site": site, "source": str(path), "error": exc.code, "reason": reason},
-    )
-    catalogue.record_quarantine(
-        FileRecord(
-            digest,
-            str(path),
-            len(data),
-            "quarantined",
-            error_code=exc.code,
-            reason=reason,
-            quarantine_path=where,
-            recorded_at=datetime.now(UTC),
+    def _quarantine_unread(self, path: Path, size: int) -> None:
+        with path.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        error = UnreadableFile(
+            f"{path}: {_human(size)} is more than the {_human(MAX_FILE_BYTES)} "
+            "ingest reads as one upload",
+            hint="split the log into clips of a few minutes each",
         )
-    )
-    if remove_source:
-        try:
-            os.unlink(path)
-        except OSError:
-            reason += f" (the source {path} could not be removed; it is kept)"
-    report.quarantined.append(
-        {"path": str(path), "reason": reason, "error": exc.code, "quarantine": where}
+        self.quarantine(_Prepared(path, size, digest), error)
+
+    def _unreadable(self, path: Path, exc: OSError) -> None:
+        """A file that cannot even be read is reported and left where it is."""
+        self.report.quarantined.append(
+            {
+                "path": str(path),
+                "reason": f"{path}: cannot be read ({exc.strerror or exc}); left where it is",
+                "error": FileSystemError.code,
+                "quarantine": None,
+            }
+        )
+        self.on_file(path, 0)
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("bytes", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def _entry(item: _Prepared) -> tuple[FileRecord, list[ClipRecord]]:
+    return (
+        FileRecord(item.digest, str(item.path), item.size, "ingested", clips=len(item.records)),
+        item.records,
     )

@@ -11,16 +11,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 import fsspec
 import orjson
 
-from onshore.errors import StoreError
+from onshore.errors import ConfigError, StoreError
+from onshore.settings import redact_url
 
 __all__ = [
     "CLIPS_DIR",
@@ -59,11 +62,17 @@ class ObjectStore:
     """A site's store at ``url``. All paths it returns are relative to the store root."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        self.url = redact_url(url)
+        """The store's URL with any password replaced: safe for messages and logs."""
         try:
             fs, root = fsspec.core.url_to_fs(url)
-        except (ValueError, ImportError) as exc:
-            raise StoreError(f"cannot open store {url!r}: {exc}") from exc
+        except ImportError as exc:
+            raise ConfigError(
+                f"store {self.url} needs a package that is not installed: {exc}",
+                hint="for s3:// stores: pip install 'onshore[s3]'",
+            ) from exc
+        except ValueError as exc:
+            raise ConfigError(f"cannot open store {self.url}: {exc}") from exc
         self._fs: Any = fs
         self._root = str(root).rstrip("/")
         self._local = "file" in _protocols(fs)
@@ -115,12 +124,15 @@ class ObjectStore:
             raise StoreError(f"cannot write to store {self.url}: {exc}") from exc
         return stored
 
-    def _put_local(self, target: str, data: bytes) -> None:
+    def _staging_name(self) -> str:
         staging = self._abs(STAGING_DIR)
         if staging not in self._made:
             os.makedirs(staging, exist_ok=True)
             self._made.add(staging)
-        part = f"{staging}/{os.getpid()}-{uuid.uuid4().hex}.part"
+        return f"{staging}/{os.getpid()}-{uuid.uuid4().hex}.part"
+
+    def _put_local(self, target: str, data: bytes) -> None:
+        part = self._staging_name()
         try:
             with open(part, "wb") as f:
                 f.write(data)
@@ -166,17 +178,44 @@ class ObjectStore:
             if name.endswith(".parquet"):
                 yield name.removesuffix(".parquet"), path
 
-    def quarantine(self, name: str, data: bytes, reason: dict[str, Any]) -> str:
-        """Keep a rejected file with a JSON note of why; returns the file's store path.
-
-        Named by content hash, so quarantining the same file again writes nothing new.
-        """
-        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[-120:]
-        path = f"{QUARANTINE_DIR}/{sha256(data)[:16]}-{safe}"
+    def quarantine_file(self, source: Path, digest: str, reason: dict[str, Any]) -> str:
+        """Keep a rejected local file, copied without reading it into memory, with a JSON note
+        of why; returns its store path. Named by content hash and name, so quarantining the
+        same file again writes nothing new."""
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in source.name)[-120:]
+        path = f"{QUARANTINE_DIR}/{digest[:16]}-{safe}"
         note = {**reason, "quarantined_at": datetime.now(UTC).isoformat(timespec="seconds")}
-        self.put(path, data)
+        self.put_file(path, source)
         self.put(f"{path}.reason.json", orjson.dumps(note, option=orjson.OPT_INDENT_2))
         return path
+
+    def put_file(self, path: str, source: Path) -> StoredObject:
+        """Copy the local file ``source`` to ``path``, atomically, unless an object is there."""
+        target = self._abs(path)
+        size = source.stat().st_size
+        try:
+            if self._fs.exists(target):
+                return StoredObject(path, size, written=False)
+            parent = target.rsplit("/", 1)[0]
+            self._fs.makedirs(parent, exist_ok=True)
+            if not self._local:
+                self._fs.put_file(str(source), target)
+                return StoredObject(path, size, written=True)
+            part = self._staging_name()
+            try:
+                with source.open("rb") as src, open(part, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                    dst.flush()
+                    os.fdatasync(dst.fileno())
+                os.replace(part, target)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(part)
+        except OSError as exc:
+            if exc.filename == str(source):
+                raise
+            raise StoreError(f"cannot write {path} to store {self.url}: {exc}") from exc
+        return StoredObject(path, size, written=True)
 
     def staging_leftovers(self) -> list[str]:
         """Partial writes left by a process that died (only local stores stage writes)."""

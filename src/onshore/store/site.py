@@ -1,0 +1,92 @@
+"""A site's store as one thing: its objects, its catalogue, and which recordings belong there.
+
+``SiteStore.open`` gives a site's object store and catalogue together with its
+:class:`Residency`; ``check`` says whether store and catalogue agree (every catalogued clip has
+its object, every object is catalogued, no partial write is left), which is what a rerun after a
+crash must restore.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from onshore.settings import Project
+from onshore.store.catalogue import Catalogue
+from onshore.store.objects import ObjectStore, sha256
+
+__all__ = ["Residency", "SiteStore"]
+
+
+@dataclass(frozen=True, slots=True)
+class Residency:
+    """Which recordings may be stored at a site: those recorded at the site itself, under its
+    jurisdiction, or at another site under the same law. A clip recorded anywhere else belongs
+    in its own region's site, so ingest refuses it."""
+
+    site: str
+    jurisdiction: str
+    same_law_sites: frozenset[str]
+
+    @classmethod
+    def of(cls, project: Project, site_id: str) -> Residency:
+        site = project.site(site_id)
+        sites = project.settings.sites.values()
+        peers = {s.id for s in sites if s.jurisdiction == site.jurisdiction}
+        return cls(site_id, site.jurisdiction, frozenset(peers))
+
+    def allows(self, recorded_in: str) -> bool:
+        """Whether a clip recorded in ``recorded_in`` (a site id or jurisdiction) may land here."""
+        return recorded_in == self.jurisdiction or recorded_in in self.same_law_sites
+
+
+@dataclass(frozen=True, slots=True)
+class SiteStore:
+    """A site's object store and catalogue, and the residency rule its ingest enforces."""
+
+    site: str
+    objects: ObjectStore
+    catalogue: Catalogue
+    residency: Residency
+
+    @classmethod
+    def open(cls, project: Project, site_id: str) -> SiteStore:
+        """Open the store and catalogue that ``onshore.toml`` declares for ``site_id``."""
+        site = project.site(site_id)
+        return cls(
+            site_id,
+            ObjectStore(project.store_url(site)),
+            Catalogue(project.catalogue_url(site), site_id),
+            Residency.of(project, site_id),
+        )
+
+    def close(self) -> None:
+        self.catalogue.close()
+
+    def check(self, *, deep: bool = False) -> dict[str, Any]:
+        """Whether store and catalogue agree. ``deep`` also re-hashes every clip object.
+
+        Returns ``ok`` and the lists of problems: catalogued clips whose object is missing or
+        has another size (or hash), stored objects no clip refers to, and partial writes.
+        """
+        clips = self.catalogue.clips()
+        catalogued = {c.path for c in clips}
+        missing, damaged = [], []
+        for clip in clips:
+            if not self.objects.exists(clip.path):
+                missing.append(clip.clip_id)
+            elif self.objects.size(clip.path) != clip.bytes or (
+                deep and sha256(self.objects.read(clip.path)) != clip.sha256
+            ):
+                damaged.append(clip.clip_id)
+        orphans = [path for _, path in self.objects.clip_digests() if path not in catalogued]
+        partial = self.objects.staging_leftovers()
+        return {
+            "site": self.site,
+            "ok": not (missing or damaged or orphans or partial),
+            "clips": len(clips),
+            "missing_objects": missing,
+            "damaged_objects": damaged,
+            "uncatalogued_objects": orphans,
+            "partial_writes": partial,
+        }
