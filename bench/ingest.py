@@ -45,23 +45,21 @@ def _uploads(args: argparse.Namespace, scratch: Path) -> list[Path]:
         minutes=args.minutes,
         seed=args.seed,
         out=out,
-        recorded_in=args.region.upper(),
+        recorded_in=SITES[args.region],
     )
     return sorted(result.clips)
 
 
-def _ingest_seconds(files: list[Path], scratch: Path, run: int) -> float:
+SITES = {"cn": "cn-shanghai", "eu": "eu-frankfurt", "us": "us-oregon"}
+"""The site of the three-regions example that each region's uploads land at."""
+
+
+def _ingest_seconds(files: list[Path], scratch: Path, run: int, site_id: str) -> float:
     project = init_project(scratch / f"project-{run}")
-    site = SiteStore.open(project, "eu-frankfurt")
+    site = SiteStore.open(project, site_id)
     try:
         started = time.perf_counter()
-        report = ingest(
-            site.site,
-            site.objects,
-            site.catalogue,
-            files,
-            remove_quarantined_source=False,
-        )
+        report = ingest(site, files, remove_quarantined_source=False)
         seconds = time.perf_counter() - started
     finally:
         site.close()
@@ -81,7 +79,9 @@ def _reference_seconds(tables: list[pa.Table], scratch: Path, run: int) -> float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--uploads", type=Path, help="a folder of MCAP uploads to use instead")
+    parser.add_argument(
+        "--uploads", type=Path, help="a folder of MCAP uploads (recorded in --region) instead"
+    )
     parser.add_argument("--region", default="eu", choices=["cn", "eu", "us"])
     parser.add_argument("--vehicles", type=int, default=250)
     parser.add_argument("--minutes", type=float, default=8.0)
@@ -98,7 +98,9 @@ def main() -> None:
         mcap_mb = sum(f.stat().st_size for f in files) / 1e6
         tables = [read_mcap(f.read_bytes(), str(f)).table for f in files]
         rows = sum(t.num_rows for t in tables)
-        best = min(_ingest_seconds(files, scratch, r) for r in range(args.repeat))
+        best = min(
+            _ingest_seconds(files, scratch, r, SITES[args.region]) for r in range(args.repeat)
+        )
         reference = min(_reference_seconds(tables, scratch, r) for r in range(args.repeat))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

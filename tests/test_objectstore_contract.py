@@ -50,11 +50,14 @@ def test_reading_a_missing_object_names_it(store: ObjectStore) -> None:
     assert not store.exists("clips/none")
 
 
-def test_quarantine_keeps_file_and_reason(store: ObjectStore) -> None:
-    where = store.quarantine("bad file.mcap", b"\0\1", {"reason": "truncated"})
+def test_quarantine_keeps_file_and_reason(store: ObjectStore, tmp_path: Path) -> None:
+    source = tmp_path / "bad file.mcap"
+    source.write_bytes(b"\0\1")
+    where = store.quarantine_file(source, sha256(b"\0\1"), {"reason": "truncated"})
     assert where.endswith("bad_file.mcap") and store.read(where) == b"\0\1"
     assert b"truncated" in store.read(where + ".reason.json")
-    assert store.quarantine("bad file.mcap", b"\0\1", {"reason": "again"}) == where
+    again = store.quarantine_file(source, sha256(b"\0\1"), {"reason": "again"})
+    assert again == where and b"truncated" in store.read(where + ".reason.json")
 
 
 def test_delete(store: ObjectStore) -> None:
