@@ -25,7 +25,7 @@ from onshore.clips.validate import validate_clip
 from onshore.clips.vin import is_valid_vin, make_vin
 from onshore.errors import ConfigError, SimulationError
 from onshore.fleet import PROFILES, REGIONS, SimulationResult, fleet_statistics, simulate_fleet
-from onshore.fleet.clips import ClipSettings, cut_clips
+from onshore.fleet.clips import FCD_COLUMNS, ClipSettings, cut_clips
 from onshore.fleet.demand import FleetVehicle, apportion
 from onshore.fleet.networks import Georeference
 from onshore.fleet.stats import ks_statistic
@@ -143,18 +143,7 @@ _UTM33 = "+proj=utm +zone=33 +datum=WGS84 +units=m +no_defs"
 
 
 def _fcd(rows: list[tuple[float, str, float, float, float, str, float, str, float]]) -> pa.Table:
-    names = (
-        "timestep_time",
-        "vehicle_id",
-        "vehicle_x",
-        "vehicle_y",
-        "vehicle_angle",
-        "vehicle_type",
-        "vehicle_speed",
-        "vehicle_lane",
-        "vehicle_acceleration",
-    )
-    return pa.table({name: [row[i] for row in rows] for i, name in enumerate(names)})
+    return pa.table({name: [row[i] for row in rows] for i, name in enumerate(FCD_COLUMNS)})
 
 
 def _cut(table: pa.Table, random_upload_share: float) -> list[Clip]:

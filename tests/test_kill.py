@@ -120,3 +120,22 @@ def test_ingest_survives_being_killed(project: Project, tmp_path: Path) -> None:
         _assert_nothing_partial_is_visible(opened)
     finally:
         opened.close()
+
+
+def test_two_ingests_into_one_site_at_once(project: Project, tmp_path: Path) -> None:
+    shared = write_clips(tmp_path / "a", 40, recorded_in=SITE)
+    write_clips(tmp_path / "b", 40, start=20, recorded_in=SITE)  # 20 clips in common with a
+    procs = [
+        subprocess.Popen(_run_cmd(project, SITE, tmp_path / name), stdout=subprocess.PIPE)
+        for name in ("a", "b")
+    ]
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    opened = SiteStore.open(project, SITE)
+    try:
+        check = opened.check(deep=True)
+        assert check["ok"] and check["clips"] == 60, check
+        assert opened.catalogue.inventory()["vehicles"] == 60
+    finally:
+        opened.close()
+    assert all(path.exists() for path in shared), "good files are never moved"

@@ -13,11 +13,11 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 import fsspec
 import orjson
@@ -132,10 +132,14 @@ class ObjectStore:
         return f"{staging}/{os.getpid()}-{uuid.uuid4().hex}.part"
 
     def _put_local(self, target: str, data: bytes) -> None:
+        self._staged(target, lambda f: f.write(data))
+
+    def _staged(self, target: str, fill: Callable[[BinaryIO], object]) -> None:
+        """Write a local file aside with ``fill``, make it durable, then rename it into place."""
         part = self._staging_name()
         try:
             with open(part, "wb") as f:
-                f.write(data)
+                fill(f)
                 f.flush()
                 os.fdatasync(f.fileno())
             os.replace(part, target)
@@ -201,16 +205,8 @@ class ObjectStore:
             if not self._local:
                 self._fs.put_file(str(source), target)
                 return StoredObject(path, size, written=True)
-            part = self._staging_name()
-            try:
-                with source.open("rb") as src, open(part, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                    dst.flush()
-                    os.fdatasync(dst.fileno())
-                os.replace(part, target)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(part)
+            with source.open("rb") as src:
+                self._staged(target, lambda dst: shutil.copyfileobj(src, dst, 1 << 20))
         except OSError as exc:
             if exc.filename == str(source):
                 raise
