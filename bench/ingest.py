@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 
 from onshore.clips.mcap import read_mcap
 from onshore.sites import init_project
-from onshore.store import SiteStore, ingest
+from onshore.store import SiteStore
+from onshore.store.ingest import ingest
 
 
 def _uploads(args: argparse.Namespace, scratch: Path) -> list[Path]:

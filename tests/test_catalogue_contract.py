@@ -122,7 +122,7 @@ def test_inventory(catalogue: Catalogue) -> None:
     assert inv["triggers"] == {"hard_brake": 2, "random_sample": 1}
 
 
-def test_vehicle_seen_range_grows(catalogue: Catalogue) -> None:
+def test_a_vehicle_is_counted_once(catalogue: Catalogue) -> None:
     catalogue.register(_file(5), [_clip(5)])
     catalogue.register(_file(1), [_clip(1)])
     catalogue.register(_file(9), [_clip(9)])
@@ -151,3 +151,38 @@ def test_bad_urls_say_what_is_wrong(tmp_path: Path) -> None:
         Catalogue("not a url", "s")
     with pytest.raises(CatalogueError, match="cannot open catalogue"):
         Catalogue(f"sqlite:///{tmp_path}/missing/dir/c.sqlite", "s")
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, text
+
+    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    Catalogue(url, "s").close()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("update onshore_meta set value = '99' where key = 'schema'"))
+    engine.dispose()
+    with pytest.raises(CatalogueError, match="schema version 99"):
+        Catalogue(url, "s")
+
+
+def test_many_processes_may_open_a_new_catalogue_at_once(tmp_path: Path) -> None:
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'new.sqlite'}"
+    barrier = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def open_it(n: int) -> None:
+        barrier.wait()
+        try:
+            Catalogue(url, f"s{n}").close()
+        except BaseException as exc:  # collected and asserted on below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []

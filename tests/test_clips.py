@@ -150,3 +150,25 @@ def test_csv_keeps_metadata_text_and_reads_integer_nanoseconds() -> None:
     assert back.meta.vehicle_model == "0300" and back.meta.consent_training is False
     assert back.table["time"].equals(clip.table["time"])
     validate_clip(back, "e.csv")
+
+
+def test_a_chunk_that_inflates_past_its_declared_size_is_refused() -> None:
+    import struct
+
+    import zstandard
+
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * (64 << 20))
+
+    def record(op: int, body: bytes) -> bytes:
+        return struct.pack("<BQ", op, len(body)) + body
+
+    def text(value: bytes) -> bytes:
+        return struct.pack("<I", len(value)) + value
+
+    magic = b"\x89MCAP0\r\n"
+    chunk = struct.pack("<QQQI", 0, 0, 1 << 20, 0) + text(b"zstd")
+    chunk += struct.pack("<Q", len(bomb)) + bomb
+    data = magic + record(1, text(b"") + text(b"x")) + record(6, chunk)
+    data += record(0x0F, struct.pack("<I", 0)) + record(2, struct.pack("<QQI", 0, 0, 0)) + magic
+    with pytest.raises(UnreadableFile, match="bomb.mcap: truncated or corrupt"):
+        read_mcap(data, "bomb.mcap")

@@ -382,3 +382,11 @@ def test_another_seed_writes_other_clips(
     assert _bytes(runs["us"].result.zones.parent) != _bytes(other.result.zones.parent)
     first_vins = {clip.meta.vin for clip in runs["us"].clips}
     assert first_vins != {clip.meta.vin for clip in other.clips}
+
+
+def test_a_run_with_no_fleet_vehicle_uploads_nothing(tmp_path: Path) -> None:
+    result = simulate_fleet(
+        "us", vehicles=2, minutes=0.5, seed=1, out=tmp_path, recorded_in="US", fleet_share=0.01
+    )
+    assert result.clips == [] and result.rows == 0 and result.fleet_vehicles == 0
+    assert json.loads(result.zones.read_text())["type"] == "FeatureCollection"

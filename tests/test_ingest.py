@@ -16,7 +16,8 @@ from onshore.clips.mcap import write_mcap
 from onshore.clips.schema import SCHEMA, Clip
 from onshore.clips.tabular import export_table
 from onshore.settings import Project
-from onshore.store import SiteStore, ingest
+from onshore.store import SiteStore
+from onshore.store.ingest import ingest
 
 SITE = "cn-shanghai"
 
@@ -133,6 +134,7 @@ def test_every_bad_input_is_quarantined_with_its_reason(site: SiteStore, tmp_pat
     inbox.mkdir()
     good = write_clips(inbox / "good", 3, start=100)
     bad = _bad_inputs(inbox)
+    path_bytes = {key: path.read_bytes() for key, (path, _) in bad.items()}
     report = ingest(site, [*good, *(p for p, _ in bad.values())])
 
     assert report.clips == 3, "the good files are not lost"
@@ -144,7 +146,7 @@ def test_every_bad_input_is_quarantined_with_its_reason(site: SiteStore, tmp_pat
         assert str(path) in reason, f"{key}: the reason names the file"
         assert not path.exists(), f"{key}: moved out of the inbox"
         kept = by_path[str(path)]["quarantine"]
-        assert site.objects.read(kept) is not None
+        assert site.objects.read(str(kept)) == path_bytes[key]
         note = json.loads(site.objects.read(f"{kept}.reason.json"))
         assert note["reason"] == reason and note["source"] == str(path)
     inventory = site.catalogue.inventory()
@@ -213,7 +215,10 @@ def test_a_clip_recorded_in_another_region_is_refused(project: Project, tmp_path
         assert report.clips == 2
         assert {q["error"] for q in report.quarantined} == {"clip.residency"}
         assert "recorded in 'cn-shanghai'" in str(report.quarantined[0]["reason"])
+        assert all(q["quarantine"] is None for q in report.quarantined)
         assert all(c.recorded_in == "EU" for c in eu.catalogue.clips())
+        assert all(path.exists() for path in chinese), "another region's uploads stay put"
+        assert list(eu.objects.find("quarantine")) == [], "not a byte of them is stored here"
     finally:
         eu.close()
 
@@ -233,9 +238,7 @@ def test_only_conflicting_files_in_a_batch_are_quarantined(site: SiteStore, tmp_
 def test_unreadable_and_oversized_files_do_not_stop_the_run(
     site: SiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import importlib
-
-    ingest_module = importlib.import_module("onshore.store.ingest")
+    import onshore.store.ingest as ingest_module
 
     good = write_clips(tmp_path / "in", 2)
     big = tmp_path / "in" / "big.mcap"

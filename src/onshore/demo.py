@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from onshore.fleet import simulate_fleet
+from onshore.fleet import simulate_site
 from onshore.settings import CONFIG_NAME, load_project
 from onshore.sites import init_project
-from onshore.store import ObjectStore, SiteStore, ingest
-from onshore.store.objects import ZONES_PATH
+from onshore.store import SiteStore
+from onshore.store.ingest import ingest
 
 __all__ = ["run_demo"]
 
@@ -42,21 +42,11 @@ def run_demo(
         say(
             f"{site.id}: simulating {vehicles} vehicles for {minutes:g} min ({site.region_profile})"
         )
-        result = simulate_fleet(
-            site.region_profile,
-            vehicles=vehicles,
-            minutes=minutes,
-            seed=seed,
-            out=uploads,
-            recorded_in=site.id,
-            fleet_share=site.fleet.fleet_share,
-            no_consent_share=site.fleet.no_consent_share,
-            clip_seconds=site.fleet.clip_seconds,
-        )
-        ObjectStore(project.store_url(site)).put(ZONES_PATH, result.zones.read_bytes())
+        result = simulate_site(site, vehicles=vehicles, minutes=minutes, seed=seed, out=uploads)
         say(f"{site.id}: ingesting {len(result.clips)} clips")
         opened = SiteStore.open(project, site.id)
         try:
+            opened.keep_reference_zones(result.zones.read_bytes())
             report = ingest(opened, result.clips)
             ingests.append(report.as_dict())
             inventories.append(opened.catalogue.inventory())

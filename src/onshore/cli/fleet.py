@@ -15,6 +15,9 @@ __all__ = ["app"]
 
 app = typer.Typer(help="Simulated fleets (SUMO).", no_args_is_help=True)
 
+_STAGES = ("network", "trips", "sumo", "clips", "zones")
+"""The simulator's stages, in order, for one progress bar over the whole run."""
+
 
 @app.command()
 def simulate(
@@ -36,42 +39,39 @@ def simulate(
     In a project, the first simulation of a site also stores its sensitive-area GeoJSON as the
     site's reference zones (reference/sensitive_areas.geojson in its store).
     """
-    from onshore.fleet import simulate_fleet
+    from onshore.fleet import simulate_fleet, simulate_site
+    from onshore.store import SiteStore
 
     if (site is None) == (region is None):
         raise ConfigError("give exactly one of --site (in a project) or --region (cn, eu, us)")
-    options: dict[str, Any] = {}
-    zones_target = None
-    if site is not None:
-        proj = load_project(project)
-        s = proj.site(site)
-        region = s.region_profile
-        options = {
-            "recorded_in": s.id,
-            "fleet_share": s.fleet.fleet_share,
-            "no_consent_share": s.fleet.no_consent_share,
-            "clip_seconds": s.fleet.clip_seconds,
-        }
-        zones_target = (proj, s.id)
-    else:
-        options = {"recorded_in": str(region).upper()}
-    assert region is not None
-    region = region.lower()
-    with progress_bar(f"simulate {site or region}", 1.0, unit="stages") as bar:
+    with progress_bar(f"simulate {site or region}", len(_STAGES), unit="stages") as bar:
         task = bar.task_ids[0]
 
         def report(stage: str, fraction: float) -> None:
-            bar.update(task, completed=fraction, description=f"{site or region}: {stage}")
+            done = _STAGES.index(stage) + fraction if stage in _STAGES else 0.0
+            bar.update(task, completed=done, description=f"{site or region}: {stage}")
 
-        result = simulate_fleet(
-            region,
-            vehicles=vehicles,
-            minutes=minutes,
-            seed=seed,
-            out=out,
-            progress=report,
-            **options,
-        )
+        if site is not None:
+            proj = load_project(project)
+            result = simulate_site(
+                proj.site(site),
+                vehicles=vehicles,
+                minutes=minutes,
+                seed=seed,
+                out=out,
+                progress=report,
+            )
+        else:
+            region = str(region).lower()
+            result = simulate_fleet(
+                region,
+                vehicles=vehicles,
+                minutes=minutes,
+                seed=seed,
+                out=out,
+                recorded_in=region.upper(),
+                progress=report,
+            )
     data: dict[str, Any] = {
         "region": result.region,
         "site": site,
@@ -83,13 +83,13 @@ def simulate(
         "network": result.network,
         "sensitive_areas": str(result.zones),
     }
-    if zones_target is not None:
-        from onshore.store.objects import ZONES_PATH, ObjectStore
-
-        proj, site_id = zones_target
-        store = ObjectStore(proj.store_url(proj.site(site_id)))
-        put = store.put(ZONES_PATH, result.zones.read_bytes())
-        data["site_sensitive_areas"] = {"path": ZONES_PATH, "written": put.written}
+    if site is not None:
+        opened = SiteStore.open(proj, site)
+        try:
+            kept = opened.keep_reference_zones(result.zones.read_bytes())
+        finally:
+            opened.close()
+        data["site_sensitive_areas"] = {"path": kept.path, "written": kept.written}
 
     def render(d: dict[str, Any]) -> None:
         console.print(

@@ -61,7 +61,9 @@ def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
 
 
 @contextmanager
-def progress_bar(description: str, total: float, *, unit: str = "files") -> Iterator[Progress]:
+def progress_bar(
+    description: str, total: float | None, *, unit: str = "files"
+) -> Iterator[Progress]:
     """A progress bar on stderr, shown only when stderr is a terminal."""
     columns: list[Any] = [TextColumn("[bold]{task.description}"), BarColumn()]
     if unit == "bytes":

@@ -11,7 +11,6 @@ from rich.table import Table
 from onshore.cli.output import JsonOption, ProjectOption, console, emit, err_console, progress_bar
 from onshore.settings import load_project
 from onshore.store import SiteStore
-from onshore.store.ingest import scan_inputs
 
 __all__ = ["register"]
 
@@ -31,14 +30,15 @@ def ingest(
     from onshore.store.ingest import ingest as run_ingest
 
     proj = load_project(project)
-    total = sum(_size(f) for f in scan_inputs(paths)[0])
     opened = SiteStore.open(proj, site)
     try:
-        with progress_bar(f"ingest {site}", total, unit="bytes") as bar:
+        with progress_bar(f"ingest {site}", None, unit="bytes") as bar:
+            task = bar.task_ids[0]
             report = run_ingest(
                 opened,
                 paths,
-                on_file=lambda _p, n: bar.advance(bar.task_ids[0], n),
+                on_start=lambda total: bar.update(task, total=total),
+                on_file=lambda _p, n: bar.advance(task, n),
                 remove_quarantined_source=not keep_bad,
             )
     finally:
@@ -57,13 +57,6 @@ def ingest(
             err_console.print(f"ignored {len(d['ignored'])} file(s) that are not uploads")
 
     emit(report.as_dict(), as_json, render)
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def inventory(site: SiteOption, project: ProjectOption = None, as_json: JsonOption = False) -> None:

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final
 
-import lz4.frame
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from lz4.frame import LZ4FrameDecompressor
 from mcap.writer import CompressionType, Writer
 from zstandard import ZstdDecompressor, ZstdError
 
@@ -360,7 +360,7 @@ _OP_FOOTER, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK, _OP_METADATA, _OP_DATA_END = (
     0x0C,
     0x0F,
 )
-_MAX_CHUNK: Final = 1 << 30
+_MAX_CHUNK: Final = 256 << 20
 """Largest uncompressed chunk accepted: a corrupt size must not allocate without bound."""
 _MESSAGE_HEAD: Final = 22  # channel id u16, sequence u32, log and publish times u64
 
@@ -434,6 +434,17 @@ def _records(buf: memoryview, scan: _Scan, *, top: bool) -> None:
         pos = end
 
 
+def _read_at_most(reader: IO[bytes], limit: int) -> bytes:
+    parts, total = [], 0
+    while total < limit:
+        piece = reader.read(min(1 << 20, limit - total))
+        if not piece:
+            break
+        parts.append(piece)
+        total += len(piece)
+    return b"".join(parts)
+
+
 def _chunk(buf: memoryview, scan: _Scan) -> None:
     _start, _end, size, crc = _CHUNK_HEAD.unpack_from(buf, 0)
     compression, pos = _string(buf, _CHUNK_HEAD.size)
@@ -444,11 +455,13 @@ def _chunk(buf: memoryview, scan: _Scan) -> None:
     raw = buf[pos : pos + length]
     if size > _MAX_CHUNK:
         raise _Corrupt(f"a chunk claims {size} bytes uncompressed, more than any upload holds")
+    # Never inflate past the size the chunk declares (itself bounded): a corrupt or hostile
+    # chunk must not expand to gigabytes before the length check below can refuse it.
     if compression == "zstd":
-        # Streaming, so a corrupt size cannot make it allocate that much up front.
-        records = ZstdDecompressor().decompressobj().decompress(raw)
+        with ZstdDecompressor().stream_reader(bytes(raw)) as reader:
+            records = _read_at_most(reader, size + 1)
     elif compression == "lz4":
-        records = lz4.frame.decompress(raw)
+        records = LZ4FrameDecompressor().decompress(bytes(raw), max_length=size + 1)
     elif compression == "":
         records = bytes(raw)
     else:

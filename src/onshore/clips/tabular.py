@@ -137,9 +137,17 @@ def _split(table: pa.Table, name: str) -> list[Clip]:
     if table["clip_id"].null_count:
         raise SchemaError(f"{name}: 'clip_id' is empty in some rows")
     ids = table["clip_id"].cast(pa.string())
+    # One stable sort by clip id, then a slice per run of equal ids: rows keep their order
+    # within a clip, and a file of many clips is not filtered once per clip.
+    order = pc.sort_indices(ids)
+    table = table.take(order)
+    ids = ids.take(order).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    ends = np.r_[starts[1:], len(ids)]
     clips = []
-    for clip_id in pc.unique(ids).to_pylist():
-        part = table.filter(pc.equal(ids, clip_id))
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        clip_id = ids[start]
+        part = table.slice(start, end - start)
         meta_raw: dict[str, object] = {}
         for col in META_COLUMNS:
             values = pc.unique(part[col]).to_pylist()

@@ -6,7 +6,7 @@ in it record, and their uploads are written as the MCAP clips real vehicles send
 """
 
 from onshore.fleet.profiles import PROFILES, REGIONS, RegionProfile, get_profile
-from onshore.fleet.simulate import Progress, SimulationResult, simulate_fleet
+from onshore.fleet.simulate import Progress, SimulationResult, simulate_fleet, simulate_site
 from onshore.fleet.stats import FleetStatistics, fleet_statistics, ks_statistic
 
 __all__ = [
@@ -20,4 +20,5 @@ __all__ = [
     "get_profile",
     "ks_statistic",
     "simulate_fleet",
+    "simulate_site",
 ]

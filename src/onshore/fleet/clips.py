@@ -87,7 +87,7 @@ class ClipBatch:
     @staticmethod
     def empty() -> ClipBatch:
         """No clips: the fleet uploaded nothing."""
-        return ClipBatch.empty()
+        return ClipBatch([], np.empty(0), np.empty(0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Final
 
 import orjson
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -33,8 +34,9 @@ from onshore.fleet.networks import load_network
 from onshore.fleet.profiles import get_profile
 from onshore.fleet.sumo_tools import ToolRun, run_tool, sumo_binary, sumo_version
 from onshore.fleet.zones import place_zones, zones_geojson
+from onshore.settings import SiteSettings
 
-__all__ = ["Progress", "SimulationResult", "simulate_fleet"]
+__all__ = ["Progress", "SimulationResult", "simulate_fleet", "simulate_site"]
 
 Progress = Callable[[str, float], None]
 """Called with a stage (``network``, ``trips``, ``sumo``, ``clips``, ``zones``) and the fraction
@@ -83,9 +85,10 @@ def _check(
         raise ConfigError(f"vehicles must be at least 1, not {vehicles}")
     if not (math.isfinite(minutes) and minutes > 0):
         raise ConfigError(f"minutes must be a positive number, not {minutes}")
-    for name, share in (("fleet_share", fleet_share), ("no_consent_share", no_consent_share)):
-        if not 0.0 <= share <= 1.0:
-            raise ConfigError(f"{name} must be between 0 and 1, not {share}")
+    if not 0.0 < fleet_share <= 1.0:
+        raise ConfigError(f"fleet_share must be above 0 and at most 1, not {fleet_share}")
+    if not 0.0 <= no_consent_share <= 1.0:
+        raise ConfigError(f"no_consent_share must be between 0 and 1, not {no_consent_share}")
     if not (math.isfinite(clip_seconds) and clip_seconds >= 5.0):
         raise ConfigError(f"clip_seconds must be at least 5, not {clip_seconds}")
 
@@ -180,11 +183,7 @@ def simulate_fleet(
         )
         report("sumo", 1.0)
         inserted = _inserted(stats_path)
-        table = (
-            pq.read_table(fcd_path, columns=list(FCD_COLUMNS))
-            if fcd_path.is_file() and fcd_path.stat().st_size
-            else None
-        )
+        table = _read_fcd(fcd_path)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -290,6 +289,41 @@ def _previous_clips(manifest: Path) -> set[str]:
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
         return set()
     return {name for name in files if isinstance(name, str) and "/" not in name}
+
+
+def simulate_site(
+    site: SiteSettings,
+    *,
+    vehicles: int,
+    minutes: float,
+    seed: int,
+    out: Path,
+    progress: Progress | None = None,
+) -> SimulationResult:
+    """:func:`simulate_fleet` for a site of a project: its region profile and fleet settings,
+    its clips recorded in the site."""
+    return simulate_fleet(
+        site.region_profile,
+        vehicles=vehicles,
+        minutes=minutes,
+        seed=seed,
+        out=out,
+        recorded_in=site.id,
+        fleet_share=site.fleet.fleet_share,
+        no_consent_share=site.fleet.no_consent_share,
+        clip_seconds=site.fleet.clip_seconds,
+        progress=progress,
+    )
+
+
+def _read_fcd(path: Path) -> pa.Table | None:
+    """SUMO's floating-car data, or None when no fleet vehicle was on the road (SUMO then
+    writes no file, or one with the time column only)."""
+    if not path.is_file() or not path.stat().st_size:
+        return None
+    if not set(FCD_COLUMNS) <= set(pq.read_schema(path).names):
+        return None
+    return pq.read_table(path, columns=list(FCD_COLUMNS))
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

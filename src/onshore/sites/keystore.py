@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import stat
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -76,29 +78,43 @@ def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _OWNER_ONLY)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def create_keystore(folder: Path) -> SiteKeys:
-    """Create a new keystore in ``folder``; raises :class:`KeystoreError` if one is there."""
-    if (folder / SIGNING_FILE).exists() or (folder / HMAC_FILE).exists():
+    """Create a new keystore in ``folder``; raises :class:`KeystoreError` if one is there.
+
+    The keys are written into a private folder beside it and renamed into place, so a process
+    killed half-way leaves no half-made keystore that could be neither loaded nor re-created.
+    """
+    if folder.exists() and any(folder.iterdir()):
         raise KeystoreError(
             f"a keystore already exists in {folder}",
             hint="keys are never overwritten: move the folder away first if you mean to rotate",
         )
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    folder.chmod(0o700)
-    key = Ed25519PrivateKey.generate()
-    _write_private(
-        folder / SIGNING_FILE,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-    _write_private(folder / HMAC_FILE, secrets.token_bytes(32))
-    keys = load_keystore(folder)
-    _write_private(folder / PUBLIC_FILE, keys.public_key_pem().encode())
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        staging.chmod(0o700)
+        key = Ed25519PrivateKey.generate()
+        _write_private(
+            staging / SIGNING_FILE,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+        _write_private(staging / HMAC_FILE, secrets.token_bytes(32))
+        keys = load_keystore(staging)
+        _write_private(staging / PUBLIC_FILE, keys.public_key_pem().encode())
+        if folder.exists():
+            folder.rmdir()  # empty, checked above
+        staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return keys
 
 

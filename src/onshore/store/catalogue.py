@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
@@ -32,7 +32,13 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    OperationalError,
+    ProgrammingError,
+    SQLAlchemyError,
+)
 
 from onshore.errors import CatalogueError, ClipConflict, ConfigError
 from onshore.settings import redact_url
@@ -66,8 +72,6 @@ _vehicles = Table(
     Column("site", String(64), primary_key=True),
     Column("vin", String(17), primary_key=True),
     Column("vehicle_model", Text, nullable=False),
-    Column("first_seen", DateTime(timezone=True), nullable=False),
-    Column("last_seen", DateTime(timezone=True), nullable=False),
 )
 
 _clips = Table(
@@ -184,17 +188,35 @@ class Catalogue:
         self.url = parsed.render_as_string(hide_password=True)
         try:
             self._engine = self._connect(url, parsed.get_backend_name())
-            _metadata.create_all(self._engine)
-            with self._engine.begin() as conn:
-                if (
-                    conn.execute(select(_meta.c.value).where(_meta.c.key == "schema")).first()
-                    is None
-                ):
-                    conn.execute(_meta.insert().values(key="schema", value=str(SCHEMA_VERSION)))
-        except IntegrityError:
-            pass  # another process created the row first
         except (SQLAlchemyError, ModuleNotFoundError) as exc:
             raise CatalogueError(f"cannot open catalogue {self.url}: {exc}") from exc
+        self._create_schema()
+
+    def _create_schema(self) -> None:
+        """Create the tables on first use and refuse a catalogue a newer onshore wrote."""
+        for attempt in range(_RETRIES):
+            try:
+                # Two processes opening a new catalogue at once may both find a table missing;
+                # the loser's CREATE fails, and its next look finds the table there.
+                _metadata.create_all(self._engine)
+                with self._engine.begin() as conn:
+                    found = conn.execute(
+                        select(_meta.c.value).where(_meta.c.key == "schema")
+                    ).scalar()
+                    if found is None:
+                        conn.execute(_meta.insert().values(key="schema", value=str(SCHEMA_VERSION)))
+                break
+            except (OperationalError, ProgrammingError, IntegrityError) as exc:
+                if attempt == _RETRIES - 1:
+                    raise CatalogueError(f"cannot open catalogue {self.url}: {exc}") from exc
+            except (SQLAlchemyError, ModuleNotFoundError) as exc:
+                raise CatalogueError(f"cannot open catalogue {self.url}: {exc}") from exc
+        if found is not None and int(found) > SCHEMA_VERSION:
+            raise CatalogueError(
+                f"catalogue {self.url} has schema version {found}; this onshore knows up to "
+                f"{SCHEMA_VERSION}",
+                hint="upgrade onshore; an older one must not write to a newer catalogue",
+            )
 
     @staticmethod
     def _connect(url: str, backend: str) -> Engine:
@@ -311,7 +333,6 @@ class Catalogue:
     def _register(self, batch: Sequence[tuple[FileRecord, Sequence[ClipRecord]]]) -> list[str]:
         now = datetime.now(UTC)
         clip_ids = [c.clip_id for _, clips in batch for c in clips]
-        vins = sorted({c.vin for _, clips in batch for c in clips})
         known = self.clip_hashes(clip_ids)
         new_clips: list[dict[str, Any]] = []
         for _, clips in batch:
@@ -328,65 +349,44 @@ class Catalogue:
                     )
         with self._tx() as conn:
             if new_clips:
-                self._merge_vehicles(conn, vins, new_clips)
+                self._add_vehicles(conn, new_clips)
                 conn.execute(_clips.insert(), new_clips)
-            hashes = [file.sha256 for file, _ in batch]
-            for part in _batches(hashes):
-                conn.execute(
-                    _files.delete().where(_files.c.site == self.site, _files.c.sha256.in_(part))
-                )
-            conn.execute(
-                _files.insert(),
-                [{**_fields(file), "recorded_at": now, "site": self.site} for file, _ in batch],
-            )
+            self._put_files(conn, [file for file, _ in batch], now)
         return [c["clip_id"] for c in new_clips]
 
     def record_quarantine(self, file: FileRecord) -> None:
         """Record that a file was quarantined, with its reason."""
-        now = datetime.now(UTC)
-        key = (_files.c.site == self.site) & (_files.c.sha256 == file.sha256)
         with self._tx() as conn:
-            conn.execute(_files.delete().where(key))
-            conn.execute(
-                _files.insert().values({**asdict(file), "recorded_at": now, "site": self.site})
-            )
+            self._put_files(conn, [file], datetime.now(UTC))
 
-    def _merge_vehicles(
-        self, conn: Connection, vins: list[str], clips: list[dict[str, Any]]
-    ) -> None:
-        seen: dict[str, tuple[datetime, datetime, str]] = {}
-        for part in _batches(vins):
-            rows = conn.execute(
-                select(_vehicles).where(_vehicles.c.site == self.site, _vehicles.c.vin.in_(part))
-            ).all()
-            seen.update({r.vin: (_utc(r.first_seen), _utc(r.last_seen), "old") for r in rows})
-        for clip in clips:
-            first, last, state = seen.get(
-                clip["vin"], (clip["start_time"], clip["end_time"], "new")
+    def _put_files(self, conn: Connection, files: Sequence[FileRecord], now: datetime) -> None:
+        """Insert or replace file rows (a file quarantined once may be ingested later)."""
+        rows = {f.sha256: {**_fields(f), "recorded_at": now, "site": self.site} for f in files}
+        for part in _batches(list(rows)):
+            conn.execute(
+                _files.delete().where(_files.c.site == self.site, _files.c.sha256.in_(part))
             )
-            first, last = min(first, clip["start_time"]), max(last, clip["end_time"])
-            seen[clip["vin"]] = (first, last, "changed" if state == "old" else state)
-        models = {c["vin"]: c["vehicle_model"] for c in clips}
-        inserts = [
-            {
-                "site": self.site,
-                "vin": vin,
-                "vehicle_model": models[vin],
-                "first_seen": first,
-                "last_seen": last,
-            }
-            for vin, (first, last, state) in seen.items()
-            if state == "new"
-        ]
-        if inserts:
-            conn.execute(_vehicles.insert(), inserts)
-        for vin, (first, last, state) in seen.items():
-            if state == "changed":
+        conn.execute(_files.insert(), list(rows.values()))
+
+    def _add_vehicles(self, conn: Connection, clips: list[dict[str, Any]]) -> None:
+        """Insert the vehicles not yet known; a vehicle's model is what its first clip says."""
+        models = {c["vin"]: c["vehicle_model"] for c in reversed(clips)}
+        known: set[str] = set()
+        for part in _batches(sorted(models)):
+            known.update(
                 conn.execute(
-                    _vehicles.update()
-                    .where(_vehicles.c.site == self.site, _vehicles.c.vin == vin)
-                    .values(first_seen=first, last_seen=last)
-                )
+                    select(_vehicles.c.vin).where(
+                        _vehicles.c.site == self.site, _vehicles.c.vin.in_(part)
+                    )
+                ).scalars()
+            )
+        rows = [
+            {"site": self.site, "vin": vin, "vehicle_model": model}
+            for vin, model in sorted(models.items())
+            if vin not in known
+        ]
+        if rows:
+            conn.execute(_vehicles.insert(), rows)
 
     def inventory(self) -> dict[str, Any]:
         """Counts and ranges of what the site holds: clips, vehicles, rows, bytes, time range,

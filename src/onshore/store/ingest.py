@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -33,6 +33,7 @@ from onshore.errors import (
     ClipError,
     ConfigError,
     FileSystemError,
+    OnshoreError,
     ResidencyError,
     UnreadableFile,
 )
@@ -46,7 +47,6 @@ __all__ = [
     "IngestReport",
     "decode_file",
     "ingest",
-    "iter_inputs",
     "scan_inputs",
 ]
 
@@ -93,20 +93,10 @@ class IngestReport:
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "site": self.site,
-            "files": self.files,
-            "clips": self.clips,
-            "rows": self.rows,
-            "bytes": self.bytes,
-            "stored_bytes": self.stored_bytes,
-            "already_ingested": self.already_ingested,
-            "duplicate_clips": self.duplicate_clips,
-            "quarantined": self.quarantined,
-            "ignored": self.ignored,
-            "seconds": round(self.seconds, 3),
-            "mb_per_s": round(self.bytes / 1e6 / self.seconds, 2) if self.seconds else None,
-        }
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["seconds"] = round(self.seconds, 3)
+        data["mb_per_s"] = round(self.bytes / 1e6 / self.seconds, 2) if self.seconds else None
+        return data
 
 
 def scan_inputs(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
@@ -136,11 +126,6 @@ def scan_inputs(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
     return files, ignored
 
 
-def iter_inputs(paths: Iterable[Path]) -> Iterator[Path]:
-    """The files :func:`scan_inputs` would ingest."""
-    yield from scan_inputs(paths)[0]
-
-
 def _sniff(data: bytes) -> str:
     for magic, kind in _SNIFF:
         if data.startswith(magic):
@@ -153,8 +138,9 @@ def _sniff(data: bytes) -> str:
     return "text"
 
 
-def decode_file(path: Path, data: bytes) -> list[Clip]:
-    """Decode and validate the clips in one input file.
+def decode_file(path: Path, data: bytes, residency: Residency | None = None) -> list[Clip]:
+    """Decode and validate the clips in one input file; with ``residency``, first refuse clips
+    recorded under another jurisdiction (before anything else is looked at).
 
     Raises a :class:`ClipError` subclass naming the file and what is wrong with it.
     """
@@ -182,6 +168,15 @@ def decode_file(path: Path, data: bytes) -> list[Clip]:
                 f"{name}: named {path.suffix} but its content is {actual}", hint=exc.hint
             ) from exc
         raise
+    for clip in clips:
+        if residency is not None and not residency.allows(clip.meta.recorded_in):
+            raise ResidencyError(
+                f"{path}: clip {clip.meta.clip_id} was recorded in {clip.meta.recorded_in!r}, "
+                f"not under site {residency.site}'s jurisdiction ({residency.jurisdiction}); "
+                "left where it is",
+                hint="ingest it at the site of the region where it was recorded; "
+                "data crosses borders only through the gate",
+            )
     for clip in clips:
         validate_clip(clip, name)
     return clips
@@ -232,15 +227,7 @@ def _prepare(path: Path, data: bytes, digest: str, residency: Residency) -> _Pre
     """The CPU-heavy part of ingest: decode, check, encode; no I/O."""
     prepared = _Prepared(path, len(data), digest)
     try:
-        for clip in decode_file(path, data):
-            if not residency.allows(clip.meta.recorded_in):
-                raise ResidencyError(
-                    f"{path}: clip {clip.meta.clip_id} was recorded in "
-                    f"{clip.meta.recorded_in!r}, not under site {residency.site}'s jurisdiction "
-                    f"({residency.jurisdiction})",
-                    hint="ingest it at the site of the region where it was recorded; "
-                    "data crosses borders only through the gate",
-                )
+        for clip in decode_file(path, data, residency):
             parquet = clip_to_parquet(clip)
             prepared.objects.append(parquet)
             prepared.records.append(_record(clip, sha256(parquet), len(parquet), digest))
@@ -262,6 +249,7 @@ def ingest(
     site: SiteStore,
     paths: Iterable[Path],
     *,
+    on_start: Callable[[int], None] | None = None,
     on_file: Callable[[Path, int], None] | None = None,
     remove_quarantined_source: bool = True,
 ) -> IngestReport:
@@ -269,12 +257,16 @@ def ingest(
 
     Each clip must have been recorded under the site's jurisdiction (:class:`Residency`).
     Files are registered in the catalogue in batches, each batch in one transaction after its
-    objects are durable in the store. ``on_file(path, size)`` is called as each file is done
-    (for a progress bar). A bad file is moved into the store's quarantine (its source removed
-    unless ``remove_quarantined_source`` is false), recorded in the catalogue, and listed in
-    the report; the run goes on.
+    objects are durable in the store. ``on_start(total_bytes)`` is called once the inputs are
+    found, and ``on_file(path, size)`` as each file is done (for a progress bar). A bad file
+    is moved into the store's quarantine (its source removed unless
+    ``remove_quarantined_source`` is false), recorded in the catalogue, and listed in the
+    report; the run goes on. A file that cannot be read, or that was recorded in another
+    region, is reported and left where it is.
     """
     files, ignored = scan_inputs(paths)
+    if on_start is not None:
+        on_start(sum(_size(path) for path in files))
     run = _Run(site, on_file, remove_quarantined_source)
     run.report.ignored = [str(p) for p in ignored]
     started = time.perf_counter()
@@ -325,6 +317,11 @@ class _Run:
 
     def consume(self, prepared: Iterable[_Prepared]) -> None:
         for item in prepared:
+            if isinstance(item.error, ResidencyError):
+                # Another region's data: not a byte of it is written here, not even to
+                # quarantine, and the upload stays where it is for its own site to ingest.
+                self._report_left(item.path, item.error)
+                continue
             if item.error is not None:
                 self.quarantine(item, item.error)
                 continue
@@ -351,24 +348,34 @@ class _Run:
                 for parquet, r in zip(p.objects, p.records, strict=True)
             ]
         )
-        for obj in stored:
-            if obj.written:
-                self.report.stored_bytes += obj.size
-            else:
-                self.report.duplicate_clips += 1
+        written = {obj.path for obj in stored if obj.written}
         try:
             new = set(self.catalogue.register_many([_entry(p) for p in accepted]))
         except ClipConflict:
-            # Another ingest registered a clip id in the meantime: file by file, so that only
-            # the conflicting files are quarantined.
-            new = set()
+            # Another ingest registered one of these clip ids since the check: file by file, so
+            # that only the conflicting files are quarantined.
+            new, registered = set(), []
             for item in accepted:
                 try:
                     new.update(self.catalogue.register_many([_entry(item)]))
                 except ClipConflict as exc:
+                    # Its objects are its own (a clip's hash covers its id), so nothing else
+                    # refers to them.
+                    for record in item.records:
+                        if record.path in written:
+                            self.store.delete(record.path)
+                            written.discard(record.path)
                     self.quarantine(item, exc)
+                else:
+                    registered.append(item)
+            accepted = registered
         for item in accepted:
             for record in item.records:
+                if record.path in written:
+                    self.report.stored_bytes += record.bytes
+                    written.discard(record.path)  # a second copy in this batch is a duplicate
+                else:
+                    self.report.duplicate_clips += 1
                 if record.clip_id in new:
                     self.report.clips += 1
                     self.report.rows += record.rows
@@ -451,15 +458,22 @@ class _Run:
 
     def _unreadable(self, path: Path, exc: OSError) -> None:
         """A file that cannot even be read is reported and left where it is."""
+        reason = f"{path}: cannot be read ({exc.strerror or exc}); left where it is"
+        self._report_left(path, FileSystemError(reason))
+
+    def _report_left(self, path: Path, exc: OnshoreError) -> None:
+        """Report a refused file that stays where it is (nothing of it is stored)."""
         self.report.quarantined.append(
-            {
-                "path": str(path),
-                "reason": f"{path}: cannot be read ({exc.strerror or exc}); left where it is",
-                "error": FileSystemError.code,
-                "quarantine": None,
-            }
+            {"path": str(path), "reason": str(exc), "error": exc.code, "quarantine": None}
         )
         self.on_file(path, 0)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _human(size: int) -> str:

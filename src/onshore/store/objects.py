@@ -13,11 +13,11 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import Any, Final
 
 import fsspec
 import orjson
@@ -92,27 +92,36 @@ class ObjectStore:
         (stored,) = self.put_many([(path, data)])
         return stored
 
-    def put_many(self, items: Sequence[tuple[str, bytes]]) -> list[StoredObject]:
-        """Write several objects as :meth:`put` does; on a local disk each folder they land in is
-        synced once for the lot rather than once per object. When this returns, every object
-        is durable."""
+    def put_many(self, items: Sequence[tuple[str, bytes | Path]]) -> list[StoredObject]:
+        """Write several objects as :meth:`put` does, each given as bytes or as a local file to
+        copy (streamed, never read whole). On a local disk each folder they land in is synced
+        once for the lot rather than once per object. When this returns, every object is
+        durable. An error reading a source file is raised as it is (``OSError``)."""
         stored, folders = [], set()
-        try:
-            for path, data in items:
-                target = self._abs(path)
+        for path, content in items:
+            size = len(content) if isinstance(content, bytes) else content.stat().st_size
+            target = self._abs(path)
+            try:
                 if self._fs.exists(target):
-                    stored.append(StoredObject(path, len(data), written=False))
+                    stored.append(StoredObject(path, size, written=False))
                     continue
                 parent = target.rsplit("/", 1)[0]
                 if parent not in self._made:
                     self._fs.makedirs(parent, exist_ok=True)
                     self._made.add(parent)
                 if self._local:
-                    self._put_local(target, data)
+                    self._write_local(target, content)
                     folders.add(parent)
+                elif isinstance(content, bytes):
+                    self._fs.pipe_file(target, content)
                 else:
-                    self._fs.pipe_file(target, data)
-                stored.append(StoredObject(path, len(data), written=True))
+                    self._fs.put_file(str(content), target)
+            except OSError as exc:
+                if not isinstance(content, bytes) and exc.filename == str(content):
+                    raise
+                raise StoreError(f"cannot write {path} to store {self.url}: {exc}") from exc
+            stored.append(StoredObject(path, size, written=True))
+        try:
             for folder in sorted(folders):
                 # The rename is durable only once its folder is: before the catalogue says so.
                 dir_fd = os.open(folder, os.O_RDONLY)
@@ -121,7 +130,7 @@ class ObjectStore:
                 finally:
                     os.close(dir_fd)
         except OSError as exc:
-            raise StoreError(f"cannot write to store {self.url}: {exc}") from exc
+            raise StoreError(f"cannot sync store {self.url}: {exc}") from exc
         return stored
 
     def _staging_name(self) -> str:
@@ -131,15 +140,16 @@ class ObjectStore:
             self._made.add(staging)
         return f"{staging}/{os.getpid()}-{uuid.uuid4().hex}.part"
 
-    def _put_local(self, target: str, data: bytes) -> None:
-        self._staged(target, lambda f: f.write(data))
-
-    def _staged(self, target: str, fill: Callable[[BinaryIO], object]) -> None:
-        """Write a local file aside with ``fill``, make it durable, then rename it into place."""
+    def _write_local(self, target: str, content: bytes | Path) -> None:
+        """Write a local file aside, make it durable, then rename it into place."""
         part = self._staging_name()
         try:
             with open(part, "wb") as f:
-                fill(f)
+                if isinstance(content, bytes):
+                    f.write(content)
+                else:
+                    with content.open("rb") as src:
+                        shutil.copyfileobj(src, f, 1 << 20)
                 f.flush()
                 os.fdatasync(f.fileno())
             os.replace(part, target)
@@ -175,6 +185,15 @@ class ObjectStore:
         for found in sorted(self._fs.find(base)):
             yield str(found)[strip:] if str(found).startswith(self._root) else str(found)
 
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """Size of every object below ``prefix``, from one listing (one request on S3)."""
+        base = self._abs(prefix)
+        if not self._fs.exists(base):
+            return {}
+        strip = len(self._root) + 1
+        found = self._fs.find(base, detail=True)
+        return {str(k)[strip:]: int(v["size"]) for k, v in found.items()}
+
     def clip_digests(self) -> Iterator[tuple[str, str]]:
         """(digest, path) of every clip object in the store."""
         for path in self.find(CLIPS_DIR):
@@ -194,24 +213,9 @@ class ObjectStore:
         return path
 
     def put_file(self, path: str, source: Path) -> StoredObject:
-        """Copy the local file ``source`` to ``path``, atomically, unless an object is there."""
-        target = self._abs(path)
-        size = source.stat().st_size
-        try:
-            if self._fs.exists(target):
-                return StoredObject(path, size, written=False)
-            parent = target.rsplit("/", 1)[0]
-            self._fs.makedirs(parent, exist_ok=True)
-            if not self._local:
-                self._fs.put_file(str(source), target)
-                return StoredObject(path, size, written=True)
-            with source.open("rb") as src:
-                self._staged(target, lambda dst: shutil.copyfileobj(src, dst, 1 << 20))
-        except OSError as exc:
-            if exc.filename == str(source):
-                raise
-            raise StoreError(f"cannot write {path} to store {self.url}: {exc}") from exc
-        return StoredObject(path, size, written=True)
+        """Copy the local file ``source`` to ``path``, as :meth:`put` writes bytes."""
+        (stored,) = self.put_many([(path, source)])
+        return stored
 
     def staging_leftovers(self) -> list[str]:
         """Partial writes left by a process that died (only local stores stage writes)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from onshore.settings import Project
 from onshore.store.catalogue import Catalogue
-from onshore.store.objects import ObjectStore, sha256
+from onshore.store.objects import CLIPS_DIR, ZONES_PATH, ObjectStore, StoredObject, sha256
 
 __all__ = ["Residency", "SiteStore"]
 
@@ -63,6 +63,11 @@ class SiteStore:
     def close(self) -> None:
         self.catalogue.close()
 
+    def keep_reference_zones(self, geojson: bytes) -> StoredObject:
+        """Store the site's sensitive areas unless it has some already: the first zones a site
+        gets stay its zones (classification and de-identification read them)."""
+        return self.objects.put(ZONES_PATH, geojson)
+
     def check(self, *, deep: bool = False) -> dict[str, Any]:
         """Whether store and catalogue agree. ``deep`` also re-hashes every clip object.
 
@@ -71,15 +76,19 @@ class SiteStore:
         """
         clips = self.catalogue.clips()
         catalogued = {c.path for c in clips}
+        sizes = self.objects.sizes(CLIPS_DIR)
         missing, damaged = [], []
         for clip in clips:
-            if not self.objects.exists(clip.path):
+            size = sizes.get(clip.path)
+            if size is None:
                 missing.append(clip.clip_id)
-            elif self.objects.size(clip.path) != clip.bytes or (
+            elif size != clip.bytes or (
                 deep and sha256(self.objects.read(clip.path)) != clip.sha256
             ):
                 damaged.append(clip.clip_id)
-        orphans = [path for _, path in self.objects.clip_digests() if path not in catalogued]
+        orphans = sorted(
+            path for path in sizes if path.endswith(".parquet") and path not in catalogued
+        )
         partial = self.objects.staging_leftovers()
         return {
             "site": self.site,
