@@ -170,5 +170,5 @@ def test_a_chunk_that_inflates_past_its_declared_size_is_refused() -> None:
     chunk += struct.pack("<Q", len(bomb)) + bomb
     data = magic + record(1, text(b"") + text(b"x")) + record(6, chunk)
     data += record(0x0F, struct.pack("<I", 0)) + record(2, struct.pack("<QQI", 0, 0, 0)) + magic
-    with pytest.raises(UnreadableFile, match="bomb.mcap: truncated or corrupt"):
+    with pytest.raises(UnreadableFile, match=r"bomb\.mcap: truncated or corrupt"):
         read_mcap(data, "bomb.mcap")
