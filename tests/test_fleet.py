@@ -310,7 +310,7 @@ def test_zones_cover_fleet_positions(run: Run) -> None:
     for number, feature in enumerate(features, start=1):
         assert feature["properties"]["id"] == f"zone-{number}"
         assert {"name", "kind", "buffer_m"} <= set(feature["properties"])
-        assert 150 <= feature["properties"]["buffer_m"] <= 300
+        assert 50 <= feature["properties"]["buffer_m"] <= 150
         polygon = shapely.geometry.shape(feature["geometry"])
         assert polygon.is_valid and polygon.exterior.is_ccw
         polygons.append(polygon)

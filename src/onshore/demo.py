@@ -1,7 +1,9 @@
 """The demo: every stage built so far, end to end, on the embedded defaults.
 
 Creates a project with three sites (local folders, SQLite catalogues), simulates a fleet in each
-site's region with SUMO, ingests each fleet into its own site, and returns the inventories.
+site's region with SUMO, ingests each fleet into its own site, classifies every clip and
+de-identifies the site's clips under the ``training`` and ``export`` profiles, and returns what
+each stage found and removed, with the inventories.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from onshore.classify import classify_site
+from onshore.deidentify import deidentify_site, resolve_profile
 from onshore.fleet import simulate_site
 from onshore.settings import CONFIG_NAME, load_project
 from onshore.sites import init_project
+from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
 from onshore.store.ingest import ingest
 
@@ -24,7 +29,7 @@ def run_demo(
     folder: Path,
     *,
     vehicles: int = 150,
-    minutes: float = 4.0,
+    minutes: float = 6.0,
     seed: int = 7,
     say: Callable[[str], None] = lambda _m: None,
 ) -> dict[str, Any]:
@@ -36,7 +41,7 @@ def run_demo(
     else:
         say(f"creating a three-site project in {folder}")
         project = init_project(folder, "three-regions")
-    inventories, ingests = [], []
+    inventories, ingests, classified, deidentified = [], [], [], []
     for site in project.settings.sites.values():
         uploads = project.root / "uploads" / site.id
         say(
@@ -49,12 +54,21 @@ def run_demo(
             opened.keep_reference_zones(result.zones.read_bytes())
             report = ingest(opened, result.clips)
             ingests.append(report.as_dict())
+            say(f"{site.id}: classifying")
+            classified.append(classify_site(opened))
+            secret = load_keystore(project.keystore_path(site)).hmac_secret
+            for name in ("training", "export"):
+                say(f"{site.id}: de-identifying ({name})")
+                profile = resolve_profile(name, project.settings.deidentify_profiles)
+                deidentified.append(deidentify_site(opened, profile, secret=secret))
             inventories.append(opened.catalogue.inventory())
         finally:
             opened.close()
     return {
         "project": str(project.root),
         "ingest": ingests,
+        "classify": classified,
+        "deidentify": deidentified,
         "inventory": inventories,
         "seconds": round(time.perf_counter() - started, 1),
     }

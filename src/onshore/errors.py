@@ -19,6 +19,7 @@ configuration is changed. Retry code checks these markers, never message text.
     │   ├── PhysicsError             (terminal) time, position or speed cannot be real
     │   ├── ResidencyError           (terminal) recorded in another region: not this site's data
     │   └── ClipConflict             (terminal) a clip id already stored with other content
+    ├── DeidentifyError              (terminal) an output failed a check its profile promises
     ├── FileSystemError              (terminal) a local file or folder cannot be read or written
     ├── StoreError                   (transient) the site's object store failed
     └── CatalogueError               (transient) the site's catalogue database failed
@@ -34,6 +35,7 @@ __all__ = [
     "ClipConflict",
     "ClipError",
     "ConfigError",
+    "DeidentifyError",
     "FileSystemError",
     "KeystoreError",
     "OnshoreError",
@@ -149,6 +151,13 @@ class PhysicsError(ClipError):
     """Time, position or speed that no real vehicle could have recorded."""
 
     code = "clip.physics"
+
+
+class DeidentifyError(OnshoreError, Terminal):
+    """A de-identified output failed a check its profile promises; nothing of it was stored."""
+
+    code = "deidentify"
+    exit_code = 9
 
 
 class FileSystemError(OnshoreError, Terminal):

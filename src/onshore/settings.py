@@ -12,7 +12,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -101,6 +101,9 @@ class Settings(_Model):
     name: str = "onshore"
     """A name for the project, shown in reports."""
     sites: dict[str, SiteSettings] = Field(default_factory=dict)
+    deidentify_profiles: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
+    """``[deidentify.profiles.NAME] transforms = [...]``: profiles added to, or replacing, the
+    built-in ``training`` and ``export`` (checked when used, by :mod:`onshore.deidentify`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +161,8 @@ def redact_url(url: str) -> str:
 def _parse(raw: dict[str, object], source: Path) -> Settings:
     project = raw.get("project", {})
     sites_raw = raw.get("sites", {})
-    unknown = set(raw) - {"project", "sites"}
+    deidentify = raw.get("deidentify", {})
+    unknown = set(raw) - {"project", "sites", "deidentify"}
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {', '.join(sorted(unknown))}")
     if not isinstance(project, dict) or not isinstance(sites_raw, dict):
@@ -176,8 +180,9 @@ def _parse(raw: dict[str, object], source: Path) -> Settings:
         if "catalogue" not in merged:
             merged["catalogue"] = _default_catalogue(str(merged["store"]), source, site_id)
         sites[site_id] = merged
+    profiles = _profiles(deidentify, source)
     try:
-        return Settings.model_validate({**project, "sites": sites})
+        return Settings.model_validate({**project, "sites": sites, "deidentify_profiles": profiles})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -187,6 +192,20 @@ def _parse(raw: dict[str, object], source: Path) -> Settings:
         raise ConfigError(
             f"{source}: {where}: {first['msg']}", hint=f"{exc.error_count()} problem(s) in all"
         ) from exc
+
+
+def _profiles(section: object, source: Path) -> dict[str, list[dict[str, Any]]]:
+    if not isinstance(section, dict) or set(section) - {"profiles"}:
+        raise ConfigError(f"{source}: [deidentify] holds only [deidentify.profiles.NAME] tables")
+    out = {}
+    for name, body in section.get("profiles", {}).items():
+        transforms = body.get("transforms") if isinstance(body, dict) else None
+        if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
+            raise ConfigError(
+                f"{source}: [deidentify.profiles.{name}] needs transforms = [{{ name = ... }}, ...]"
+            )
+        out[name] = transforms
+    return out
 
 
 def _default_catalogue(store: str, source: Path, site_id: str) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
 from onshore.cli.output import JsonOption, console, emit, err_console
 from onshore.cli.store import inventory_table
@@ -18,7 +19,7 @@ def demo(
         "onshore-demo"
     ),
     vehicles: Annotated[int, typer.Option(min=10, help="Vehicles in traffic per site.")] = 150,
-    minutes: Annotated[float, typer.Option(min=0.5, help="Simulated minutes per site.")] = 4.0,
+    minutes: Annotated[float, typer.Option(min=0.5, help="Simulated minutes per site.")] = 6.0,
     seed: Annotated[int, typer.Option(help="Seed for every simulation.")] = 7,
     as_json: JsonOption = False,
 ) -> None:
@@ -33,10 +34,49 @@ def demo(
 
     def render(d: dict[str, Any]) -> None:
         console.print(inventory_table(d["inventory"]))
+        console.print(_found_table(d["classify"]))
+        console.print(_removed_table(d["deidentify"]))
         console.print(f"Project: {d['project']}  ({d['seconds']:.0f} s)")
         console.print(f"Next: onshore inventory --project {d['project']} --site cn-shanghai")
 
     emit(result, as_json, render)
+
+
+def _found_table(rows: list[dict[str, Any]]) -> Table:
+    categories = sorted({name for d in rows for name in d["categories"]})
+    table = Table("site", *categories, title="What the clips hold (clips with each category)")
+    for d in rows:
+        table.add_row(
+            d["site"], *(str(d["categories"].get(c, {}).get("clips", 0)) for c in categories)
+        )
+    return table
+
+
+def _removed_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(
+        "site",
+        "profile",
+        "clips kept",
+        "rows kept",
+        "in zones",
+        "trip ends",
+        "state",
+        "checks",
+        title="De-identified in each site's own store",
+    )
+    for d in rows:
+        held = sum(c["held"] for c in d["checks"])
+        table.add_row(
+            d["site"],
+            d["profile"],
+            f"{d['clips']}/{d['clips_in']}",
+            f"{d['rows']:,}/{d['rows_in']:,}",
+            f"{d['removed'].get('drop_zones', 0):,}",
+            f"{d['removed'].get('trim_ends', 0):,}",
+            d["state"],
+            f"{held}/{len(d['checks'])} held",
+        )
+    return table
 
 
 def register(app: typer.Typer) -> None:

@@ -181,8 +181,8 @@ class _RoadClass:
 
 @dataclass(frozen=True, slots=True)
 class _ShanghaiLayout:
-    x_number: int = 8
-    y_number: int = 8
+    x_number: int = 16
+    y_number: int = 14
     x_length: float = 115.0
     y_length: float = 100.0
     attach_length: float = 120.0

@@ -239,12 +239,12 @@ _CN: Final = RegionProfile(
         FleetModel("FAW-Volkswagen ID.4 CROZZ", "LFV", "3B2E5", "C", 0.4),
     ),
     model_years=(2024, 2025, 2026),
-    trips=TripOptions(min_distance_m=500.0, fringe_factor=2.0),
+    trips=TripOptions(min_distance_m=1200.0, fringe_factor=2.0),
     zones=(
-        ZoneSpec("military", "Garrison compound (simulated military administrative zone)", 250.0),
-        ZoneSpec("government", "District government compound (simulated)", 180.0),
-        ZoneSpec("defence_industry", "Shipbuilding research institute (simulated)", 200.0),
-        ZoneSpec("military", "Naval logistics depot (simulated)", 150.0),
+        ZoneSpec("military", "Garrison compound (simulated military administrative zone)", 90.0),
+        ZoneSpec("government", "District government compound (simulated)", 70.0),
+        ZoneSpec("defence_industry", "Shipbuilding research institute (simulated)", 80.0),
+        ZoneSpec("military", "Naval logistics depot (simulated)", 60.0),
     ),
 )
 
@@ -349,11 +349,11 @@ _EU: Final = RegionProfile(
         FleetModel("BMW i4 eDrive40", "WBA", "71AW0", "F", 0.45),
     ),
     model_years=(2024, 2025, 2026),
-    trips=TripOptions(min_distance_m=600.0, fringe_factor=3.0),
+    trips=TripOptions(min_distance_m=1500.0, fringe_factor=3.0),
     zones=(
-        ZoneSpec("military", "Barracks (simulated military zone)", 220.0),
-        ZoneSpec("government", "Federal ministry annex (simulated)", 160.0),
-        ZoneSpec("defence_industry", "Defence electronics plant (simulated)", 200.0),
+        ZoneSpec("military", "Barracks (simulated military zone)", 90.0),
+        ZoneSpec("government", "Federal ministry annex (simulated)", 70.0),
+        ZoneSpec("defence_industry", "Defence electronics plant (simulated)", 80.0),
     ),
 )
 
@@ -448,11 +448,11 @@ _US: Final = RegionProfile(
         FleetModel("Tesla Model 3", "5YJ", "3E1EA", "F", 0.5),
     ),
     model_years=(2024, 2025, 2026),
-    trips=TripOptions(min_distance_m=900.0, fringe_factor=5.0),
+    trips=TripOptions(min_distance_m=2000.0, fringe_factor=5.0),
     zones=(
-        ZoneSpec("military", "National Guard armory (simulated)", 250.0),
-        ZoneSpec("government", "Federal building (simulated)", 180.0),
-        ZoneSpec("defence_industry", "Aerospace supplier plant (simulated)", 300.0),
+        ZoneSpec("military", "National Guard armory (simulated)", 100.0),
+        ZoneSpec("government", "Federal building (simulated)", 80.0),
+        ZoneSpec("defence_industry", "Aerospace supplier plant (simulated)", 120.0),
     ),
 )
 

@@ -3,7 +3,8 @@
 China's automotive data rules make positions inside military administrative zones, at
 defence-industry units and at party and government organs "important data". Real zone lists are
 not public, so the simulator places circular stand-ins where the fleet actually drove: centred on
-the busiest cells of the positions it uploaded, far enough apart not to overlap. That makes the
+busy cells of the positions it uploaded (below the very busiest hubs), far enough apart not
+to overlap. That makes the
 classify and de-identify stages meet real hits instead of an empty geofence.
 """
 
@@ -56,6 +57,9 @@ def place_zones(
     mean_x = np.bincount(inverse, weights=x) / counts
     mean_y = np.bincount(inverse, weights=y) / counts
     ranking = np.lexsort((unique[:, 1], unique[:, 0], -counts))
+    # Not on the very busiest cells (the hubs every route crosses, which would swallow most of
+    # a small network's traffic), but on busy ones below them: traffic passes, and some of it.
+    ranking = ranking[len(ranking) // 10 :] if len(ranking) >= 20 else ranking
     for clearance in (1.0, 0.5, 0.25, 0.0):
         placed: list[tuple[ZoneSpec, float, float]] = []
         for cell in ranking.tolist():

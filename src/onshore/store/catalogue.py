@@ -43,11 +43,17 @@ from sqlalchemy.exc import (
 from onshore.errors import CatalogueError, ClipConflict, ConfigError
 from onshore.settings import redact_url
 
-__all__ = ["Catalogue", "ClipRecord", "FileRecord"]
+__all__ = [
+    "Catalogue",
+    "ClipRecord",
+    "DeidentifiedRecord",
+    "FileRecord",
+    "LabelRecord",
+]
 
 SCHEMA_VERSION: Final = 1
 _RETRIES: Final = 5
-_R = TypeVar("_R", "FileRecord", "ClipRecord")
+_R = TypeVar("_R", "FileRecord", "ClipRecord", "LabelRecord", "DeidentifiedRecord")
 
 _metadata = MetaData()
 
@@ -99,6 +105,35 @@ _clips = Table(
     Column("ingested_at", DateTime(timezone=True), nullable=False),
 )
 
+_labels = Table(
+    "labels",
+    _metadata,
+    Column("site", String(64), primary_key=True),
+    Column("clip_id", String(200), primary_key=True),
+    Column("category", String(64), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("evidence", Text, nullable=False),
+    Column("classified_at", DateTime(timezone=True), nullable=False),
+)
+
+_deidentified = Table(
+    "deidentified",
+    _metadata,
+    Column("site", String(64), primary_key=True),
+    Column("profile", String(64), primary_key=True),
+    Column("clip_id", String(200), primary_key=True),
+    Column("source_sha256", String(64), nullable=False),
+    Column("output_id", String(64), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("consent_training", Boolean, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("rows_in", Integer, nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 _meta = Table(
     "onshore_meta",
     _metadata,
@@ -148,9 +183,48 @@ class ClipRecord:
     ingested_at: datetime | None = None
 
 
-def _fields(record: FileRecord | ClipRecord) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class LabelRecord:
+    """One data category found in a clip, with how much of it and the evidence."""
+
+    clip_id: str
+    category: str
+    count: int
+    """Rows, positions or objects that carry the category (what ``evidence`` counts)."""
+    evidence: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeidentifiedRecord:
+    """The de-identified version of one raw clip under one profile."""
+
+    profile: str
+    clip_id: str
+    """The raw clip's id (the catalogue is inside the site; outputs never carry it)."""
+    source_sha256: str
+    output_id: str
+    """The id the output carries instead: a keyed pseudonym of the clip id."""
+    path: str
+    sha256: str
+    state: str
+    consent_training: bool
+    rows: int
+    rows_in: int
+    detail: str
+    """JSON: the transforms with their parameters and what each removed, and the checks."""
+
+
+def _fields(record: FileRecord | ClipRecord | LabelRecord | DeidentifiedRecord) -> dict[str, Any]:
     """A record's fields as a dict (``asdict`` deep-copies every value; these are immutable)."""
     return {f.name: getattr(record, f.name) for f in fields(record)}
+
+
+def _by_profile(rows: Sequence[Any]) -> dict[str, dict[str, int]]:
+    """Clips per state, per de-identification profile."""
+    out: dict[str, dict[str, int]] = {}
+    for profile, state, n in rows:
+        out.setdefault(profile, {})[state] = int(n)
+    return out
 
 
 def _batches(values: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
@@ -388,6 +462,54 @@ class Catalogue:
         if rows:
             conn.execute(_vehicles.insert(), rows)
 
+    def replace_labels(self, clip_ids: Sequence[str], labels: Sequence[LabelRecord]) -> None:
+        """Set the labels of ``clip_ids`` to ``labels`` (their earlier labels go), atomically."""
+        now = datetime.now(UTC)
+        with self._tx() as conn:
+            for part in _batches(list(clip_ids)):
+                conn.execute(
+                    _labels.delete().where(_labels.c.site == self.site, _labels.c.clip_id.in_(part))
+                )
+            if labels:
+                conn.execute(
+                    _labels.insert(),
+                    [{**_fields(r), "site": self.site, "classified_at": now} for r in labels],
+                )
+
+    def labels(self) -> list[LabelRecord]:
+        """Every label of the site's clips."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(_labels)
+                .where(_labels.c.site == self.site)
+                .order_by(_labels.c.clip_id, _labels.c.category)
+            ).all()
+        return [_row_to(LabelRecord, r) for r in rows]
+
+    def replace_deidentified(self, profile: str, records: Sequence[DeidentifiedRecord]) -> None:
+        """Make ``records`` the site's de-identified outputs under ``profile``, atomically."""
+        now = datetime.now(UTC)
+        with self._tx() as conn:
+            conn.execute(
+                _deidentified.delete().where(
+                    _deidentified.c.site == self.site, _deidentified.c.profile == profile
+                )
+            )
+            if records:
+                conn.execute(
+                    _deidentified.insert(),
+                    [{**_fields(r), "site": self.site, "created_at": now} for r in records],
+                )
+
+    def deidentified(self, profile: str | None = None) -> list[DeidentifiedRecord]:
+        """De-identified outputs of the site, of one profile or all."""
+        query = select(_deidentified).where(_deidentified.c.site == self.site)
+        if profile is not None:
+            query = query.where(_deidentified.c.profile == profile)
+        with self._tx() as conn:
+            rows = conn.execute(query.order_by(_deidentified.c.clip_id)).all()
+        return [_row_to(DeidentifiedRecord, r) for r in rows]
+
     def inventory(self) -> dict[str, Any]:
         """Counts and ranges of what the site holds: clips, vehicles, rows, bytes, time range,
         consent shares, triggers and models, and how many files were quarantined."""
@@ -428,6 +550,18 @@ class Catalogue:
                     .group_by(_files.c.status)
                 ).all()
             )
+            labels: dict[str, int] = dict(
+                conn.execute(
+                    select(_labels.c.category, func.count())
+                    .where(_labels.c.site == self.site)
+                    .group_by(_labels.c.category)
+                ).all()
+            )
+            deidentified = conn.execute(
+                select(_deidentified.c.profile, _deidentified.c.state, func.count())
+                .where(_deidentified.c.site == self.site)
+                .group_by(_deidentified.c.profile, _deidentified.c.state)
+            ).all()
         clips, rows, objects, size, start, end, consenting = totals
         return {
             "site": self.site,
@@ -452,4 +586,6 @@ class Catalogue:
                 "ingested": int(files.get("ingested", 0)),
                 "quarantined": int(files.get("quarantined", 0)),
             },
+            "labels": {k: int(v) for k, v in sorted(labels.items())},
+            "deidentified": _by_profile(deidentified),
         }

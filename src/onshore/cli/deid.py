@@ -1,0 +1,119 @@
+"""``onshore classify`` and ``onshore deidentify``: what the law calls each clip, and the
+de-identified versions of a site's clips."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from onshore.cli.output import JsonOption, ProjectOption, console, emit, progress_bar
+from onshore.cli.store import SiteOption
+from onshore.settings import load_project
+from onshore.store import SiteStore
+
+__all__ = ["register"]
+
+
+def classify(
+    site: SiteOption,
+    project: ProjectOption = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="End of the counting windows, YYYY-MM-DD (default: today)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Label every clip of the site with its data categories and evidence; count subjects."""
+    from onshore.classify import classify_site
+    from onshore.errors import ConfigError
+
+    try:
+        day = None if as_of is None else date.fromisoformat(as_of)
+    except ValueError:
+        raise ConfigError(f"--as-of {as_of!r} is not a date (YYYY-MM-DD)") from None
+    opened = SiteStore.open(load_project(project), site)
+    try:
+        with progress_bar(f"classify {site}", None, unit="clips") as bar:
+            task = bar.task_ids[0]
+            summary = classify_site(
+                opened,
+                as_of=day,
+                on_clip=lambda n, total: bar.update(task, completed=n, total=total),
+            )
+    finally:
+        opened.close()
+
+    def render(d: dict[str, Any]) -> None:
+        table = Table(
+            "category",
+            "clips",
+            "amount",
+            "vehicles",
+            "this year",
+            "last 12 months",
+            title=f"{d['site']}: {d['clips']} clips, {d['zones']} sensitive areas",
+        )
+        windows = d["windows"]
+        for name, c in d["categories"].items():
+            table.add_row(
+                name,
+                str(c["clips"]),
+                f"{c['count']:,}",
+                str(c["vehicles"]),
+                str(windows["calendar_year"]["vehicles"].get(name, 0)),
+                str(windows["trailing_12_months"]["vehicles"].get(name, 0)),
+            )
+        console.print(table)
+
+    emit(summary, as_json, render)
+
+
+def deidentify(
+    site: SiteOption,
+    profile: Annotated[
+        str, typer.Option(help="Profile: training, export, or one of onshore.toml.")
+    ],
+    project: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write a de-identified version of the site's clips into its own store, with the checks
+    that prove it. Raw clips are never modified and never leave."""
+    from onshore.deidentify import deidentify_site, resolve_profile
+    from onshore.sites.keystore import load_keystore
+
+    proj = load_project(project)
+    chosen = resolve_profile(profile, proj.settings.deidentify_profiles)
+    keys = load_keystore(proj.keystore_path(proj.site(site)))
+    opened = SiteStore.open(proj, site)
+    try:
+        with progress_bar(f"deidentify {site} ({profile})", None, unit="vehicles") as bar:
+            task = bar.task_ids[0]
+            summary = deidentify_site(
+                opened,
+                chosen,
+                secret=keys.hmac_secret,
+                on_vehicle=lambda n, total: bar.update(task, completed=n, total=total),
+            )
+    finally:
+        opened.close()
+
+    def render(d: dict[str, Any]) -> None:
+        removed = ", ".join(f"{k} {v:,} rows" for k, v in d["removed"].items()) or "nothing"
+        console.print(
+            f"{d['site']} / {d['profile']}: {d['clips']} of {d['clips_in']} clips, "
+            f"{d['rows']:,} of {d['rows_in']:,} rows kept (removed: {removed}); "
+            f"state [bold]{d['state']}[/]"
+        )
+        for check in d["checks"]:
+            mark = "[green]held[/]" if check["held"] else "[red]failed[/]"
+            console.print(f"  {mark} {check['name']}: {check['detail']}")
+
+    emit(summary, as_json, render)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(classify)
+    app.command()(deidentify)

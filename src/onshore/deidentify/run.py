@@ -1,0 +1,176 @@
+"""De-identify a site's clips under a profile, into the same site's store.
+
+Raw clips are read, never modified, and nothing leaves the site. Each vehicle's clips become one
+Parquet object under ``deidentified/<profile>/``, named by its hash, whose metadata records the
+transforms with their parameters, the resulting state and the checks re-run on the output. The
+catalogue records, per raw clip, where its de-identified version is; objects a rerun replaced are
+removed once the catalogue no longer refers to them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, Final
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from onshore.classify.zones import load_zones
+from onshore.clips.tabular import read_parquet
+from onshore.deidentify.checks import Check, run_checks, state_of
+from onshore.deidentify.profiles import Profile
+from onshore.deidentify.trajectory import deidentify_vehicle
+from onshore.errors import DeidentifyError
+from onshore.sites.keystore import Secret
+from onshore.store.catalogue import ClipRecord, DeidentifiedRecord
+from onshore.store.objects import sha256
+from onshore.store.site import SiteStore
+
+__all__ = ["DEID_KEY", "OUTPUT_DIR", "deidentify_site", "read_output"]
+
+OUTPUT_DIR: Final = "deidentified"
+DEID_KEY: Final = b"onshore.deid"
+"""Parquet schema-metadata key of a de-identified object's record (transforms, state, checks)."""
+_STATES: Final = ("raw", "pseudonymized", "anonymized")
+
+
+def read_output(data: bytes) -> tuple[pa.Table, dict[str, Any]]:
+    """A de-identified object's rows and its record."""
+    table = pq.read_table(pa.BufferReader(data))
+    record = orjson.loads((table.schema.metadata or {})[DEID_KEY])
+    return table.replace_schema_metadata(None), record
+
+
+def deidentify_site(
+    site: SiteStore,
+    profile: Profile,
+    *,
+    secret: Secret,
+    on_vehicle: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """De-identify every clip of ``site`` under ``profile``; returns the summary the CLI prints.
+
+    Raises :class:`DeidentifyError` when an output fails a check its profile promises (no raw
+    VIN, no position in a zone), and stores nothing of that vehicle.
+    """
+    zones = load_zones(site.objects)
+    by_vehicle: dict[str, list[ClipRecord]] = defaultdict(list)
+    for record in site.catalogue.clips():
+        by_vehicle[record.vin].append(record)
+    raw_vins = set(by_vehicle)
+    records: list[DeidentifiedRecord] = []
+    removed: dict[str, int] = defaultdict(int)
+    worst: dict[str, tuple[Check, int]] = {}
+    states: list[str] = []
+    rows_in = rows_out = 0
+    for n, (_vin, clip_records) in enumerate(sorted(by_vehicle.items()), start=1):
+        clips = [read_parquet(site.objects.read(r.path), r.path)[0] for r in clip_records]
+        out = deidentify_vehicle(clips, profile, secret=secret.reveal(), zones=zones)
+        for name, count in out.removed.items():
+            removed[name] += count
+        kept = [c for c in out.clips if c["rows"]]
+        facts: dict[str, Any] = {
+            "profile": profile.name,
+            "vehicle": out.vehicle,
+            "transforms": [step.as_dict() for step in profile.ordered()],
+            "removed": out.removed,
+            "clips": {
+                c["output_id"]: {
+                    "rows": c["rows"],
+                    "consent_training": c["consent_training"],
+                    **_public_meta(clips, c["clip_id"]),
+                }
+                for c in kept
+            },
+        }
+        checks = run_checks(out.table, orjson.dumps(facts), raw_vins=raw_vins, zones=zones)
+        state = state_of(checks, identifier_left=out.vehicle is not None)
+        failed = [c for c in checks if not c.held and _promised(c.name, profile)]
+        if failed:
+            raise DeidentifyError(
+                f"site {site.site}, profile {profile.name}: the output for one vehicle fails "
+                + "; ".join(f"{c.name} ({c.detail})" for c in failed),
+                hint="nothing of that vehicle was stored; report this as a bug",
+            )
+        facts.update(state=state, checks=[c.as_dict() for c in checks])
+        table = out.table.replace_schema_metadata({DEID_KEY: orjson.dumps(facts)})
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        data = sink.getvalue().to_pybytes()
+        digest = sha256(data)
+        path = f"{OUTPUT_DIR}/{profile.name}/{digest[:2]}/{digest}.parquet"
+        site.objects.put(path, data)
+        states.append(state)
+        for check in checks:
+            # The summary shows a failing check if there is one, else the largest output's.
+            best = worst.get(check.name)
+            if best is None or (best[0].held and (not check.held or out.table.num_rows > best[1])):
+                worst[check.name] = (check, out.table.num_rows)
+        by_id = {r.clip_id: r for r in clip_records}
+        for c in out.clips:
+            rows_in += c["rows_in"]
+            rows_out += c["rows"]
+            if c["rows"]:
+                records.append(
+                    DeidentifiedRecord(
+                        profile=profile.name,
+                        clip_id=c["clip_id"],
+                        source_sha256=by_id[c["clip_id"]].sha256,
+                        output_id=c["output_id"],
+                        path=path,
+                        sha256=digest,
+                        state=state,
+                        consent_training=c["consent_training"],
+                        rows=c["rows"],
+                        rows_in=c["rows_in"],
+                        detail=orjson.dumps({"removed": out.removed}).decode(),
+                    )
+                )
+        if on_vehicle is not None:
+            on_vehicle(n, len(by_vehicle))
+    site.catalogue.replace_deidentified(profile.name, records)
+    _collect_garbage(site, profile.name, {r.path for r in records})
+    state = min(states, key=_STATES.index) if states else "anonymized"
+    return {
+        "site": site.site,
+        "profile": profile.name,
+        "transforms": [step.as_dict() for step in profile.ordered()],
+        "vehicles": len(by_vehicle),
+        "clips": len(records),
+        "clips_in": sum(len(v) for v in by_vehicle.values()),
+        "rows_in": rows_in,
+        "rows": rows_out,
+        "removed": dict(removed),
+        "state": state,
+        "checks": [check.as_dict() for check, _rows in worst.values()],
+    }
+
+
+def _public_meta(clips: list[Any], clip_id: str) -> dict[str, str]:
+    """What of a clip's metadata may travel with its de-identified rows: not the VIN, not the
+    clip id."""
+    meta = next(c.meta for c in clips if c.meta.clip_id == clip_id)
+    return {
+        "vehicle_model": meta.vehicle_model,
+        "trigger": meta.trigger,
+        "recorded_in": meta.recorded_in,
+    }
+
+
+def _promised(check: str, profile: Profile) -> bool:
+    """Whether the profile's transforms promise that this check holds."""
+    if check == "no_raw_vin":
+        return True
+    if check == "no_position_in_zone":
+        return profile.step("drop_zones") is not None
+    if check in ("no_absolute_coordinate", "no_absolute_timestamp"):
+        return profile.step("to_local") is not None
+    return profile.step("mask_frames") is not None
+
+
+def _collect_garbage(site: SiteStore, profile: str, referenced: set[str]) -> None:
+    for path in site.objects.find(f"{OUTPUT_DIR}/{profile}"):
+        if path not in referenced:
+            site.objects.delete(path)
