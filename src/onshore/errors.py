@@ -10,7 +10,9 @@ configuration is changed. Retry code checks these markers, never message text.
     ├── ConfigError                  (terminal) onshore.toml or an option is wrong
     │   ├── ProjectNotFound          (terminal) no onshore.toml where one was looked for
     │   ├── ProjectExists            (terminal) init would overwrite a project
-    │   └── SiteNotFound             (terminal) a site id that the project does not declare
+    │   ├── SiteNotFound             (terminal) a site id that the project does not declare
+    │   ├── RulebookError            (terminal) a rulebook file is not valid: file, line, reason
+    │   └── RulebookNotFound         (terminal) no rulebook by that name or for that origin
     ├── KeystoreError                (terminal) a site's keys are missing or unreadable
     ├── SimulationError              (terminal) SUMO or a network build failed
     ├── ClipError                    (terminal) one input file is not a valid clip: quarantined
@@ -27,7 +29,10 @@ configuration is changed. Retry code checks these markers, never message text.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from onshore.rulebook.problems import Problem
 
 __all__ = [
     "ERRORS",
@@ -43,6 +48,8 @@ __all__ = [
     "ProjectExists",
     "ProjectNotFound",
     "ResidencyError",
+    "RulebookError",
+    "RulebookNotFound",
     "SchemaError",
     "SimulationError",
     "SiteNotFound",
@@ -112,6 +119,35 @@ class SiteNotFound(ConfigError):
     """A site id the project does not declare."""
 
     code = "config.site_not_found"
+
+
+class RulebookError(ConfigError):
+    """A rulebook file is not valid. The message names the file, the line and the reason;
+    ``problems`` holds every error found, not only the first."""
+
+    code = "config.rulebook"
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, problems: tuple[Problem, ...] = ()
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.problems = problems
+
+    @classmethod
+    def from_problems(cls, problems: tuple[Problem, ...]) -> RulebookError:
+        """The error for a list of problems: the first error is the message."""
+        errors = tuple(p for p in problems if p.severity == "error")
+        first = errors[0]
+        hint = (
+            f"{len(errors)} error(s) in all; run 'onshore rulebook lint {first.file}' to list them"
+        )
+        return cls(str(first), hint=hint, problems=errors)
+
+
+class RulebookNotFound(ConfigError):
+    """No rulebook by that name, or none that governs a request's origin."""
+
+    code = "config.rulebook_not_found"
 
 
 class KeystoreError(OnshoreError, Terminal):

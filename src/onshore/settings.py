@@ -23,6 +23,7 @@ __all__ = [
     "ComputeProfile",
     "FleetSettings",
     "Project",
+    "RulebookSettings",
     "Settings",
     "SiteSettings",
     "find_project",
@@ -95,12 +96,22 @@ class SiteSettings(_Model):
                 return "us"
 
 
+class RulebookSettings(_Model):
+    """Which rulebooks the project uses (``[rulebooks]``)."""
+
+    overrides: dict[Literal["cn", "eu", "us"], str] = Field(default_factory=dict)
+    """Built-in rulebook -> YAML file (relative to the project) that replaces or ``extends`` it."""
+    extra: list[str] = Field(default_factory=list)
+    """YAML rulebooks of further jurisdictions."""
+
+
 class Settings(_Model):
     """The whole of ``onshore.toml``."""
 
     name: str = "onshore"
     """A name for the project, shown in reports."""
     sites: dict[str, SiteSettings] = Field(default_factory=dict)
+    rulebooks: RulebookSettings = RulebookSettings()
     deidentify_profiles: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
     """``[deidentify.profiles.NAME] transforms = [...]``: profiles added to, or replacing, the
     built-in ``training`` and ``export`` (checked when used, by :mod:`onshore.deidentify`)."""
@@ -162,7 +173,7 @@ def _parse(raw: dict[str, object], source: Path) -> Settings:
     project = raw.get("project", {})
     sites_raw = raw.get("sites", {})
     deidentify = raw.get("deidentify", {})
-    unknown = set(raw) - {"project", "sites", "deidentify"}
+    unknown = set(raw) - {"project", "sites", "deidentify", "rulebooks"}
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {', '.join(sorted(unknown))}")
     if not isinstance(project, dict) or not isinstance(sites_raw, dict):
@@ -182,7 +193,14 @@ def _parse(raw: dict[str, object], source: Path) -> Settings:
         sites[site_id] = merged
     profiles = _profiles(deidentify, source)
     try:
-        return Settings.model_validate({**project, "sites": sites, "deidentify_profiles": profiles})
+        return Settings.model_validate(
+            {
+                **project,
+                "sites": sites,
+                "deidentify_profiles": profiles,
+                "rulebooks": raw.get("rulebooks", {}),
+            }
+        )
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
