@@ -298,7 +298,10 @@ def test_cli_classify_and_deidentify(project: Project, site: SiteStore, tmp_path
     base = ["--project", str(project.root), "--site", SITE, "--json"]
     classified = runner.invoke(app, ["classify", *base, "--as-of", "2026-11-29"])
     assert classified.exit_code == 0, classified.output
-    assert json.loads(classified.stdout)["categories"]["trajectory"]["clips"] == 10
+    found = json.loads(classified.stdout)
+    assert found["categories"]["trajectory"]["clips"] == 10
+    assert found["rulebook"]["jurisdiction"] == "EU"
+    assert "personal_data" in found["categories"]["trajectory"]["legal_classes"]
     result = runner.invoke(app, ["deidentify", *base, "--profile", "export"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)

@@ -67,6 +67,14 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         finally:
             opened.close()
 
+    for found in first["classify"]:
+        assert found["categories"]["trajectory"]["clips"] == inventories[found["site"]]["clips"]
+        assert found["categories"]["trajectory"]["legal_classes"]
+    states = {(d["site"], d["profile"]): d["state"] for d in first["deidentify"]}
+    assert set(states.values()) <= {"pseudonymized", "anonymized"}
+    assert all(states[(site, "export")] == "anonymized" for site in CITY)
+    assert all(all(c["held"] for c in d["checks"]) for d in first["deidentify"])
+
     again = _demo(folder)
     assert again["inventory"] == first["inventory"], "a rerun stores nothing twice"
     assert all(r["clips"] == 0 for r in again["ingest"])

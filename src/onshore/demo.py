@@ -16,6 +16,7 @@ from typing import Any
 from onshore.classify import classify_site
 from onshore.deidentify import deidentify_site, resolve_profile
 from onshore.fleet import simulate_site
+from onshore.rulebook.loader import project_rulebooks
 from onshore.settings import CONFIG_NAME, load_project
 from onshore.sites import init_project
 from onshore.sites.keystore import load_keystore
@@ -55,7 +56,8 @@ def run_demo(
             report = ingest(opened, result.clips)
             ingests.append(report.as_dict())
             say(f"{site.id}: classifying")
-            classified.append(classify_site(opened))
+            book = project_rulebooks(project).for_origin(site.jurisdiction)
+            classified.append(classify_site(opened, rulebook=book))
             secret = load_keystore(project.keystore_path(site)).hmac_secret
             for name in ("training", "export"):
                 say(f"{site.id}: de-identifying ({name})")

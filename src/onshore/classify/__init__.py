@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from onshore.classify.zones import Zones, load_zones
 from onshore.clips.schema import Clip
 from onshore.clips.tabular import read_parquet
+from onshore.rulebook.model import Rulebook
 from onshore.store.catalogue import ClipRecord, LabelRecord
 from onshore.store.site import SiteStore
 
@@ -104,12 +105,14 @@ def classify_site(
     site: SiteStore,
     *,
     as_of: date | None = None,
+    rulebook: Rulebook | None = None,
     on_clip: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Label every clip of ``site``, store the labels in its catalogue and return a summary:
-    per category the clips, the amount (``count``) and the distinct vehicles, and per counting
-    window (calendar year, trailing 12 months, both ending ``as_of``, default today) the
-    distinct vehicles with each category."""
+    per category the clips, the amount (``count``) and the distinct vehicles, with the legal
+    classes ``rulebook`` (the site's jurisdiction's) puts raw data of that category in; and per
+    counting window (calendar year, trailing 12 months, both ending ``as_of``, default today)
+    the distinct vehicles with each category."""
     as_of = as_of or datetime.now(UTC).date()
     zones = load_zones(site.objects)
     records = site.catalogue.clips()
@@ -124,7 +127,12 @@ def classify_site(
     site.catalogue.replace_labels(
         [r.clip_id for r in records], [label for c in found for label in c.labels]
     )
-    return _summary(site.site, as_of, zones, found)
+    summary = _summary(site.site, as_of, zones, found)
+    if rulebook is not None:
+        summary["rulebook"] = {"jurisdiction": rulebook.jurisdiction, "version": rulebook.version}
+        for name, entry in summary["categories"].items():
+            entry["legal_classes"] = sorted(rulebook.classify(name, "raw", None))
+    return summary
 
 
 def _read(site: SiteStore, record: ClipRecord) -> Clip:

@@ -29,18 +29,22 @@ def classify(
     """Label every clip of the site with its data categories and evidence; count subjects."""
     from onshore.classify import classify_site
     from onshore.errors import ConfigError
+    from onshore.rulebook.loader import project_rulebooks
 
     try:
         day = None if as_of is None else date.fromisoformat(as_of)
     except ValueError:
         raise ConfigError(f"--as-of {as_of!r} is not a date (YYYY-MM-DD)") from None
-    opened = SiteStore.open(load_project(project), site)
+    proj = load_project(project)
+    book = project_rulebooks(proj).for_origin(proj.site(site).jurisdiction)
+    opened = SiteStore.open(proj, site)
     try:
         with progress_bar(f"classify {site}", None, unit="clips") as bar:
             task = bar.task_ids[0]
             summary = classify_site(
                 opened,
                 as_of=day,
+                rulebook=book,
                 on_clip=lambda n, total: bar.update(task, completed=n, total=total),
             )
     finally:
@@ -67,6 +71,13 @@ def classify(
                 str(windows["trailing_12_months"]["vehicles"].get(name, 0)),
             )
         console.print(table)
+        if "rulebook" in d:
+            book = d["rulebook"]
+            console.print(
+                f"What the {book['jurisdiction']} rulebook ({book['version']}) calls them:"
+            )
+            for name, c in d["categories"].items():
+                console.print(f"  {name}: {', '.join(c['legal_classes']) or 'no legal class'}")
 
     emit(summary, as_json, render)
 
