@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from onshore.classify import classify_clip, classify_site
 from onshore.classify.zones import Zones, parse_zones
 from onshore.cli.app import app
+from onshore.clips.geo import haversine
 from onshore.clips.mcap import write_mcap
 from onshore.clips.schema import OBJECT_TYPE, SCHEMA, Clip, ClipMeta
 from onshore.clips.vin import make_vin
@@ -32,7 +33,7 @@ from onshore.deidentify import (
     resolve_profile,
 )
 from onshore.deidentify.checks import run_checks
-from onshore.deidentify.trajectory import _haversine, deidentify_vehicle, pseudonym
+from onshore.deidentify.trajectory import deidentify_vehicle, pseudonym
 from onshore.errors import ConfigError
 from onshore.settings import Project
 from onshore.sites.keystore import load_keystore
@@ -246,7 +247,7 @@ def _distance_to_trip_ends(raw: pa.Table, kept: pa.Table) -> tuple[np.ndarray, n
             travelled.append(
                 travelled[-1]
                 + float(
-                    _haversine(lat[k - 1 : k], lon[k - 1 : k], lat[k : k + 1], lon[k : k + 1])[0]
+                    haversine(lat[k - 1 : k], lon[k - 1 : k], lat[k : k + 1], lon[k : k + 1])[0]
                 )
             )
     ends_at.append(len(t) - 1)

@@ -9,20 +9,18 @@ around its own centroid and turned back into longitude and latitude.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import orjson
 import shapely
 from numpy.typing import NDArray
 
+from onshore.clips.geo import local_metres, local_to_degrees
 from onshore.errors import ConfigError, StoreError
 from onshore.store.objects import ZONES_PATH, ObjectStore
 
 __all__ = ["Zone", "Zones", "load_zones", "parse_zones"]
-
-_M_PER_DEG_LAT: Final = 110_574.0
-_M_PER_DEG_LON_EQUATOR: Final = 111_320.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,15 +61,13 @@ class Zones:
 def _buffer_metres(polygon: Any, metres: float) -> Any:
     centre = polygon.centroid
     lon0, lat0 = centre.x, centre.y
-    k_lon = _M_PER_DEG_LON_EQUATOR * np.cos(np.radians(lat0))
 
     def to_metres(coords: NDArray[np.float64]) -> NDArray[np.float64]:
-        return np.column_stack(
-            ((coords[:, 0] - lon0) * k_lon, (coords[:, 1] - lat0) * _M_PER_DEG_LAT)
-        )
+        return np.column_stack(local_metres(coords[:, 1], coords[:, 0], lat0, lon0))
 
     def to_degrees(coords: NDArray[np.float64]) -> NDArray[np.float64]:
-        return np.column_stack((coords[:, 0] / k_lon + lon0, coords[:, 1] / _M_PER_DEG_LAT + lat0))
+        lat, lon = local_to_degrees(coords[:, 0], coords[:, 1], lat0, lon0)
+        return np.column_stack((lon, lat))
 
     grown = shapely.transform(shapely.transform(polygon, to_metres).buffer(metres), to_degrees)
     shapely.prepare(grown)

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from onshore.clips.geo import haversine
 from onshore.clips.schema import CLASS_ARRAY, OBJECT_CLASSES, OBJECT_TYPE, SCHEMA, TRIGGERS, Clip
 from onshore.clips.vin import is_valid_vin
 from onshore.errors import PhysicsError, SchemaError
@@ -24,7 +25,6 @@ MAX_ACCEL: Final = 20.0
 """m/s^2, in either direction (about 2 g)."""
 _MAX_JUMP_SPEED: Final = 150.0
 """m/s implied by two consecutive positions: above this the position jumped."""
-_EARTH_RADIUS: Final = 6_371_008.8
 
 
 def validate_clip(clip: Clip, name: str) -> None:
@@ -111,7 +111,7 @@ def _check_ranges(table: pa.Table, name: str) -> None:
             )
     if len(lat) > 1:
         t = pc.cast(table["time"], pa.int64()).to_numpy() / 1e6
-        implied = _haversine(lat[:-1], lon[:-1], lat[1:], lon[1:]) / np.diff(t)
+        implied = haversine(lat[:-1], lon[:-1], lat[1:], lon[1:]) / np.diff(t)
         bad = implied > _MAX_JUMP_SPEED
         if bad.any():
             i = _first(bad) + 1
@@ -119,15 +119,6 @@ def _check_ranges(table: pa.Table, name: str) -> None:
                 f"{name}: position jumps {implied[i - 1]:.0f} m/s between rows {i - 1} and {i}",
                 hint="the GNSS fix is probably wrong; drop the jump or re-export the log",
             )
-
-
-def _haversine(
-    lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray
-) -> np.ndarray:
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    dp, dl = p2 - p1, np.radians(lon2 - lon1)
-    a = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-    return np.asarray(2 * _EARTH_RADIUS * np.arcsin(np.sqrt(np.minimum(a, 1.0))))
 
 
 def _check_objects(table: pa.Table, name: str) -> None:

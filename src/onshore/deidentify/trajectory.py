@@ -20,14 +20,11 @@ import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from onshore.classify.zones import Zones
+from onshore.clips.geo import haversine, local_metres
 from onshore.clips.schema import OBJECT_TYPE, Clip
 from onshore.deidentify.profiles import Profile
 
 __all__ = ["LOCAL_SCHEMA", "Output", "deidentify_vehicle", "pseudonym"]
-
-_EARTH_RADIUS: Final = 6_371_008.8
-_M_PER_DEG_LAT: Final = 110_574.0
-_M_PER_DEG_LON_EQUATOR: Final = 111_320.0
 
 LOCAL_SCHEMA: Final = pa.schema(
     [
@@ -69,18 +66,6 @@ class Output:
     """Rows removed by each transform."""
 
 
-def _haversine(
-    lat1: NDArray[np.float64],
-    lon1: NDArray[np.float64],
-    lat2: NDArray[np.float64],
-    lon2: NDArray[np.float64],
-) -> NDArray[np.float64]:
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    dp, dl = p2 - p1, np.radians(lon2 - lon1)
-    a = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-    return np.asarray(2 * _EARTH_RADIUS * np.arcsin(np.sqrt(np.minimum(a, 1.0))))
-
-
 def _trim_mask(
     t_us: NDArray[np.int64],
     lat: NDArray[np.float64],
@@ -95,7 +80,7 @@ def _trim_mask(
     if n == 0:
         return np.ones(0, dtype=bool)
     step = np.zeros(n)
-    step[1:] = _haversine(lat[:-1], lon[:-1], lat[1:], lon[1:])
+    step[1:] = haversine(lat[:-1], lon[:-1], lat[1:], lon[1:])
     new_trip = np.ones(n, dtype=bool)
     new_trip[1:] = np.diff(t_us) > trip_gap_s * 1e6
     step[new_trip] = 0.0
@@ -116,9 +101,8 @@ def _to_local(
     first: NDArray[np.intp],
 ) -> tuple[NDArray[np.float64], ...]:
     """Clip-local (t, x, y, heading) given, for each row, the index of its clip's first row."""
-    lat0, lon0, h0 = lat[first], lon[first], heading[first]
-    east = (lon - lon0) * _M_PER_DEG_LON_EQUATOR * np.cos(np.radians(lat0))
-    north = (lat - lat0) * _M_PER_DEG_LAT
+    h0 = heading[first]
+    east, north = local_metres(lat, lon, lat[first], lon[first])
     h = np.radians(h0)  # compass: clockwise from north
     x = east * np.sin(h) + north * np.cos(h)
     y = -east * np.cos(h) + north * np.sin(h)
