@@ -165,7 +165,7 @@ def _summary(site: str, as_of: date, zones: Zones, found: list[ClipLabels]) -> d
         "as_of": as_of.isoformat(),
         "clips": len(found),
         "zones": len(zones.zones),
-        "subjects": {"vehicles": len(vehicles), "persons_in_frames": 0},
+        "subjects": {"vehicles": len(vehicles)},
         "categories": {
             name: {"clips": e["clips"], "count": e["count"], "vehicles": len(e["vehicles"])}
             for name, e in sorted(categories.items())
