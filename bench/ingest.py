@@ -57,13 +57,10 @@ SITES = {"cn": "cn-shanghai", "eu": "eu-frankfurt", "us": "us-oregon"}
 
 def _ingest_seconds(files: list[Path], scratch: Path, run: int, site_id: str) -> float:
     project = init_project(scratch / f"project-{run}")
-    site = SiteStore.open(project, site_id)
-    try:
+    with SiteStore.open(project, site_id) as site:
         started = time.perf_counter()
         report = ingest(site, files, remove_quarantined_source=False)
         seconds = time.perf_counter() - started
-    finally:
-        site.close()
     if report.quarantined or report.clips != len(files):
         raise SystemExit(f"ingest did not take every upload: {report.as_dict()}")
     return seconds

@@ -50,8 +50,7 @@ def run_demo(
         )
         result = simulate_site(site, vehicles=vehicles, minutes=minutes, seed=seed, out=uploads)
         say(f"{site.id}: ingesting {len(result.clips)} clips")
-        opened = SiteStore.open(project, site.id)
-        try:
+        with SiteStore.open(project, site.id) as opened:
             opened.keep_reference_zones(result.zones.read_bytes())
             report = ingest(opened, result.clips)
             ingests.append(report.as_dict())
@@ -64,8 +63,6 @@ def run_demo(
                 profile = resolve_profile(name, project.settings.deidentify_profiles)
                 deidentified.append(deidentify_site(opened, profile, secret=secret))
             inventories.append(opened.catalogue.inventory())
-        finally:
-            opened.close()
     return {
         "project": str(project.root),
         "ingest": ingests,

@@ -37,18 +37,17 @@ def classify(
         raise ConfigError(f"--as-of {as_of!r} is not a date (YYYY-MM-DD)") from None
     proj = load_project(project)
     book = project_rulebooks(proj).for_origin(proj.site(site).jurisdiction)
-    opened = SiteStore.open(proj, site)
-    try:
-        with progress_bar(f"classify {site}", None, unit="clips") as bar:
-            task = bar.task_ids[0]
-            summary = classify_site(
-                opened,
-                as_of=day,
-                rulebook=book,
-                on_clip=lambda n, total: bar.update(task, completed=n, total=total),
-            )
-    finally:
-        opened.close()
+    with (
+        SiteStore.open(proj, site) as opened,
+        progress_bar(f"classify {site}", None, unit="clips") as bar,
+    ):
+        task = bar.task_ids[0]
+        summary = classify_site(
+            opened,
+            as_of=day,
+            rulebook=book,
+            on_clip=lambda n, total: bar.update(task, completed=n, total=total),
+        )
 
     def render(d: dict[str, Any]) -> None:
         table = Table(
@@ -98,18 +97,17 @@ def deidentify(
     proj = load_project(project)
     chosen = resolve_profile(profile, proj.settings.deidentify_profiles)
     keys = load_keystore(proj.keystore_path(proj.site(site)))
-    opened = SiteStore.open(proj, site)
-    try:
-        with progress_bar(f"deidentify {site} ({profile})", None, unit="vehicles") as bar:
-            task = bar.task_ids[0]
-            summary = deidentify_site(
-                opened,
-                chosen,
-                secret=keys.hmac_secret,
-                on_vehicle=lambda n, total: bar.update(task, completed=n, total=total),
-            )
-    finally:
-        opened.close()
+    with (
+        SiteStore.open(proj, site) as opened,
+        progress_bar(f"deidentify {site} ({profile})", None, unit="vehicles") as bar,
+    ):
+        task = bar.task_ids[0]
+        summary = deidentify_site(
+            opened,
+            chosen,
+            secret=keys.hmac_secret,
+            on_vehicle=lambda n, total: bar.update(task, completed=n, total=total),
+        )
 
     def render(d: dict[str, Any]) -> None:
         removed = ", ".join(f"{k} {v:,} rows" for k, v in d["removed"].items()) or "nothing"

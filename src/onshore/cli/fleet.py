@@ -84,11 +84,8 @@ def simulate(
         "sensitive_areas": str(result.zones),
     }
     if site is not None:
-        opened = SiteStore.open(proj, site)
-        try:
+        with SiteStore.open(proj, site) as opened:
             kept = opened.keep_reference_zones(result.zones.read_bytes())
-        finally:
-            opened.close()
         data["site_sensitive_areas"] = {"path": kept.path, "written": kept.written}
 
     def render(d: dict[str, Any]) -> None:

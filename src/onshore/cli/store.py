@@ -30,19 +30,18 @@ def ingest(
     from onshore.store.ingest import ingest as run_ingest
 
     proj = load_project(project)
-    opened = SiteStore.open(proj, site)
-    try:
-        with progress_bar(f"ingest {site}", None, unit="bytes") as bar:
-            task = bar.task_ids[0]
-            report = run_ingest(
-                opened,
-                paths,
-                on_start=lambda total: bar.update(task, total=total),
-                on_file=lambda _p, n: bar.advance(task, n),
-                remove_quarantined_source=not keep_bad,
-            )
-    finally:
-        opened.close()
+    with (
+        SiteStore.open(proj, site) as opened,
+        progress_bar(f"ingest {site}", None, unit="bytes") as bar,
+    ):
+        task = bar.task_ids[0]
+        report = run_ingest(
+            opened,
+            paths,
+            on_start=lambda total: bar.update(task, total=total),
+            on_file=lambda _p, n: bar.advance(task, n),
+            remove_quarantined_source=not keep_bad,
+        )
 
     def render(d: dict[str, Any]) -> None:
         console.print(
@@ -61,11 +60,8 @@ def ingest(
 
 def inventory(site: SiteOption, project: ProjectOption = None, as_json: JsonOption = False) -> None:
     """What the site holds: clips, vehicles, rows, bytes, time range, consent shares."""
-    opened = SiteStore.open(load_project(project), site)
-    try:
+    with SiteStore.open(load_project(project), site) as opened:
         data = opened.catalogue.inventory()
-    finally:
-        opened.close()
     emit(data, as_json, lambda d: console.print(inventory_table([d])))
 
 
@@ -110,11 +106,8 @@ def verify(
     as_json: JsonOption = False,
 ) -> None:
     """Check that the site's store and catalogue agree; exit 1 if they do not."""
-    opened = SiteStore.open(load_project(project), site)
-    try:
+    with SiteStore.open(load_project(project), site) as opened:
         report = opened.check(deep=deep)
-    finally:
-        opened.close()
 
     def render(d: dict[str, Any]) -> None:
         if d["ok"]:

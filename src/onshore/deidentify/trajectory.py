@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from onshore.classify.zones import Zones
 from onshore.clips.geo import haversine, local_metres
-from onshore.clips.schema import OBJECT_TYPE, Clip
+from onshore.clips.schema import OBJECT_TYPE, SCHEMA, Clip
 from onshore.deidentify.profiles import Profile
 
 __all__ = ["LOCAL_SCHEMA", "Output", "deidentify_vehicle", "pseudonym"]
@@ -32,13 +32,8 @@ LOCAL_SCHEMA: Final = pa.schema(
         pa.field("t", pa.float64(), nullable=False),
         pa.field("x", pa.float64(), nullable=False),
         pa.field("y", pa.float64(), nullable=False),
-        pa.field("speed", pa.float32(), nullable=False),
-        pa.field("heading", pa.float32(), nullable=False),
-        pa.field("accel", pa.float32(), nullable=False),
-        pa.field("yaw_rate", pa.float32(), nullable=False),
-        pa.field("steering", pa.float32()),
-        pa.field("brake", pa.float32()),
-        pa.field("objects", pa.list_(OBJECT_TYPE)),
+        # The ego's motion and the tracked objects keep the raw clip's types.
+        *(SCHEMA.field(name) for name in SCHEMA.names[3:]),
     ]
 )
 """De-identified clips in clip-local coordinates: ``t`` seconds since the clip's first kept row,

@@ -63,6 +63,12 @@ class SiteStore:
     def close(self) -> None:
         self.catalogue.close()
 
+    def __enter__(self) -> SiteStore:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     def keep_reference_zones(self, geojson: bytes) -> StoredObject:
         """Store the site's sensitive areas unless it has some already: the first zones a site
         gets stay its zones (classification and de-identification read them)."""
