@@ -314,6 +314,19 @@ class Catalogue:
         """Release the database connections."""
         self._engine.dispose()
 
+    @property
+    def engine(self) -> Engine:
+        """The database engine, for the site's other tables (approvals, ledger) to share: they
+        live in the same database so one transaction can cover a catalogue change and its
+        ledger entry."""
+        return self._engine
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One database transaction, committed on exit; a lost connection is a CatalogueError."""
+        with self._tx() as conn:
+            yield conn
+
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
         try:
