@@ -22,6 +22,8 @@ configuration is changed. Retry code checks these markers, never message text.
     │   ├── ResidencyError           (terminal) recorded in another region: not this site's data
     │   └── ClipConflict             (terminal) a clip id already stored with other content
     ├── DeidentifyError              (terminal) an output failed a check its profile promises
+    ├── LedgerError                  (terminal) a ledger entry cannot be written or read as asked
+    │   └── LedgerTampered           (terminal) a ledger fails its hashes, signatures or peers
     ├── FileSystemError              (terminal) a local file or folder cannot be read or written
     ├── StoreError                   (transient) the site's object store failed
     └── CatalogueError               (transient) the site's catalogue database failed
@@ -43,6 +45,8 @@ __all__ = [
     "DeidentifyError",
     "FileSystemError",
     "KeystoreError",
+    "LedgerError",
+    "LedgerTampered",
     "OnshoreError",
     "PhysicsError",
     "ProjectExists",
@@ -194,6 +198,22 @@ class DeidentifyError(OnshoreError, Terminal):
 
     code = "deidentify"
     exit_code = 9
+
+
+class LedgerError(OnshoreError, Terminal):
+    """A ledger entry cannot be written or read as asked: a kind or payload the ledger does not
+    accept, or a write without the site's signing key."""
+
+    code = "ledger"
+    exit_code = 11
+
+
+class LedgerTampered(LedgerError):
+    """A site's ledger disagrees with its own hashes, signatures or pinned key, with the heads
+    other sites recorded of it, or with its store. Nothing should be appended until it is
+    explained; ``onshore ledger verify`` lists each problem."""
+
+    code = "ledger.tampered"
 
 
 class FileSystemError(OnshoreError, Terminal):
