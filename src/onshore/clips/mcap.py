@@ -5,7 +5,10 @@ An upload holds three things, the way a ROS 2 vehicle's recorder writes them:
 - ``/vehicle/ego``: one ``onshore_msgs/msg/EgoState`` per 10 Hz step;
 - ``/perception/objects``: one ``onshore_msgs/msg/TrackedObjects`` per step, the objects as
   parallel arrays (struct of arrays, as perception stacks publish them);
-- a metadata record ``onshore.clip`` with the :class:`~onshore.clips.schema.ClipMeta` fields.
+- a metadata record ``onshore.clip`` with the :class:`~onshore.clips.schema.ClipMeta` fields;
+- optionally, camera images: ``sensor_msgs/msg/CompressedImage`` messages (JPEG or PNG), one
+  channel per camera, ``/camera/<name>/image/compressed`` as ROS 2 image transport names them.
+  Any channel with that message type is read as a camera, whatever its topic.
 
 The message definitions travel in the file (``ros2msg`` schemas), so Foxglove and the ``mcap``
 CLI read it without a plugin. Decoding is vectorised: the payloads of a channel are concatenated
@@ -28,10 +31,11 @@ from lz4.frame import LZ4FrameDecompressor
 from mcap.writer import CompressionType, Writer
 from zstandard import ZstdDecompressor, ZstdError
 
+from onshore.clips.camera import check_image, frames_table, image_format
 from onshore.clips.schema import CLASS_ARRAY, OBJECT_CLASSES, OBJECT_TYPE, SCHEMA, Clip, ClipMeta
 from onshore.errors import SchemaError, UnreadableFile
 
-__all__ = ["EGO_TOPIC", "OBJECTS_TOPIC", "read_mcap", "write_mcap"]
+__all__ = ["EGO_TOPIC", "IMAGE_TYPE", "OBJECTS_TOPIC", "camera_topic", "read_mcap", "write_mcap"]
 
 EGO_TOPIC: Final = "/vehicle/ego"
 OBJECTS_TOPIC: Final = "/perception/objects"
@@ -71,6 +75,38 @@ float32[] vy
 """
 )
 
+IMAGE_TYPE: Final = "sensor_msgs/msg/CompressedImage"
+"""The ROS 2 message type of camera frames."""
+_IMAGE_MSG: Final = b"""\
+# This message contains a compressed image.
+std_msgs/Header header # Header timestamp: acquisition time of the image; frame_id: the camera
+string format          # jpeg or png, or "<pixel format>; jpeg compressed <format>"
+uint8[] data           # compressed image buffer
+================================================================================
+MSG: std_msgs/Header
+builtin_interfaces/Time stamp
+string frame_id
+================================================================================
+MSG: builtin_interfaces/Time
+int32 sec
+uint32 nanosec
+"""
+
+
+def camera_topic(camera: str) -> str:
+    """The topic a camera's images are published on."""
+    return f"/camera/{camera}/image/compressed"
+
+
+def _camera_name(topic: str, frame_id: str) -> str:
+    """A camera's name: from ``/camera/<name>/...`` topics, else the header's frame id, else
+    the topic itself."""
+    parts = [p for p in topic.split("/") if p]
+    if len(parts) >= 2 and parts[0] == "camera":
+        return parts[1]
+    return frame_id or topic.strip("/") or topic
+
+
 _EGO_DTYPE: Final = np.dtype(
     [
         ("cdr", "<u4"),
@@ -107,6 +143,8 @@ def write_mcap(clip: Clip, target: Path | IO[bytes]) -> None:
             writer.add_message(ego_channel, stamp, ego[i].tobytes(), stamp, sequence=i)
             payload = objects.message(i, stamp)
             writer.add_message(obj_channel, stamp, payload, stamp, sequence=i)
+        if clip.frames is not None and clip.frames.num_rows:
+            _write_frames(writer, clip.frames)
         meta = clip.meta
         writer.add_metadata(
             _META_NAME,
@@ -124,6 +162,97 @@ def write_mcap(clip: Clip, target: Path | IO[bytes]) -> None:
     finally:
         if own:
             stream.close()
+
+
+def _write_frames(writer: Writer, frames: pa.Table) -> None:
+    """One CompressedImage channel per camera, each frame a CDR message."""
+    schema = writer.register_schema(IMAGE_TYPE, "ros2msg", _IMAGE_MSG)
+    channels: dict[str, int] = {}
+    times = pc.cast(frames["time"], pa.int64()).to_numpy() * 1000
+    for i, (camera, fmt, data) in enumerate(
+        zip(
+            frames["camera"].to_pylist(),
+            frames["format"].to_pylist(),
+            frames["data"].to_pylist(),
+            strict=True,
+        )
+    ):
+        if camera not in channels:
+            channels[camera] = writer.register_channel(camera_topic(camera), "cdr", schema)
+        stamp = int(times[i])
+        writer.add_message(channels[camera], stamp, _image_message(stamp, camera, fmt, data), stamp)
+
+
+def _cdr_string(text: str, at: int) -> bytes:
+    """A CDR string (length with its NUL, the bytes, NUL) starting at offset ``at``, padded
+    so that what follows is 4-byte aligned."""
+    raw = text.encode() + b"\0"
+    body = struct.pack("<I", len(raw)) + raw
+    return body + b"\0" * (-(at + len(body)) % 4)
+
+
+def _image_message(stamp_ns: int, frame_id: str, fmt: str, data: bytes) -> bytes:
+    sec, nanosec = divmod(stamp_ns, 1_000_000_000)
+    head = struct.pack("<iI", sec, nanosec)
+    frame = _cdr_string(frame_id, len(head))
+    form = _cdr_string(fmt, len(head) + len(frame))
+    return b"".join([_CDR_LE, head, frame, form, struct.pack("<I", len(data)), data])
+
+
+def _decode_frames(
+    cameras: dict[str, list[memoryview]], encodings: dict[str, str], name: str
+) -> pa.Table | None:
+    """The frames of every camera channel, or None when there are none."""
+    names: list[str] = []
+    times: list[int] = []
+    formats: list[str] = []
+    data: list[bytes] = []
+    for topic, payloads in cameras.items():
+        if encodings.get(topic) != "cdr":
+            raise SchemaError(
+                f"{name}: camera channel {topic} is encoded as {encodings.get(topic)!r}; "
+                "onshore reads ROS 2 'cdr'"
+            )
+        for index, payload in enumerate(payloads):
+            where = f"{name}: {topic} message {index}"
+            try:
+                stamp, frame_id, declared, image = _read_image_message(payload)
+            except (struct.error, UnicodeDecodeError, ValueError) as exc:
+                raise SchemaError(f"{where} is not a CompressedImage ({exc})") from exc
+            fmt = image_format(declared)
+            if fmt is None:
+                raise SchemaError(f"{where}: image format {declared!r} is neither JPEG nor PNG")
+            problem = check_image(image, fmt)
+            if problem is not None:
+                raise SchemaError(f"{where}: {problem}")
+            names.append(_camera_name(topic, frame_id))
+            times.append(stamp // 1000)
+            formats.append(fmt)
+            data.append(image)
+    return frames_table(names, times, formats, data) if names else None
+
+
+def _read_image_message(payload: memoryview) -> tuple[int, str, str, bytes]:
+    """Stamp (ns), frame id, format and image bytes of a CDR CompressedImage."""
+    if bytes(payload[:4]) != _CDR_LE:
+        raise ValueError("not little-endian CDR")
+    body = payload[4:]
+    sec, nanosec = struct.unpack_from("<iI", body, 0)
+    pos = 8
+    texts = []
+    for _ in range(2):
+        (n,) = struct.unpack_from("<I", body, pos)
+        pos += 4
+        if n == 0 or pos + n > len(body):
+            raise ValueError("a string runs past the end of the message")
+        texts.append(bytes(body[pos : pos + n - 1]).decode("utf-8"))
+        pos += n
+        pos += -pos % 4
+    (size,) = struct.unpack_from("<I", body, pos)
+    pos += 4
+    if pos + size != len(body):
+        raise ValueError(f"the image is {size} bytes but the message holds {len(body) - pos}")
+    return sec * 1_000_000_000 + nanosec, texts[0], texts[1], bytes(body[pos:])
 
 
 def _is_null(values: np.ndarray) -> np.ndarray:
@@ -230,7 +359,9 @@ def read_mcap(data: bytes, name: str) -> Clip:
         raise SchemaError(f"{name}: no messages on channel {EGO_TOPIC}")
     ego = _decode_ego(scan.payloads[EGO_TOPIC], name)
     stamps, lists = _decode_objects(scan.payloads[OBJECTS_TOPIC], name)
-    return Clip(clip_meta, _assemble(ego, stamps, lists, name))
+    cameras = {t: p for t, p in scan.payloads.items() if t not in (EGO_TOPIC, OBJECTS_TOPIC)}
+    frames = _decode_frames(cameras, scan.encodings, name)
+    return Clip(clip_meta, _assemble(ego, stamps, lists, name), frames)
 
 
 def _decode_ego(payloads: list[memoryview], name: str) -> np.ndarray:
@@ -343,17 +474,21 @@ class _Scan:
     )
     encodings: dict[str, str] = field(default_factory=dict)
     topics: dict[int, str] = field(default_factory=dict)
+    schemas: dict[int, str] = field(default_factory=dict)
+    """Schema id to message type name."""
     meta: dict[str, str] | None = None
     ended: bool = False
 
 
 _RECORD: Final = struct.Struct("<BQ")
 _U16: Final = struct.Struct("<H")
+_CHANNEL_HEAD: Final = struct.Struct("<HH")
 _U32: Final = struct.Struct("<I")
 _U64: Final = struct.Struct("<Q")
 _CHUNK_HEAD: Final = struct.Struct("<QQQI")
-_OP_FOOTER, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK, _OP_METADATA, _OP_DATA_END = (
+_OP_FOOTER, _OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK, _OP_METADATA, _OP_DATA_END = (
     0x02,
+    0x03,
     0x04,
     0x05,
     0x06,
@@ -418,11 +553,16 @@ def _records(buf: memoryview, scan: _Scan, *, top: bool) -> None:
         elif op == _OP_CHUNK:
             _chunk(buf[pos:end], scan)
         elif op == _OP_CHANNEL:
-            (channel_id,) = _U16.unpack_from(buf, pos)
+            channel_id, schema_id = _CHANNEL_HEAD.unpack_from(buf, pos)
             topic, at = _string(buf, pos + 4)
             encoding, _ = _string(buf, at)
             topics[channel_id] = topic
             scan.encodings[topic] = encoding
+            if scan.schemas.get(schema_id) == IMAGE_TYPE:
+                payloads.setdefault(topic, [])
+        elif op == _OP_SCHEMA:
+            (schema_id,) = _U16.unpack_from(buf, pos)
+            scan.schemas[schema_id], _ = _string(buf, pos + 2)
         elif op == _OP_METADATA:
             name, at = _string(buf, pos)
             if name == _META_NAME:

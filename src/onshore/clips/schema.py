@@ -19,6 +19,7 @@ import pyarrow as pa
 
 __all__ = [
     "EGO_FIELDS",
+    "FRAMES_SCHEMA",
     "META_KEY",
     "OBJECT_CLASSES",
     "OBJECT_TYPE",
@@ -112,14 +113,35 @@ class ClipMeta:
         )
 
 
+FRAMES_SCHEMA: Final = pa.schema(
+    [
+        pa.field("camera", pa.string(), nullable=False),
+        pa.field("time", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("format", pa.string(), nullable=False),
+        pa.field("data", pa.binary(), nullable=False),
+    ]
+)
+"""Camera frames of a clip, one row per compressed image: which camera took it (``front``,
+``rear``, ``cabin``...), when, its encoding (``jpeg`` or ``png``) and its bytes as the camera
+sent them. Frames are stored beside the clip's table, not in it: a camera runs at its own rate,
+and most clips have no frames at all."""
+
+
 @dataclass(frozen=True, slots=True)
 class Clip:
-    """A clip: its metadata and its table (conforming to :data:`SCHEMA`)."""
+    """A clip: its metadata, its table (conforming to :data:`SCHEMA`) and, when the vehicle
+    uploaded camera images, its frames (conforming to :data:`FRAMES_SCHEMA`)."""
 
     meta: ClipMeta
     table: pa.Table
+    frames: pa.Table | None = None
 
     @property
     def rows(self) -> int:
         """Number of ego steps."""
         return int(self.table.num_rows)
+
+    @property
+    def frame_count(self) -> int:
+        """Number of camera frames (0 when the clip has none)."""
+        return 0 if self.frames is None else int(self.frames.num_rows)

@@ -12,8 +12,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from onshore.clips.camera import check_image, frame_times
 from onshore.clips.geo import haversine
-from onshore.clips.schema import CLASS_ARRAY, OBJECT_CLASSES, OBJECT_TYPE, SCHEMA, TRIGGERS, Clip
+from onshore.clips.schema import (
+    CLASS_ARRAY,
+    FRAMES_SCHEMA,
+    OBJECT_CLASSES,
+    OBJECT_TYPE,
+    SCHEMA,
+    TRIGGERS,
+    Clip,
+)
 from onshore.clips.vin import is_valid_vin
 from onshore.errors import PhysicsError, SchemaError
 
@@ -25,6 +34,9 @@ MAX_ACCEL: Final = 20.0
 """m/s^2, in either direction (about 2 g)."""
 _MAX_JUMP_SPEED: Final = 150.0
 """m/s implied by two consecutive positions: above this the position jumped."""
+_FRAME_SLACK_US: Final = 1_000_000
+"""How far (µs) a camera frame may lie outside the clip's ego time span: cameras and the
+ego state are stamped by different clocks."""
 
 
 def validate_clip(clip: Clip, name: str) -> None:
@@ -55,6 +67,8 @@ def validate_clip(clip: Clip, name: str) -> None:
     _check_time(table, name)
     _check_ranges(table, name)
     _check_objects(table, name)
+    if clip.frames is not None:
+        _check_frames(clip.frames, table, name)
 
 
 def _first(mask: pa.ChunkedArray | pa.Array | np.ndarray) -> int:
@@ -141,3 +155,32 @@ def _check_objects(table: pa.Table, name: str) -> None:
     for field in ("x", "y", "vx", "vy"):
         if not np.isfinite(fields[field].to_numpy(zero_copy_only=False)).all():
             raise PhysicsError(f"{name}: a tracked object's '{field}' is not finite")
+
+
+def _check_frames(frames: pa.Table, table: pa.Table, name: str) -> None:
+    if not frames.schema.equals(FRAMES_SCHEMA, check_metadata=False):
+        raise SchemaError(f"{name}: camera frames do not match the frames schema")
+    for field in FRAMES_SCHEMA.names:
+        if frames[field].null_count:
+            raise SchemaError(f"{name}: a camera frame has no '{field}'")
+    if frames.num_rows == 0:
+        return
+    cameras = frames["camera"].to_pylist()
+    if any(not camera.strip() for camera in cameras):
+        raise SchemaError(f"{name}: a camera frame has an empty camera name")
+    t = pc.cast(table["time"], pa.int64()).to_numpy()
+    times = frame_times(frames)
+    outside = (times < t.min() - _FRAME_SLACK_US) | (times > t.max() + _FRAME_SLACK_US)
+    if outside.any():
+        i = _first(outside)
+        raise PhysicsError(
+            f"{name}: camera frame {i} ({cameras[i]}, {_iso(times[i])}) lies outside the clip's "
+            f"time span {_iso(t.min())} to {_iso(t.max())}",
+            hint="the camera's clock or the clip's cut is wrong; re-export the clip",
+        )
+    for i, (fmt, data) in enumerate(
+        zip(frames["format"].to_pylist(), frames["data"].to_pylist(), strict=True)
+    ):
+        problem = check_image(data, fmt)
+        if problem is not None:
+            raise SchemaError(f"{name}: camera frame {i} ({cameras[i]}): {problem}")

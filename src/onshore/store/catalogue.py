@@ -48,12 +48,13 @@ __all__ = [
     "ClipRecord",
     "DeidentifiedRecord",
     "FileRecord",
+    "FramesRecord",
     "LabelRecord",
 ]
 
 SCHEMA_VERSION: Final = 1
 _RETRIES: Final = 5
-_R = TypeVar("_R", "FileRecord", "ClipRecord", "LabelRecord", "DeidentifiedRecord")
+_R = TypeVar("_R", "FileRecord", "ClipRecord", "LabelRecord", "DeidentifiedRecord", "FramesRecord")
 
 _metadata = MetaData()
 
@@ -103,6 +104,18 @@ _clips = Table(
     Column("max_lon", Float, nullable=False),
     Column("source_sha256", String(64), nullable=False),
     Column("ingested_at", DateTime(timezone=True), nullable=False),
+)
+
+_frames = Table(
+    "frames",
+    _metadata,
+    Column("site", String(64), primary_key=True),
+    Column("clip_id", String(200), primary_key=True),
+    Column("sha256", String(64), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("frames", Integer, nullable=False),
+    Column("cameras", Text, nullable=False),
 )
 
 _labels = Table(
@@ -184,6 +197,24 @@ class ClipRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class FramesRecord:
+    """The camera frames stored for one clip."""
+
+    clip_id: str
+    sha256: str
+    path: str
+    bytes: int
+    frames: int
+    cameras: str
+    """The cameras and their frame counts, as ``name:count`` joined by commas, sorted."""
+
+    def camera_counts(self) -> dict[str, int]:
+        """Frames per camera."""
+        pairs = (item.rsplit(":", 1) for item in self.cameras.split(",") if item)
+        return {name: int(count) for name, count in pairs}
+
+
+@dataclass(frozen=True, slots=True)
 class LabelRecord:
     """One data category found in a clip, with how much of it and the evidence."""
 
@@ -214,7 +245,9 @@ class DeidentifiedRecord:
     """JSON: the transforms with their parameters and what each removed, and the checks."""
 
 
-def _fields(record: FileRecord | ClipRecord | LabelRecord | DeidentifiedRecord) -> dict[str, Any]:
+def _fields(
+    record: FileRecord | ClipRecord | LabelRecord | DeidentifiedRecord | FramesRecord,
+) -> dict[str, Any]:
     """A record's fields as a dict (``asdict`` deep-copies every value; these are immutable)."""
     return {f.name: getattr(record, f.name) for f in fields(record)}
 
@@ -391,12 +424,19 @@ class Catalogue:
             ).scalars()
             return set(rows)
 
-    def register(self, file: FileRecord, clips: Sequence[ClipRecord]) -> list[str]:
+    def register(
+        self, file: FileRecord, clips: Sequence[ClipRecord], frames: Sequence[FramesRecord] = ()
+    ) -> list[str]:
         """Record one ingested file with its clips; see :meth:`register_many`."""
-        return self.register_many([(file, clips)])
+        return self.register_many([(file, clips)], frames)
 
-    def register_many(self, batch: Sequence[tuple[FileRecord, Sequence[ClipRecord]]]) -> list[str]:
-        """Record ingested files, their clips and their vehicles, all in one transaction.
+    def register_many(
+        self,
+        batch: Sequence[tuple[FileRecord, Sequence[ClipRecord]]],
+        frames: Sequence[FramesRecord] = (),
+    ) -> list[str]:
+        """Record ingested files, their clips, the clips' camera frames and their vehicles, all
+        in one transaction.
 
         A clip already catalogued with the same content is left as it is. Returns the ids of
         the clips that were new. Raises :class:`ClipConflict` (and records nothing) when a
@@ -406,7 +446,7 @@ class Catalogue:
             return []
         for attempt in range(_RETRIES):
             try:
-                return self._register(batch)
+                return self._register(batch, frames)
             except IntegrityError as exc:
                 # Another writer inserted the same vehicle, clip or file between our read and
                 # our insert: read again and retry; what it wrote is now known.
@@ -417,7 +457,11 @@ class Catalogue:
                     ) from exc
         raise AssertionError("unreachable")
 
-    def _register(self, batch: Sequence[tuple[FileRecord, Sequence[ClipRecord]]]) -> list[str]:
+    def _register(
+        self,
+        batch: Sequence[tuple[FileRecord, Sequence[ClipRecord]]],
+        frames: Sequence[FramesRecord],
+    ) -> list[str]:
         now = datetime.now(UTC)
         clip_ids = [c.clip_id for _, clips in batch for c in clips]
         known = self.clip_hashes(clip_ids)
@@ -434,12 +478,31 @@ class Catalogue:
                         f"(sha256 {existing[:12]}..., this file has {clip.sha256[:12]}...)",
                         hint="a vehicle must not reuse a clip id; give the upload a new id",
                     )
+        new_ids = {c["clip_id"] for c in new_clips}
+        new_frames = {
+            f.clip_id: {**_fields(f), "site": self.site} for f in frames if f.clip_id in new_ids
+        }
         with self._tx() as conn:
             if new_clips:
                 self._add_vehicles(conn, new_clips)
                 conn.execute(_clips.insert(), new_clips)
+            if new_frames:
+                conn.execute(_frames.insert(), list(new_frames.values()))
             self._put_files(conn, [file for file, _ in batch], now)
         return [c["clip_id"] for c in new_clips]
+
+    def frames(self, clip_ids: Sequence[str] | None = None) -> list[FramesRecord]:
+        """The frames records of the site's clips (of ``clip_ids`` only, when given)."""
+        out: list[FramesRecord] = []
+        where = _frames.c.site == self.site
+        with self._tx() as conn:
+            if clip_ids is None:
+                rows = conn.execute(select(_frames).where(where).order_by(_frames.c.clip_id))
+                return [_row_to(FramesRecord, row) for row in rows]
+            for part in _batches(list(clip_ids)):
+                rows = conn.execute(select(_frames).where(where, _frames.c.clip_id.in_(part)))
+                out.extend(_row_to(FramesRecord, row) for row in rows)
+        return out
 
     def record_quarantine(self, file: FileRecord) -> None:
         """Record that a file was quarantined, with its reason."""
@@ -570,6 +633,13 @@ class Catalogue:
                     .group_by(_labels.c.category)
                 ).all()
             )
+            with_frames, frames, frame_bytes = conn.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(_frames.c.frames), 0),
+                    func.coalesce(func.sum(_frames.c.bytes), 0),
+                ).where(_frames.c.site == self.site)
+            ).one()
             deidentified = conn.execute(
                 select(_deidentified.c.profile, _deidentified.c.state, func.count())
                 .where(_deidentified.c.site == self.site)
@@ -598,6 +668,11 @@ class Catalogue:
             "files": {
                 "ingested": int(files.get("ingested", 0)),
                 "quarantined": int(files.get("quarantined", 0)),
+            },
+            "frames": {
+                "clips": int(with_frames),
+                "frames": int(frames),
+                "bytes": int(frame_bytes),
             },
             "labels": {k: int(v) for k, v in sorted(labels.items())},
             "deidentified": _by_profile(deidentified),

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from onshore.clips.camera import frames_to_parquet
 from onshore.clips.mcap import read_mcap
 from onshore.clips.schema import Clip
 from onshore.clips.tabular import clip_to_parquet, read_csv, read_parquet
@@ -37,7 +38,7 @@ from onshore.errors import (
     ResidencyError,
     UnreadableFile,
 )
-from onshore.store.catalogue import ClipRecord, FileRecord
+from onshore.store.catalogue import ClipRecord, FileRecord, FramesRecord
 from onshore.store.objects import ObjectStore, sha256
 from onshore.store.site import Residency, SiteStore
 
@@ -77,6 +78,8 @@ class IngestReport:
     """Clips newly stored."""
     rows: int = 0
     """Ego rows in the newly stored clips."""
+    frames: int = 0
+    """Camera frames of the newly stored clips."""
     bytes: int = 0
     """Bytes of input read."""
     stored_bytes: int = 0
@@ -211,6 +214,22 @@ def _record(clip: Clip, digest: str, size: int, source: str) -> ClipRecord:
     )
 
 
+def _frames_record(clip_id: str, frames: pa.Table) -> tuple[bytes, FramesRecord]:
+    parquet = frames_to_parquet(clip_id, frames)
+    digest = sha256(parquet)
+    counts = pc.value_counts(frames["camera"]).to_pylist()
+    cameras = ",".join(sorted(f"{c['values']}:{c['counts']}" for c in counts))
+    record = FramesRecord(
+        clip_id=clip_id,
+        sha256=digest,
+        path=ObjectStore.frames_path(digest),
+        bytes=len(parquet),
+        frames=frames.num_rows,
+        cameras=cameras,
+    )
+    return parquet, record
+
+
 @dataclass(slots=True)
 class _Prepared:
     """One input file decoded, checked and encoded for the store (or the reason it cannot be)."""
@@ -220,7 +239,14 @@ class _Prepared:
     digest: str
     objects: list[bytes] = field(default_factory=list)
     records: list[ClipRecord] = field(default_factory=list)
+    frames: list[tuple[bytes, FramesRecord]] = field(default_factory=list)
+    """Each clip's camera frames, for the clips that have some."""
     error: ClipError | None = None
+
+    def stored(self) -> list[tuple[str, bytes]]:
+        """Every object this file puts into the store: its clips, then their frames."""
+        clips = [(r.path, data) for data, r in zip(self.objects, self.records, strict=True)]
+        return clips + [(r.path, data) for data, r in self.frames]
 
 
 def _prepare(path: Path, data: bytes, digest: str, residency: Residency) -> _Prepared:
@@ -231,6 +257,8 @@ def _prepare(path: Path, data: bytes, digest: str, residency: Residency) -> _Pre
             parquet = clip_to_parquet(clip)
             prepared.objects.append(parquet)
             prepared.records.append(_record(clip, sha256(parquet), len(parquet), digest))
+            if clip.frames is not None and clip.frames.num_rows:
+                prepared.frames.append(_frames_record(clip.meta.clip_id, clip.frames))
     except ClipError as exc:
         return _Prepared(path, len(data), digest, error=exc)
     return prepared
@@ -341,35 +369,41 @@ class _Run:
         accepted = self._without_conflicts(batch)
         if not accepted:
             return
-        stored = self.store.put_many(
-            [
-                (r.path, parquet)
-                for p in accepted
-                for parquet, r in zip(p.objects, p.records, strict=True)
-            ]
-        )
+        stored = self.store.put_many([obj for p in accepted for obj in p.stored()])
         written = {obj.path for obj in stored if obj.written}
         try:
-            new = set(self.catalogue.register_many([_entry(p) for p in accepted]))
+            new = set(
+                self.catalogue.register_many(
+                    [_entry(p) for p in accepted], [r for p in accepted for _, r in p.frames]
+                )
+            )
         except ClipConflict:
             # Another ingest registered one of these clip ids since the check: file by file, so
             # that only the conflicting files are quarantined.
             new, registered = set(), []
             for item in accepted:
                 try:
-                    new.update(self.catalogue.register_many([_entry(item)]))
+                    new.update(
+                        self.catalogue.register_many([_entry(item)], [r for _, r in item.frames])
+                    )
                 except ClipConflict as exc:
-                    # Its objects are its own (a clip's hash covers its id), so nothing else
-                    # refers to them.
-                    for record in item.records:
-                        if record.path in written:
-                            self.store.delete(record.path)
-                            written.discard(record.path)
+                    # Its objects are its own (a clip's and its frames' hashes cover the
+                    # clip's id), so nothing else refers to them.
+                    for path, _ in item.stored():
+                        if path in written:
+                            self.store.delete(path)
+                            written.discard(path)
                     self.quarantine(item, exc)
                 else:
                     registered.append(item)
             accepted = registered
         for item in accepted:
+            for _, frames in item.frames:
+                if frames.path in written:
+                    self.report.stored_bytes += frames.bytes
+                    written.discard(frames.path)
+                if frames.clip_id in new:
+                    self.report.frames += frames.frames
             for record in item.records:
                 if record.path in written:
                     self.report.stored_bytes += record.bytes

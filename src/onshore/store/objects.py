@@ -27,6 +27,7 @@ from onshore.settings import redact_url
 
 __all__ = [
     "CLIPS_DIR",
+    "FRAMES_DIR",
     "QUARANTINE_DIR",
     "STAGING_DIR",
     "ZONES_PATH",
@@ -36,6 +37,8 @@ __all__ = [
 ]
 
 CLIPS_DIR: Final = "clips"
+FRAMES_DIR: Final = "frames"
+"""Camera frames of clips, one Parquet object per clip, beside the clips."""
 QUARANTINE_DIR: Final = "quarantine"
 STAGING_DIR: Final = ".staging"
 ZONES_PATH: Final = "reference/sensitive_areas.geojson"
@@ -86,6 +89,11 @@ class ObjectStore:
     def clip_path(digest: str) -> str:
         """Where the clip whose Parquet hashes to ``digest`` lives."""
         return f"{CLIPS_DIR}/{digest[:2]}/{digest}.parquet"
+
+    @staticmethod
+    def frames_path(digest: str) -> str:
+        """Where the frames object whose Parquet hashes to ``digest`` lives."""
+        return f"{FRAMES_DIR}/{digest[:2]}/{digest}.parquet"
 
     def put(self, path: str, data: bytes) -> StoredObject:
         """Write ``data`` at ``path`` atomically and durably, unless an object is there."""

@@ -13,7 +13,14 @@ from typing import Any
 
 from onshore.settings import Project
 from onshore.store.catalogue import Catalogue
-from onshore.store.objects import CLIPS_DIR, ZONES_PATH, ObjectStore, StoredObject, sha256
+from onshore.store.objects import (
+    CLIPS_DIR,
+    FRAMES_DIR,
+    ZONES_PATH,
+    ObjectStore,
+    StoredObject,
+    sha256,
+)
 
 __all__ = ["Residency", "SiteStore"]
 
@@ -75,23 +82,26 @@ class SiteStore:
         return self.objects.put(ZONES_PATH, geojson)
 
     def check(self, *, deep: bool = False) -> dict[str, Any]:
-        """Whether store and catalogue agree. ``deep`` also re-hashes every clip object.
+        """Whether store and catalogue agree. ``deep`` also re-hashes every clip and frames
+        object.
 
-        Returns ``ok`` and the lists of problems: catalogued clips whose object is missing or
-        has another size (or hash), stored objects no clip refers to, and partial writes.
+        Returns ``ok`` and the lists of problems: catalogued clips whose object (or frames
+        object) is missing or has another size (or hash), stored objects no clip refers to,
+        and partial writes.
         """
         clips = self.catalogue.clips()
-        catalogued = {c.path for c in clips}
-        sizes = self.objects.sizes(CLIPS_DIR)
+        frames = self.catalogue.frames()
+        catalogued = {c.path for c in clips} | {f.path for f in frames}
+        sizes = self.objects.sizes(CLIPS_DIR) | self.objects.sizes(FRAMES_DIR)
         missing, damaged = [], []
-        for clip in clips:
-            size = sizes.get(clip.path)
+        expected = [(c.clip_id, c.path, c.bytes, c.sha256) for c in clips]
+        expected += [(f"{f.clip_id} (frames)", f.path, f.bytes, f.sha256) for f in frames]
+        for name, path, size_expected, digest in expected:
+            size = sizes.get(path)
             if size is None:
-                missing.append(clip.clip_id)
-            elif size != clip.bytes or (
-                deep and sha256(self.objects.read(clip.path)) != clip.sha256
-            ):
-                damaged.append(clip.clip_id)
+                missing.append(name)
+            elif size != size_expected or (deep and sha256(self.objects.read(path)) != digest):
+                damaged.append(name)
         orphans = sorted(
             path for path in sizes if path.endswith(".parquet") and path not in catalogued
         )
