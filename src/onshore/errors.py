@@ -22,6 +22,11 @@ configuration is changed. Retry code checks these markers, never message text.
     │   ├── ResidencyError           (terminal) recorded in another region: not this site's data
     │   └── ClipConflict             (terminal) a clip id already stored with other content
     ├── DeidentifyError              (terminal) an output failed a check its profile promises
+    ├── GateError                    (terminal) a gate request or an approval is not valid
+    │   ├── InvalidRequest           (terminal) a transfer request field is wrong: names the field
+    │   ├── InvalidApproval          (terminal) an approval the rulebooks or the registry refuse
+    │   ├── ApprovalNotFound         (terminal) no approval with that id on file at the site
+    │   └── TransferDenied           (terminal) the gate denied the transfer (exit code 10)
     ├── LedgerError                  (terminal) a ledger entry cannot be written or read as asked
     │   └── LedgerTampered           (terminal) a ledger fails its hashes, signatures or peers
     ├── FileSystemError              (terminal) a local file or folder cannot be read or written
@@ -38,12 +43,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ERRORS",
+    "ApprovalNotFound",
     "CatalogueError",
     "ClipConflict",
     "ClipError",
     "ConfigError",
     "DeidentifyError",
     "FileSystemError",
+    "GateError",
+    "InvalidApproval",
+    "InvalidRequest",
     "KeystoreError",
     "LedgerError",
     "LedgerTampered",
@@ -59,6 +68,7 @@ __all__ = [
     "SiteNotFound",
     "StoreError",
     "Terminal",
+    "TransferDenied",
     "Transient",
     "UnreadableFile",
 ]
@@ -198,6 +208,47 @@ class DeidentifyError(OnshoreError, Terminal):
 
     code = "deidentify"
     exit_code = 9
+
+
+class GateError(OnshoreError, Terminal):
+    """A request put to the gate, or an approval put on file, is not valid."""
+
+    code = "gate"
+    exit_code = 12
+
+
+class InvalidRequest(GateError):
+    """A transfer request is not valid: an unknown category or jurisdiction, a date that is not
+    a date, negative subjects, a field the request format does not have. The message names the
+    field, e.g. ``data[0].subjects``."""
+
+    code = "gate.invalid_request"
+
+
+class InvalidApproval(GateError):
+    """An approval the rulebooks or the registry refuse: a type the origin's rulebook does not
+    know, an id already on file, data of another jurisdiction than the site's."""
+
+    code = "gate.invalid_approval"
+
+
+class ApprovalNotFound(GateError):
+    """No approval with that id on file at the site."""
+
+    code = "gate.approval_not_found"
+
+
+class TransferDenied(GateError):
+    """The gate denied a transfer: prohibited, covered by no rule, or needing an approval that
+    is not on file. ``decision`` holds the decision with its reasons. ``onshore gate check``
+    prints the decision and exits with this code, so scripts can branch on a denial."""
+
+    code = "gate.denied"
+    exit_code = 10
+
+    def __init__(self, message: str, *, hint: str | None = None, decision: object = None) -> None:
+        super().__init__(message, hint=hint)
+        self.decision = decision
 
 
 class LedgerError(OnshoreError, Terminal):
