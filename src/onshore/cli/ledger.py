@@ -1,0 +1,118 @@
+"""``onshore ledger show`` and ``onshore ledger verify``: read a site's ledger, and check it
+against its key, its store and the other sites' ledgers."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from onshore.cli.output import JsonOption, ProjectOption, console, emit
+from onshore.cli.store import SiteOption
+from onshore.errors import LedgerTampered
+from onshore.settings import load_project
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Show and verify a site's signed ledger.", no_args_is_help=True)
+
+
+@app.command()
+def show(
+    site: SiteOption,
+    project: ProjectOption = None,
+    since: Annotated[
+        int | None, typer.Option("--since", min=0, help="First entry to show (its seq).")
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option("--kind", help="Only entries of this kind, e.g. transfer_in.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most this many.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the site's ledger entries in order, with their payloads, hashes and signatures."""
+    from onshore.ledger import Ledger
+    from onshore.store import SiteStore
+
+    with SiteStore.open(load_project(project), site) as opened:
+        ledger = Ledger.open(opened.catalogue)
+        head = ledger.head()
+        entries = ledger.entries(since=since, kind=kind, limit=limit)
+    data = {
+        "site": site,
+        "head": None if head is None else head.as_dict(),
+        "entries": [e.as_dict() for e in entries],
+    }
+
+    def render(d: dict[str, Any]) -> None:
+        if d["head"] is None:
+            console.print(f"{site}: no ledger yet")
+            return
+        table = Table(
+            "seq",
+            "time (UTC)",
+            "kind",
+            "payload",
+            "hash",
+            title=f"{site}: ledger to entry {d['head']['seq']}, key {d['head']['key'][:16]}",
+        )
+        for e in d["entries"]:
+            table.add_row(
+                str(e["seq"]),
+                e["time"][:19].replace("T", " "),
+                e["kind"],
+                _summary(e["payload"]),
+                e["hash"][:12],
+            )
+        console.print(table)
+
+    emit(data, as_json, render)
+
+
+def _summary(payload: dict[str, Any], width: int = 70) -> str:
+    parts = []
+    for key, value in payload.items():
+        shown = f"{len(value)} item(s)" if isinstance(value, list) else str(value)
+        parts.append(f"{key}={shown}")
+    text = ", ".join(parts)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+@app.command()
+def verify(
+    site: SiteOption,
+    project: ProjectOption = None,
+    shallow: Annotated[
+        bool,
+        typer.Option(
+            "--shallow", help="Check listed objects exist, without re-hashing their contents."
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Check the site's ledger: chain, signatures and pinned key, the heads the other sites
+    recorded (each way), and that store and ledger agree. Exits nonzero listing the problems."""
+    from onshore.ledger import verify_site
+
+    report = verify_site(load_project(project), site, check_hashes=not shallow)
+
+    def render(d: dict[str, Any]) -> None:
+        peers = ", ".join(d["peers"]) or "none"
+        summary = (
+            f"{d['entries']} entries, {d['peer_heads']} cross-recorded heads (peers: {peers}), "
+            f"{d['objects']} listed objects, {d['received']} received"
+        )
+        if d["ok"]:
+            console.print(f"{d['site']}: ledger verified: {summary}")
+        else:
+            console.print(f"[red]{d['site']}: {len(d['problems'])} problem(s)[/]: {summary}")
+            for p in d["problems"]:
+                where = "" if p["seq"] is None else f" entry {p['seq']}"
+                console.print(f"  [red]{p['check']}[/] {p['site']}{where}: {p['reason']}")
+        for note in d["notes"]:
+            console.print(f"  [yellow]note[/] {note}")
+
+    emit(report.as_dict(), as_json, render)
+    if not report.ok:
+        raise typer.Exit(LedgerTampered.exit_code)
