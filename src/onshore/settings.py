@@ -63,6 +63,10 @@ class FleetSettings(_Model):
     """Share of fleet vehicles whose driver has not consented to training."""
     clip_seconds: float = Field(default=20.0, ge=5, le=600)
     """Length of the window a vehicle uploads as one clip."""
+    camera_share: float = Field(default=0.1, ge=0, le=1)
+    """Share of fleet vehicles whose uploads carry front-camera frames."""
+    camera_hz: float = Field(default=0.5, gt=0, le=10)
+    """Camera frames per second in those uploads."""
 
 
 class SiteSettings(_Model):

@@ -31,6 +31,15 @@ def simulate(
     vehicles: Annotated[int, typer.Option(min=1, help="Vehicles in traffic, all classes.")] = 150,
     minutes: Annotated[float, typer.Option(min=0.5, help="Simulated minutes.")] = 5.0,
     seed: Annotated[int, typer.Option(help="Same seed, same output.")] = 1,
+    camera_share: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of fleet vehicles whose uploads carry front-camera frames "
+            "(default: the site's fleet settings, else 0.1).",
+        ),
+    ] = None,
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -60,6 +69,7 @@ def simulate(
                 seed=seed,
                 out=out,
                 progress=report,
+                camera_share=camera_share,
             )
         else:
             region = str(region).lower()
@@ -71,6 +81,7 @@ def simulate(
                 out=out,
                 recorded_in=region.upper(),
                 progress=report,
+                camera_share=0.1 if camera_share is None else camera_share,
             )
     data: dict[str, Any] = {
         "region": result.region,
@@ -78,6 +89,7 @@ def simulate(
         "out": str(out),
         "clips": len(result.clips),
         "rows": result.rows,
+        "frames": result.frames,
         "vehicles_inserted": result.vehicles_inserted,
         "fleet_vehicles": result.fleet_vehicles,
         "network": result.network,
@@ -90,7 +102,8 @@ def simulate(
 
     def render(d: dict[str, Any]) -> None:
         console.print(
-            f"{d['region']}: {d['clips']} clips ({d['rows']:,} rows) from {d['fleet_vehicles']} "
+            f"{d['region']}: {d['clips']} clips ({d['rows']:,} rows, {d['frames']:,} camera "
+            f"frames) from {d['fleet_vehicles']} "
             f"fleet vehicles among {d['vehicles_inserted']} in traffic -> {d['out']}"
         )
 

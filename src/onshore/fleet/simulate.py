@@ -14,12 +14,13 @@ import shutil
 import tempfile
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,8 +29,9 @@ import pyarrow.parquet as pq
 from onshore.clips.mcap import write_mcap
 from onshore.clips.schema import TRIGGERS
 from onshore.errors import ConfigError, SimulationError
+from onshore.fleet.camera import CameraSettings, PlateStyle, render_frames
 from onshore.fleet.clips import FCD_COLUMNS, ClipBatch, ClipSettings, cut_clips
-from onshore.fleet.demand import build_demand, derive_seed
+from onshore.fleet.demand import FleetVehicle, build_demand, derive_seed
 from onshore.fleet.networks import load_network
 from onshore.fleet.profiles import get_profile
 from onshore.fleet.sumo_tools import ToolRun, run_tool, sumo_binary, sumo_version
@@ -72,6 +74,8 @@ class SimulationResult:
     """Ego rows (10 Hz steps) over all clips."""
     triggers: dict[str, int]
     """Clips per upload trigger."""
+    frames: int = 0
+    """Camera frames over all clips."""
 
 
 def _check(
@@ -80,6 +84,7 @@ def _check(
     fleet_share: float,
     no_consent_share: float,
     clip_seconds: float,
+    camera_share: float,
 ) -> None:
     if vehicles < 1:
         raise ConfigError(f"vehicles must be at least 1, not {vehicles}")
@@ -91,6 +96,8 @@ def _check(
         raise ConfigError(f"no_consent_share must be between 0 and 1, not {no_consent_share}")
     if not (math.isfinite(clip_seconds) and clip_seconds >= 5.0):
         raise ConfigError(f"clip_seconds must be at least 5, not {clip_seconds}")
+    if not 0.0 <= camera_share <= 1.0:
+        raise ConfigError(f"camera_share must be between 0 and 1, not {camera_share}")
 
 
 def epoch_start(seed: int, utc_offset_hours: int) -> datetime:
@@ -112,20 +119,23 @@ def simulate_fleet(
     fleet_share: float = 0.3,
     no_consent_share: float = 0.15,
     clip_seconds: float = 20.0,
+    camera_share: float = 0.1,
+    camera: CameraSettings = CameraSettings(),
     cache_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> SimulationResult:
     """Simulate ``vehicles`` vehicles for ``minutes`` in ``region`` and write the fleet's clips.
 
     ``fleet_share`` of the passenger cars are fleet vehicles; ``no_consent_share`` of those have
-    drivers who did not consent to training. Writes ``<clip_id>.mcap`` per clip,
+    drivers who did not consent to training; the uploads of ``camera_share`` of them carry
+    front-camera frames (:mod:`onshore.fleet.camera`). Writes ``<clip_id>.mcap`` per clip,
     ``sensitive_areas.geojson`` and ``manifest.json`` into ``out``.
 
     Raises :class:`ConfigError` for an unknown region or a bad parameter, and
     :class:`SimulationError` (with SUMO's own message) when a SUMO tool fails.
     """
     profile = get_profile(region)
-    _check(vehicles, minutes, fleet_share, no_consent_share, clip_seconds)
+    _check(vehicles, minutes, fleet_share, no_consent_share, clip_seconds, camera_share)
 
     def report(stage: str, fraction: float) -> None:
         if progress is not None:
@@ -203,8 +213,15 @@ def simulate_fleet(
         if table is not None
         else ClipBatch.empty()
     )
+    with_camera = _camera_vehicles(demand.fleet, camera_share, region, seed)
+    style: PlateStyle = _PLATE_STYLES.get(profile.jurisdiction, "eu")
     paths: list[Path] = []
+    frames = 0
     for number, clip in enumerate(batch.clips, start=1):
+        if clip.meta.vin in with_camera:
+            table, _ = render_frames(clip, style, camera)
+            clip = replace(clip, frames=table)
+            frames += table.num_rows
         path = out / f"{clip.meta.clip_id}.mcap"
         partial = path.with_name(f".{path.name}.partial")
         write_mcap(clip, partial)
@@ -235,6 +252,7 @@ def simulate_fleet(
         fleet_without_consent=sum(not vehicle.consent_training for vehicle in demand.fleet),
         rows=rows,
         triggers=trigger_counts,
+        frames=frames,
     )
     manifest = {
         "region": region,
@@ -254,6 +272,13 @@ def simulate_fleet(
             "fleet_share": fleet_share,
             "no_consent_share": no_consent_share,
             "clip_seconds": clip_seconds,
+            "camera_share": camera_share,
+            "camera": {
+                "width": camera.width,
+                "height": camera.height,
+                "focal_px": camera.focal_px,
+                "rate_hz": camera.rate_hz,
+            },
             "step_length_s": STEP_LENGTH,
             "sensor_range_m": SENSOR_RANGE_M,
         },
@@ -265,6 +290,8 @@ def simulate_fleet(
             "fleet_vehicles": result.fleet_vehicles,
             "fleet_without_consent": result.fleet_without_consent,
             "clips": len(paths),
+            "clips_with_frames": sum(clip.meta.vin in with_camera for clip in batch.clips),
+            "frames": frames,
             "rows": rows,
             "objects": sum(len(pc.list_flatten(clip.table["objects"])) for clip in batch.clips),
             "triggers": trigger_counts,
@@ -280,6 +307,20 @@ def simulate_fleet(
     for name in stale - {path.name for path in paths}:
         (out / name).unlink(missing_ok=True)
     return result
+
+
+_PLATE_STYLES: Final[dict[str, PlateStyle]] = {"CN": "cn", "EU": "eu", "US": "us"}
+
+
+def _camera_vehicles(
+    fleet: Sequence[FleetVehicle], share: float, region: str, seed: int
+) -> set[str]:
+    """VINs of the fleet vehicles that upload camera frames: ``share`` of them, drawn from the
+    seed so that the same simulation equips the same vehicles."""
+    if share <= 0 or not fleet:
+        return set()
+    draw = np.random.default_rng(derive_seed(region, seed, "cameras"))
+    return {vehicle.vin for vehicle in fleet if draw.random() < share}
 
 
 def _previous_clips(manifest: Path) -> set[str]:
@@ -299,9 +340,10 @@ def simulate_site(
     seed: int,
     out: Path,
     progress: Progress | None = None,
+    camera_share: float | None = None,
 ) -> SimulationResult:
-    """:func:`simulate_fleet` for a site of a project: its region profile and fleet settings,
-    its clips recorded in the site."""
+    """:func:`simulate_fleet` for a site of a project: its region profile and fleet settings
+    (``camera_share`` overrides the site's), its clips recorded in the site."""
     return simulate_fleet(
         site.region_profile,
         vehicles=vehicles,
@@ -312,6 +354,8 @@ def simulate_site(
         fleet_share=site.fleet.fleet_share,
         no_consent_share=site.fleet.no_consent_share,
         clip_seconds=site.fleet.clip_seconds,
+        camera_share=site.fleet.camera_share if camera_share is None else camera_share,
+        camera=CameraSettings(rate_hz=site.fleet.camera_hz),
         progress=progress,
     )
 
