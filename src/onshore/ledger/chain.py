@@ -261,7 +261,7 @@ class Ledger:
         return self._keys
 
     def _prepare(self, kind: str, payload: Mapping[str, Any]) -> tuple[str, str]:
-        if not isinstance(kind, str) or not KIND_PATTERN.match(kind):
+        if not isinstance(kind, str) or not KIND_PATTERN.fullmatch(kind):
             raise LedgerError(
                 f"ledger kind {kind!r} is not valid",
                 hint="a kind is lower case letters, digits and _, starting with a letter",

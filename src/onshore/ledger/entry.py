@@ -77,8 +77,8 @@ GENESIS_PREV_HASH: Final = "0" * 64
 SIGNATURE_CONTEXT: Final = b"onshore.ledger.entry.v1\x00"
 """Prefix of every signed message, so ledger signatures are never valid for anything else."""
 
-KIND_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-"""What a kind may look like. Kinds are an open set: later stages add their own."""
+KIND_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]{0,62}")
+"""What a kind may look like (matched whole). Kinds are an open set: later stages add theirs."""
 
 KINDS: Final = frozenset(
     {
@@ -95,8 +95,9 @@ KINDS: Final = frozenset(
 )
 """The kinds onshore itself writes (documentation; any kind matching the pattern is accepted)."""
 
-TIME_PATTERN: Final = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
-_HEX64: Final = re.compile(r"^[0-9a-f]{64}$")
+TIME_PATTERN: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z", re.ASCII)
+"""The one text form of an entry's time (matched whole)."""
+_HEX64: Final = re.compile(r"[0-9a-f]{64}")
 
 
 def format_time(value: datetime) -> str:
@@ -173,7 +174,7 @@ def fingerprint(key: Ed25519PublicKey) -> str:
 
 
 def is_hex64(text: object) -> bool:
-    return isinstance(text, str) and _HEX64.match(text) is not None
+    return isinstance(text, str) and _HEX64.fullmatch(text) is not None
 
 
 @dataclass(frozen=True, slots=True)

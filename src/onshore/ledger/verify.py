@@ -23,6 +23,7 @@ an entry lists exists with the listed hash, and everything under ``received/`` i
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
@@ -56,6 +57,8 @@ from onshore.settings import Project
 from onshore.store.objects import ObjectStore, sha256
 
 __all__ = ["Problem", "VerifyReport", "verify", "verify_site"]
+
+_SIGNATURE_HEX: Final = re.compile(r"[0-9a-f]{128}")
 
 _COLUMNS: Final = (
     entries_table.c.seq,
@@ -212,9 +215,9 @@ def _scan(chain: _Chain, *, signatures: bool, fallback_key: Ed25519PublicKey | N
             chain.problem(
                 seq, "link", f"prev_hash is not the hash of entry {seq - 1}: the chain is broken"
             )
-        if not KIND_PATTERN.match(str(row.kind)) or (row.kind == GENESIS) != (seq == 0):
+        if not KIND_PATTERN.fullmatch(str(row.kind)) or (row.kind == GENESIS) != (seq == 0):
             chain.problem(seq, "format", f"kind {row.kind!r} is not valid at entry {seq}")
-        if not TIME_PATTERN.match(str(row.time)):
+        if not TIME_PATTERN.fullmatch(str(row.time)):
             chain.problem(seq, "format", f"time {row.time!r} is not a canonical UTC time")
         digest = hashlib.sha256(
             entry_bytes(
@@ -250,10 +253,13 @@ def _scan(chain: _Chain, *, signatures: bool, fallback_key: Ed25519PublicKey | N
 def _check_signature(
     chain: _Chain, seq: int, key: Ed25519PublicKey, digest: bytes, signature: object
 ) -> None:
+    # Only the one text form: bytes.fromhex would take upper case too, so a changed letter
+    # case would otherwise pass as the same signature.
+    if not isinstance(signature, str) or not _SIGNATURE_HEX.fullmatch(signature):
+        chain.problem(seq, "signature", "the signature is not 128 lower-case hex digits")
+        return
     try:
-        key.verify(bytes.fromhex(str(signature)), SIGNATURE_CONTEXT + digest)
-    except ValueError:
-        chain.problem(seq, "signature", "the signature is not hex")
+        key.verify(bytes.fromhex(signature), SIGNATURE_CONTEXT + digest)
     except InvalidSignature:
         chain.problem(seq, "signature", "the signature is not the site's signature of this entry")
 
@@ -331,11 +337,13 @@ def _authentic(chain: _Chain, seq: int) -> bool:
     computed, row = chain.computed.get(seq), chain.by_seq.get(seq)
     if chain.pinned is None or computed is None or row is None or computed != row.hash:
         return False
+    if not isinstance(row.signature, str) or not _SIGNATURE_HEX.fullmatch(row.signature):
+        return False
     try:
         chain.pinned.key.verify(
-            bytes.fromhex(str(row.signature)), SIGNATURE_CONTEXT + bytes.fromhex(computed)
+            bytes.fromhex(row.signature), SIGNATURE_CONTEXT + bytes.fromhex(computed)
         )
-    except (ValueError, InvalidSignature):
+    except InvalidSignature:
         return False
     return True
 
