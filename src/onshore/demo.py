@@ -49,12 +49,12 @@ def run_demo(
             f"{site.id}: simulating {vehicles} vehicles for {minutes:g} min ({site.region_profile})"
         )
         result = simulate_site(site, vehicles=vehicles, minutes=minutes, seed=seed, out=uploads)
-        say(f"{site.id}: ingesting {len(result.clips)} clips")
+        say(f"{site.id}: ingesting {len(result.clips)} clips ({result.frames} camera frames)")
         with SiteStore.open(project, site.id) as opened:
             opened.keep_reference_zones(result.zones.read_bytes())
             report = ingest(opened, result.clips)
             ingests.append(report.as_dict())
-            say(f"{site.id}: classifying")
+            say(f"{site.id}: classifying (faces and plates in the camera frames)")
             book = project_rulebooks(project).for_origin(site.jurisdiction)
             classified.append(classify_site(opened, rulebook=book))
             secret = load_keystore(project.keystore_path(site)).hmac_secret

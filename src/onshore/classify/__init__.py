@@ -3,8 +3,12 @@
 Every clip gets labels from the shared vocabulary of data categories (``vehicle_id``,
 ``trajectory``, ``sensitive_area_geodata``, ``vehicle_flow``, ...), each with a count and
 evidence a person can check ("214 positions inside zone zone-3 (military)"). Labels are stored
-in the site's catalogue. Subjects (distinct vehicles) are counted per category and per counting
-window: the calendar year (China) and the trailing 12 months (US) up to ``as_of``.
+in the site's catalogue. Subjects are counted per category and per counting window (the calendar
+year for China, the trailing 12 months for the US, up to ``as_of``): distinct vehicles, and,
+where clips carry camera frames, the persons and plates seen in them (as tracks: an upper bound,
+see :mod:`onshore.deidentify.video`). Outside frames with a face or plate found are
+``outside_video_identifiable``, without one ``outside_video_masked``; cabin frames are
+``cabin_video``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import pyarrow.compute as pc
 from onshore.classify.zones import Zones, load_zones
 from onshore.clips.schema import Clip
 from onshore.clips.tabular import read_parquet
+from onshore.deidentify.video import FrameScan, scan_frames
 from onshore.rulebook.model import Rulebook
 from onshore.store.catalogue import ClipRecord, LabelRecord
 from onshore.store.site import SiteStore
@@ -40,14 +45,21 @@ class ClipLabels:
     vin: str
     start: datetime
     labels: tuple[LabelRecord, ...]
+    persons: int | None = None
+    """Faces seen in the clip's outside frames, as tracks; None when it has no frames."""
+    plates: int | None = None
+    """Licence plates seen, as tracks; None when it has no frames."""
 
     @property
     def categories(self) -> set[str]:
         return {label.category for label in self.labels}
 
 
-def classify_clip(clip: Clip, zones: Zones) -> tuple[LabelRecord, ...]:
-    """Label a raw clip with the data categories it holds, each with count and evidence."""
+def classify_clip(
+    clip: Clip, zones: Zones, frames: FrameScan | None = None
+) -> tuple[LabelRecord, ...]:
+    """Label a raw clip with the data categories it holds, each with count and evidence;
+    ``frames`` are its camera frames with their detections, when it has some."""
     meta, table = clip.meta, clip.table
     labels = [
         LabelRecord(meta.clip_id, "vehicle_id", 1, "raw VIN in the clip's metadata"),
@@ -92,7 +104,57 @@ def classify_clip(clip: Clip, zones: Zones) -> tuple[LabelRecord, ...]:
                     f"{tracks} tracked vehicles around the ego ({len(vehicles):,} observations)",
                 )
             )
+    if frames is not None:
+        labels.extend(frame_labels(frames))
     return tuple(labels)
+
+
+def frame_labels(scan: FrameScan) -> list[LabelRecord]:
+    """The video categories of one clip's frames, with counts and evidence."""
+    labels = []
+    outside = scan.outside()
+    cameras = scan.cameras
+    seen = sorted({c for c, out in zip(cameras, outside, strict=True) if out})
+    n_out = int(outside.sum())
+    cfg = scan.config
+    if n_out:
+        faces, plates = scan.boxes("face"), scan.boxes("plate")
+        where = f"camera{'s' if len(seen) > 1 else ''} {', '.join(seen)}"
+        thresholds = f"faces >= {cfg.face_threshold}, plates >= {cfg.plate_threshold}"
+        if faces or plates:
+            persons, plate_tracks = scan.tracks("face"), scan.tracks("plate")
+            labels.append(
+                LabelRecord(
+                    scan.clip_id,
+                    "outside_video_identifiable",
+                    persons + plate_tracks,
+                    f"{faces} faces and {plates} licence plates in "
+                    f"{scan.frames_with_detections()} of {n_out} frames of {where} "
+                    f"(at most {persons} persons and {plate_tracks} plates; {thresholds})",
+                )
+            )
+        else:
+            labels.append(
+                LabelRecord(
+                    scan.clip_id,
+                    "outside_video_masked",
+                    n_out,
+                    f"{n_out} frames of {where}, no face or plate found ({thresholds})",
+                )
+            )
+    n_cabin = len(cameras) - n_out
+    if n_cabin:
+        inside = sorted({c for c, out in zip(cameras, outside, strict=True) if not out})
+        labels.append(
+            LabelRecord(
+                scan.clip_id,
+                "cabin_video",
+                n_cabin,
+                f"{n_cabin} frames of cabin camera{'s' if len(inside) > 1 else ''} "
+                f"{', '.join(inside)}, which film the vehicle's occupants",
+            )
+        )
+    return labels
 
 
 def _window_start(kind: str, as_of: date) -> date:
@@ -116,11 +178,23 @@ def classify_site(
     as_of = as_of or datetime.now(UTC).date()
     zones = load_zones(site.objects)
     records = site.catalogue.clips()
+    frames = {f.clip_id: f for f in site.catalogue.frames()}
     found: list[ClipLabels] = []
     for n, record in enumerate(records, start=1):
         clip = _read(site, record)
+        scan = None
+        if record.clip_id in frames:
+            scan = scan_frames(site.objects, frames[record.clip_id])
+        labels = classify_clip(clip, zones, scan)
         found.append(
-            ClipLabels(record.clip_id, record.vin, record.start_time, classify_clip(clip, zones))
+            ClipLabels(
+                record.clip_id,
+                record.vin,
+                record.start_time,
+                labels,
+                persons=None if scan is None else scan.tracks("face"),
+                plates=None if scan is None else scan.tracks("plate"),
+            )
         )
         if on_clip is not None:
             on_clip(n, len(records))
@@ -149,6 +223,7 @@ def _summary(site: str, as_of: date, zones: Zones, found: list[ClipLabels]) -> d
         "trailing_12_months": defaultdict(set),
     }
     starts = {kind: _window_start(kind, as_of) for kind in windows}
+    seen = {kind: {"persons": 0, "plates": 0} for kind in windows}
     for clip in found:
         day = clip.start.astimezone(UTC).date()
         for label in clip.labels:
@@ -159,13 +234,22 @@ def _summary(site: str, as_of: date, zones: Zones, found: list[ClipLabels]) -> d
             for kind, subjects in windows.items():
                 if starts[kind] <= day <= as_of:
                     subjects[label.category].add(clip.vin)
+        for kind in windows:
+            if starts[kind] <= day <= as_of:
+                seen[kind]["persons"] += clip.persons or 0
+                seen[kind]["plates"] += clip.plates or 0
     vehicles = {clip.vin for clip in found}
+    filmed = [clip for clip in found if clip.persons is not None]
+    # Persons are counted only where frames exist: without frames the count is unknown, not 0.
+    persons = sum(clip.persons or 0 for clip in filmed) if filmed else None
+    plates = sum(clip.plates or 0 for clip in filmed) if filmed else None
     return {
         "site": site,
         "as_of": as_of.isoformat(),
         "clips": len(found),
+        "clips_with_frames": len(filmed),
         "zones": len(zones.zones),
-        "subjects": {"vehicles": len(vehicles)},
+        "subjects": {"vehicles": len(vehicles), "persons": persons, "plates": plates},
         "categories": {
             name: {"clips": e["clips"], "count": e["count"], "vehicles": len(e["vehicles"])}
             for name, e in sorted(categories.items())
@@ -175,6 +259,8 @@ def _summary(site: str, as_of: date, zones: Zones, found: list[ClipLabels]) -> d
                 "from": starts[kind].isoformat(),
                 "to": as_of.isoformat(),
                 "vehicles": {cat: len(v) for cat, v in sorted(subjects.items())},
+                "persons": seen[kind]["persons"] if filmed else None,
+                "plates": seen[kind]["plates"] if filmed else None,
             }
             for kind, subjects in windows.items()
         },

@@ -70,6 +70,15 @@ def classify(
                 str(windows["trailing_12_months"]["vehicles"].get(name, 0)),
             )
         console.print(table)
+        subjects = d["subjects"]
+        if subjects["persons"] is None:
+            console.print(f"{subjects['vehicles']} vehicles; no camera frames, so no persons seen")
+        else:
+            console.print(
+                f"{subjects['vehicles']} vehicles; in the camera frames of "
+                f"{d['clips_with_frames']} clips, at most {subjects['persons']} persons and "
+                f"{subjects['plates']} licence plates"
+            )
         if "rulebook" in d:
             book = d["rulebook"]
             console.print(
@@ -116,6 +125,13 @@ def deidentify(
             f"{d['rows']:,} of {d['rows_in']:,} rows kept (removed: {removed}); "
             f"state [bold]{d['state']}[/]"
         )
+        frames = d["frames"]
+        if frames["in"]:
+            dropped = ", ".join(f"{k} {v}" for k, v in frames["dropped"].items() if v) or "none"
+            console.print(
+                f"  frames: {frames['kept']} of {frames['in']} kept, {frames['faces_masked']} "
+                f"faces and {frames['plates_masked']} plates masked (dropped: {dropped})"
+            )
         for check in d["checks"]:
             mark = "[green]held[/]" if check["held"] else "[red]failed[/]"
             console.print(f"  {mark} {check['name']}: {check['detail']}")

@@ -44,10 +44,17 @@ def demo(
 
 def _found_table(rows: list[dict[str, Any]]) -> Table:
     categories = sorted({name for d in rows for name in d["categories"]})
-    table = Table("site", *categories, title="What the clips hold (clips with each category)")
-    for d in rows:
+    table = Table(
+        "category", *(d["site"] for d in rows), title="What the clips hold (clips with each)"
+    )
+    for category in categories:
         table.add_row(
-            d["site"], *(str(d["categories"].get(c, {}).get("clips", 0)) for c in categories)
+            category, *(str(d["categories"].get(category, {}).get("clips", 0)) for d in rows)
+        )
+    for subject in ("vehicles", "persons", "plates"):
+        counts = [d["subjects"][subject] for d in rows]
+        table.add_row(
+            f"[italic]{subject} seen[/]", *("-" if n is None else f"{n:,}" for n in counts)
         )
     return table
 
@@ -60,6 +67,8 @@ def _removed_table(rows: list[dict[str, Any]]) -> Table:
         "rows kept",
         "in zones",
         "trip ends",
+        "frames kept",
+        "faces/plates masked",
         "state",
         "checks",
         title="De-identified in each site's own store",
@@ -73,6 +82,8 @@ def _removed_table(rows: list[dict[str, Any]]) -> Table:
             f"{d['rows']:,}/{d['rows_in']:,}",
             f"{d['removed'].get('drop_zones', 0):,}",
             f"{d['removed'].get('trim_ends', 0):,}",
+            f"{d['frames']['kept']}/{d['frames']['in']}",
+            f"{d['frames']['faces_masked']}/{d['frames']['plates_masked']}",
             d["state"],
             f"{held}/{len(d['checks'])} held",
         )

@@ -2,9 +2,11 @@
 
 Raw clips are read, never modified, and nothing leaves the site. Each vehicle's clips become one
 Parquet object under ``deidentified/<profile>/``, named by its hash, whose metadata records the
-transforms with their parameters, the resulting state and the checks re-run on the output. The
-catalogue records, per raw clip, where its de-identified version is; objects a rerun replaced are
-removed once the catalogue no longer refers to them.
+transforms with their parameters, the resulting state and the checks re-run on the output; their
+camera frames, masked, become one more under ``deidentified/<profile>/frames/``
+(:func:`~onshore.deidentify.video.deidentify_frames`). The catalogue records, per raw clip, where
+its de-identified version is; objects a rerun replaced are removed once the catalogue no longer
+refers to them.
 """
 
 from __future__ import annotations
@@ -15,16 +17,20 @@ from typing import Any, Final
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from onshore.classify.zones import load_zones
 from onshore.clips.tabular import read_parquet
 from onshore.deidentify.checks import Check, run_checks, state_of
+from onshore.deidentify.detectors import DetectorConfig
+from onshore.deidentify.frames import MaskSettings
 from onshore.deidentify.profiles import Profile
 from onshore.deidentify.trajectory import deidentify_vehicle
+from onshore.deidentify.video import FramesOutput, deidentify_frames, scan_frames
 from onshore.errors import DeidentifyError
 from onshore.sites.keystore import Secret
-from onshore.store.catalogue import ClipRecord, DeidentifiedRecord
+from onshore.store.catalogue import ClipRecord, DeidentifiedRecord, FramesRecord
 from onshore.store.objects import sha256
 from onshore.store.site import SiteStore
 
@@ -56,6 +62,8 @@ def deidentify_site(
     VIN, no position in a zone), and stores nothing of that vehicle.
     """
     zones = load_zones(site.objects)
+    frames_of = {f.clip_id: f for f in site.catalogue.frames()}
+    frames = _FramesTally()
     by_vehicle: dict[str, list[ClipRecord]] = defaultdict(list)
     for record in site.catalogue.clips():
         by_vehicle[record.vin].append(record)
@@ -71,6 +79,9 @@ def deidentify_site(
         for name, count in out.removed.items():
             removed[name] += count
         kept = [c for c in out.clips if c["rows"]]
+        video = _frames(site, profile, out.clips, frames_of)
+        frames_object = _store_frames(site, profile, out.vehicle, video)
+        frames.add(video)
         facts: dict[str, Any] = {
             "profile": profile.name,
             "vehicle": out.vehicle,
@@ -85,7 +96,15 @@ def deidentify_site(
                 for c in kept
             },
         }
-        checks = run_checks(out.table, orjson.dumps(facts), raw_vins=raw_vins, zones=zones)
+        if frames_object is not None:
+            facts["frames"] = frames_object
+        checks = run_checks(
+            out.table,
+            orjson.dumps(facts),
+            raw_vins=raw_vins,
+            zones=zones,
+            frames=_frames_check(profile, video),
+        )
         state = state_of(checks, identifier_left=out.vehicle is not None)
         failed = [c for c in checks if not c.held and _promised(c.name, profile)]
         if failed:
@@ -125,13 +144,23 @@ def deidentify_site(
                         consent_training=c["consent_training"],
                         rows=c["rows"],
                         rows_in=c["rows_in"],
-                        detail=orjson.dumps({"removed": out.removed}).decode(),
+                        detail=orjson.dumps(
+                            {
+                                "removed": out.removed,
+                                "frames": _frames_detail(frames_object, video, c["output_id"]),
+                            }
+                        ).decode(),
                     )
                 )
         if on_vehicle is not None:
             on_vehicle(n, len(by_vehicle))
     site.catalogue.replace_deidentified(profile.name, records)
-    _collect_garbage(site, profile.name, {r.path for r in records})
+    referenced = {r.path for r in records}
+    for record in records:
+        frames_detail = orjson.loads(record.detail).get("frames")
+        if frames_detail is not None:
+            referenced.add(frames_detail["path"])
+    _collect_garbage(site, profile.name, referenced)
     state = min(states, key=_STATES.index) if states else "anonymized"
     return {
         "site": site.site,
@@ -143,9 +172,126 @@ def deidentify_site(
         "rows_in": rows_in,
         "rows": rows_out,
         "removed": dict(removed),
+        "frames": frames.as_dict(),
         "state": state,
-        "checks": [check.as_dict() for check, _rows in worst.values()],
+        "checks": [
+            frames.check(profile).as_dict()
+            if check.name == _FRAMES_CHECK and frames.frames_in
+            else check.as_dict()
+            for check, _rows in worst.values()
+        ],
     }
+
+
+_FRAMES_CHECK: Final = "no_unmasked_face_or_plate"
+
+
+def _frames(
+    site: SiteStore,
+    profile: Profile,
+    clips: list[dict[str, Any]],
+    frames_of: dict[str, FramesRecord],
+) -> list[FramesOutput]:
+    """The de-identified frames of one vehicle's clips that have frames."""
+    step = profile.step("mask_frames")
+    threshold = float(step.params["threshold"]) if step is not None else 0.5
+    check = DetectorConfig(face_threshold=threshold, plate_threshold=threshold)
+    coarsen = profile.step("coarsen")
+    outputs = []
+    for clip in clips:
+        record = frames_of.get(clip["clip_id"])
+        if record is None:
+            continue
+        outputs.append(
+            deidentify_frames(
+                scan_frames(site.objects, record),
+                clip["kept_us"],
+                clip["output_id"],
+                mask=MaskSettings() if step is not None else None,
+                check=check,
+                time_step_s=float(coarsen.params["time_s"]) if coarsen is not None else 0.0,
+            )
+        )
+    return outputs
+
+
+def _store_frames(
+    site: SiteStore, profile: Profile, vehicle: str | None, video: list[FramesOutput]
+) -> dict[str, Any] | None:
+    """Store one vehicle's kept frames as one object; where it is, or None if none are kept."""
+    tables = [v.table for v in video if v.table.num_rows]
+    if not tables:
+        return None
+    meta = orjson.dumps({"profile": profile.name, "vehicle": vehicle})
+    table = pa.concat_tables(tables).replace_schema_metadata({DEID_KEY: meta})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="none")
+    data = sink.getvalue().to_pybytes()
+    digest = sha256(data)
+    path = f"{OUTPUT_DIR}/{profile.name}/frames/{digest[:2]}/{digest}.parquet"
+    site.objects.put(path, data)
+    return {"path": path, "sha256": digest, "frames": table.num_rows}
+
+
+def _frames_detail(
+    stored: dict[str, Any] | None, video: list[FramesOutput], output_id: str
+) -> dict[str, Any] | None:
+    """Where one clip's de-identified frames are, and how many."""
+    if stored is None:
+        return None
+    count = sum(int(pc.sum(pc.equal(v.table["clip"], output_id)).as_py() or 0) for v in video)
+    return {"path": stored["path"], "sha256": stored["sha256"], "frames": count} if count else None
+
+
+def _frames_check(profile: Profile, video: list[FramesOutput]) -> Check | None:
+    """The frames check of one vehicle's output, or None when its clips have no frames."""
+    if not video:
+        return None
+    tally = _FramesTally()
+    tally.add(video)
+    return tally.check(profile)
+
+
+class _FramesTally:
+    """Frames in, kept, masked and dropped, summed over outputs."""
+
+    def __init__(self) -> None:
+        self.frames_in = self.kept = self.faces = self.plates = 0
+        self.dropped: dict[str, int] = defaultdict(int)
+
+    def add(self, video: list[FramesOutput]) -> None:
+        for v in video:
+            self.frames_in += v.frames_in
+            self.kept += v.table.num_rows
+            self.faces += v.faces
+            self.plates += v.plates
+            for reason, n in v.dropped.items():
+                self.dropped[reason] += n
+
+    def check(self, profile: Profile) -> Check:
+        step = profile.step("mask_frames")
+        if step is None:
+            return Check(_FRAMES_CHECK, self.kept == 0, f"{self.kept} frames kept without masking")
+        threshold = step.params["threshold"]
+        detail = (
+            f"no face or plate above {threshold} in the {self.kept} frames kept "
+            f"({self.faces} faces and {self.plates} plates masked"
+        )
+        if self.dropped["still_identifiable"]:
+            detail += (
+                f"; {self.dropped['still_identifiable']} frames still showing one after "
+                "masking were dropped"
+            )
+        return Check(_FRAMES_CHECK, True, detail + ")")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "in": self.frames_in,
+            "kept": self.kept,
+            "faces_masked": self.faces,
+            "plates_masked": self.plates,
+            "dropped": dict(self.dropped),
+        }
 
 
 def _public_meta(clips: list[Any], clip_id: str) -> dict[str, str]:

@@ -55,7 +55,8 @@ class Output:
     table: pa.Table
     clips: list[dict[str, Any]]
     """Per output clip: ``clip_id`` (raw, stays in the catalogue), ``output_id``, ``rows``,
-    ``rows_in``."""
+    ``rows_in``, and ``kept_us``, the raw times (µs) of the rows kept, in order (for the clip's
+    camera frames to follow its rows)."""
     vehicle: str | None
     removed: dict[str, int] = field(default_factory=dict)
     """Rows removed by each transform."""
@@ -193,6 +194,7 @@ def deidentify_vehicle(
         out = kept_table.add_column(0, pa.field("clip", pa.string(), nullable=False), clip_column)
 
     counts = np.bincount(kept_clip, minlength=len(clips))
+    kept_us = np.split(t_us[rows], np.cumsum(counts)[:-1])
     facts = [
         {
             "clip_id": clip.meta.clip_id,
@@ -201,6 +203,7 @@ def deidentify_vehicle(
             "rows_in": clip.rows,
             "consent_training": clip.meta.consent_training,
             "source_vin": clip.meta.vin,
+            "kept_us": kept_us[i],
         }
         for i, clip in enumerate(clips)
     ]

