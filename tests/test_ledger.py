@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -172,6 +173,8 @@ def test_refuses_what_it_cannot_sign(pair: tuple[Site, Site]) -> None:
         a.ledger.append("gate_decision", ["not", "an", "object"])  # type: ignore[arg-type]
     with pytest.raises(LedgerError):
         a.ledger.append("gate_decision", {"subjects": float("nan")})
+    with pytest.raises(LedgerError, match="its own head"):
+        a.ledger.record_peer_head(_head(a))
     with pytest.raises(LedgerError, match="without its keys"):
         Ledger.open(a.catalogue).append("gate_decision", {})
     assert len(a.ledger.entries()) == 1  # nothing was written by any of these
@@ -393,9 +396,10 @@ def _mutate(conn: Connection, w: World, data: st.DataObject) -> str:
     real_key = w.a.keys.signing_key
     if kind == "flip_byte":
         field = data.draw(st.sampled_from(_FIELDS), label="field")
-        if field == "seq":
-            shift = data.draw(st.integers(0, 7), label="byte")
-            new: Any = row["seq"] ^ (data.draw(st.integers(1, 255), label="mask") << (8 * shift))
+        if field == "seq":  # a byte of the stored 64-bit signed integer
+            raw = bytearray(struct.pack(">q", row["seq"]))
+            raw[data.draw(st.integers(0, 7), label="byte")] ^= data.draw(st.integers(1, 255))
+            new: Any = struct.unpack(">q", raw)[0]
         else:
             new = _flip(
                 row[field], data.draw(st.integers(0, 10_000)), data.draw(st.integers(1, 255))
@@ -496,6 +500,100 @@ def test_any_change_to_the_ledger_is_caught(world: World, data: st.DataObject) -
         finally:
             tx.rollback()
     # Every example starts from the intact history.
+
+
+def _set(seq: int, **values: Any) -> Any:
+    def mutate(conn: Connection, site: str, rows: list[dict[str, Any]]) -> None:
+        conn.execute(
+            update(entries_table)
+            .where(entries_table.c.site == site, entries_table.c.seq == seq)
+            .values(**{k: v(rows[seq]) if callable(v) else v for k, v in values.items()})
+        )
+
+    return mutate
+
+
+def _drop(*seqs: int) -> Any:
+    def mutate(conn: Connection, site: str, rows: list[dict[str, Any]]) -> None:
+        conn.execute(
+            delete(entries_table).where(entries_table.c.site == site, entries_table.c.seq.in_(seqs))
+        )
+
+    return mutate
+
+
+def _swap(i: int, j: int) -> Any:
+    def mutate(conn: Connection, site: str, rows: list[dict[str, Any]]) -> None:
+        conn.execute(delete(entries_table).where(entries_table.c.site == site))
+        rows[i]["seq"], rows[j]["seq"] = j, i
+        conn.execute(insert(entries_table), rows)
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (
+            _set(3, payload=lambda r: r["payload"].replace("true", "false")),
+            {(3, "hash"), (3, "signature")},
+        ),
+        (
+            _set(5, time=lambda r: r["time"].replace(".", ",")),
+            {(5, "format"), (5, "hash"), (5, "signature")},
+        ),
+        (_set(2, prev_hash="0" * 64), {(2, "link"), (2, "hash"), (2, "signature")}),
+        (_set(6, hash="0" * 64), {(6, "hash"), (7, "link")}),
+        (_set(6, signature=lambda r: r["signature"].upper()), {(6, "signature")}),
+        (
+            _set(8, payload=lambda r: r["payload"].replace(":", ": ")),
+            {(8, "payload"), (8, "hash"), (8, "signature")},
+        ),
+        (
+            _set(0, kind="gate_decision"),
+            {(0, "genesis"), (0, "format"), (0, "hash"), (0, "signature")},
+        ),
+        (_drop(5), {(5, "sequence")}),
+        (_drop(0), {(0, "sequence")}),
+        (_drop(9, 10), {(8, "head")}),
+        (
+            _swap(2, 3),
+            {
+                (2, "link"),
+                (2, "hash"),
+                (2, "signature"),
+                (3, "link"),
+                (3, "hash"),
+                (3, "signature"),
+                (4, "link"),
+            },
+        ),
+    ],
+    ids=[
+        "payload",
+        "time",
+        "prev_hash",
+        "hash",
+        "signature-case",
+        "non-canonical",
+        "kind",
+        "delete",
+        "delete-genesis",
+        "truncate",
+        "reorder",
+    ],
+)
+def test_each_kind_of_change_is_named_where_it_is(
+    world: World, mutate: Any, expected: set[tuple[int, str]]
+) -> None:
+    with world.a.catalogue.engine.connect() as conn:
+        tx = conn.begin()
+        try:
+            mutate(conn, world.a.site, _rows(conn, world.a.site))
+            report = _check(world.a, conn=conn)
+        finally:
+            tx.rollback()
+    assert {(p.seq, p.check) for p in report.problems} == expected, report.problems
 
 
 def _committed(w: World, mutate: Any) -> None:
@@ -718,3 +816,21 @@ def test_entry_as_dict_round_trips(pair: tuple[Site, Site]) -> None:
     d = entry.as_dict()
     assert d["payload"] == {"model": "m"}
     assert Entry(**{**d, "payload": canonical_json(d["payload"])}) == entry
+
+
+def test_cli_shows_a_damaged_ledger(project: Project) -> None:
+    """``show`` is how a damaged ledger gets looked at, so it must not fail on one."""
+    store, ledger = _open(project, "cn-shanghai")
+    with store:
+        ledger.append("gate_decision", {"allowed": False})
+        with store.catalogue.transaction() as conn:
+            conn.execute(delete(entries_table).where(entries_table.c.seq == 0))
+            conn.execute(update(entries_table).values(payload="{not json"))
+    base = ["--project", str(project.root), "--site", "cn-shanghai"]
+    shown = CliRunner().invoke(app, ["ledger", "show", *base, "--json"])
+    assert shown.exit_code == 0, shown.output
+    data = json.loads(shown.stdout)
+    assert data["head"] is None and "no genesis" in data["warning"]
+    assert [(e["seq"], e["payload"]) for e in data["entries"]] == [(1, "{not json")]
+    people = CliRunner().invoke(app, ["ledger", "show", *base])
+    assert people.exit_code == 0 and "ledger verify" in people.stdout

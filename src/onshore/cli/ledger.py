@@ -35,28 +35,32 @@ def show(
     from onshore.ledger import Ledger
     from onshore.store import SiteStore
 
+    warning = None
     with SiteStore.open(load_project(project), site) as opened:
         ledger = Ledger.open(opened.catalogue)
-        head = ledger.head()
+        try:
+            head = ledger.head()
+        except LedgerTampered as exc:  # still show what is there: that is how it gets looked at
+            head, warning = None, str(exc)
         entries = ledger.entries(since=since, kind=kind, limit=limit)
     data = {
         "site": site,
         "head": None if head is None else head.as_dict(),
+        "warning": warning,
         "entries": [e.as_dict() for e in entries],
     }
 
     def render(d: dict[str, Any]) -> None:
-        if d["head"] is None:
+        if d["warning"]:
+            console.print(f"[red]{d['warning']}[/]: run 'onshore ledger verify --site {site}'")
+        elif d["head"] is None:
             console.print(f"{site}: no ledger yet")
             return
-        table = Table(
-            "seq",
-            "time (UTC)",
-            "kind",
-            "payload",
-            "hash",
-            title=f"{site}: ledger to entry {d['head']['seq']}, key {d['head']['key'][:16]}",
+        head = d["head"]
+        title = f"{site}: ledger" + (
+            "" if head is None else f" to entry {head['seq']}, key {head['key'][:16]}"
         )
+        table = Table("seq", "time (UTC)", "kind", "payload", "hash", title=title)
         for e in d["entries"]:
             table.add_row(
                 str(e["seq"]),
@@ -70,7 +74,9 @@ def show(
     emit(data, as_json, render)
 
 
-def _summary(payload: dict[str, Any], width: int = 70) -> str:
+def _summary(payload: dict[str, Any] | str, width: int = 70) -> str:
+    if isinstance(payload, str):  # a damaged entry: its stored text
+        return payload if len(payload) <= width else payload[: width - 3] + "..."
     parts = []
     for key, value in payload.items():
         shown = f"{len(value)} item(s)" if isinstance(value, list) else str(value)

@@ -227,6 +227,8 @@ class Ledger:
         :data:`~onshore.ledger.entry.PEER_HEADS_FIELD`). Raises :class:`LedgerError` for a kind
         or payload the ledger refuses, or when it was opened without keys.
         """
+        if any(h.site == self.site for h in peer_heads):
+            raise LedgerError(f"{self.site} cannot record its own head as a peer's")
         if peer_heads:
             payload = {**payload, PEER_HEADS_FIELD: [h.as_dict() for h in peer_heads]}
         (entry,) = self.append_many([(kind, payload)], conn=conn)

@@ -116,11 +116,14 @@ def canonical_json(value: Mapping[str, Any]) -> str:
     Raises :class:`LedgerError` for what has no exact JSON form: a non-string key, a float
     that is not finite (orjson would silently write ``null``), an unknown type.
     """
-    _refuse_non_finite(value)
     try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except TypeError as exc:
         raise LedgerError(f"ledger payload is not JSON: {exc}") from exc
+    if b"null" in text:
+        # orjson writes NaN and infinities as null; walk the value only when that could be so.
+        _refuse_non_finite(value)
+    return text.decode()
 
 
 def _refuse_non_finite(value: Any) -> None:
@@ -243,13 +246,18 @@ class Entry:
         return Head(self.site, self.seq, self.hash, key)
 
     def as_dict(self) -> dict[str, Any]:
-        """The entry with its payload parsed, as ``onshore ledger show --json`` prints it."""
+        """The entry with its payload parsed, as ``onshore ledger show --json`` prints it. A
+        damaged payload that is not a JSON object is given as its stored text."""
+        try:
+            payload: dict[str, Any] | str = self.data
+        except (orjson.JSONDecodeError, LedgerError):
+            payload = self.payload
         return {
             "site": self.site,
             "seq": self.seq,
             "time": self.time,
             "kind": self.kind,
-            "payload": self.data,
+            "payload": payload,
             "prev_hash": self.prev_hash,
             "hash": self.hash,
             "signature": self.signature,

@@ -150,7 +150,9 @@ class _Chain:
     """seq -> hash recomputed from the stored fields."""
     intact_to: int = -1
     """Entries 0..intact_to are contiguous, each hashing to its stored hash and linked."""
-    payloads: dict[int, dict[str, Any]] = field(default_factory=dict)
+    claims: dict[int, str] = field(default_factory=dict)
+    """seq -> payload text, for the entries that list objects or peer heads. Kept as text, which
+    the garbage collector never walks: holding every parsed payload made it the bottleneck."""
     by_seq: dict[int, Any] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
 
@@ -180,11 +182,12 @@ def _scan(chain: _Chain, *, signatures: bool, fallback_key: Ed25519PublicKey | N
                 "but the ledger has no entries: it was deleted",
             )
         return
-    first = rows[0]
-    if first.seq == 0:
-        chain.pinned = pinned_by(Entry(site, *first))
-        if first.kind != GENESIS:
-            chain.problem(0, "genesis", f"entry 0 is a {first.kind!r} entry, not the genesis")
+    # Rows come in order of seq; one given a negative number would sort before entry 0.
+    genesis = next((r for r in rows if int(r.seq) >= 0), None)
+    if genesis is not None and int(genesis.seq) == 0:
+        chain.pinned = pinned_by(Entry(site, *genesis))
+        if genesis.kind != GENESIS:
+            chain.problem(0, "genesis", f"entry 0 is a {genesis.kind!r} entry, not the genesis")
         if chain.pinned is None:
             chain.problem(0, "genesis", "the genesis entry does not pin a valid public key")
     else:
@@ -195,15 +198,14 @@ def _scan(chain: _Chain, *, signatures: bool, fallback_key: Ed25519PublicKey | N
     expected, prev, intact = 0, None, True
     for row in rows:
         seq = int(row.seq)
-        if seq != expected:
+        if seq > expected:
             intact = False
-            if seq > expected:
-                missing = (
-                    f"entry {expected}" if seq == expected + 1 else f"entries {expected}..{seq - 1}"
-                )
-                chain.problem(expected, "sequence", f"{missing} missing before entry {seq}")
-            else:
-                chain.problem(seq, "sequence", f"entry number {seq} is out of sequence")
+            missing = (
+                f"entry {expected}" if seq == expected + 1 else f"entries {expected}..{seq - 1}"
+            )
+            chain.problem(expected, "sequence", f"{missing} missing before entry {seq}")
+        elif seq < expected:  # a negative number: not part of the chain from entry 0
+            chain.problem(seq, "sequence", f"entry number {seq} is out of sequence")
         if seq == 0:
             link: str | None = GENESIS_PREV_HASH
         elif prev is not None and int(prev.seq) == seq - 1:
@@ -275,13 +277,20 @@ def _parse_payload(chain: _Chain, seq: int, text: object) -> None:
         return
     if orjson.dumps(value, option=orjson.OPT_SORT_KEYS) != str(text).encode():
         chain.problem(seq, "payload", "the payload is not in canonical form")
-    chain.payloads[seq] = value
+    if OBJECTS_FIELD in value or PEER_HEADS_FIELD in value:
+        chain.claims[seq] = str(text)
+
+
+def _claims(chain: _Chain) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(seq, payload) of the entries that list objects or peer heads."""
+    for seq, text in chain.claims.items():
+        yield seq, orjson.loads(text)
 
 
 def _peer_heads(chain: _Chain) -> Iterator[tuple[int, Head]]:
     """(seq of the recording entry, head) for every head this chain recorded of another site;
     a malformed record is a problem of the recording entry."""
-    for seq, payload in chain.payloads.items():
+    for seq, payload in _claims(chain):
         records = payload.get(PEER_HEADS_FIELD)
         if records is None:
             continue
@@ -452,7 +461,7 @@ def _check_store(chain: _Chain, objects: ObjectStore, check_hashes: bool) -> tup
     listed: dict[str, list[tuple[int, str]]] = {}
     covered: set[str] = set()
     kinds = {int(r.seq): r.kind for r in chain.rows}
-    for seq, payload in chain.payloads.items():
+    for seq, payload in _claims(chain):
         items = payload.get(OBJECTS_FIELD)
         if items is None:
             continue
