@@ -165,14 +165,19 @@ class Ledger:
         self,
         *,
         since: int | None = None,
+        since_time: datetime | None = None,
         kind: str | None = None,
         limit: int | None = None,
         conn: Connection | None = None,
     ) -> list[Entry]:
-        """Entries in order of ``seq``: from ``since`` on, of one ``kind``, at most ``limit``."""
+        """Entries in order of ``seq``: from entry ``since`` on, written at or after
+        ``since_time``, of one ``kind``, at most ``limit``. (The gate counts earlier transfers in
+        a window this way; times are stored in a form whose text order is time order.)"""
         query = select(entries_table).where(entries_table.c.site == self.site)
         if since is not None:
             query = query.where(entries_table.c.seq >= since)
+        if since_time is not None:
+            query = query.where(entries_table.c.time >= format_time(since_time))
         if kind is not None:
             query = query.where(entries_table.c.kind == kind)
         query = query.order_by(entries_table.c.seq)
