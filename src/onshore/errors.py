@@ -39,6 +39,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
+    from onshore.gate.engine import Decision
     from onshore.rulebook.problems import Problem
 
 __all__ = [
@@ -246,7 +247,9 @@ class TransferDenied(GateError):
     code = "gate.denied"
     exit_code = 10
 
-    def __init__(self, message: str, *, hint: str | None = None, decision: object = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, decision: Decision | None = None
+    ) -> None:
         super().__init__(message, hint=hint)
         self.decision = decision
 
