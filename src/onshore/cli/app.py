@@ -9,7 +9,7 @@ import orjson
 import typer
 from typer.exceptions import TyperException
 
-from onshore.cli import deid, demo, fleet, ledger, project, rulebook, store
+from onshore.cli import deid, demo, fleet, gate, ledger, project, rulebook, store
 from onshore.errors import FileSystemError, OnshoreError
 
 __all__ = ["app", "main"]
@@ -25,6 +25,8 @@ app = typer.Typer(
 project.register(app)
 app.add_typer(fleet.app, name="fleet")
 app.add_typer(rulebook.app, name="rulebook")
+app.add_typer(gate.gate_app, name="gate")
+app.add_typer(gate.approvals_app, name="approvals")
 app.add_typer(ledger.app, name="ledger")
 store.register(app)
 deid.register(app)
