@@ -311,3 +311,28 @@ def test_cli_classify_and_deidentify(project: Project, site: SiteStore, tmp_path
     assert summary["state"] == "anonymized" and all(c["held"] for c in summary["checks"])
     bad = runner.invoke(app, ["classify", *base, "--as-of", "yesterday"])
     assert bad.exit_code != 0
+
+
+def test_vin_check_finds_vins_as_tokens_not_digit_runs_inside_digests() -> None:
+    """Regression: a vehicle pseudonym whose hex held 17 digits in a row with a valid check
+    digit was taken for a VIN and failed a whole site's de-identification."""
+    from onshore.classify.zones import Zones
+    from onshore.clips.vin import is_valid_vin
+    from onshore.deidentify.checks import run_checks
+
+    assert is_valid_vin("35267227993360202")
+    empty = pa.table({"clip": pa.array([], pa.string())})
+    no_zones = Zones(())
+
+    def held(metadata: bytes, raw: set[str]) -> bool:
+        (check,) = [
+            c
+            for c in run_checks(empty, metadata, raw_vins=raw, zones=no_zones)
+            if c.name == "no_raw_vin"
+        ]
+        return check.held
+
+    assert held(b'{"vehicle":"pv-6570b3526722799336020229"}', set())
+    assert not held(b'{"note":"vin 35267227993360202"}', set())
+    # The site's own VINs are found even inside a longer token.
+    assert not held(b'{"x":"abc1HGCM82633A004352z"}', {"1HGCM82633A004352"})
