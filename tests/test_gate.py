@@ -496,7 +496,12 @@ def test_many_approvals_are_summed_up_after_twenty() -> None:
             "data[0].deid_state",
         ),
         ({"data": [{"category": "trajectory", "subjects": 1, "colour": 1}]}, "data[0].colour"),
+        ({"data": [{"category": "trajectory", "subjects": True}]}, "data[0].subjects"),
+        ({"data": [{"category": "trajectory", "subjects": "20000"}]}, "data[0].subjects"),
+        ({"data": [{"category": "trajectory", "subjects": 2.5}]}, "data[0].subjects"),
         ({"date": "2026-02-30"}, "date"),
+        ({"date": 0}, "date"),
+        ({"date": "2026-11-29T10:00:00"}, "date"),
         ({"date": "yesterday"}, "date"),
         ({"origin": "china"}, "origin"),
         ({"destination": "usa"}, "destination"),
@@ -532,6 +537,7 @@ def test_missing_fields_bad_json_and_unknown_origin() -> None:
     without = {k: v for k, v in ISSUE_REQUEST.items() if k != "purpose"}
     with pytest.raises(InvalidRequest, match="request field purpose: Field required"):
         parse_request(without)
+    assert parse_request({**ISSUE_REQUEST, "date": date(2026, 11, 29)}).date == date(2026, 11, 29)
     with pytest.raises(InvalidRequest, match="not valid JSON"):
         parse_request(b"{not json")
     two = {**ISSUE_REQUEST, "date": "x", "purpose": "Not A Name"}

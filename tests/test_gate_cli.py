@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from onshore.cli.app import app
-from onshore.errors import ConfigError, InvalidApproval, TransferDenied
+from onshore.errors import ConfigError, InvalidApproval, InvalidRequest, TransferDenied
 from onshore.settings import Project
 
 runner = CliRunner()
@@ -187,3 +187,9 @@ def test_a_check_belongs_at_the_site_of_the_data(project: Project, tmp_path: Pat
     )
     assert isinstance(result.exception, ConfigError)
     assert "not governed by the rulebook of site eu-frankfurt" in str(result.exception)
+    japan = _write(tmp_path / "jp.json", {**REQUEST, "origin": "JP"})
+    result = runner.invoke(
+        app, ["gate", "check", str(japan), "--project", str(project.root), "--site", "cn-shanghai"]
+    )
+    assert isinstance(result.exception, InvalidRequest)
+    assert str(result.exception).startswith("request field origin: no rulebook governs data")

@@ -19,7 +19,14 @@ from rich.table import Table
 
 from onshore.cli.output import JsonOption, ProjectOption, console, emit, err_console
 from onshore.cli.store import SiteOption
-from onshore.errors import ConfigError, InvalidApproval, ProjectNotFound, TransferDenied
+from onshore.errors import (
+    ConfigError,
+    InvalidApproval,
+    InvalidRequest,
+    ProjectNotFound,
+    RulebookNotFound,
+    TransferDenied,
+)
 from onshore.gate import (
     Approval,
     ApprovalRegistry,
@@ -78,7 +85,11 @@ def _site_gate(project: Project, site_id: str, request: GateRequest) -> Gate:
     """
     site = project.site(site_id)
     rulebooks = project_rulebooks(project)
-    if rulebooks.for_origin(site.jurisdiction).key != rulebooks.for_origin(request.origin).key:
+    try:
+        origin = rulebooks.for_origin(request.origin)
+    except RulebookNotFound as exc:
+        raise InvalidRequest(f"request field origin: {exc.message}", hint=exc.hint) from None
+    if rulebooks.for_origin(site.jurisdiction).key != origin.key:
         raise ConfigError(
             f"the request's origin {request.origin} is not governed by the rulebook of site "
             f"{site_id} ({site.jurisdiction})",

@@ -38,7 +38,8 @@ from datetime import date
 from types import MappingProxyType
 from typing import Any, Final
 
-from pydantic import ValidationError
+import orjson
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from onshore.errors import InvalidApproval, InvalidRequest, RulebookNotFound, TransferDenied
@@ -108,17 +109,32 @@ def _problem(error: ErrorDetails) -> str:
         shown = repr(error["input"])
         message += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
     elif error["type"] == "extra_forbidden":
-        message = "not a field of a transfer request"
+        message = "no such field"
     return f"request field {where}: {message}" if where else f"request: {message}"
+
+
+def _plain(value: object) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 def parse_request(source: bytes | str | Mapping[str, Any]) -> GateRequest:
     """A :class:`GateRequest` from JSON text or a mapping. Raises :class:`InvalidRequest`
-    naming the first wrong field (``data[0].subjects``), with the number of others in the hint."""
+    naming the first wrong field (``data[0].subjects``), with the number of others in the hint.
+
+    Validation is strict, as JSON reads: a date is a ``YYYY-MM-DD`` string (not ``0``, which lax
+    parsing takes for 1970-01-01), a count is an integer (not ``true`` or ``"20000"``). A
+    mapping goes through JSON for the same rules."""
+    if isinstance(source, bytes | str):
+        text = source
+    else:
+        try:
+            text = orjson.dumps(source, default=_plain)
+        except TypeError as exc:
+            raise InvalidRequest(f"request: {exc}") from None
     try:
-        if isinstance(source, bytes | str):
-            return GateRequest.model_validate_json(source)
-        return GateRequest.model_validate(source)
+        return GateRequest.model_validate_json(text, strict=True)
     except ValidationError as exc:
         errors = exc.errors()
         hint = None
