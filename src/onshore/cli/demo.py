@@ -61,31 +61,30 @@ def _found_table(rows: list[dict[str, Any]]) -> Table:
 
 def _removed_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(
-        "site",
-        "profile",
-        "clips kept",
+        "site / profile",
+        "clips",
         "rows kept",
-        "in zones",
-        "trip ends",
+        "rows in zones",
+        "rows at trip ends",
         "frames kept",
-        "faces/plates masked",
+        "masked faces, plates",
         "state",
         "checks",
         title="De-identified in each site's own store",
     )
     for d in rows:
         held = sum(c["held"] for c in d["checks"])
+        frames = d["frames"]
         table.add_row(
-            d["site"],
-            d["profile"],
+            f"{d['site']} / {d['profile']}",
             f"{d['clips']}/{d['clips_in']}",
-            f"{d['rows']:,}/{d['rows_in']:,}",
+            f"{d['rows'] / max(d['rows_in'], 1):.0%}",
             f"{d['removed'].get('drop_zones', 0):,}",
             f"{d['removed'].get('trim_ends', 0):,}",
-            f"{d['frames']['kept']}/{d['frames']['in']}",
-            f"{d['frames']['faces_masked']}/{d['frames']['plates_masked']}",
+            f"{frames['kept']}/{frames['in']}",
+            f"{frames['faces_masked']}, {frames['plates_masked']}",
             d["state"],
-            f"{held}/{len(d['checks'])} held",
+            f"{held}/{len(d['checks'])}",
         )
     return table
 
