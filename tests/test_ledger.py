@@ -162,6 +162,13 @@ def test_canonical_json() -> None:
     assert canonical_json({"b": [1, {"d": 2, "c": None}], "a": "é"}) == (
         '{"a":"é","b":[1,{"c":null,"d":2}]}'
     )
+    # Damaged rows are encoded as JSON too, whatever their fields hold.
+    for site, kind, time_ in (("cn-shanghai", "gate_decision", "t"), ('a"b\\', "é\n", "\x00")):
+        fields = {"site": site, "seq": -1, "time": time_, "kind": kind, "payload": {"a": 1}}
+        expected = json.dumps(
+            {**fields, "prev_hash": ""}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        assert entry_bytes(site, -1, time_, kind, '{"a":1}', "") == expected.encode()
     for bad in ({"x": float("nan")}, {"x": [float("inf")]}, {1: "a"}, {"x": object()}):
         with pytest.raises(LedgerError):
             canonical_json(bad)  # type: ignore[arg-type]

@@ -303,7 +303,7 @@ class Ledger:
             entry = _signed(keys, self.site, seq, now, kind, payload, prev)
             entries.append(entry)
             prev = entry.hash
-        conn.execute(entries_table.insert(), [_row(e) for e in entries])
+        _insert(conn, entries)
         conn.execute(
             heads_table.update()
             .where(heads_table.c.site == self.site)
@@ -398,3 +398,28 @@ def _row(entry: Entry) -> dict[str, Any]:
         "hash": entry.hash,
         "signature": entry.signature,
     }
+
+
+_FIELDS: Final = ("site", "seq", "time", "kind", "payload", "prev_hash", "hash", "signature")
+"""The columns :func:`_insert` fills, in the order of the tuples it passes."""
+_INSERT: Final = (
+    f"INSERT INTO {entries_table.name} ({', '.join(_FIELDS)}) "
+    f"VALUES ({', '.join(['{0}'] * len(_FIELDS))})"
+)
+_POSITIONAL: Final = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+
+
+def _insert(conn: Connection, entries: Sequence[Entry]) -> None:
+    """Insert rows straight through the driver where it takes positional parameters: per row,
+    SQLAlchemy's parameter handling cost a third as much as signing the entry."""
+    marker = _POSITIONAL.get(conn.dialect.paramstyle)
+    if marker is None:
+        conn.execute(entries_table.insert(), [_row(e) for e in entries])
+        return
+    conn.exec_driver_sql(
+        _INSERT.format(marker),
+        [
+            (e.site, e.seq, e.time, e.kind, e.payload, e.prev_hash, e.hash, e.signature)
+            for e in entries
+        ],
+    )
