@@ -11,7 +11,8 @@ answer is ever reused. Two kinds of requests:
 
 Figures, best of ``--repeat`` passes, one process:
 
-- reference ``parse``: validating the request JSON into the request model, nothing else;
+- reference ``parse``: validating the request JSON into the request model (strictly, as the
+  gate does), nothing else;
 - reference ``evaluate``: the bare rulebook evaluation of the same requests (what the gate
   builds on: matching rules, counts, reasons), without approvals;
 - ``decide``: :meth:`Gate.decide` on the parsed requests (evaluation, history, approvals,
@@ -151,7 +152,7 @@ def gate_section(args: argparse.Namespace) -> dict[str, Any]:
 
         def parse_all(texts: list[bytes] = texts) -> None:
             for text in texts:
-                GateRequest.model_validate_json(text)
+                GateRequest.model_validate_json(text, strict=True)
 
         def evaluate_all(parsed: Sequence[GateRequest] = parsed) -> None:
             for r in parsed:
