@@ -8,7 +8,9 @@ Appenders never fork the chain. Each append first writes the site's row in ``led
 no-op update) and only then reads the head: that write is a row lock on PostgreSQL and the
 database write lock on SQLite, held to the end of the transaction, so a second appender waits
 and then reads the head the first one left. ``(site, seq)`` is the primary key besides, so a
-writer that bypassed the lock could not slip a second entry in at the same place.
+writer that bypassed the lock could not slip a second entry in at the same place. (On SQLite the
+catalogue's connections begin a transaction at its first write, so reads a caller made earlier
+in its transaction hold no snapshot that the lock could find stale.)
 
 The head row also lets ``verify`` see a truncated tail: the chain must end where the head says.
 """
