@@ -156,8 +156,8 @@ def deidentify_site(
             on_vehicle(n, len(by_vehicle))
     site.catalogue.replace_deidentified(profile.name, records)
     referenced = {r.path for r in records}
-    for record in records:
-        frames_detail = orjson.loads(record.detail).get("frames")
+    for output in records:
+        frames_detail = orjson.loads(output.detail).get("frames")
         if frames_detail is not None:
             referenced.add(frames_detail["path"])
     _collect_garbage(site, profile.name, referenced)

@@ -261,7 +261,9 @@ def deidentify_frames(
             pa.array([output_id] * len(order), pa.string()),
             pa.array([cameras[i] for i in order], pa.string()),
             pa.array(t, pa.float64()),
-            pa.array(["jpeg" if mask is not None else str(frames["format"][i].as_py()) for i in order]),
+            pa.array(
+                ["jpeg" if mask is not None else str(frames["format"][i].as_py()) for i in order]
+            ),
             pa.array([out[i] for i in order], pa.binary()),
         ],
         schema=LOCAL_FRAMES_SCHEMA,
