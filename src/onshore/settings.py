@@ -35,6 +35,8 @@ CONFIG_NAME: Final = "onshore.toml"
 
 Jurisdiction = Literal["CN", "EU", "US"]
 SiteId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
+Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+"""An ISO 3166-1 alpha-2 country code."""
 
 
 class _Model(BaseModel):
@@ -77,6 +79,13 @@ class SiteSettings(_Model):
     """Whose law governs the data recorded here: ``CN``, ``EU`` or ``US``."""
     entity: str = Field(min_length=1)
     """The legal entity operating the site (the data handler in that jurisdiction)."""
+    country: Country | None = None
+    """Where the entity and the data centre are; defaults to the jurisdiction where that is a
+    country (``CN``, ``US``); a site under EU law names its member state, else the gate sees
+    ``EU``."""
+    linked_to: list[Country] = Field(default_factory=list)
+    """Countries the entity is linked to (owners, headquarters, control): the gate checks them
+    when this site receives data, e.g. against the US rule on covered persons."""
     store: str
     """fsspec URL of the site's object store, or a folder (relative to the project)."""
     catalogue: str
@@ -85,6 +94,11 @@ class SiteSettings(_Model):
     """Folder holding the site's Ed25519 key and HMAC secret (owner-only permissions)."""
     compute: ComputeProfile = ComputeProfile()
     fleet: FleetSettings = FleetSettings()
+
+    @property
+    def location(self) -> str:
+        """The country where the site is: ``country``, else the jurisdiction itself."""
+        return self.country or self.jurisdiction
 
     @property
     def region_profile(self) -> Literal["cn", "eu", "us"]:

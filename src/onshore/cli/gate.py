@@ -36,10 +36,13 @@ from onshore.gate import (
     approval_status,
     parse_request,
 )
+from onshore.ledger import Ledger
 from onshore.rulebook import Rulebooks, builtin_rulebooks
 from onshore.rulebook.loader import project_rulebooks
 from onshore.settings import Project, load_project
 from onshore.store.catalogue import Catalogue
+from onshore.transfer import ledger_history
+from onshore.transfer.approvals import add_approval, revoke_approval
 
 __all__ = ["approvals_app", "gate_app"]
 
@@ -76,13 +79,8 @@ def _registry(project: Project, site_id: str, rulebooks: Rulebooks) -> ApprovalR
 
 def _site_gate(project: Project, site_id: str, request: GateRequest) -> Gate:
     """The gate as ``site_id`` runs it: the project's rulebooks and, unless the request brings
-    its own, the approvals in the site's registry.
-
-    Earlier transfers come from the request's ``history`` only. The seam for the site's ledger
-    is :class:`Gate`'s ``history`` argument: give it the ledger's
-    :data:`~onshore.gate.HistoryProvider` here, and a request without ``history`` is counted
-    against the site's recorded transfers.
-    """
+    its own, the approvals in the site's registry; a request without ``history`` is counted
+    against the transfers out of the site that its ledger records."""
     site = project.site(site_id)
     rulebooks = project_rulebooks(project)
     try:
@@ -95,14 +93,16 @@ def _site_gate(project: Project, site_id: str, request: GateRequest) -> Gate:
             f"{site_id} ({site.jurisdiction})",
             hint="check a transfer at the site its data comes from",
         )
-    approvals = request.approvals
-    if approvals is None:
-        registry = _registry(project, site_id, rulebooks)
-        try:
+    registry = _registry(project, site_id, rulebooks)
+    try:
+        approvals = request.approvals
+        if approvals is None:
             approvals = tuple(registry.approvals())
-        finally:
-            registry.catalogue.close()
-    return Gate(rulebooks, approvals)
+        # Read once, now: the catalogue closes before the gate decides.
+        history = ledger_history(Ledger.open(registry.catalogue))(request, date.min)
+    finally:
+        registry.catalogue.close()
+    return Gate(rulebooks, approvals, history=lambda _request, _since: history)
 
 
 def _rulebooks(project: Path | None) -> Rulebooks:
@@ -265,15 +265,10 @@ def add(
             "reference": reference,
         }
     )
-    registry = _registry(proj, site, rulebooks)
-    try:
-        # One transaction per change: the ledger entry recording it belongs in it too.
-        with registry.catalogue.transaction() as conn:
-            stored = registry.add(approval, conn=conn)
-    finally:
-        registry.catalogue.close()
+    # One transaction: the approval and the ledger entry recording it.
+    stored, seq = add_approval(proj, site, approval)
     status = approval_status(stored, rulebooks, on)
-    data = {"site": site, "as_of": on.isoformat(), "approval": status.as_dict()}
+    data = {"site": site, "as_of": on.isoformat(), "approval": status.as_dict(), "ledger_seq": seq}
 
     def render(d: dict[str, Any]) -> None:
         a = d["approval"]
@@ -325,13 +320,8 @@ def revoke(
 ) -> None:
     """Revoke an approval: it stays on file, for the record, and covers nothing any more."""
     proj = load_project(project)
-    registry = _registry(proj, site, project_rulebooks(proj))
-    try:
-        with registry.catalogue.transaction() as conn:
-            revoked = registry.revoke(approval_id, reason, conn=conn)
-    finally:
-        registry.catalogue.close()
-    data = {"site": site, "approval": revoked.model_dump(mode="json")}
+    revoked, seq = revoke_approval(proj, site, approval_id, reason)
+    data = {"site": site, "approval": revoked.model_dump(mode="json"), "ledger_seq": seq}
 
     def render(d: dict[str, Any]) -> None:
         a = d["approval"]

@@ -35,6 +35,7 @@ fleet = { fleet_share = 0.3, no_consent_share = 0.15 }
 [sites.eu-frankfurt]
 jurisdiction = "EU"
 entity = "Onshore Mobility Europe GmbH"
+country = "DE"
 store = "sites/eu-frankfurt/store"
 catalogue = "sqlite:///sites/eu-frankfurt/store/catalogue.sqlite"
 keystore = "keys/eu-frankfurt"

@@ -29,6 +29,7 @@ __all__ = [
     "CLIPS_DIR",
     "FRAMES_DIR",
     "QUARANTINE_DIR",
+    "RECEIVED_DIR",
     "STAGING_DIR",
     "ZONES_PATH",
     "ObjectStore",
@@ -40,6 +41,10 @@ CLIPS_DIR: Final = "clips"
 FRAMES_DIR: Final = "frames"
 """Camera frames of clips, one Parquet object per clip, beside the clips."""
 QUARANTINE_DIR: Final = "quarantine"
+RECEIVED_DIR: Final = "received"
+"""Where a site keeps what it received from other sites. Nothing but :meth:`ObjectStore.receive`
+writes there, and nothing but :mod:`onshore.transfer` calls it (a test reads the source tree to
+hold that), so every byte that crossed from another site came through the gate."""
 STAGING_DIR: Final = ".staging"
 ZONES_PATH: Final = "reference/sensitive_areas.geojson"
 """Where a site keeps the GeoJSON of its sensitive areas (military, government zones)."""
@@ -104,7 +109,29 @@ class ObjectStore:
         """Write several objects as :meth:`put` does, each given as bytes or as a local file to
         copy (streamed, never read whole). On a local disk each folder they land in is synced
         once for the lot rather than once per object. When this returns, every object is
-        durable. An error reading a source file is raised as it is (``OSError``)."""
+        durable. An error reading a source file is raised as it is (``OSError``).
+
+        Refuses paths under :data:`RECEIVED_DIR`: data from another site arrives only through
+        :meth:`receive`.
+        """
+        for path, _ in items:
+            if _received(path):
+                raise StoreError(
+                    f"{path}: only a transfer through the gate writes under {RECEIVED_DIR}/",
+                    hint="move data between sites with 'onshore transfer'",
+                )
+        return self._put_many(items)
+
+    def receive(self, items: Sequence[tuple[str, bytes]]) -> list[StoredObject]:
+        """Write objects another site sent, under :data:`RECEIVED_DIR`, as :meth:`put_many`
+        writes. Only :mod:`onshore.transfer` calls this, after the gate allowed the transfer
+        and the sending site recorded it in its ledger."""
+        for path, _ in items:
+            if not _received(path):
+                raise StoreError(f"{path}: received data must go under {RECEIVED_DIR}/")
+        return self._put_many(list(items))
+
+    def _put_many(self, items: Sequence[tuple[str, bytes | Path]]) -> list[StoredObject]:
         stored, folders = [], set()
         for path, content in items:
             size = len(content) if isinstance(content, bytes) else content.stat().st_size
@@ -245,6 +272,15 @@ class ObjectStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._abs(path))
         return len(leftovers)
+
+
+def _received(path: str) -> bool:
+    """Whether ``path`` lies under :data:`RECEIVED_DIR`; refuses a path that climbs (``..``),
+    which could reach there, or out of the store, from anywhere."""
+    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise StoreError(f"{path}: store paths may not contain '..'")
+    return bool(parts) and parts[0] == RECEIVED_DIR
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:
