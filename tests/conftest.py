@@ -36,9 +36,11 @@ def make_clip(
     time_us = t0 + np.arange(steps, dtype=np.int64) * 100_000
     speed = 12 + np.cumsum(rng.normal(0, 0.05, steps))
     heading = (45 + np.cumsum(rng.normal(0, 0.2, steps))) % 360
-    dist = np.cumsum(speed * 0.1)
-    lat = lat0 + dist * np.cos(np.radians(heading)) / 111_320
-    lon = lon0 + dist * np.sin(np.radians(heading)) / (111_320 * np.cos(np.radians(lat0)))
+    # Integrate each step along its own heading, so long clips curve without jumping.
+    north = np.cumsum(speed * 0.1 * np.cos(np.radians(heading)))
+    east = np.cumsum(speed * 0.1 * np.sin(np.radians(heading)))
+    lat = lat0 + north / 111_320
+    lon = lon0 + east / (111_320 * np.cos(np.radians(lat0)))
     objects = [
         [
             {"track_id": 1, "class": "car", "x": 20.0 - i * 0.05, "y": 0.2, "vx": -0.5, "vy": 0.0},
