@@ -20,7 +20,7 @@ Figures, best of ``--repeat`` passes, one process:
 
 The ratios say what the gate costs over its references. ``main`` runs a list of sections, each
 a function returning its figures; other parts of the gate (the ledger's appends and
-verifications) add their own.
+verifications, from bench/ledger.py) add their own.
 
     .venv/bin/python bench/gate.py [--requests 2000] [--repeat 5] [--json]
 """
@@ -184,8 +184,20 @@ def gate_section(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-SECTIONS: dict[str, Section] = {"gate": gate_section}
-"""Each section's figures under its name; the ledger's appends and verifications go here too."""
+def ledger_section(args: argparse.Namespace) -> dict[str, Any]:
+    """Signed appends and verified entries per second, against a bare SHA-256 + Ed25519 loop
+    over the same payloads (see bench/ledger.py)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from ledger import measure  # bench/ledger.py
+
+    return measure(args.entries, repeat=min(args.repeat, 3))
+
+
+SECTIONS: dict[str, Section] = {"gate": gate_section, "ledger": ledger_section}
+"""Each section's figures under its name."""
 
 
 def render_gate(figures: dict[str, Any]) -> None:
@@ -204,7 +216,23 @@ def render_gate(figures: dict[str, Any]) -> None:
         print(f"  gate end to end (JSON in, decision out)   {f['end_to_end_per_s']:10,}/s")
 
 
-RENDER: dict[str, Callable[[dict[str, Any]], None]] = {"gate": render_gate}
+def render_ledger(figures: dict[str, Any]) -> None:
+    a, v = figures["append"], figures["verify"]
+    print(f"ledger, {figures['entries']:,} entries of ~{figures['payload_bytes']} payload bytes")
+    print(f"  reference: SHA-256 + Ed25519 sign         {a['reference_sign_per_s']:10,}/s")
+    print(
+        f"  signed appends                            {a['per_s']:10,}/s   ratio {a['ratio']:.2f}"
+    )
+    print(f"  reference: SHA-256 + Ed25519 verify       {v['reference_verify_per_s']:10,}/s")
+    print(
+        f"  verified entries                          {v['per_s']:10,}/s   ratio {v['ratio']:.2f}"
+    )
+
+
+RENDER: dict[str, Callable[[dict[str, Any]], None]] = {
+    "gate": render_gate,
+    "ledger": render_ledger,
+}
 
 
 def main() -> None:
@@ -212,6 +240,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--entries", type=int, default=20_000, help="ledger entries per run")
     parser.add_argument("--only", choices=sorted(SECTIONS), action="append")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -75,6 +75,29 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert all(states[(site, "export")] == "anonymized" for site in CITY)
     assert all(all(c["held"] for c in d["checks"]) for d in first["deidentify"])
 
+    _check_gate_story(first)
+
     again = _demo(folder)
     assert again["inventory"] == first["inventory"], "a rerun stores nothing twice"
     assert all(r["clips"] == 0 for r in again["ingest"])
+    assert all(v["ok"] for v in again["ledgers"]), "every ledger verifies after a rerun"
+
+
+def _check_gate_story(result: dict) -> None:  # type: ignore[type-arg]
+    """The gate's part: raw Chinese clips refused with the rule that refuses them, an approval
+    on file, and what it then lets through; every decision in both ledgers."""
+    steps = result["transfers"]
+    raw = steps[0]
+    assert (raw["from"], raw["to"], raw["dataset"]["source"]) == ("cn-shanghai", "us-oregon", "raw")
+    assert raw["status"] == "denied" and "cn_security_assessment" in raw["decision"]["mechanisms"]
+    assert any("cn.order7" in reason for reason in raw["decision"]["reasons"])
+    assert steps[1]["status"] == "denied"  # the approval does not cover raw clips
+    for step in steps:
+        assert set(step["ledger"]) >= {step["from"], step["to"]}
+    exported = [
+        s for s in steps if s["from"] == "cn-shanghai" and s["dataset"]["source"] == "export"
+    ]
+    for step in exported:
+        assert step["status"] == "transferred"
+        assert step["decision"]["approval"]["id"] == "CAC-DEMO-2026-001"
+    assert all(v["ok"] for v in result["ledgers"])

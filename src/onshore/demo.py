@@ -2,26 +2,34 @@
 
 Creates a project with three sites (local folders, SQLite catalogues), simulates a fleet in each
 site's region with SUMO, ingests each fleet into its own site, classifies every clip and
-de-identifies the site's clips under the ``training`` and ``export`` profiles, and returns what
-each stage found and removed, with the inventories.
+de-identifies the site's clips under the ``training`` and ``export`` profiles; then tries the
+gate: raw Chinese clips to the US site are refused with the rule and the count, an approval is
+put on file, and what it then lets through (and what it still does not) is shown; every ledger
+is verified at the end. Returns what each stage found, removed and decided.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from onshore.classify import classify_site
 from onshore.deidentify import deidentify_site, resolve_profile
+from onshore.errors import ConfigError, InvalidApproval
 from onshore.fleet import simulate_site
+from onshore.gate import Approval
+from onshore.ledger import verify_site
 from onshore.rulebook.loader import project_rulebooks
-from onshore.settings import CONFIG_NAME, load_project
+from onshore.settings import CONFIG_NAME, Project, load_project
 from onshore.sites import init_project
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
 from onshore.store.ingest import ingest
+from onshore.transfer import transfer
+from onshore.transfer.approvals import add_approval
 
 __all__ = ["run_demo"]
 
@@ -63,11 +71,65 @@ def run_demo(
                 profile = resolve_profile(name, project.settings.deidentify_profiles)
                 deidentified.append(deidentify_site(opened, profile, secret=secret))
             inventories.append(opened.catalogue.inventory())
+    transfers = _gate(project, say)
+    say("verifying every site's ledger")
+    ledgers = [verify_site(project, site_id).as_dict() for site_id in project.settings.sites]
     return {
         "project": str(project.root),
         "ingest": ingests,
         "classify": classified,
         "deidentify": deidentified,
         "inventory": inventories,
+        "transfers": transfers,
+        "ledgers": ledgers,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+_CN, _US, _EU = "cn-shanghai", "us-oregon", "eu-frankfurt"
+_PURPOSE = "adas_training"
+
+
+def _gate(project: Project, say: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The gate's part of the story, on the three-regions sites: what it refuses, what an
+    approval changes, and what it still refuses."""
+    sites = project.settings.sites
+    if not {_CN, _US, _EU} <= set(sites):
+        say("the gate's story needs the three-regions sites; skipped")
+        return []
+    today = datetime.now(UTC).date()
+    steps: list[dict[str, Any]] = []
+
+    def attempt(origin: str, destination: str, dataset: str, note: str) -> None:
+        say(f"transfer {dataset} {origin} -> {destination}: {note}")
+        try:
+            report = transfer(project, origin, destination, dataset, _PURPOSE, day=today)
+        except ConfigError as exc:  # e.g. a tiny fleet whose export kept no clip
+            say(f"skipped: {exc}")
+            return
+        steps.append({"note": note, **report.as_dict()})
+
+    attempt(_CN, _US, "raw", "raw Chinese clips to the US, no approval on file")
+    say(f"{_CN}: putting a CAC security assessment on file for de-identified training data")
+    approval = Approval.model_validate(
+        {
+            "id": "CAC-DEMO-2026-001",
+            "type": "cn_security_assessment",
+            "origin": "CN",
+            "recipient": sites[_US].entity,
+            "categories": ["anonymized_motion", "outside_video_masked"],
+            "purposes": [_PURPOSE],
+            "max_subjects": 100_000,
+            "valid_from": date(today.year, 1, 1),
+            "reference": "CAC-SA-2026-0417 (demo)",
+        }
+    )
+    try:
+        add_approval(project, _CN, approval)
+    except InvalidApproval:
+        say("(already on file from an earlier run)")
+    attempt(_CN, _US, "raw", "raw clips again: the approval does not cover them")
+    attempt(_CN, _US, "export", "the anonymised export: covered by the approval")
+    attempt(_EU, _US, "export", "anonymised European data: no longer personal data")
+    attempt(_EU, _US, "training", "pseudonymised European data: personal data, no SCC on file")
+    return steps

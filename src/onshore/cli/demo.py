@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from onshore.cli.output import JsonOption, console, emit, err_console
@@ -36,6 +37,17 @@ def demo(
         console.print(inventory_table(d["inventory"]))
         console.print(_found_table(d["classify"]))
         console.print(_removed_table(d["deidentify"]))
+        if d["transfers"]:
+            console.print(_gate_table(d["transfers"]))
+            _print_denials(d["transfers"])
+        console.print(
+            "Ledgers: "
+            + "; ".join(
+                f"{v['site']} {'verified' if v['ok'] else '[red]NOT verified[/]'} "
+                f"({v['entries']} entries, {v['peer_heads']} heads of other sites)"
+                for v in d["ledgers"]
+            )
+        )
         console.print(f"Project: {d['project']}  ({d['seconds']:.0f} s)")
         console.print(f"Next: onshore inventory --project {d['project']} --site cn-shanghai")
 
@@ -87,6 +99,45 @@ def _removed_table(rows: list[dict[str, Any]]) -> Table:
             f"{held}/{len(d['checks'])}",
         )
     return table
+
+
+def _gate_table(steps: list[dict[str, Any]]) -> Table:
+    table = Table("transfer", "holds", "decision", title="The gate")
+    for step in steps:
+        decision = step["decision"]
+        items = ", ".join(
+            f"{i['category']} ({i['subjects']:,}, {i['deid_state']})"
+            for i in step["dataset"]["data"]
+        )
+        if step["allowed"]:
+            how = (
+                f"under {decision['approval']['id']}"
+                if decision["approval"]
+                else "exempt"
+                if decision["exempt"]
+                else ""
+            )
+            verdict = f"[green]allowed[/] {how}; {step['status'].replace('_', ' ')}"
+        elif decision["prohibited"]:
+            verdict = "[red]prohibited[/]"
+        else:
+            verdict = f"[red]denied[/]; needs {' or '.join(decision['mechanisms']) or 'a rule'}"
+        table.add_row(
+            f"{step['from']} -> {step['to']}: {step['dataset']['dataset']}\n"
+            f"[dim]{escape(step['note'])}[/]",
+            items,
+            verdict,
+        )
+    return table
+
+
+def _print_denials(steps: list[dict[str, Any]]) -> None:
+    for step in steps:
+        if step["allowed"]:
+            continue
+        console.print(f"[bold]Why not[/] ({escape(step['note'])}):")
+        for reason in step["decision"]["reasons"][:2]:
+            console.print(f"  - {escape(reason)}")
 
 
 def register(app: typer.Typer) -> None:
