@@ -725,7 +725,7 @@ def _open(project: Project, site: str) -> tuple[SiteStore, Ledger]:
 
 def _receive(store: SiteStore, ledger: Ledger, name: str, data: bytes) -> str:
     path = f"{RECEIVED_DIR}/{name}"
-    store.objects.put(path, data)
+    store.objects.receive([(path, data)])
     ledger.append("transfer_in", {"objects": [{"path": path, "sha256": sha256(data)}]})
     return path
 
@@ -744,7 +744,7 @@ def test_store_and_ledger_agree(project: Project) -> None:
         assert report.peers == ("cn-shanghai", "eu-frankfurt")
 
         # Something lands under received/ without an entry.
-        store.objects.put(f"{RECEIVED_DIR}/cn-shanghai/b.parquet", b"clip b")
+        store.objects.receive([(f"{RECEIVED_DIR}/cn-shanghai/b.parquet", b"clip b")])
         # A received object is changed, and a listed one disappears.
         _overwrite(store.objects, path, b"clip A")
         store.objects.delete(own.path)
@@ -774,7 +774,10 @@ def test_transfer_in_must_list_received_paths(project: Project) -> None:
 
 def _overwrite(objects: ObjectStore, path: str, data: bytes) -> None:
     objects.delete(path)
-    objects.put(path, data)
+    if path.startswith(f"{RECEIVED_DIR}/"):
+        objects.receive([(path, data)])
+    else:
+        objects.put(path, data)
 
 
 # -- the command line -----------------------------------------------------------------------
@@ -809,7 +812,7 @@ def test_cli_show_and_verify(project: Project) -> None:
     assert checked.exit_code == 0, checked.output
     assert json.loads(checked.stdout)["ok"] is True
 
-    us.objects.put(f"{RECEIVED_DIR}/stray", b"?")
+    us.objects.receive([(f"{RECEIVED_DIR}/stray", b"?")])
     failed = runner.invoke(app, ["ledger", "verify", "--site", "us-oregon", *base])
     assert failed.exit_code == LedgerTampered.exit_code
     report = json.loads(failed.stdout)

@@ -330,3 +330,29 @@ def test_a_transfer_killed_anywhere_completes_once_on_rerun(
         assert len(received) == len(set(received)) > 0
         _reset(project)
         add_approval(project, CN, _approval())
+
+
+def test_the_origin_may_replace_what_it_sent(stocked: Project) -> None:
+    """Regression: re-de-identifying after a transfer replaces the outputs that were sent; the
+    origin's ledger vouches for what left, not for keeping it, so it still verifies."""
+    add_approval(stocked, CN, _approval())
+    sent = transfer(stocked, CN, US, "export", "adas_training", day=DAY)
+    assert sent.status == "transferred"
+    changed = resolve_profile(
+        "export",
+        {
+            "export": [
+                {"name": "drop_id"},
+                {"name": "drop_zones", "buffer_m": 80},
+                {"name": "trim_ends", "metres": 600},
+                {"name": "to_local"},
+                {"name": "mask_frames"},
+            ]
+        },
+    )
+    with SiteStore.open(stocked, CN) as site:
+        secret = load_keystore(stocked.keystore_path(stocked.site(CN))).hmac_secret
+        deidentify_site(site, changed, secret=secret)
+        left = {o["path"] for o in _entries(stocked, CN, "transfer_out")[0]["sent"]}  # type: ignore[index, union-attr]
+        assert not any(site.objects.exists(p) for p in left)
+    _verified(stocked)

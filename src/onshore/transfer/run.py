@@ -6,8 +6,8 @@ The order is what makes a transfer safe to kill at any point and rerun:
    earlier transfers from its ledger;
 2. denied: a ``gate_decision`` entry at both sites, each recording the other's head; nothing
    moves;
-3. allowed: the origin appends ``transfer_out`` (the decision, the objects by hash, the
-   destination's head) *before* a byte leaves;
+3. allowed: the origin appends ``transfer_out`` (the decision, what is sent by path and hash,
+   the destination's head) *before* a byte leaves;
 4. the objects are copied into the destination's store under ``received/<origin>/``
    (content-addressed, atomic, durable; a rerun finds them there and writes nothing);
 5. one transaction at the destination registers them and appends ``transfer_in`` (the
@@ -238,9 +238,11 @@ def transfer(
             return report
         sent = _find(out_ledger, "transfer_out", transfer_id)
         if sent is None:
+            # "sent", not "objects": the origin vouches for what left, by hash, not for keeping
+            # it; the destination's transfer_in vouches for the copies it holds.
             objects = [{"path": o.path, "sha256": o.sha256} for o in found.objects]
             sent = out_ledger.append(
-                "transfer_out", {**facts, "objects": objects}, peer_heads=_heads(in_ledger.head())
+                "transfer_out", {**facts, "sent": objects}, peer_heads=_heads(in_ledger.head())
             )
         report.ledger[origin_id] = sent.seq
         origin_head = out_ledger.head()
