@@ -356,3 +356,35 @@ def test_the_origin_may_replace_what_it_sent(stocked: Project) -> None:
         left = {o["path"] for o in _entries(stocked, CN, "transfer_out")[0]["sent"]}  # type: ignore[index, union-attr]
         assert not any(site.objects.exists(p) for p in left)
     _verified(stocked)
+
+
+def test_gate_check_at_a_site_counts_its_ledger(stocked: Project, tmp_path: Path) -> None:
+    """`gate check --site` without a history in the request counts what the site's ledger
+    says already left: the second half of a split transfer is over the approval's scale."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from onshore.cli.app import app
+
+    add_approval(stocked, CN, _approval(max_subjects=3))
+    first = transfer(
+        stocked, CN, US, "export:clips=test-00000+test-00001", "adas_training", day=DAY
+    )
+    assert first.status == "transferred"
+    request = {
+        "origin": "CN",
+        "destination": "US",
+        "recipient": {"name": "Onshore Mobility Inc.", "country": "US"},
+        "purpose": "adas_training",
+        "date": DAY.isoformat(),
+        "data": [{"category": "anonymized_motion", "subjects": 2, "deid_state": "anonymized"}],
+    }
+    alone, counted = tmp_path / "alone.json", tmp_path / "counted.json"
+    alone.write_text(json.dumps({**request, "history": []}))  # an explicit, empty history
+    counted.write_text(json.dumps(request))
+    base = ["gate", "check", "--project", str(stocked.root), "--site", CN, "--json"]
+    result = CliRunner().invoke(app, [*base, str(alone)])
+    assert result.exit_code == 0, result.stdout  # 2 subjects alone fit the scale of 3
+    result = CliRunner().invoke(app, [*base, str(counted)])
+    assert result.exit_code == 10, result.stdout  # with the 2 already sent: 4 > 3
