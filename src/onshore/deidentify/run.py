@@ -115,12 +115,7 @@ def deidentify_site(
             )
         facts.update(state=state, checks=[c.as_dict() for c in checks])
         table = out.table.replace_schema_metadata({DEID_KEY: orjson.dumps(facts)})
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
-        data = sink.getvalue().to_pybytes()
-        digest = sha256(data)
-        path = f"{OUTPUT_DIR}/{profile.name}/{digest[:2]}/{digest}.parquet"
-        site.objects.put(path, data)
+        path, digest = _put_parquet(site, f"{OUTPUT_DIR}/{profile.name}", table, "zstd")
         states.append(state)
         for check in checks:
             # The summary shows a failing check if there is one, else the largest output's.
@@ -224,13 +219,22 @@ def _store_frames(
         return None
     meta = orjson.dumps({"profile": profile.name, "vehicle": vehicle})
     table = pa.concat_tables(tables).replace_schema_metadata({DEID_KEY: meta})
+    # JPEG bytes do not compress further.
+    path, digest = _put_parquet(site, f"{OUTPUT_DIR}/{profile.name}/frames", table, "none")
+    return {"path": path, "sha256": digest, "frames": table.num_rows}
+
+
+def _put_parquet(
+    site: SiteStore, folder: str, table: pa.Table, compression: str
+) -> tuple[str, str]:
+    """Store ``table`` as Parquet named by its hash under ``folder``; its path and hash."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="none")
+    pq.write_table(table, sink, compression=compression)
     data = sink.getvalue().to_pybytes()
     digest = sha256(data)
-    path = f"{OUTPUT_DIR}/{profile.name}/frames/{digest[:2]}/{digest}.parquet"
+    path = f"{folder}/{digest[:2]}/{digest}.parquet"
     site.objects.put(path, data)
-    return {"path": path, "sha256": digest, "frames": table.num_rows}
+    return path, digest
 
 
 def _frames_detail(

@@ -3,6 +3,12 @@ on the record, in the same transaction as the change."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
 from onshore.gate import Approval, ApprovalRegistry
 from onshore.ledger import Ledger
 from onshore.rulebook.loader import project_rulebooks
@@ -13,9 +19,11 @@ from onshore.store.site import SiteStore
 __all__ = ["add_approval", "revoke_approval"]
 
 
-def add_approval(project: Project, site_id: str, approval: Approval) -> tuple[Approval, int]:
-    """Put ``approval`` on file at ``site_id`` and append ``approval_added`` to its ledger, in
-    one transaction; returns the stored approval and the entry's sequence number."""
+@contextmanager
+def _recorded(
+    project: Project, site_id: str
+) -> Iterator[tuple[ApprovalRegistry, Ledger, Connection]]:
+    """The site's registry and ledger, and one transaction for a change and its entry."""
     site = project.site(site_id)
     keys = load_keystore(project.keystore_path(site))
     with SiteStore.open(project, site_id) as store:
@@ -24,10 +32,16 @@ def add_approval(project: Project, site_id: str, approval: Approval) -> tuple[Ap
         )
         ledger = Ledger.open(store.catalogue, keys)
         with store.catalogue.transaction() as conn:
-            stored = registry.add(approval, conn=conn)
-            entry = ledger.append(
-                "approval_added", {"approval": stored.model_dump(mode="json")}, conn=conn
-            )
+            yield registry, ledger, conn
+
+
+def add_approval(project: Project, site_id: str, approval: Approval) -> tuple[Approval, int]:
+    """Put ``approval`` on file at ``site_id`` and append ``approval_added`` to its ledger, in
+    one transaction; returns the stored approval and the entry's sequence number."""
+    with _recorded(project, site_id) as (registry, ledger, conn):
+        stored = registry.add(approval, conn=conn)
+        payload: dict[str, Any] = {"approval": stored.model_dump(mode="json")}
+        entry = ledger.append("approval_added", payload, conn=conn)
     return stored, entry.seq
 
 
@@ -35,18 +49,8 @@ def revoke_approval(
     project: Project, site_id: str, approval_id: str, reason: str
 ) -> tuple[Approval, int]:
     """Revoke an approval at ``site_id`` and append ``approval_revoked``, in one transaction."""
-    site = project.site(site_id)
-    keys = load_keystore(project.keystore_path(site))
-    with SiteStore.open(project, site_id) as store:
-        registry = ApprovalRegistry(
-            store.catalogue, project_rulebooks(project), jurisdiction=site.jurisdiction
-        )
-        ledger = Ledger.open(store.catalogue, keys)
-        with store.catalogue.transaction() as conn:
-            revoked = registry.revoke(approval_id, reason, conn=conn)
-            entry = ledger.append(
-                "approval_revoked",
-                {"approval": approval_id, "reason": reason, "type": revoked.type},
-                conn=conn,
-            )
+    with _recorded(project, site_id) as (registry, ledger, conn):
+        revoked = registry.revoke(approval_id, reason, conn=conn)
+        payload = {"approval": approval_id, "reason": reason, "type": revoked.type}
+        entry = ledger.append("approval_revoked", payload, conn=conn)
     return revoked, entry.seq
