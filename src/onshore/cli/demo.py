@@ -73,30 +73,24 @@ def _found_table(rows: list[dict[str, Any]]) -> Table:
 
 def _removed_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(
-        "site / profile",
-        "clips",
-        "rows kept",
-        "rows in zones",
-        "rows at trip ends",
-        "frames kept",
-        "masked faces, plates",
-        "state",
-        "checks",
         title="De-identified in each site's own store",
+        caption="kept of the raw clips, rows and frames; rows removed in sensitive areas and "
+        "at trip ends; faces and plates masked; the state and how many checks held",
     )
+    for header in ("site, profile", "clips", "rows", "zones+ends", "frames", "masked", "state"):
+        table.add_column(header, no_wrap=True)
     for d in rows:
         held = sum(c["held"] for c in d["checks"])
         frames = d["frames"]
+        removed = d["removed"]
         table.add_row(
-            f"{d['site']} / {d['profile']}",
+            f"{d['site']} {d['profile']}",
             f"{d['clips']}/{d['clips_in']}",
             f"{d['rows'] / max(d['rows_in'], 1):.0%}",
-            f"{d['removed'].get('drop_zones', 0):,}",
-            f"{d['removed'].get('trim_ends', 0):,}",
+            f"{removed.get('drop_zones', 0):,} + {removed.get('trim_ends', 0):,}",
             f"{frames['kept']}/{frames['in']}",
-            f"{frames['faces_masked']}, {frames['plates_masked']}",
-            d["state"],
-            f"{held}/{len(d['checks'])}",
+            f"{frames['faces_masked']} f, {frames['plates_masked']} p",
+            f"{d['state']} {held}/{len(d['checks'])}",
         )
     return table
 
