@@ -388,3 +388,28 @@ def test_gate_check_at_a_site_counts_its_ledger(stocked: Project, tmp_path: Path
     assert result.exit_code == 0, result.stdout  # 2 subjects alone fit the scale of 3
     result = CliRunner().invoke(app, [*base, str(counted)])
     assert result.exit_code == 10, result.stdout  # with the 2 already sent: 4 > 3
+
+
+def test_a_selection_sends_exactly_its_clips_unlinkable_to_other_profiles(
+    stocked: Project,
+) -> None:
+    """Regression: outputs were one object per vehicle, so a filtered selection sent the
+    vehicle's other clips too, and export and training shared clip pseudonyms."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with SiteStore.open(stocked, CN) as site:
+        secret = load_keystore(stocked.keystore_path(stocked.site(CN))).hmac_secret
+        deidentify_site(site, resolve_profile("training", {}), secret=secret)
+        ids = {
+            profile: {r.clip_id: r.output_id for r in site.catalogue.deidentified(profile)}
+            for profile in ("training", "export")
+        }
+    assert ids["training"] and not set(ids["training"].values()) & set(ids["export"].values())
+    add_approval(stocked, CN, _approval())
+    sent = transfer(stocked, CN, US, "export:clips=test-00001", "adas_training", day=DAY)
+    assert sent.status == "transferred" and sent.dataset["clips"] == 1
+    (path,) = _received(stocked, US)
+    with SiteStore.open(stocked, US) as site:
+        table = pq.read_table(pa.BufferReader(site.objects.read(path)))
+    assert set(table["clip"].to_pylist()) == {ids["export"]["test-00001"]}

@@ -78,75 +78,77 @@ def deidentify_site(
         out = deidentify_vehicle(clips, profile, secret=secret.reveal(), zones=zones)
         for name, count in out.removed.items():
             removed[name] += count
-        kept = [c for c in out.clips if c["rows"]]
-        video = _frames(site, profile, out.clips, frames_of)
-        frames_object = _store_frames(site, profile, out.vehicle, video)
-        frames.add(video)
-        facts: dict[str, Any] = {
-            "profile": profile.name,
-            "vehicle": out.vehicle,
-            "transforms": [step.as_dict() for step in profile.ordered()],
-            "removed": out.removed,
-            "clips": {
-                c["output_id"]: {
-                    "rows": c["rows"],
-                    "consent_training": c["consent_training"],
-                    **_public_meta(clips, c["clip_id"]),
-                }
-                for c in kept
-            },
-        }
-        if frames_object is not None:
-            facts["frames"] = frames_object
-        checks = run_checks(
-            out.table,
-            orjson.dumps(facts),
-            raw_vins=raw_vins,
-            zones=zones,
-            frames=_frames_check(profile, video),
-        )
-        state = state_of(checks, identifier_left=out.vehicle is not None)
-        failed = [c for c in checks if not c.held and _promised(c.name, profile)]
-        if failed:
-            raise DeidentifyError(
-                f"site {site.site}, profile {profile.name}: the output for one vehicle fails "
-                + "; ".join(f"{c.name} ({c.detail})" for c in failed),
-                hint="nothing of that vehicle was stored; report this as a bug",
-            )
-        facts.update(state=state, checks=[c.as_dict() for c in checks])
-        table = out.table.replace_schema_metadata({DEID_KEY: orjson.dumps(facts)})
-        path, digest = _put_parquet(site, f"{OUTPUT_DIR}/{profile.name}", table, "zstd")
-        states.append(state)
-        for check in checks:
-            # The summary shows a failing check if there is one, else the largest output's.
-            best = worst.get(check.name)
-            if best is None or (best[0].held and (not check.held or out.table.num_rows > best[1])):
-                worst[check.name] = (check, out.table.num_rows)
+        video = {v.table_id: v for v in _frames(site, profile, out.clips, frames_of)}
+        frames.add(list(video.values()))
         by_id = {r.clip_id: r for r in clip_records}
         for c in out.clips:
             rows_in += c["rows_in"]
             rows_out += c["rows"]
-            if c["rows"]:
-                records.append(
-                    DeidentifiedRecord(
-                        profile=profile.name,
-                        clip_id=c["clip_id"],
-                        source_sha256=by_id[c["clip_id"]].sha256,
-                        output_id=c["output_id"],
-                        path=path,
-                        sha256=digest,
-                        state=state,
-                        consent_training=c["consent_training"],
-                        rows=c["rows"],
-                        rows_in=c["rows_in"],
-                        detail=orjson.dumps(
-                            {
-                                "removed": out.removed,
-                                "frames": _frames_detail(frames_object, video, c["output_id"]),
-                            }
-                        ).decode(),
-                    )
+            if not c["rows"]:
+                continue
+            # One object per clip: a transfer of some clips sends exactly those, and clips of
+            # one vehicle are not grouped together in an output meant to be anonymous.
+            clip_video = [video[c["output_id"]]] if c["output_id"] in video else []
+            table = out.table.filter(pc.equal(out.table["clip"], c["output_id"]))
+            frames_object = _store_frames(site, profile, out.vehicle, clip_video)
+            facts: dict[str, Any] = {
+                "profile": profile.name,
+                "vehicle": out.vehicle,
+                "transforms": [step.as_dict() for step in profile.ordered()],
+                "removed": out.removed,
+                "clips": {
+                    c["output_id"]: {
+                        "rows": c["rows"],
+                        "consent_training": c["consent_training"],
+                        **_public_meta(clips, c["clip_id"]),
+                    }
+                },
+            }
+            if frames_object is not None:
+                facts["frames"] = frames_object
+            checks = run_checks(
+                table,
+                orjson.dumps(facts),
+                raw_vins=raw_vins,
+                zones=zones,
+                frames=_frames_check(profile, clip_video),
+            )
+            state = state_of(checks, identifier_left=out.vehicle is not None)
+            failed = [
+                check for check in checks if not check.held and _promised(check.name, profile)
+            ]
+            if failed:
+                raise DeidentifyError(
+                    f"site {site.site}, profile {profile.name}: the output of one clip fails "
+                    + "; ".join(f"{f.name} ({f.detail})" for f in failed),
+                    hint="nothing of that vehicle was stored; report this as a bug",
                 )
+            facts.update(state=state, checks=[check.as_dict() for check in checks])
+            table = table.replace_schema_metadata({DEID_KEY: orjson.dumps(facts)})
+            path, digest = _put_parquet(site, f"{OUTPUT_DIR}/{profile.name}", table, "zstd")
+            states.append(state)
+            for check in checks:
+                # The summary shows a failing check if there is one, else the largest output's.
+                best = worst.get(check.name)
+                if best is None or (best[0].held and (not check.held or table.num_rows > best[1])):
+                    worst[check.name] = (check, table.num_rows)
+            records.append(
+                DeidentifiedRecord(
+                    profile=profile.name,
+                    clip_id=c["clip_id"],
+                    source_sha256=by_id[c["clip_id"]].sha256,
+                    output_id=c["output_id"],
+                    path=path,
+                    sha256=digest,
+                    state=state,
+                    consent_training=c["consent_training"],
+                    rows=c["rows"],
+                    rows_in=c["rows_in"],
+                    detail=orjson.dumps(
+                        {"removed": out.removed, "frames": _frames_detail(frames_object)}
+                    ).decode(),
+                )
+            )
         if on_vehicle is not None:
             on_vehicle(n, len(by_vehicle))
     site.catalogue.replace_deidentified(profile.name, records)
@@ -237,14 +239,9 @@ def _put_parquet(
     return path, digest
 
 
-def _frames_detail(
-    stored: dict[str, Any] | None, video: list[FramesOutput], output_id: str
-) -> dict[str, Any] | None:
+def _frames_detail(stored: dict[str, Any] | None) -> dict[str, Any] | None:
     """Where one clip's de-identified frames are, and how many."""
-    if stored is None:
-        return None
-    count = sum(int(pc.sum(pc.equal(v.table["clip"], output_id)).as_py() or 0) for v in video)
-    return {"path": stored["path"], "sha256": stored["sha256"], "frames": count} if count else None
+    return None if stored is None else {k: stored[k] for k in ("path", "sha256", "frames")}
 
 
 def _frames_check(profile: Profile, video: list[FramesOutput]) -> Check | None:

@@ -154,7 +154,9 @@ def deidentify_vehicle(
     rows = np.flatnonzero(keep)
     kept_clip = clip_of_row[rows]
     kept_table = table.take(pa.array(rows))
-    secret_clip = [pseudonym(secret, "clip", c.meta.clip_id) for c in clips]
+    # Clip pseudonyms differ between profiles: the rows of an anonymised export must not be
+    # linked, through a shared clip id, to a pseudonymised profile that names the vehicle.
+    secret_clip = [pseudonym(secret, f"clip/{profile.name}", c.meta.clip_id) for c in clips]
     clip_column = pa.array(np.array(secret_clip, dtype=object)[kept_clip], pa.string())
     vehicle = None
     if profile.step("pseudonymise") is not None and clips:

@@ -200,6 +200,8 @@ class FramesOutput:
     plates: int
     findings: int
     """Faces and plates the check still found after masking (in the frames it dropped)."""
+    table_id: str = ""
+    """The output id of the clip these frames belong to."""
 
 
 def deidentify_frames(
@@ -268,7 +270,7 @@ def deidentify_frames(
         ],
         schema=LOCAL_FRAMES_SCHEMA,
     )
-    return FramesOutput(table, frames.num_rows, dropped, faces, plates, findings)
+    return FramesOutput(table, frames.num_rows, dropped, faces, plates, findings, output_id)
 
 
 def _near_kept(times: NDArray[np.int64], kept_us: NDArray[np.int64]) -> NDArray[np.bool_]:
