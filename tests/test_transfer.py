@@ -413,3 +413,22 @@ def test_a_selection_sends_exactly_its_clips_unlinkable_to_other_profiles(
     with SiteStore.open(stocked, US) as site:
         table = pq.read_table(pa.BufferReader(site.objects.read(path)))
     assert set(table["clip"].to_pylist()) == {ids["export"]["test-00001"]}
+
+
+def test_editing_the_approvals_table_moves_nothing_and_is_reported(stocked: Project) -> None:
+    """Regression (QA): widening an approval in the table let raw clips out, and verify was
+    silent. The gate now trusts the table only where the signed record agrees."""
+    from sqlalchemy import text
+
+    from onshore.errors import LedgerTampered
+
+    add_approval(stocked, CN, _approval())
+    everything = '["anonymized_motion","outside_video_identifiable","outside_video_masked",'
+    everything += '"sensitive_area_geodata","trajectory","vehicle_flow","vehicle_id"]'
+    with SiteStore.open(stocked, CN) as site, site.catalogue.transaction() as conn:
+        conn.execute(text("UPDATE approvals SET categories = :c"), {"c": everything})
+    with pytest.raises(LedgerTampered, match="categories"):
+        transfer(stocked, CN, US, "raw", "adas_training", day=DAY)
+    assert _received(stocked, US) == []
+    report = verify_site(stocked, CN)
+    assert not report.ok and report.problems[0].check == "approvals"

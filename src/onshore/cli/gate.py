@@ -42,7 +42,7 @@ from onshore.rulebook.loader import project_rulebooks
 from onshore.settings import Project, load_project
 from onshore.store.catalogue import Catalogue
 from onshore.transfer import ledger_history
-from onshore.transfer.approvals import add_approval, revoke_approval
+from onshore.transfer.approvals import add_approval, revoke_approval, trusted_approvals
 
 __all__ = ["approvals_app", "gate_app"]
 
@@ -95,11 +95,12 @@ def _site_gate(project: Project, site_id: str, request: GateRequest) -> Gate:
         )
     registry = _registry(project, site_id, rulebooks)
     try:
+        ledger = Ledger.open(registry.catalogue)
         approvals = request.approvals
         if approvals is None:
-            approvals = tuple(registry.approvals())
+            approvals = tuple(trusted_approvals(registry, ledger))
         # Read once, now: the catalogue closes before the gate decides.
-        history = ledger_history(Ledger.open(registry.catalogue))(request, date.min)
+        history = ledger_history(ledger)(request, date.min)
     finally:
         registry.catalogue.close()
     return Gate(rulebooks, approvals, history=lambda _request, _since: history)

@@ -80,7 +80,7 @@ class Problem:
     """The entry concerned; None for the ledger as a whole (its head) or a stray object."""
     check: str
     """``sequence``, ``genesis``, ``key``, ``link``, ``hash``, ``signature``, ``format``,
-    ``payload``, ``head``, ``peer_head``, ``object`` or ``received``."""
+    ``payload``, ``head``, ``peer_head``, ``object``, ``received`` or ``approvals``."""
     reason: str
 
     def as_dict(self) -> dict[str, Any]:
@@ -538,4 +538,19 @@ def verify_site(project: Project, site_id: str, *, check_hashes: bool = True) ->
             current_key=current,
             check_hashes=check_hashes,
         )
-    return replace(report, notes=tuple(notes) + report.notes)
+        approvals = _approvals_problems(project, site_id, store, ledger)
+    return replace(report, notes=tuple(notes) + report.notes, problems=report.problems + approvals)
+
+
+def _approvals_problems(
+    project: Project, site_id: str, store: Any, ledger: Ledger
+) -> tuple[Problem, ...]:
+    """Where the site's approvals table and its signed record of approvals differ."""
+    # Imported here: the transfer package builds on the ledger, not the other way round.
+    from onshore.gate import ApprovalRegistry
+    from onshore.rulebook.loader import project_rulebooks
+    from onshore.transfer.approvals import approvals_disagreement, recorded_approvals
+
+    registry = ApprovalRegistry(store.catalogue, project_rulebooks(project))
+    found = approvals_disagreement(registry.approvals(), recorded_approvals(ledger))
+    return tuple(Problem(site_id, None, "approvals", reason) for reason in found)

@@ -34,13 +34,14 @@ from sqlalchemy.engine import Connection
 from onshore.deidentify.profiles import resolve_profile
 from onshore.errors import ConfigError
 from onshore.gate import ApprovalRegistry, Decision, Gate
-from onshore.ledger import Head, Ledger
+from onshore.ledger import Head, Ledger, verify
 from onshore.rulebook.evaluate import PastTransfer, Recipient, TransferRequest
 from onshore.rulebook.loader import project_rulebooks
 from onshore.settings import Project
 from onshore.sites.keystore import load_keystore
 from onshore.store.objects import RECEIVED_DIR
 from onshore.store.site import SiteStore
+from onshore.transfer.approvals import trusted_approvals
 from onshore.transfer.selection import Dataset, Selection, resolve
 
 __all__ = ["TransferReport", "ledger_history", "transfer"]
@@ -202,7 +203,11 @@ def transfer(
             data=tuple(found.items),
         )
         transfer_id = _transfer_id(origin_id, destination_id, found, purpose, recipient, day)
-        approvals = ApprovalRegistry(origin.catalogue, rulebooks).approvals()
+        # The gate decides only on a ledger that verifies and approvals it agrees with.
+        verify(
+            out_ledger, current_key=keys_from.public_key, check_hashes=False
+        ).raise_for_problems()
+        approvals = trusted_approvals(ApprovalRegistry(origin.catalogue, rulebooks), out_ledger)
         gate = Gate(rulebooks, approvals, history=ledger_history(out_ledger, exclude=transfer_id))
         decision = gate.decide(request)
         report = TransferReport(
