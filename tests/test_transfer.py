@@ -432,3 +432,27 @@ def test_editing_the_approvals_table_moves_nothing_and_is_reported(stocked: Proj
     assert _received(stocked, US) == []
     report = verify_site(stocked, CN)
     assert not report.ok and report.problems[0].check == "approvals"
+
+
+def test_no_training_abroad_without_consent(project: Project, tmp_path: Path) -> None:
+    """Whatever the approvals, clips of drivers who did not consent to training are not sent
+    for a training purpose; selecting the consenting drivers' clips is."""
+    from conftest import make_clip
+    from onshore.clips.mcap import write_mcap
+
+    folder = tmp_path / "up"
+    folder.mkdir()
+    for seed, consent in ((0, True), (1, False)):
+        write_mcap(make_clip(seed, steps=1500, consent=consent), folder / f"c{seed}.mcap")
+    with SiteStore.open(project, CN) as site:
+        ingest(site, [folder])
+        secret = load_keystore(project.keystore_path(project.site(CN))).hmac_secret
+        deidentify_site(site, resolve_profile("export", {}), secret=secret)
+    add_approval(project, CN, _approval())
+    mixed = transfer(project, CN, US, "export", "adas_training", day=DAY)
+    assert mixed.status == "denied" and "did not consent" in mixed.decision.reasons[0]
+    assert mixed.dataset["without_consent"] == 1
+    consenting = transfer(project, CN, US, "export:consent=true", "adas_training", day=DAY)
+    assert consenting.status == "transferred", consenting.decision.reasons
+    analytics = transfer(project, CN, US, "export", "fleet_analytics", day=DAY, dry_run=True)
+    assert "did not consent" not in " ".join(analytics.decision.reasons)

@@ -129,7 +129,13 @@ def _gate(project: Project, say: Callable[[str], None]) -> list[dict[str, Any]]:
     except InvalidApproval:
         say("(already on file from an earlier run)")
     attempt(_CN, _US, "raw", "raw clips again: the approval does not cover them")
-    attempt(_CN, _US, "export", "the anonymised export: covered by the approval")
-    attempt(_EU, _US, "export", "anonymised European data: no longer personal data")
-    attempt(_EU, _US, "training", "pseudonymised European data: personal data, no SCC on file")
+    attempt(_CN, _US, "export", "the anonymised export, consent or not: not for training")
+    attempt(_CN, _US, "export:consent=true", "the consenting drivers' anonymised export: approved")
+    attempt(_EU, _US, "export:consent=true", "anonymised European data: no longer personal data")
+    attempt(
+        _EU,
+        _US,
+        "training:consent=true",
+        "pseudonymised European data: personal data, no SCC on file",
+    )
     return steps

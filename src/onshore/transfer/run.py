@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
@@ -209,7 +209,7 @@ def transfer(
         ).raise_for_problems()
         approvals = trusted_approvals(ApprovalRegistry(origin.catalogue, rulebooks), out_ledger)
         gate = Gate(rulebooks, approvals, history=ledger_history(out_ledger, exclude=transfer_id))
-        decision = gate.decide(request)
+        decision = _consented(gate.decide(request), found, purpose)
         report = TransferReport(
             transfer=transfer_id,
             origin=origin_id,
@@ -258,6 +258,28 @@ def transfer(
             report.ledger[f"{origin_id} (peer head)"] = out_ledger.record_peer_head(head).seq
         report.status = "transferred"
         return report
+
+
+def _consented(decision: Decision, found: Dataset, purpose: str) -> Decision:
+    """Deny a training purpose for data of drivers who did not consent to training: whatever
+    the rulebooks and approvals say, a clip without consent never reaches a model, here or
+    abroad."""
+    if not purpose.endswith("_training") or not found.without_consent:
+        return decision
+    reason = (
+        f"Denied: {found.without_consent} of the {len(found.clips)} clips selected come from "
+        f"drivers who did not consent to their data training models, and the purpose is "
+        f"{purpose}; select only consenting drivers' clips (add consent=true to --dataset, e.g. "
+        f"'{found.selection.source}:consent=true')."
+    )
+    return replace(
+        decision,
+        allowed=False,
+        exempt=False,
+        mechanisms=(),
+        approval=None,
+        reasons=(reason, *decision.reasons),
+    )
 
 
 def _record_denial(

@@ -115,6 +115,8 @@ class Dataset:
     clips: list[str] = field(default_factory=list)
     items: list[DataItem] = field(default_factory=list)
     state: str = "raw"
+    without_consent: int = 0
+    """Selected clips whose driver did not consent to their data training models."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +125,7 @@ class Dataset:
             "clips": len(self.clips),
             "objects": len(self.objects),
             "state": self.state,
+            "without_consent": self.without_consent,
             "data": [item.model_dump(mode="json") for item in self.items],
         }
 
@@ -193,6 +196,7 @@ def _raw(site: SiteStore, records: list[ClipRecord], dataset: Dataset) -> None:
     frames = {f.clip_id: f for f in site.catalogue.frames([r.clip_id for r in records])}
     for record in records:
         dataset.clips.append(record.clip_id)
+        dataset.without_consent += not record.consent_training
         dataset.objects.append(StoredRef(record.path, record.sha256, "clip"))
         if record.clip_id in frames:
             f = frames[record.clip_id]
@@ -239,6 +243,7 @@ def _deidentified(
     for record in chosen:
         output = outputs[record.clip_id]
         dataset.clips.append(record.clip_id)
+        dataset.without_consent += not output.consent_training
         if output.path not in seen:
             seen.add(output.path)
             dataset.objects.append(StoredRef(output.path, output.sha256, "deidentified"))
