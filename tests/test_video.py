@@ -260,6 +260,8 @@ def test_classify_labels_video_and_counts_persons(filmed: Project) -> None:
     assert summary["subjects"]["persons"] >= 1
     assert summary["windows"]["calendar_year"]["persons"] == summary["subjects"]["persons"]
     assert summary["categories"]["cabin_video"]["clips"] == 1
+    shown = {label["category"]: label for label in summary["clip_labels"]["cam-010"]}
+    assert shown["outside_video_identifiable"]["evidence"] == identifiable.evidence
     assert len(cached) == 2  # one detections file per frames object
 
 

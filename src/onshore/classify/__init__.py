@@ -172,9 +172,10 @@ def classify_site(
 ) -> dict[str, Any]:
     """Label every clip of ``site``, store the labels in its catalogue and return a summary:
     per category the clips, the amount (``count``) and the distinct vehicles, with the legal
-    classes ``rulebook`` (the site's jurisdiction's) puts raw data of that category in; and per
+    classes ``rulebook`` (the site's jurisdiction's) puts raw data of that category in; per
     counting window (calendar year, trailing 12 months, both ending ``as_of``, default today)
-    the distinct vehicles with each category."""
+    the distinct vehicles with each category; and ``clip_labels``, each clip's categories with
+    their counts and evidence."""
     as_of = as_of or datetime.now(UTC).date()
     zones = load_zones(site.objects)
     records = site.catalogue.clips()
@@ -202,6 +203,13 @@ def classify_site(
         [r.clip_id for r in records], [label for c in found for label in c.labels]
     )
     summary = _summary(site.site, as_of, zones, found)
+    summary["clip_labels"] = {
+        clip.clip_id: [
+            {"category": label.category, "count": label.count, "evidence": label.evidence}
+            for label in clip.labels
+        ]
+        for clip in found
+    }
     if rulebook is not None:
         summary["rulebook"] = {"jurisdiction": rulebook.jurisdiction, "version": rulebook.version}
         for name, entry in summary["categories"].items():

@@ -7,6 +7,7 @@ from datetime import date
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from onshore.cli.output import JsonOption, ProjectOption, console, emit, progress_bar
@@ -24,9 +25,13 @@ def classify(
         str | None,
         typer.Option("--as-of", help="End of the counting windows, YYYY-MM-DD (default: today)."),
     ] = None,
+    evidence: Annotated[
+        bool, typer.Option("--evidence", help="Also print every clip's labels and evidence.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Label every clip of the site with its data categories and evidence; count subjects."""
+    """Label every clip of the site with its data categories and evidence; count subjects.
+    ``--json`` includes every clip's labels (``clip_labels``)."""
     from onshore.classify import classify_site
     from onshore.errors import ConfigError
     from onshore.rulebook.loader import project_rulebooks
@@ -79,6 +84,11 @@ def classify(
                 f"{d['clips_with_frames']} clips, at most {subjects['persons']} persons and "
                 f"{subjects['plates']} licence plates"
             )
+        if evidence:
+            for clip_id, labels in d["clip_labels"].items():
+                console.print(f"[bold]{escape(clip_id)}[/]")
+                for label in labels:
+                    console.print(f"  {label['category']}: {escape(label['evidence'])}")
         if "rulebook" in d:
             book = d["rulebook"]
             console.print(
