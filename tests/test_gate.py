@@ -819,3 +819,31 @@ def test_splitting_never_exceeds_an_approvals_scale(pieces: list[int], limit: in
                 PastTransfer(date=day, destination="US", category="vehicle_id", subjects=piece)
             )
     assert sum(p.subjects for p in sent) <= max(limit, 99_999)
+
+
+def test_us_bulk_count_takes_only_transfers_the_rule_governs() -> None:
+    """Regression (QA): earlier transfers to Germany counted towards the US bulk threshold for
+    a recipient in China. An earlier transfer counts when it went to a country of concern or
+    to a recipient not recorded, and (the rule counts per counterparty) to the same one."""
+    from onshore.gate import decide
+    from onshore.rulebook import builtin_rulebooks
+
+    def request(history: list[dict[str, object]]) -> dict[str, object]:
+        return {
+            "origin": "US",
+            "destination": "CN",
+            "recipient": {"name": "Shanghai Co.", "country": "CN"},
+            "purpose": "adas_training",
+            "date": "2026-11-29",
+            "data": [{"category": "trajectory", "subjects": 600}],
+            "history": history,
+        }
+
+    books = builtin_rulebooks()
+    earlier = {"date": "2026-06-01", "category": "trajectory", "subjects": 600}
+    to_germany = {**earlier, "destination": "DE", "recipient": "Autobahn Data GmbH"}
+    to_china = {**earlier, "destination": "CN", "recipient": "Shanghai Co."}
+    unknown = {**earlier, "destination": "DE"}
+    assert not decide(parse_request(request([to_germany])), books).prohibited
+    assert decide(parse_request(request([to_china])), books).prohibited
+    assert decide(parse_request(request([unknown])), books).prohibited

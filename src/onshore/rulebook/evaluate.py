@@ -29,7 +29,7 @@ was not recorded matches every purpose: not knowing never makes data less regula
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -351,6 +351,19 @@ def _recipient_ok(book: Rulebook, rule: Rule, request: TransferRequest) -> bool:
     return request.destination in tied or r.country in tied or any(c in tied for c in r.linked_to)
 
 
+def _tied_earlier(
+    tied: Collection[str], destination: str, recipient: str | None, current: str
+) -> bool:
+    """Whether an earlier transfer counts towards a rule about recipients tied to some
+    countries: it went to one of them, or to this same recipient (who is tied), or to a
+    recipient not recorded (not knowing never makes data less regulated). A transfer to anyone
+    else is not one the rule governs (found by QA: earlier transfers to Germany were counted
+    towards the US bulk threshold for China)."""
+    if destination in tied:
+        return True
+    return recipient is None or _same_party(recipient, current)
+
+
 def _same_party(a: str, b: str) -> bool:
     return " ".join(a.casefold().split()) == " ".join(b.casefold().split())
 
@@ -439,6 +452,13 @@ def _subjects(ctx: _Context, rule: Rule) -> tuple[int, int]:
         if rule.purposes and purpose is not None and purpose not in rule.purposes:
             continue
         if not _destination_ok(ctx.book, rule.destination, destination):
+            continue
+        if rule.recipient is not None and not _tied_earlier(
+            ctx.book.countries(rule.recipient.tied_to),
+            destination,
+            recipient,
+            request.recipient.name,
+        ):
             continue
         if (
             spec.per == "counterparty"
