@@ -180,7 +180,13 @@ def test_us_data_to_china_follows_the_bulk_threshold(project: Project, tmp_path:
 
 def test_selections_are_checked() -> None:
     assert Selection.parse("export:since=2026-03-01,consent=true").consent is True
-    for bad in ("", "raw:since=yesterday", "raw:colour=red", "raw:clips"):
+    for bad in (
+        "",
+        "raw:since=yesterday",
+        "raw:colour=red",
+        "raw:clips",
+        "raw:since=2026-01-01,since=2026-02-01",
+    ):
         with pytest.raises(ConfigError):
             Selection.parse(bad)
 

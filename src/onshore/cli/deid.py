@@ -10,7 +10,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from onshore.cli.output import JsonOption, ProjectOption, console, emit, progress_bar
+from onshore.cli.output import (
+    JsonOption,
+    ProjectOption,
+    console,
+    emit,
+    err_console,
+    progress_bar,
+)
 from onshore.cli.store import SiteOption
 from onshore.settings import load_project
 from onshore.store import SiteStore
@@ -142,6 +149,8 @@ def deidentify(
                 f"  frames: {frames['kept']} of {frames['in']} kept, {frames['faces_masked']} "
                 f"faces and {frames['plates_masked']} plates masked (dropped: {dropped})"
             )
+        for warning in d["warnings"]:
+            err_console.print(f"[yellow]warning:[/] {escape(warning)}")
         for check in d["checks"]:
             mark = "[green]held[/]" if check["held"] else "[red]failed[/]"
             console.print(f"  {mark} {check['name']}: {check['detail']}")

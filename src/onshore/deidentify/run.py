@@ -170,6 +170,7 @@ def deidentify_site(
         "rows": rows_out,
         "removed": dict(removed),
         "frames": frames.as_dict(),
+        "warnings": _warnings(rows_in, rows_out, profile),
         "state": state,
         "checks": [
             frames.check(profile).as_dict()
@@ -293,6 +294,19 @@ class _FramesTally:
             "plates_masked": self.plates,
             "dropped": dict(self.dropped),
         }
+
+
+def _warnings(rows_in: int, rows_out: int, profile: Profile) -> list[str]:
+    """What a user should hear about even though nothing failed."""
+    if rows_in and not rows_out:
+        trim = profile.step("trim_ends")
+        why = (
+            f"; trips shorter than twice trim_ends ({2 * trim.params['metres']:.0f} m) keep nothing"
+            if trim is not None
+            else ""
+        )
+        return [f"no row survived profile {profile.name}{why}: the output is empty"]
+    return []
 
 
 def _public_meta(clips: list[Any], clip_id: str) -> dict[str, str]:

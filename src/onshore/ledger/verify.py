@@ -501,7 +501,9 @@ def _check_store(chain: _Chain, objects: ObjectStore, check_hashes: bool) -> tup
             chain.problem(
                 None,
                 "received",
-                f"{path} came from another site but no transfer_in entry lists it",
+                f"{path} came from another site but no transfer_in entry lists it (a transfer "
+                "cut short leaves this until it is run again, which completes it once; "
+                "otherwise something wrote around the gate)",
             )
     return len(listed), len(found)
 

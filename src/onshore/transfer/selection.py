@@ -61,10 +61,14 @@ class Selection:
                 f"--dataset {text!r}: no source", hint="e.g. raw, export, training:since=2026-03-01"
             )
         values: dict[str, Any] = {}
+        seen: set[str] = set()
         for part in filter(None, (p.strip() for p in filters.split(","))):
             key, sep, value = part.partition("=")
             if not sep or not value:
                 raise ConfigError(f"--dataset {text!r}: filter {part!r} is not key=value")
+            if key in seen:
+                raise ConfigError(f"--dataset {text!r}: filter {key!r} is given twice")
+            seen.add(key)
             if key == "clips":
                 values["clips"] = tuple(c for c in value.split("+") if c)
             elif key in ("since", "until"):
