@@ -7,12 +7,15 @@ PYTHON ?= python3
 VENV ?= .venv
 DEMO_DIR ?= onshore-demo
 BIN := $(VENV)/bin
+# The torch pyproject.toml pins, installed on its own first: see the comment there.
+TORCH := $(shell grep -o 'torch==[0-9][0-9.]*' pyproject.toml)
 
 .PHONY: demo test check bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet '$(TORCH)'
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 

@@ -29,6 +29,10 @@ configuration is changed. Retry code checks these markers, never message text.
     │   └── TransferDenied           (terminal) the gate denied the transfer (exit code 10)
     ├── LedgerError                  (terminal) a ledger entry cannot be written or read as asked
     │   └── LedgerTampered           (terminal) a ledger fails its hashes, signatures or peers
+    ├── TrainingError                (terminal) a driving model cannot be trained as asked
+    │   ├── NoTrainingData           (terminal) a site has no consented samples to learn from
+    │   ├── PrivacyBudgetSpent       (terminal) DP-SGD would spend more than the site's budget
+    │   └── InvalidWeights           (terminal) tensors that are not the declared model's
     ├── FileSystemError              (terminal) a local file or folder cannot be read or written
     ├── StoreError                   (transient) the site's object store failed
     └── CatalogueError               (transient) the site's catalogue database failed
@@ -54,11 +58,14 @@ __all__ = [
     "GateError",
     "InvalidApproval",
     "InvalidRequest",
+    "InvalidWeights",
     "KeystoreError",
     "LedgerError",
     "LedgerTampered",
+    "NoTrainingData",
     "OnshoreError",
     "PhysicsError",
+    "PrivacyBudgetSpent",
     "ProjectExists",
     "ProjectNotFound",
     "ResidencyError",
@@ -69,6 +76,7 @@ __all__ = [
     "SiteNotFound",
     "StoreError",
     "Terminal",
+    "TrainingError",
     "TransferDenied",
     "Transient",
     "UnreadableFile",
@@ -268,6 +276,34 @@ class LedgerTampered(LedgerError):
     explained; ``onshore ledger verify`` lists each problem."""
 
     code = "ledger.tampered"
+
+
+class TrainingError(OnshoreError, Terminal):
+    """A driving model cannot be built, trained or evaluated as asked."""
+
+    code = "training"
+    exit_code = 13
+
+
+class NoTrainingData(TrainingError):
+    """A site has no sample to train or test on: no de-identified ``training`` output, no clip
+    whose driver consented to training, or no stretch long enough for one window."""
+
+    code = "training.no_data"
+
+
+class PrivacyBudgetSpent(TrainingError):
+    """DP-SGD would spend more privacy than the site's budget allows: the site trains no further
+    and sends nothing more from this data."""
+
+    code = "training.privacy_budget_spent"
+
+
+class InvalidWeights(TrainingError):
+    """Tensors that are not the declared model's: a name missing or extra, another shape or
+    dtype, or a value that is not finite. The message names the tensor."""
+
+    code = "training.invalid_weights"
 
 
 class FileSystemError(OnshoreError, Terminal):
