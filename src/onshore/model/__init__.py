@@ -1,0 +1,51 @@
+"""The driving model: motion forecasting from 2 s of the ego's past and the objects tracked
+around it to its next 3 s, trained at each site on its own consented, de-identified data.
+
+- :mod:`~onshore.model.dataset`: samples built at a site, split by vehicle, cached in its store.
+- :mod:`~onshore.model.nets`: the models, declared by name and configuration; the weights a
+  declared model may hold.
+- :mod:`~onshore.model.train`: local training, with DP-SGD and a privacy accountant.
+- :mod:`~onshore.model.metrics`: ADE, FDE and miss rate.
+- :mod:`~onshore.model.local`: every site trains alone and is evaluated on its own test split
+  (``onshore train``), the baseline federated training is measured against.
+"""
+
+from onshore.model.dataset import (
+    OBJECT_FEATURES,
+    PAST_FEATURES,
+    DatasetConfig,
+    Samples,
+    SiteDataset,
+    build_site_dataset,
+)
+from onshore.model.metrics import Metrics, evaluate
+from onshore.model.nets import (
+    MODELS,
+    ForecastModel,
+    ModelSpec,
+    build_model,
+    check_weights,
+    weight_signature,
+)
+from onshore.model.train import DPConfig, PrivacyAccountant, TrainResult, train_local
+
+__all__ = [
+    "MODELS",
+    "OBJECT_FEATURES",
+    "PAST_FEATURES",
+    "DPConfig",
+    "DatasetConfig",
+    "ForecastModel",
+    "Metrics",
+    "ModelSpec",
+    "PrivacyAccountant",
+    "Samples",
+    "SiteDataset",
+    "TrainResult",
+    "build_model",
+    "build_site_dataset",
+    "check_weights",
+    "evaluate",
+    "train_local",
+    "weight_signature",
+]

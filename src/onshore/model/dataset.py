@@ -1,0 +1,401 @@
+"""Forecasting samples built at a site from its de-identified ``training`` outputs.
+
+A sample is one moment of one drive: the ego's last 2 s (20 steps at 10 Hz), the objects it
+tracked at the last of those steps, and, as the target, its next 3 s (30 steps). Everything is
+expressed in the sample's own frame (origin at the last past position, x along the heading
+there, y to its left), so no sample carries where or when it was recorded, only how the vehicle
+moved.
+
+Only outputs of the ``training`` profile are read, and of them only the clips whose driver
+consented to training, by both the catalogue and the output's own record: a clip without consent
+never reaches a model. A window must be 50 rows of one clip, 0.1 s apart: rows dropped inside
+sensitive areas or at trip ends leave gaps in time, and no window spans one. The split into
+train and test is by vehicle (the output's keyed vehicle pseudonym, hashed), so no vehicle is on
+both sides, and both stay at the site.
+
+Windows, frames and the nearest objects are found with NumPy over every row of the site at
+once; no Python loop runs per sample. The built arrays are cached in the site's store under
+``derived/forecasting/``, keyed by the hash of the outputs read, their consent and the
+configuration, so a rerun on unchanged data reads one object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+from numpy.typing import NDArray
+
+from onshore.clips.schema import CLASS_ARRAY, OBJECT_CLASSES
+from onshore.deidentify.run import read_output
+from onshore.store.catalogue import DeidentifiedRecord
+from onshore.store.site import SiteStore
+
+__all__ = [
+    "CACHE_DIR",
+    "OBJECT_FEATURES",
+    "PAST_FEATURES",
+    "DatasetConfig",
+    "Samples",
+    "SiteDataset",
+    "build_site_dataset",
+    "samples_from_outputs",
+    "vehicle_in_test",
+]
+
+DT: Final = 0.1
+"""Seconds between two steps of a clip (10 Hz)."""
+CACHE_DIR: Final = "derived/forecasting"
+_FORMAT: Final = 2
+"""Version of the cached arrays' layout: bump it when features change, so old caches go unused."""
+
+PAST_FEATURES: Final = (
+    "x",
+    "y",
+    "vx",
+    "vy",
+    "cos_heading",
+    "sin_heading",
+    "accel",
+    "yaw_rate",
+    "steering",
+    "brake",
+)
+"""Per past step, in the sample's frame: position (m), velocity from speed and heading (m/s),
+heading as cosine and sine, acceleration (m/s^2), yaw rate (rad/s, counter-clockwise),
+steering (rad) and brake (0..1; 0 where the vehicle does not report them)."""
+
+OBJECT_FEATURES: Final = (
+    "x",
+    "y",
+    "vx",
+    "vy",
+    "distance",
+    "in_path",
+    "time_to_reach",
+    *(f"is_{c}" for c in OBJECT_CLASSES),
+)
+"""Per tracked object at the last past step: position and velocity relative to the ego in the
+sample's frame (which is the ego frame at that step), distance, whether it is ahead within half
+a lane width of the ego's line, the seconds until the ego closes the gap at the present closing
+speed (capped at 10; 10 when not closing), and its class one-hot."""
+_LANE_HALF_WIDTH_M: Final = 1.8
+_MAX_TIME_S: Final = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetConfig:
+    """How samples are cut from a site's drives."""
+
+    past_steps: int = 20
+    """Steps of history (20 = 2 s at 10 Hz)."""
+    future_steps: int = 30
+    """Steps to predict (30 = 3 s)."""
+    max_objects: int = 8
+    """Nearest tracked objects kept per sample; fewer are padded and masked out."""
+    stride: int = 1
+    """Steps between the starts of two windows of the same clip."""
+    test_share: float = 0.2
+    """Share of vehicles held out for testing (by hash of their pseudonym)."""
+    profile: str = "training"
+    """The de-identification profile read; its outputs must carry a vehicle pseudonym."""
+
+    def __post_init__(self) -> None:
+        if self.past_steps < 2 or self.future_steps < 1 or self.stride < 1:
+            raise ValueError("past_steps >= 2, future_steps >= 1 and stride >= 1")
+        if self.max_objects < 1 or not 0 < self.test_share < 1:
+            raise ValueError("max_objects >= 1 and 0 < test_share < 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Samples:
+    """Forecasting samples as float32 arrays, one row per sample."""
+
+    past: NDArray[np.float32]
+    """(N, past_steps, len(PAST_FEATURES))"""
+    objects: NDArray[np.float32]
+    """(N, max_objects, len(OBJECT_FEATURES)), nearest first; padding is zeros."""
+    object_mask: NDArray[np.bool_]
+    """(N, max_objects): which object slots hold an object."""
+    future: NDArray[np.float32]
+    """(N, future_steps, 2): the ego's positions to predict."""
+
+    def __len__(self) -> int:
+        return int(self.past.shape[0])
+
+    def take(self, index: NDArray[np.intp] | NDArray[np.bool_]) -> Samples:
+        """The samples at ``index`` (positions or a mask)."""
+        return Samples(
+            self.past[index], self.objects[index], self.object_mask[index], self.future[index]
+        )
+
+    @staticmethod
+    def empty(config: DatasetConfig) -> Samples:
+        return Samples(
+            np.zeros((0, config.past_steps, len(PAST_FEATURES)), np.float32),
+            np.zeros((0, config.max_objects, len(OBJECT_FEATURES)), np.float32),
+            np.zeros((0, config.max_objects), np.bool_),
+            np.zeros((0, config.future_steps, 2), np.float32),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SiteDataset:
+    """A site's samples, split by vehicle, and where they came from."""
+
+    site: str
+    config: DatasetConfig
+    train: Samples
+    test: Samples
+    info: dict[str, Any] = field(default_factory=dict)
+    """Counts: outputs read, clips used and refused for lack of consent, vehicles on each side,
+    the cache key and whether the cache answered."""
+
+
+def vehicle_in_test(vehicle: str, test_share: float) -> bool:
+    """Whether a vehicle belongs to the test side: a hash of its pseudonym, so the answer is the
+    same in every run and does not move when other vehicles come or go."""
+    return _fraction(vehicle) < test_share
+
+
+def _fraction(vehicle: str) -> float:
+    digest = hashlib.sha256(f"onshore.split:{vehicle}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def build_site_dataset(
+    site: SiteStore, config: DatasetConfig | None = None, *, cache: bool = True
+) -> SiteDataset:
+    """The forecasting samples of ``site``, from its de-identified outputs of
+    ``config.profile`` whose clips the driver consented to training.
+
+    Reads the cached arrays when the outputs, their consent and ``config`` are unchanged since
+    they were built, else builds them and caches them in the site's store. Returns the dataset,
+    possibly with no samples; training refuses an empty one with :class:`NoTrainingData`.
+    """
+    config = config or DatasetConfig()
+    records = [r for r in site.catalogue.deidentified(config.profile) if r.state != "raw"]
+    key = _cache_key(records, config)
+    folder = f"{CACHE_DIR}/{_config_digest(config)}"
+    path = f"{folder}/{key}.npz"
+    if cache and site.objects.exists(path):
+        train, test, info = _load(site.objects.read(path))
+        return SiteDataset(site.site, config, train, test, {**info, "cache": key, "cached": True})
+    consented: dict[str, set[str]] = {}
+    for record in records:
+        if record.consent_training:
+            consented.setdefault(record.path, set()).add(record.output_id)
+    outputs = [(path, site.objects.read(path)) for path in sorted({r.path for r in records})]
+    train, test, info = samples_from_outputs(
+        ((data, consented.get(path, set())) for path, data in outputs), config
+    )
+    info["clips_in_catalogue"] = len(records)
+    if cache:
+        site.objects.put(path, _dump(train, test, info))
+        for stale in site.objects.find(folder):
+            if stale != path:
+                site.objects.delete(stale)
+    return SiteDataset(site.site, config, train, test, {**info, "cache": key, "cached": False})
+
+
+def samples_from_outputs(
+    outputs: Iterable[tuple[bytes, set[str]]], config: DatasetConfig
+) -> tuple[Samples, Samples, dict[str, Any]]:
+    """Train and test samples from de-identified outputs, each given as its Parquet bytes and
+    the pseudonyms of its clips that the catalogue says may train a model.
+
+    A clip is used only if it is in that set *and* the output's own record says its driver
+    consented; every other row is dropped before any window is cut. Returns the two splits and
+    counts of what was used.
+    """
+    tables: list[pa.Table] = []
+    vehicles: list[str] = []
+    used: set[str] = set()
+    refused: set[str] = set()
+    for data, allowed in outputs:
+        table, record = read_output(data)
+        facts = record.get("clips", {})
+        ok = {c for c in allowed if facts.get(c, {}).get("consent_training") is True}
+        clips = set(table["clip"].unique().to_pylist())
+        used |= clips & ok
+        refused |= clips - ok
+        table = table.filter(pc.is_in(table["clip"], pa.array(sorted(ok), pa.string())))
+        if table.num_rows == 0:
+            continue
+        vehicle = record.get("vehicle") or hashlib.sha256(data).hexdigest()
+        index = np.full(table.num_rows, len(vehicles), dtype=np.int64)
+        tables.append(table.append_column("vehicle", pa.array(index)))
+        vehicles.append(vehicle)
+    fraction = np.array([_fraction(v) for v in vehicles])
+    in_test = fraction < config.test_share
+    if len(vehicles) >= 2 and not in_test.any():
+        # Too few vehicles for the hash to put one on each side: the vehicle nearest the line
+        # crosses it, so a small site still has something to test on (or to train on).
+        in_test[np.argmin(fraction)] = True
+    elif len(vehicles) >= 2 and in_test.all():
+        in_test[np.argmax(fraction)] = False
+    info: dict[str, Any] = {
+        "outputs": len(vehicles),
+        "clips_used": len(used),
+        "clips_refused_no_consent": len(refused),
+        "vehicles_train": int((~in_test).sum()),
+        "vehicles_test": int(in_test.sum()),
+    }
+    if not tables:
+        info.update(rows=0, windows=0, train=0, test=0)
+        return Samples.empty(config), Samples.empty(config), info
+    samples, vehicle = _windows(pa.concat_tables(tables).combine_chunks(), config)
+    test_mask = in_test[vehicle]
+    info.update(
+        rows=sum(t.num_rows for t in tables),
+        windows=len(samples),
+        train=int((~test_mask).sum()),
+        test=int(test_mask.sum()),
+    )
+    return samples.take(~test_mask), samples.take(test_mask), info
+
+
+def _windows(table: pa.Table, config: DatasetConfig) -> tuple[Samples, NDArray[np.intp]]:
+    """Every window of ``table`` (rows of many clips and vehicles), and each one's vehicle."""
+    clip = pc.dictionary_encode(table["clip"]).combine_chunks().indices.to_numpy()
+    t = table["t"].to_numpy()
+    order = np.lexsort((t, clip))
+    clip, t = clip[order], t[order]
+    n, width = len(t), config.past_steps + config.future_steps
+    if n < width:
+        return Samples.empty(config), np.zeros(0, np.intp)
+    # A step is good when the next row is the same clip, one tick later; a window is good when
+    # all its width - 1 steps are.
+    good = np.zeros(n, dtype=np.int64)
+    good[:-1] = (clip[1:] == clip[:-1]) & (np.abs(np.diff(t) - DT) < DT / 4)
+    run = np.concatenate(([0], np.cumsum(good)))
+    starts = np.arange(n - width + 1)
+    starts = starts[(run[starts + width - 1] - run[starts] == width - 1)]
+    starts = starts[starts % config.stride == 0]
+    if len(starts) == 0:
+        return Samples.empty(config), np.zeros(0, np.intp)
+    rows = order[starts[:, None] + np.arange(width)]  # (N, width) indices into table
+    anchor = rows[:, config.past_steps - 1]
+
+    def col(name: str) -> NDArray[np.float64]:
+        return np.asarray(pc.fill_null(table[name], 0.0).to_numpy(), dtype=np.float64)
+
+    x, y = col("x"), col("y")
+    # Compass headings turn clockwise; the clip frame's angles turn counter-clockwise.
+    theta = -np.radians(col("heading"))
+    x0, y0, theta0 = x[anchor][:, None], y[anchor][:, None], theta[anchor][:, None]
+    cos0, sin0 = np.cos(theta0), np.sin(theta0)
+    dx, dy = x[rows] - x0, y[rows] - y0
+    local_x = dx * cos0 + dy * sin0
+    local_y = -dx * sin0 + dy * cos0
+    past = rows[:, : config.past_steps]
+    phi = theta[past] - theta0
+    speed = col("speed")[past]
+    features = np.stack(
+        [
+            local_x[:, : config.past_steps],
+            local_y[:, : config.past_steps],
+            speed * np.cos(phi),
+            speed * np.sin(phi),
+            np.cos(phi),
+            np.sin(phi),
+            col("accel")[past],
+            -np.radians(col("yaw_rate")[past]),
+            col("steering")[past],
+            col("brake")[past],
+        ],
+        axis=-1,
+    )
+    future = np.stack([local_x[:, config.past_steps :], local_y[:, config.past_steps :]], axis=-1)
+    objects, mask = _nearest_objects(table["objects"].combine_chunks(), anchor, config.max_objects)
+    vehicle = table["vehicle"].to_numpy()[anchor]
+    samples = Samples(features.astype(np.float32), objects, mask, future.astype(np.float32))
+    return samples, vehicle
+
+
+def _nearest_objects(
+    objects: pa.ListArray, anchor: NDArray[np.intp], k: int
+) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    """The ``k`` nearest tracked objects of each anchor row, as features and a mask."""
+    out = np.zeros((len(anchor), k, len(OBJECT_FEATURES)), np.float32)
+    mask = np.zeros((len(anchor), k), np.bool_)
+    offsets = objects.offsets.to_numpy()
+    begin, count = offsets[anchor], offsets[anchor + 1] - offsets[anchor]
+    if objects.null_count:  # a step with no list at all tracked nothing
+        count = np.where(objects.is_null().to_numpy(zero_copy_only=False)[anchor], 0, count)
+    total = int(count.sum())
+    if total == 0:
+        return out, mask
+    sample = np.repeat(np.arange(len(anchor)), count)
+    first = np.cumsum(count) - count
+    flat = begin[sample] + np.arange(total) - first[sample]
+    values = objects.values
+    fields = {name: values.field(name) for name in ("x", "y", "vx", "vy", "class")}
+    ox = fields["x"].to_numpy()[flat].astype(np.float64)
+    oy = fields["y"].to_numpy()[flat].astype(np.float64)
+    distance = np.hypot(ox, oy)
+    order = np.lexsort((distance, sample))
+    sample, flat, distance = sample[order], flat[order], distance[order]
+    rank = np.arange(total) - first[sample]
+    keep = rank < k
+    sample, flat, rank, distance = sample[keep], flat[keep], rank[keep], distance[keep]
+    kind = pc.index_in(fields["class"], value_set=CLASS_ARRAY).to_numpy(zero_copy_only=False)
+    kind = np.nan_to_num(kind.astype(np.float64), nan=-1).astype(np.int64)[flat]
+    for i, name in enumerate(("x", "y", "vx", "vy")):
+        out[sample, rank, i] = fields[name].to_numpy()[flat]
+    out[sample, rank, 4] = distance
+    ahead, across = out[sample, rank, 0], out[sample, rank, 1]
+    out[sample, rank, 5] = (ahead > 0) & (np.abs(across) < _LANE_HALF_WIDTH_M)
+    closing = -out[sample, rank, 2]
+    reach = np.where((ahead > 0) & (closing > 0), ahead / np.maximum(closing, 1e-3), _MAX_TIME_S)
+    out[sample, rank, 6] = np.minimum(reach, _MAX_TIME_S)
+    known = kind >= 0
+    out[sample[known], rank[known], 7 + kind[known]] = 1.0
+    mask[sample, rank] = True
+    return out, mask
+
+
+def _config_digest(config: DatasetConfig) -> str:
+    return hashlib.sha256(orjson.dumps(asdict(config), option=orjson.OPT_SORT_KEYS)).hexdigest()[
+        :16
+    ]
+
+
+def _cache_key(records: list[DeidentifiedRecord], config: DatasetConfig) -> str:
+    """A hash of everything the samples depend on: each output's content, which of its clips
+    may train, the configuration and the layout of the arrays."""
+    inputs = sorted((r.path, r.sha256, r.output_id, r.consent_training) for r in records)
+    payload = {"format": _FORMAT, "config": asdict(config), "inputs": inputs}
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _dump(train: Samples, test: Samples, info: Mapping[str, Any]) -> bytes:
+    arrays: dict[str, Any] = {"info": np.frombuffer(orjson.dumps(info), dtype=np.uint8)}
+    for side, samples in (("train", train), ("test", test)):
+        for name in ("past", "objects", "object_mask", "future"):
+            arrays[f"{side}_{name}"] = getattr(samples, name)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _load(data: bytes) -> tuple[Samples, Samples, dict[str, Any]]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        sides = [
+            Samples(
+                npz[f"{side}_past"],
+                npz[f"{side}_objects"],
+                npz[f"{side}_object_mask"],
+                npz[f"{side}_future"],
+            )
+            for side in ("train", "test")
+        ]
+        info = orjson.loads(npz["info"].tobytes())
+    return sides[0], sides[1], info
