@@ -9,7 +9,7 @@ import orjson
 import typer
 from typer.exceptions import TyperException
 
-from onshore.cli import deid, demo, fleet, gate, ledger, project, rulebook, store, transfer
+from onshore.cli import deid, demo, fleet, gate, ledger, project, rulebook, store, train, transfer
 from onshore.errors import FileSystemError, OnshoreError
 
 __all__ = ["app", "main"]
@@ -31,6 +31,7 @@ app.add_typer(ledger.app, name="ledger")
 store.register(app)
 deid.register(app)
 transfer.register(app)
+train.register(app)
 demo.register(app)
 
 
