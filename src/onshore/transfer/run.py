@@ -272,14 +272,14 @@ def _consented(decision: Decision, found: Dataset, purpose: str) -> Decision:
         f"{purpose}; select only consenting drivers' clips (add consent=true to --dataset, e.g. "
         f"'{found.selection.source}:consent=true')."
     )
-    return replace(
-        decision,
-        allowed=False,
-        exempt=False,
-        mechanisms=(),
-        approval=None,
-        reasons=(reason, *decision.reasons),
+    # The mechanisms stay: the law's requirements still apply once the selection is fixed.
+    # Where the law denies anyway, its verdict stays first.
+    reasons = (
+        (decision.reasons[0], reason, *decision.reasons[1:])
+        if not decision.allowed and decision.reasons
+        else (reason, *decision.reasons)
     )
+    return replace(decision, allowed=False, exempt=False, approval=None, reasons=reasons)
 
 
 def _record_denial(
