@@ -264,7 +264,7 @@ def samples_from_outputs(
 
 def _windows(table: pa.Table, config: DatasetConfig) -> tuple[Samples, NDArray[np.intp]]:
     """Every window of ``table`` (rows of many clips and vehicles), and each one's vehicle."""
-    clip = pc.dictionary_encode(table["clip"]).combine_chunks().indices.to_numpy()
+    clip = pc.dictionary_encode(table["clip"].combine_chunks()).indices.to_numpy()
     t = table["t"].to_numpy()
     order = np.lexsort((t, clip))
     clip, t = clip[order], t[order]
