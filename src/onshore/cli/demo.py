@@ -115,7 +115,13 @@ def _gate_table(steps: list[dict[str, Any]]) -> Table:
         elif decision["prohibited"]:
             verdict = "[red]prohibited[/]"
         else:
-            verdict = f"[red]denied[/]; needs {' or '.join(decision['mechanisms']) or 'a rule'}"
+            why = []
+            # The law's own verdict comes first; a consent refusal alone leads with itself.
+            if "did not consent" not in decision["reasons"][0]:
+                why.append(f"needs {' or '.join(decision['mechanisms']) or 'a rule'}")
+            if step["dataset"]["without_consent"] and step["purpose"].endswith("_training"):
+                why.append(f"{step['dataset']['without_consent']} clips lack training consent")
+            verdict = "[red]denied[/]; " + "; ".join(why)
         table.add_row(
             f"{step['from']} -> {step['to']}: {step['dataset']['dataset']}\n"
             f"[dim]{escape(step['note'])}[/]",
