@@ -65,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project", type=Path, help="a project with de-identified data")
     parser.add_argument("--vehicles", type=int, default=150, help="without --project: per site")
     parser.add_argument("--minutes", type=float, default=6.0, help="without --project")
-    parser.add_argument("--steps", type=int, default=3000, help="optimiser steps per model")
+    parser.add_argument("--steps", type=int, default=1500, help="optimiser steps per model")
     parser.add_argument("--dp-steps", type=int, default=1000, help="steps with DP-SGD")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--weight-decay", type=float, default=0.1)
     parser.add_argument("--epsilon", type=float, default=8.0, help="DP budget at delta 1e-5")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -127,6 +128,7 @@ def _measure(project: Project, args: argparse.Namespace, say: Any) -> dict[str, 
                 steps=steps,
                 batch_size=args.batch_size,
                 lr=2e-3,
+                weight_decay=args.weight_decay,
                 dp=dp,
                 seed=args.seed,
             )

@@ -23,11 +23,12 @@ def train(
     model: Annotated[
         str, typer.Option(help="Model: object_encoder, past_mlp, constant_velocity.")
     ] = "object_encoder",
-    steps: Annotated[int, typer.Option(min=0, help="Optimiser steps at each site.")] = 3000,
+    steps: Annotated[int, typer.Option(min=0, help="Optimiser steps at each site.")] = 1500,
     batch_size: Annotated[
         int, typer.Option(min=1, help="Samples per step (expected, with DP).")
     ] = 128,
     lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate.")] = 2e-3,
+    weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW weight decay.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of weights, batches and DP noise.")] = 0,
     dp: Annotated[
         bool, typer.Option("--dp", help="DP-SGD: sample-level differential privacy.")
@@ -63,6 +64,7 @@ def train(
         steps=steps,
         batch_size=batch_size,
         lr=lr,
+        weight_decay=weight_decay,
         seed=seed,
         dp=DPConfig(epsilon, delta, noise_multiplier, max_grad_norm) if dp else None,
     )
