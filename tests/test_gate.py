@@ -847,3 +847,22 @@ def test_us_bulk_count_takes_only_transfers_the_rule_governs() -> None:
     assert not decide(parse_request(request([to_germany])), books).prohibited
     assert decide(parse_request(request([to_china])), books).prohibited
     assert decide(parse_request(request([unknown])), books).prohibited
+
+
+def test_a_destination_that_is_no_country_is_an_invalid_request() -> None:
+    """Regression (QA): "XX" was decided as if it were a country no rule names."""
+    from onshore.errors import InvalidRequest
+
+    request = {
+        "origin": "CN",
+        "destination": "XX",
+        "recipient": {"name": "A", "country": "US"},
+        "purpose": "adas_training",
+        "date": "2026-11-29",
+        "data": [{"category": "trajectory", "subjects": 1}],
+    }
+    with pytest.raises(InvalidRequest, match="destination"):
+        parse_request(request)
+    with pytest.raises(InvalidRequest, match=r"recipient\.country"):
+        parse_request({**request, "destination": "US", "recipient": {"name": "A", "country": "ZZ"}})
+    assert parse_request({**request, "destination": "EU"}).destination == "EU"

@@ -31,9 +31,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from onshore.rulebook.categories import DeidState
 from onshore.rulebook.loader import Rulebooks
@@ -73,6 +73,34 @@ Decision = Literal["exempt", "require", "no_rule", "prohibited"]
 _SEVERITY: dict[str, int] = {"exempt": 0, "require": 1, "no_rule": 2, "prohibited": 3}
 
 
+_ISO_TABLE: Final = (
+    "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL "
+    "BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV "
+    "CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD "
+    "GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM "
+    "IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK "
+    "LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW "
+    "MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR "
+    "PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS "
+    "ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY "
+    "UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW"
+)
+ISO_COUNTRIES: Final = frozenset(_ISO_TABLE.split())
+"""ISO 3166-1 alpha-2 codes, for the countries a request names: ``EU`` (the Union as one
+destination) and ``XK`` (Kosovo, user-assigned) are accepted besides."""
+
+
+def _country(code: str) -> str:
+    if code not in ISO_COUNTRIES and code not in ("EU", "XK"):
+        raise ValueError(f"{code!r} is not an ISO 3166-1 alpha-2 country code (or EU)")
+    return code
+
+
+Country = Annotated[CountryCode, AfterValidator(_country)]
+"""A country a request names: checked against ISO 3166-1, so a typo is an invalid request,
+not a destination no rule happens to match."""
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -81,9 +109,9 @@ class Recipient(_Request):
     """Who receives the data."""
 
     name: Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
-    country: CountryCode
+    country: Country
     """Where the recipient sits (ISO 3166-1 alpha-2)."""
-    linked_to: tuple[CountryCode, ...] = ()
+    linked_to: tuple[Country, ...] = ()
     """Countries the recipient is linked to: where its owners, headquarters or controllers are."""
 
 
@@ -100,7 +128,7 @@ class PastTransfer(_Request):
     """An earlier transfer that counts towards thresholds."""
 
     date: dt.date
-    destination: CountryCode
+    destination: Country
     category: CategoryRef
     subjects: int = Field(ge=0)
     recipient: str | None = None
@@ -116,7 +144,7 @@ class TransferRequest(_Request):
 
     origin: CountryCode
     """Jurisdiction (``CN``, ``EU``, ``US``) or country whose law governs the data."""
-    destination: CountryCode
+    destination: Country
     """Where the data would go (a country code, or ``EU``)."""
     recipient: Recipient
     purpose: Name
