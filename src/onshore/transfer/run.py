@@ -33,8 +33,8 @@ from sqlalchemy.engine import Connection
 
 from onshore.deidentify.profiles import resolve_profile
 from onshore.errors import ConfigError
-from onshore.gate import ApprovalRegistry, Decision, Gate
-from onshore.ledger import Head, Ledger, verify
+from onshore.gate import ApprovalRegistry, Decision, Gate, HistoryProvider
+from onshore.ledger import Entry, Head, Ledger, verify
 from onshore.rulebook.evaluate import PastTransfer, Recipient, TransferRequest
 from onshore.rulebook.loader import project_rulebooks
 from onshore.settings import Project
@@ -103,7 +103,7 @@ class TransferReport:
         }
 
 
-def ledger_history(ledger: Ledger, *, exclude: str | None = None) -> Any:
+def ledger_history(ledger: Ledger, *, exclude: str | None = None) -> HistoryProvider:
     """A gate history provider over the ``transfer_out`` entries of ``ledger``: every item of
     every earlier transfer out of the site since the day the gate asks for. ``exclude`` leaves
     out one transfer (its own rerun must not count itself twice)."""
@@ -146,7 +146,7 @@ def _transfer_id(
     return hashlib.sha256(orjson.dumps(facts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:24]
 
 
-def _find(ledger: Ledger, kind: str, transfer_id: str) -> Any:
+def _find(ledger: Ledger, kind: str, transfer_id: str) -> Entry | None:
     """The entry of ``kind`` for ``transfer_id``, if the ledger has one."""
     for entry in ledger.entries(kind=kind):
         if entry.data.get("transfer") == transfer_id:
