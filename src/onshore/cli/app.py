@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 import typer
-from typer.exceptions import TyperException
+
+if TYPE_CHECKING:
+    from typer.exceptions import TyperException
+else:
+    try:  # typer >= 0.22 raises its own exceptions, without click
+        from typer.exceptions import TyperException
+    except ImportError:  # typer < 0.21, which Flower 1.42 pins, raises click's
+        from click.exceptions import ClickException as TyperException
 
 from onshore.cli import deid, demo, fleet, gate, ledger, project, rulebook, store, train, transfer
 from onshore.errors import FileSystemError, OnshoreError
