@@ -263,3 +263,29 @@ def test_unreadable_and_oversized_files_do_not_stop_the_run(
     assert "cannot be read (Permission denied)" in str(by_path[str(locked)]["reason"])
     assert str(tmp_path / "in" / "gone.mcap") in report.ignored
     assert str(tmp_path / "in" / "notes.txt") in report.ignored
+
+
+def test_one_vehicle_cannot_be_in_two_places_at_once(project: Project, tmp_path: Path) -> None:
+    """Regression (QA): clips of one VIN overlapping in time at different places were accepted
+    (and made trip-end trimming meaningless). Overlapping clips at the same place are fine."""
+    import dataclasses
+
+    from conftest import make_clip
+    from onshore.clips.mcap import write_mcap
+
+    here = make_clip(1, clip_id="here")
+
+    def same_vehicle(clip_id: str, lat0: float):  # type: ignore[no-untyped-def]
+        clip = make_clip(1, clip_id=clip_id, lat0=lat0)
+        return dataclasses.replace(clip, meta=dataclasses.replace(clip.meta, vin=here.meta.vin))
+
+    folder = tmp_path / "up"
+    folder.mkdir()
+    # The same drive uploaded again, and the same VIN at the same times 30 km north.
+    for clip in (here, same_vehicle("again", 31.23), same_vehicle("far", 31.5)):
+        write_mcap(clip, folder / f"{clip.meta.clip_id}.mcap")
+    with SiteStore.open(project, "cn-shanghai") as site:
+        report = ingest(site, [folder])
+    assert report.clips == 2
+    (refused,) = report.quarantined
+    assert "far.mcap" in refused["path"] and "two places" in refused["reason"]

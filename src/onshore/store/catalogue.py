@@ -393,6 +393,17 @@ class Catalogue:
             ).all()
         return [_row_to(ClipRecord, r) for r in rows]
 
+    def clips_of(self, vins: Sequence[str]) -> list[ClipRecord]:
+        """The site's clips of the vehicles with these VINs."""
+        out: list[ClipRecord] = []
+        with self._tx() as conn:
+            for part in _batches(sorted(set(vins))):
+                rows = conn.execute(
+                    select(_clips).where(_clips.c.site == self.site, _clips.c.vin.in_(part))
+                ).all()
+                out.extend(_row_to(ClipRecord, r) for r in rows)
+        return out
+
     def files(self, status: str | None = None) -> list[FileRecord]:
         query = select(_files).where(_files.c.site == self.site)
         if status is not None:

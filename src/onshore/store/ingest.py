@@ -13,6 +13,7 @@ uncatalogued object that the rerun adopts, never a catalogued clip without its o
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
@@ -35,6 +36,7 @@ from onshore.errors import (
     ConfigError,
     FileSystemError,
     OnshoreError,
+    PhysicsError,
     ResidencyError,
     UnreadableFile,
 )
@@ -418,10 +420,14 @@ class _Run:
 
     def _without_conflicts(self, batch: list[_Prepared]) -> list[_Prepared]:
         """The batch less the files reusing a clip id (catalogued or earlier in the batch) for
-        other content; those are quarantined."""
+        other content, or holding a clip that overlaps in time, far away, another clip of the
+        same vehicle; those are quarantined."""
         if not batch:
             return []
         known = self.catalogue.clip_hashes([r.clip_id for p in batch for r in p.records])
+        by_vin: dict[str, dict[str, ClipRecord]] = {}
+        for clip in self.catalogue.clips_of([r.vin for p in batch for r in p.records]):
+            by_vin.setdefault(clip.vin, {})[clip.clip_id] = clip
         accepted = []
         for item in batch:
             conflict = next(
@@ -437,7 +443,22 @@ class _Run:
                     ),
                 )
                 continue
+            clash = _elsewhere(item.records, by_vin)
+            if clash is not None:
+                record, other = clash
+                self.quarantine(
+                    item,
+                    PhysicsError(
+                        f"{item.path}: clip {record.clip_id} and clip {other.clip_id} of the same "
+                        f"vehicle ({record.vehicle_model}) overlap in time but lie more than "
+                        f"{_PLACE_SLACK_M:.0f} m apart: one vehicle cannot be in two places",
+                        hint="check the VIN and the clocks of both uploads",
+                    ),
+                )
+                continue
             known.update({r.clip_id: r.sha256 for r in item.records})
+            for r in item.records:
+                by_vin.setdefault(r.vin, {}).setdefault(r.clip_id, r)
             accepted.append(item)
         return accepted
 
@@ -501,6 +522,35 @@ class _Run:
             {"path": str(path), "reason": str(exc), "error": exc.code, "quarantine": None}
         )
         self.on_file(path, 0)
+
+
+_PLACE_SLACK_M: Final = 200.0
+"""How far apart (m) the areas two overlapping clips of one vehicle may be: GNSS error and the
+distance driven across the overlap's edges."""
+
+
+def _elsewhere(
+    records: list[ClipRecord], by_vin: dict[str, dict[str, ClipRecord]]
+) -> tuple[ClipRecord, ClipRecord] | None:
+    """A clip of ``records`` and another clip of the same vehicle (not the same clip) whose
+    times overlap while their areas, grown by :data:`_PLACE_SLACK_M`, do not meet."""
+    for record in records:
+        for other in by_vin.get(record.vin, {}).values():
+            if other.clip_id == record.clip_id:
+                continue
+            if other.end_time < record.start_time or record.end_time < other.start_time:
+                continue
+            lat = _PLACE_SLACK_M / 111_320
+            lon = lat / max(math.cos(math.radians(record.min_lat)), 0.01)
+            apart = (
+                other.max_lat + lat < record.min_lat
+                or record.max_lat + lat < other.min_lat
+                or other.max_lon + lon < record.min_lon
+                or record.max_lon + lon < other.min_lon
+            )
+            if apart:
+                return record, other
+    return None
 
 
 def _size(path: Path) -> int:
