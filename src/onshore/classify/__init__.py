@@ -14,7 +14,7 @@ see :mod:`onshore.deidentify.video`). Outside frames with a face or plate found 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
@@ -30,7 +30,14 @@ from onshore.rulebook.model import Rulebook
 from onshore.store.catalogue import ClipRecord, LabelRecord
 from onshore.store.site import SiteStore
 
-__all__ = ["VEHICLE_CLASSES", "ClipLabels", "classify_clip", "classify_site", "load_zones"]
+__all__ = [
+    "VEHICLE_CLASSES",
+    "ClipLabels",
+    "classify_clip",
+    "classify_site",
+    "label_clips",
+    "load_zones",
+]
 
 VEHICLE_CLASSES: Final = ("car", "bus", "truck", "motorcycle")
 """Tracked objects whose movements make up vehicle flows."""
@@ -179,26 +186,7 @@ def classify_site(
     as_of = as_of or datetime.now(UTC).date()
     zones = load_zones(site.objects)
     records = site.catalogue.clips()
-    frames = {f.clip_id: f for f in site.catalogue.frames()}
-    found: list[ClipLabels] = []
-    for n, record in enumerate(records, start=1):
-        clip = _read(site, record)
-        scan = None
-        if record.clip_id in frames:
-            scan = scan_frames(site.objects, frames[record.clip_id])
-        labels = classify_clip(clip, zones, scan)
-        found.append(
-            ClipLabels(
-                record.clip_id,
-                record.vin,
-                record.start_time,
-                labels,
-                persons=None if scan is None else scan.tracks("face"),
-                plates=None if scan is None else scan.tracks("plate"),
-            )
-        )
-        if on_clip is not None:
-            on_clip(n, len(records))
+    found = label_clips(site, records, zones=zones, on_clip=on_clip)
     site.catalogue.replace_labels(
         [r.clip_id for r in records], [label for c in found for label in c.labels]
     )
@@ -215,6 +203,38 @@ def classify_site(
         for name, entry in summary["categories"].items():
             entry["legal_classes"] = sorted(rulebook.classify(name, "raw", None))
     return summary
+
+
+def label_clips(
+    site: SiteStore,
+    records: Sequence[ClipRecord],
+    *,
+    zones: Zones | None = None,
+    on_clip: Callable[[int, int], None] | None = None,
+) -> list[ClipLabels]:
+    """Classify the clips of ``records`` as they are stored now (their frames' detections
+    from the cache), without storing the labels: what ``classify_site`` stores, and what the
+    gate classifies when data would leave."""
+    zones = load_zones(site.objects) if zones is None else zones
+    frames = {f.clip_id: f for f in site.catalogue.frames([r.clip_id for r in records])}
+    found: list[ClipLabels] = []
+    for n, record in enumerate(records, start=1):
+        scan = None
+        if record.clip_id in frames:
+            scan = scan_frames(site.objects, frames[record.clip_id])
+        found.append(
+            ClipLabels(
+                record.clip_id,
+                record.vin,
+                record.start_time,
+                classify_clip(_read(site, record), zones, scan),
+                persons=None if scan is None else scan.tracks("face"),
+                plates=None if scan is None else scan.tracks("plate"),
+            )
+        )
+        if on_clip is not None:
+            on_clip(n, len(records))
+    return found
 
 
 def _read(site: SiteStore, record: ClipRecord) -> Clip:

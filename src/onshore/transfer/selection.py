@@ -25,11 +25,8 @@ from typing import Any, Final
 
 import orjson
 
-from onshore.classify import classify_clip
-from onshore.classify.zones import load_zones
-from onshore.clips.tabular import read_parquet
+from onshore.classify import label_clips
 from onshore.deidentify.profiles import Profile
-from onshore.deidentify.video import scan_frames
 from onshore.errors import ConfigError
 from onshore.rulebook.categories import CATEGORIES
 from onshore.rulebook.evaluate import DataItem
@@ -160,16 +157,7 @@ def resolve(site: SiteStore, selection: Selection, profile: Profile | None) -> D
 
 def _labels(site: SiteStore, records: list[ClipRecord]) -> dict[str, tuple[LabelRecord, ...]]:
     """Each clip's labels, classified now: what leaves is classified as it is."""
-    zones = load_zones(site.objects)
-    frames = {f.clip_id: f for f in site.catalogue.frames([r.clip_id for r in records])}
-    out = {}
-    for record in records:
-        (clip,) = read_parquet(site.objects.read(record.path), record.path)
-        scan = None
-        if record.clip_id in frames:
-            scan = scan_frames(site.objects, frames[record.clip_id])
-        out[record.clip_id] = classify_clip(clip, zones, scan)
-    return out
+    return {found.clip_id: found.labels for found in label_clips(site, records)}
 
 
 def _items(found: Iterable[tuple[str, str, int, str]]) -> list[DataItem]:
