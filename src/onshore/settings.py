@@ -21,7 +21,9 @@ from onshore.errors import ConfigError, ProjectNotFound, SiteNotFound
 __all__ = [
     "CONFIG_NAME",
     "ComputeProfile",
+    "CoordinatorSettings",
     "FleetSettings",
+    "PrivacySettings",
     "Project",
     "RulebookSettings",
     "Settings",
@@ -52,6 +54,19 @@ class ComputeProfile(_Model):
     """Work per unit time relative to a reference site; export rules cap some sites' hardware."""
     accelerators: str = ""
     """Free text: the accelerators the site has, e.g. ``8x H20`` (for the model card)."""
+
+
+class PrivacySettings(_Model):
+    """The site's differential-privacy budget for training on its data (``privacy = {...}``):
+    DP-SGD's noise and clipping, and the epsilon at ``delta`` that all training on the site's
+    data together may spend, across every run. Once it is spent, the site refuses to send."""
+
+    epsilon: float = Field(default=8.0, gt=0)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    noise_multiplier: float = Field(default=0.8, gt=0)
+    """Gaussian noise standard deviation, in units of ``max_grad_norm``."""
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    """Each sample's gradient is clipped to this L2 norm."""
 
 
 class FleetSettings(_Model):
@@ -94,6 +109,7 @@ class SiteSettings(_Model):
     """Folder holding the site's Ed25519 key and HMAC secret (owner-only permissions)."""
     compute: ComputeProfile = ComputeProfile()
     fleet: FleetSettings = FleetSettings()
+    privacy: PrivacySettings = PrivacySettings()
 
     @property
     def location(self) -> str:
@@ -114,6 +130,22 @@ class SiteSettings(_Model):
                 return "us"
 
 
+class CoordinatorSettings(_Model):
+    """The coordinator of federated training (``[coordinator]``): the entity that runs the
+    ServerApp, aggregates the sites' model updates and releases the model. It holds no fleet
+    data; it has a store for global models, a catalogue for its ledger and a keystore."""
+
+    id: SiteId = "coordinator"
+    entity: str = Field(default="Onshore Mobility Europe GmbH", min_length=1)
+    """The legal entity that receives the sites' updates (the recipient the gates check)."""
+    country: Country = "DE"
+    """Where the coordinator and its servers are: the destination of every update."""
+    linked_to: list[Country] = Field(default_factory=list)
+    store: str = "coordinator/store"
+    catalogue: str = "sqlite:///coordinator/store/catalogue.sqlite"
+    keystore: str = "keys/coordinator"
+
+
 class RulebookSettings(_Model):
     """Which rulebooks the project uses (``[rulebooks]``)."""
 
@@ -129,6 +161,7 @@ class Settings(_Model):
     name: str = "onshore"
     """A name for the project, shown in reports."""
     sites: dict[str, SiteSettings] = Field(default_factory=dict)
+    coordinator: CoordinatorSettings = CoordinatorSettings()
     rulebooks: RulebookSettings = RulebookSettings()
     deidentify_profiles: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
     """``[deidentify.profiles.NAME] transforms = [...]``: profiles added to, or replacing, the
@@ -157,13 +190,13 @@ class Project:
                 hint=f"declared sites: {known}",
             ) from None
 
-    def store_url(self, site: SiteSettings) -> str:
+    def store_url(self, site: SiteSettings | CoordinatorSettings) -> str:
         """The site's store as an fsspec URL or absolute path."""
         if "://" in site.store:
             return site.store
         return str((self.root / site.store).resolve())
 
-    def catalogue_url(self, site: SiteSettings) -> str:
+    def catalogue_url(self, site: SiteSettings | CoordinatorSettings) -> str:
         """The site's catalogue as a SQLAlchemy URL, relative SQLite paths made absolute."""
         url = site.catalogue
         prefix = "sqlite:///"
@@ -173,7 +206,7 @@ class Project:
                 return prefix + str((self.root / rest).resolve())
         return url
 
-    def keystore_path(self, site: SiteSettings) -> Path:
+    def keystore_path(self, site: SiteSettings | CoordinatorSettings) -> Path:
         """The site's keystore folder."""
         return (self.root / site.keystore).resolve()
 
@@ -191,7 +224,7 @@ def _parse(raw: dict[str, object], source: Path) -> Settings:
     project = raw.get("project", {})
     sites_raw = raw.get("sites", {})
     deidentify = raw.get("deidentify", {})
-    unknown = set(raw) - {"project", "sites", "deidentify", "rulebooks"}
+    unknown = set(raw) - {"project", "sites", "deidentify", "rulebooks", "coordinator"}
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {', '.join(sorted(unknown))}")
     if not isinstance(project, dict) or not isinstance(sites_raw, dict):
@@ -217,6 +250,7 @@ def _parse(raw: dict[str, object], source: Path) -> Settings:
                 "sites": sites,
                 "deidentify_profiles": profiles,
                 "rulebooks": raw.get("rulebooks", {}),
+                "coordinator": raw.get("coordinator", {}),
             }
         )
     except ValidationError as exc:

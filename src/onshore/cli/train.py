@@ -4,18 +4,27 @@ the site's own test split beside the constant-velocity baseline."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from onshore.cli.output import JsonOption, ProjectOption, console, emit, err_console
+from onshore.errors import ConfigError
 from onshore.settings import load_project
 
 __all__ = ["register"]
 
 
 def train(
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="local: each site alone; federated: Flower across the sites; "
+            "centralized-counterfactual: all data pooled (simulated fleets only)."
+        ),
+    ] = "local",
     sites: Annotated[
         list[str] | None,
         typer.Option("--site", "-s", help="Site to train at (repeat; default: every site)."),
@@ -23,7 +32,17 @@ def train(
     model: Annotated[
         str, typer.Option(help="Model: object_encoder, past_mlp, constant_velocity.")
     ] = "object_encoder",
-    steps: Annotated[int, typer.Option(min=0, help="Optimiser steps at each site.")] = 1500,
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
+    strategy: Annotated[
+        str, typer.Option(help="Federated strategy: fedavg, fedprox, fedadam.")
+    ] = "fedavg",
+    local_steps: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Federated: steps per round at relative throughput 1 (profile scales it)."
+        ),
+    ] = 150,
+    steps: Annotated[int, typer.Option(min=0, help="Local: optimiser steps at each site.")] = 1500,
     batch_size: Annotated[
         int, typer.Option(min=1, help="Samples per step (expected, with DP).")
     ] = 128,
@@ -31,18 +50,30 @@ def train(
     weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW weight decay.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of weights, batches and DP noise.")] = 0,
     dp: Annotated[
-        bool, typer.Option("--dp", help="DP-SGD: sample-level differential privacy.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--dp/--no-dp",
+            help="DP-SGD (sample-level differential privacy). Federated: on unless --no-dp, "
+            "within each site's budget in onshore.toml. Local: off unless --dp.",
+        ),
+    ] = None,
     epsilon: Annotated[
-        float, typer.Option(min=0.0, help="With --dp: the budget, epsilon at --delta.")
+        float, typer.Option(min=0.0, help="Local with --dp: the budget, epsilon at --delta.")
     ] = 8.0,
-    delta: Annotated[float, typer.Option(help="With --dp: delta of the budget.")] = 1e-5,
+    delta: Annotated[float, typer.Option(help="Local with --dp: delta of the budget.")] = 1e-5,
     noise_multiplier: Annotated[
-        float, typer.Option(min=0.0, help="With --dp: noise, in units of --max-grad-norm.")
+        float, typer.Option(min=0.0, help="Local with --dp: noise, in units of --max-grad-norm.")
     ] = 1.0,
     max_grad_norm: Annotated[
-        float, typer.Option(min=0.0, help="With --dp: per-sample gradient clipping norm.")
+        float, typer.Option(min=0.0, help="Local with --dp: per-sample gradient clipping norm.")
     ] = 1.0,
+    superlink: Annotated[
+        str | None,
+        typer.Option(help="Federated across data centres: the SuperLink HOST:PORT to run on."),
+    ] = None,
+    root_certificates: Annotated[
+        Path | None, typer.Option(help="With --superlink: the federation's CA certificate.")
+    ] = None,
     run: Annotated[
         str | None,
         typer.Option(help="Run id (default: a new one); an unfinished run's id resumes it."),
@@ -50,31 +81,124 @@ def train(
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Train at each site on its own data alone (local mode): samples from its consented,
-    de-identified training clips, split by vehicle; prints ADE, FDE and miss rate on each
-    site's own test split beside constant velocity. Weights stay in each site's store."""
-    from onshore.model.local import LocalOptions, train_sites_locally
+    """Train the driving model and evaluate it on each site's own test split beside constant
+    velocity. Local: each site on its own data alone, weights stay in its store. Federated:
+    Flower across the sites, only DP-trained model updates and metrics leave them, each through
+    its gate and into its ledger. Centralized-counterfactual: simulated data only, pooled."""
     from onshore.model.nets import ModelSpec, build_model
-    from onshore.model.train import DPConfig
 
     proj = load_project(project)
     build_model(model)  # an unknown name fails here, before any site is read
-    options = LocalOptions(
-        model=ModelSpec(model),
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        seed=seed,
-        dp=DPConfig(epsilon, delta, noise_multiplier, max_grad_norm) if dp else None,
-    )
 
     def say(message: str) -> None:
         if not as_json:
             err_console.print(f"[bold cyan]>[/] {message}")
 
-    summary = train_sites_locally(proj, sites, options, run=run, say=say)
-    emit(summary, as_json, _render)
+    if mode == "local":
+        from onshore.model.local import LocalOptions, train_sites_locally
+        from onshore.model.train import DPConfig
+
+        options = LocalOptions(
+            model=ModelSpec(model),
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            seed=seed,
+            dp=DPConfig(epsilon, delta, noise_multiplier, max_grad_norm) if dp else None,
+        )
+        summary = train_sites_locally(proj, sites, options, run=run, say=say)
+        emit(summary, as_json, _render)
+        return
+    if mode not in ("federated", "centralized-counterfactual"):
+        raise ConfigError(
+            f"no mode {mode!r}", hint="modes: local, federated, centralized-counterfactual"
+        )
+    from onshore.federation import FederatedOptions
+    from onshore.model.local import new_run_id
+
+    chosen = tuple(sites) if sites else tuple(proj.settings.sites)
+    for site in chosen:
+        proj.site(site)
+    fed = FederatedOptions(
+        run=run or new_run_id("federated" if mode == "federated" else "centralized"),
+        sites=chosen,
+        project=str(proj.root),
+        model=ModelSpec(model),
+        rounds=rounds,
+        local_steps=local_steps,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        strategy=strategy,  # type: ignore[arg-type]  # checked by FederatedOptions
+        dp=dp if dp is not None else mode == "federated",
+        seed=seed,
+    )
+    if mode == "centralized-counterfactual":
+        from onshore.federation.centralized import train_centralized
+
+        emit(train_centralized(proj, fed, say=say), as_json, _render_federated)
+        return
+    if superlink is not None:
+        from onshore.federation.deploy import run_deployed
+
+        if root_certificates is None:
+            raise ConfigError(
+                "--superlink needs --root-certificates",
+                hint="the CA certificate onshore federation serve printed",
+            )
+        summary = run_deployed(proj, fed, superlink, root_certificates, say=say)
+    else:
+        from onshore.federation import run_federated
+
+        summary = run_federated(proj, fed, say=say)
+    emit(summary, as_json, _render_federated)
+
+
+def _render_federated(d: dict[str, Any]) -> None:
+    counterfactual = d["mode"] == "centralized-counterfactual"
+    table = Table(
+        "site",
+        "test samples",
+        "ADE m",
+        "FDE m",
+        "miss @2 m",
+        "CV ADE m",
+        "ADE / CV",
+        "epsilon (run)",
+        "bytes crossed",
+        title=f"run {d['run']}: {d['model']['name']}, {d['mode']}"
+        + ("" if counterfactual else f" ({d['strategy']}, {d['rounds']} rounds)"),
+    )
+    for site, r in d["regions"].items():
+        cv = r["baselines"]["constant_velocity"]
+        ratio = f"{r['ade'] / cv['ade']:.2f}" if r["ade"] is not None and cv["ade"] else "-"
+        table.add_row(
+            site,
+            str(r["samples"]),
+            _metre(r["ade"]),
+            _metre(r["fde"]),
+            _metre(r["miss_rate"]),
+            _metre(cv["ade"]),
+            ratio,
+            _metre(d["epsilon"].get(site)),
+            f"{d['bytes_crossed'].get(site, 0):,}",
+        )
+    console.print(table)
+    if counterfactual:
+        console.print(f"[yellow]{d['label']}[/]")
+        return
+    for refusal in d.get("refusals", []):
+        console.print(
+            f"  round {refusal['round']} {refusal['kind']}: "
+            f"{refusal.get('site') or 'node ' + str(refusal['node'])} refused "
+            f"({refusal['reason']}): {refusal['detail']}"
+        )
+    if "model_path" in d:
+        console.print(
+            f"Global model: {d['model_path']['path']} in the {d['model_path']['store']} store "
+            f"({d['model_bytes']:,} bytes of tensors)"
+        )
 
 
 def _metre(value: Any) -> str:

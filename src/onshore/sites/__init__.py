@@ -31,6 +31,7 @@ catalogue = "sqlite:///sites/cn-shanghai/store/catalogue.sqlite"    # any SQLAlc
 keystore = "keys/cn-shanghai"
 compute = { device = "cpu", relative_throughput = 0.5, accelerators = "export-capped (H20 class)" }
 fleet = { fleet_share = 0.3, no_consent_share = 0.15 }
+privacy = { epsilon = 8.0, delta = 1e-5 }     # DP budget for all training on this site's data
 
 [sites.eu-frankfurt]
 jurisdiction = "EU"
@@ -41,6 +42,7 @@ catalogue = "sqlite:///sites/eu-frankfurt/store/catalogue.sqlite"
 keystore = "keys/eu-frankfurt"
 compute = { device = "cpu", relative_throughput = 1.0, accelerators = "H100 class" }
 fleet = { fleet_share = 0.3, no_consent_share = 0.1 }
+privacy = { epsilon = 8.0, delta = 1e-5 }
 
 [sites.us-oregon]
 jurisdiction = "US"
@@ -50,6 +52,16 @@ catalogue = "sqlite:///sites/us-oregon/store/catalogue.sqlite"
 keystore = "keys/us-oregon"
 compute = { device = "cpu", relative_throughput = 1.0, accelerators = "H100 class" }
 fleet = { fleet_share = 0.3, no_consent_share = 0.2 }
+privacy = { epsilon = 8.0, delta = 1e-5 }
+
+# The coordinator of federated training: it receives each site's model updates (every one
+# through that site's gate), aggregates them, and releases the model.
+[coordinator]
+entity = "Onshore Mobility Europe GmbH"
+country = "DE"
+store = "coordinator/store"
+catalogue = "sqlite:///coordinator/store/catalogue.sqlite"
+keystore = "keys/coordinator"
 """
 
 EXAMPLES: Final = {"three-regions": _THREE_REGIONS}
@@ -77,6 +89,10 @@ def init_project(folder: Path, example: str = "three-regions") -> Project:
         if "://" not in site.store:
             (project.root / site.store).mkdir(parents=True, exist_ok=True)
         create_keystore(project.keystore_path(site))
+    coordinator = project.settings.coordinator
+    if "://" not in coordinator.store:
+        (project.root / coordinator.store).mkdir(parents=True, exist_ok=True)
+    create_keystore(project.keystore_path(coordinator))
     return project
 
 

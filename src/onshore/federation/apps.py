@@ -1,0 +1,307 @@
+"""onshore's Flower apps: the ClientApp each site runs next to its data, and the coordinator's
+ServerApp.
+
+Deployed (``flwr run`` against a SuperLink), Flower loads :data:`client_app` and
+:data:`server_app`, and both read the run's options from the run config
+(:data:`~onshore.federation.options.RUN_CONFIG_KEY`). In simulation, :func:`make_client_app`
+and :func:`make_server_app` bind the options directly. Either way the site's outbound mod is the
+first mod of every ClientApp onshore builds; nothing a run is given can remove it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from flwr.app import ArrayRecord, Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from safetensors.torch import save as safetensors_bytes
+
+from onshore.errors import KeystoreError
+from onshore.federation.coordinator import Governance, RoundLog, make_strategy
+from onshore.federation.envelope import public_key, size_limit
+from onshore.federation.options import FederatedOptions
+from onshore.federation.site import evaluate_reply, outbound, train_reply
+from onshore.ledger import Ledger
+from onshore.model.local import RUNS_DIR, _write_atomically
+from onshore.model.nets import build_model
+from onshore.settings import Project, load_project
+from onshore.sites.keystore import PUBLIC_FILE, SiteKeys, create_keystore, load_keystore
+from onshore.store.catalogue import Catalogue
+from onshore.store.objects import ObjectStore, sha256
+
+__all__ = [
+    "GLOBAL_MODEL",
+    "client_app",
+    "coordinator_keys",
+    "make_client_app",
+    "make_server_app",
+    "server_app",
+    "site_public_keys",
+]
+
+GLOBAL_MODEL: Final = "global.safetensors"
+
+Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
+
+
+def make_client_app(
+    options: FederatedOptions | None = None, *, outer_mods: Sequence[Mod] = ()
+) -> ClientApp:
+    """A site's ClientApp. ``outer_mods`` run outside the outbound mod (they see replies after
+    it let them go): fault drills use them to play a broken or hostile site."""
+
+    def options_of(context: Context) -> FederatedOptions:
+        return options or FederatedOptions.from_run_config(context.run_config)
+
+    app = ClientApp(mods=[*outer_mods, outbound(options_of)])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return train_reply(msg, context, options_of(context))
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return evaluate_reply(msg, context, options_of(context))
+
+    return app
+
+
+def coordinator_keys(project: Project) -> SiteKeys:
+    """The coordinator's keystore, created on first use."""
+    folder = project.keystore_path(project.settings.coordinator)
+    try:
+        return load_keystore(folder)
+    except KeystoreError:
+        if folder.exists():
+            raise
+        return create_keystore(folder)
+
+
+def site_public_keys(project: Project, sites: Sequence[str]) -> dict[str, Ed25519PublicKey]:
+    """The sites' public keys, as each site's keystore publishes them (``ed25519.pub``)."""
+    keys = {}
+    for site_id in sites:
+        path = project.keystore_path(project.site(site_id)) / PUBLIC_FILE
+        try:
+            keys[site_id] = public_key(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise KeystoreError(
+                f"{site_id}: cannot read its public key {path}: {exc}",
+                hint="copy the site's ed25519.pub there (it is public)",
+            ) from exc
+    return keys
+
+
+def make_server_app(
+    options: FederatedOptions | None = None, *, say: Callable[[str], None] = lambda _m: None
+) -> ServerApp:
+    """The coordinator's ServerApp: the governed strategy for ``options.rounds`` rounds from
+    a fresh model; the coordinator's ledger records the run, each phase of each round and the
+    result; the global model goes to the coordinator's store; the run's summary to the
+    project's ``runs/<run>/federated.json``."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        coordinate(grid, options or FederatedOptions.from_run_config(context.run_config), say)
+
+    return app
+
+
+def coordinate(grid: Grid, options: FederatedOptions, say: Callable[[str], None]) -> None:
+    project = load_project(Path(options.project))
+    coord = project.settings.coordinator
+    keys = coordinator_keys(project)
+    if "://" not in coord.store:
+        (project.root / coord.store).mkdir(parents=True, exist_ok=True)
+    catalogue = Catalogue(project.catalogue_url(coord), coord.id)
+    try:
+        ledger = Ledger.open(catalogue, keys)
+        objects = ObjectStore(project.store_url(coord))
+        folder = project.root / RUNS_DIR / options.run
+        model = build_model(options.model, seed=options.seed)
+        initial = ArrayRecord(model.state_dict())
+        started = ledger.append(
+            "federated_run_started",
+            {
+                "run": options.run,
+                "options": options.settings(),
+                "options_sha256": options.digest(),
+                "global_initial_sha256": _arrays_digest(initial),
+                "size_limit": size_limit(options.model),
+            },
+        )
+        rounds: list[dict[str, Any]] = []
+
+        def on_phase(log: RoundLog) -> None:
+            record = _phase_record(log, governance)
+            entry = ledger.append("federated_round", {"run": options.run, **record})
+            record["ledger"] = {"site": coord.id, "seq": entry.seq, "hash": entry.hash}
+            rounds.append(record)
+            _write_atomically(
+                folder / "rounds.json", orjson.dumps(rounds, option=orjson.OPT_INDENT_2)
+            )
+            accepted = ", ".join(a["site"] for a in record["accepted"]) or "none"
+            refused = "; ".join(
+                f"{r['site'] or 'node ' + str(r['node'])}: {r['reason']}" for r in record["refused"]
+            )
+            say(
+                f"round {log.round}/{options.rounds} {log.kind}: accepted {accepted}"
+                + (f"; refused {refused}" if refused else "")
+            )
+
+        governance = Governance(options, site_public_keys(project, options.sites), on_phase)
+        strategy = make_strategy(options, governance)
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=options.rounds,
+            timeout=options.timeout,
+        )
+        final = result.arrays if len(result.arrays) else initial
+        blob = safetensors_bytes(
+            final.to_torch_state_dict(),
+            metadata={"run": options.run, "model": orjson.dumps(options.model.as_dict()).decode()},
+        )
+        path = f"derived/{RUNS_DIR}/{options.run}/{GLOBAL_MODEL}"
+        objects.put(path, blob)
+        lineage = [
+            {"site": a["ledger"]["site"], "seq": a["ledger"]["seq"], "hash": a["ledger"]["hash"]}
+            for r in rounds
+            if r["kind"] == "train"
+            for a in r["accepted"]
+        ]
+        finished = ledger.append(
+            "federated_run_finished",
+            {
+                "run": options.run,
+                "global_sha256": sha256(blob),
+                "global_path": path,
+                "rounds": options.rounds,
+                "updates_used": len(lineage),
+                "lineage": lineage,
+            },
+        )
+        summary = _summary(options, governance, rounds, project)
+        summary["model_path"] = {"store": coord.id, "path": path, "sha256": sha256(blob)}
+        summary["model_bytes"] = sum(len(a.data) for a in final.values())
+        summary["coordinator_ledger"] = {"started": started.seq, "finished": finished.seq}
+        summary["lineage"] = lineage
+        _write_atomically(
+            folder / "federated.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2)
+        )
+    finally:
+        catalogue.close()
+
+
+def _arrays_digest(arrays: ArrayRecord) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        h.update(name.encode())
+        h.update(arrays[name].numpy().tobytes())
+    return h.hexdigest()
+
+
+def _phase_record(log: RoundLog, governance: Governance) -> dict[str, Any]:
+    sites = governance.node_site
+    return {
+        "round": log.round,
+        "kind": log.kind,
+        "sent": {sites.get(node, f"node {node}"): size for node, size in log.sent.items()},
+        "received": dict(log.received),
+        "accepted": [
+            {
+                "site": a.site,
+                "sha256": a.sha256,
+                "bytes": a.bytes,
+                "ledger": dict(a.ledger),
+                "metrics": {k: round(v, 6) for k, v in a.metrics.items()},
+            }
+            for a in log.accepted
+        ],
+        "refused": list(log.refused),
+        "missing": [sites.get(node, f"node {node}") for node in log.missing],
+    }
+
+
+def _summary(
+    options: FederatedOptions,
+    governance: Governance,
+    rounds: list[dict[str, Any]],
+    project: Project,
+) -> dict[str, Any]:
+    regions: dict[str, Any] = {}
+    for server_round in sorted(governance.evaluations):
+        for site, metrics in governance.evaluations[server_round].items():
+            regions[site] = {
+                "site": site,
+                "jurisdiction": project.site(site).jurisdiction,
+                "round": server_round,
+                "ade": metrics.get("ade"),
+                "fde": metrics.get("fde"),
+                "miss_rate": metrics.get("miss-rate"),
+                "samples": int(metrics.get("num-examples", 0)),
+                "baselines": {
+                    "constant_velocity": {
+                        "ade": metrics.get("cv-ade"),
+                        "fde": metrics.get("cv-fde"),
+                        "miss_rate": metrics.get("cv-miss-rate"),
+                    }
+                },
+                "epsilon_total": metrics.get("epsilon"),
+            }
+    epsilon: dict[str, float | None] = {}
+    for site in options.sites:
+        found = None
+        for server_round in sorted(governance.evaluations):
+            m = governance.evaluations[server_round].get(site)
+            if m is not None:
+                found = m.get("epsilon-run")
+        epsilon[site] = None if not options.dp else found
+    crossed: dict[str, int] = dict.fromkeys(options.sites, 0)
+    per_round: dict[int, dict[str, dict[str, int]]] = {}
+    for record in rounds:
+        slot = per_round.setdefault(record["round"], {})
+        for site, size in record["sent"].items():
+            if site in crossed:
+                crossed[site] += size
+                slot.setdefault(site, {"down": 0, "up": 0})["down"] += size
+        for site, size in record["received"].items():
+            if site in crossed:
+                crossed[site] += size
+                slot.setdefault(site, {"down": 0, "up": 0})["up"] += size
+    refusals = [
+        {"round": r["round"], "kind": r["kind"], **refused}
+        for r in rounds
+        for refused in r["refused"]
+    ]
+    return {
+        "run": options.run,
+        "mode": "federated",
+        "rounds": options.rounds,
+        "strategy": options.strategy,
+        "dp": options.dp,
+        "model": options.model.as_dict(),
+        "options": options.settings(),
+        "regions": regions,
+        "epsilon": epsilon,
+        "delta": {s: project.site(s).privacy.delta for s in options.sites},
+        "bytes_crossed": crossed,
+        "bytes_per_round": {str(k): v for k, v in sorted(per_round.items())},
+        "refusals": refusals,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+client_app = make_client_app()
+"""The ClientApp ``flwr run`` loads at each site's SuperNode."""
+server_app = make_server_app()
+"""The ServerApp ``flwr run`` loads at the coordinator."""

@@ -1,0 +1,406 @@
+"""The site's side of federated training: what runs next to the site's data, in its ClientApp.
+
+- :func:`train_reply` trains the global model on the site's own consented, de-identified
+  samples for the local steps its compute profile allows, with DP-SGD within the site's budget;
+  :func:`evaluate_reply` measures the global model on the site's own test split.
+- :func:`outbound` is the ClientApp mod every reply passes on its way out, which the job cannot
+  switch off: the reply must hold only the declared model's tensors and scalar metrics; it must
+  pass the site's gate as ``model_parameters`` or ``aggregate_metrics`` towards the coordinator;
+  it is written to the site's ledger with its digest, and signed. A reply that fails any of these
+  does not leave: the coordinator gets an error in its place, and the ledger says why.
+
+The privacy a site has spent is kept in its catalogue database (``privacy_spent``): every DP-SGD
+step ever taken on its data, by run, so the budget in ``onshore.toml`` holds across runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from flwr.app import ArrayRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
+from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, insert, select
+
+from onshore.errors import OnshoreError, PrivacyBudgetSpent
+from onshore.federation.envelope import (
+    ARRAYS,
+    METRICS,
+    Statement,
+    UpdateRefused,
+    check_content,
+    seal,
+)
+from onshore.federation.options import FederatedOptions
+from onshore.gate import ApprovalRegistry, Gate
+from onshore.ledger import Ledger, verify
+from onshore.model.dataset import SiteDataset, build_site_dataset
+from onshore.model.metrics import evaluate
+from onshore.model.nets import build_model, check_weights
+from onshore.model.train import DPConfig, PrivacyAccountant, train_local
+from onshore.rulebook.evaluate import DataItem, Recipient, TransferRequest
+from onshore.rulebook.loader import project_rulebooks
+from onshore.settings import Project, load_project
+from onshore.sites.keystore import load_keystore
+from onshore.store.site import SiteStore
+from onshore.transfer.approvals import trusted_approvals
+from onshore.transfer.run import ledger_history
+
+__all__ = [
+    "ErrorCode",
+    "SiteRef",
+    "evaluate_reply",
+    "load_accountant",
+    "outbound",
+    "privacy_table",
+    "site_of",
+    "train_reply",
+]
+
+LEDGER_KIND: Final = "federated_update"
+
+_metadata = MetaData()
+privacy_table: Final = Table(
+    "privacy_spent",
+    _metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("site", String(64), nullable=False),
+    Column("run", String(100), nullable=False, index=True),
+    Column("round", Integer, nullable=False),
+    Column("noise_multiplier", Float, nullable=False),
+    Column("sample_rate", Float, nullable=False),
+    Column("steps", Integer, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+)
+"""Every run of DP-SGD steps taken on the site's data, in the site's catalogue database: the
+accountant's history, appended in a transaction once the steps are done."""
+
+
+class ErrorCode:
+    """Codes of the error replies a site sends in place of an update."""
+
+    GATE_DENIED: Final = 4001
+    CHECK_FAILED: Final = 4002
+    BUDGET_SPENT: Final = 4003
+    NO_DATA: Final = 4004
+    SITE_ERROR: Final = 4005
+
+
+@dataclass(frozen=True, slots=True)
+class SiteRef:
+    """Which site this SuperNode serves, and its project."""
+
+    project: Project
+    site: str
+
+
+_PROJECTS: dict[str, Project] = {}
+_FACTS: dict[str, dict[str, Any]] = {}
+"""Per message type: site-local facts the handler leaves for the mod (never sent). A SuperNode
+handles one message at a time, so the mod reads what the handler of its message left."""
+
+
+def _project(folder: str) -> Project:
+    if folder not in _PROJECTS:
+        _PROJECTS[folder] = load_project(Path(folder))
+    return _PROJECTS[folder]
+
+
+def site_of(context: Context, options: FederatedOptions) -> SiteRef:
+    """The site a SuperNode serves: ``site`` (and ``project``) in its node config when it was
+    started by ``onshore site join``; in simulation, ``sites[partition-id]`` of the run."""
+    node = context.node_config
+    if "site" in node:
+        folder = str(node.get("project") or options.project)
+        return SiteRef(_project(folder), str(node["site"]))
+    index = int(node["partition-id"])
+    return SiteRef(_project(options.project), options.sites[index])
+
+
+def _seed(options: FederatedOptions, site: str, server_round: int) -> int:
+    digest = hashlib.sha256(f"{options.seed}:{options.run}:{site}:{server_round}".encode())
+    return int.from_bytes(digest.digest()[:4], "big")
+
+
+def load_accountant(store: SiteStore, run: str | None = None) -> PrivacyAccountant:
+    """The privacy the site has spent on its data: every DP-SGD step of every run, or of
+    ``run`` alone."""
+    _metadata.create_all(store.catalogue.engine, tables=[privacy_table])
+    query = select(privacy_table).where(privacy_table.c.site == store.site)
+    if run is not None:
+        query = query.where(privacy_table.c.run == run)
+    with store.catalogue.transaction() as conn:
+        rows = conn.execute(query.order_by(privacy_table.c.id)).all()
+    return PrivacyAccountant([(r.noise_multiplier, r.sample_rate, r.steps) for r in rows])
+
+
+def _record_spent(
+    store: SiteStore, run: str, server_round: int, spent: list[tuple[float, float, int]]
+) -> None:
+    if not spent:
+        return
+    now = datetime.now(UTC)
+    with store.catalogue.transaction() as conn:
+        conn.execute(
+            insert(privacy_table),
+            [
+                {
+                    "site": store.site,
+                    "run": run,
+                    "round": server_round,
+                    "noise_multiplier": noise,
+                    "sample_rate": rate,
+                    "steps": steps,
+                    "recorded_at": now,
+                }
+                for noise, rate, steps in spent
+            ],
+        )
+
+
+def server_round_of(msg: Message) -> int:
+    """The round a message from the coordinator is for."""
+    value = msg.content.config_records["config"]["server-round"]
+    if not isinstance(value, int):
+        raise TypeError("server-round is not an integer")
+    return value
+
+
+def _error(msg: Message, code: int, reason: str) -> Message:
+    return Message(Error(code=code, reason=reason), reply_to=msg)
+
+
+def _dataset(store: SiteStore, options: FederatedOptions) -> SiteDataset:
+    return build_site_dataset(store, options.dataset)
+
+
+def train_reply(msg: Message, context: Context, options: FederatedOptions) -> Message:
+    """Train the global model in ``msg`` at this site and reply with the new weights, the
+    examples and steps they took, and the privacy spent."""
+    ref = site_of(context, options)
+    site = ref.project.site(ref.site)
+    server_round = server_round_of(msg)
+    initial = msg.content.array_records[ARRAYS].to_torch_state_dict()
+    check_weights(options.model, initial)
+    mu_value = msg.content.config_records["config"].get("proximal-mu", 0.0)
+    mu = float(mu_value) if isinstance(mu_value, int | float) else 0.0
+    privacy = site.privacy
+    dp = (
+        DPConfig(privacy.epsilon, privacy.delta, privacy.noise_multiplier, privacy.max_grad_norm)
+        if options.dp
+        else None
+    )
+    steps = max(1, round(options.local_steps * site.compute.relative_throughput))
+    with SiteStore.open(ref.project, ref.site) as store:
+        data = _dataset(store, options)
+        _FACTS[MessageType.TRAIN] = {"vehicles": data.info.get("vehicles_train", 0)}
+        if len(data.train) == 0:
+            return _error(msg, ErrorCode.NO_DATA, f"{ref.site}: no training sample")
+        accountant = load_accountant(store)
+        before = list(accountant.history)
+        try:
+            result = train_local(
+                build_model(options.model, seed=options.seed),
+                data.train,
+                steps=steps,
+                batch_size=options.batch_size,
+                lr=options.lr,
+                weight_decay=options.weight_decay,
+                dp=dp,
+                seed=_seed(options, ref.site, server_round),
+                initial=initial,
+                accountant=accountant,
+                proximal_mu=mu,
+            )
+        except PrivacyBudgetSpent as exc:
+            return _error(msg, ErrorCode.BUDGET_SPENT, f"{ref.site}: {exc}")
+        eps_run = 0.0
+        if dp is not None:
+            _record_spent(store, options.run, server_round, _new_steps(before, accountant.history))
+            eps_run = load_accountant(store, options.run).epsilon(dp.delta)
+    metrics = MetricRecord(
+        {
+            "num-examples": result.examples,
+            "num-steps": result.steps,
+            "train-loss": result.loss if result.loss == result.loss else 0.0,
+            "epsilon": 0.0 if result.epsilon is None else result.epsilon,
+            "epsilon-run": eps_run,
+            "budget-exhausted": int(result.budget_exhausted),
+        }
+    )
+    content = RecordDict({ARRAYS: ArrayRecord(result.weights), METRICS: metrics})
+    return Message(content, reply_to=msg)
+
+
+def _new_steps(
+    before: list[tuple[float, float, int]], after: list[tuple[float, float, int]]
+) -> list[tuple[float, float, int]]:
+    """The DP-SGD steps ``after`` holds beyond ``before`` (the accountant merges a run of
+    steps at the same noise and rate into its last entry)."""
+    new = list(after[len(before) :])
+    if before and len(after) >= len(before) and after[len(before) - 1] != before[-1]:
+        noise, rate, steps = after[len(before) - 1]
+        new.insert(0, (noise, rate, steps - before[-1][2]))
+    return new
+
+
+def evaluate_reply(msg: Message, context: Context, options: FederatedOptions) -> Message:
+    """Evaluate the global model in ``msg`` on this site's own test split; only the metrics
+    leave."""
+    ref = site_of(context, options)
+    weights = msg.content.array_records[ARRAYS].to_torch_state_dict()
+    check_weights(options.model, weights)
+    with SiteStore.open(ref.project, ref.site) as store:
+        data = _dataset(store, options)
+        _FACTS[MessageType.EVALUATE] = {"vehicles": data.info.get("vehicles_test", 0)}
+        if len(data.test) == 0:
+            return _error(msg, ErrorCode.NO_DATA, f"{ref.site}: no test sample")
+        accountant = load_accountant(store)
+        run_accountant = load_accountant(store, options.run)
+    delta = ref.project.site(ref.site).privacy.delta
+    model = build_model(options.model)
+    model.load_state_dict(weights)
+    metrics = evaluate(model, data.test)
+    baseline = evaluate(build_model("constant_velocity"), data.test)
+    values: dict[str, int | float | list[int] | list[float]] = {
+        "num-examples": metrics.samples,
+        "ade": metrics.ade,
+        "fde": metrics.fde,
+        "miss-rate": metrics.miss_rate,
+        "cv-ade": baseline.ade,
+        "cv-fde": baseline.fde,
+        "cv-miss-rate": baseline.miss_rate,
+        "epsilon": accountant.epsilon(delta),
+        "epsilon-run": run_accountant.epsilon(delta),
+    }
+    return Message(RecordDict({METRICS: MetricRecord(values)}), reply_to=msg)
+
+
+@contextmanager
+def _site_ledger(ref: SiteRef) -> Iterator[tuple[SiteStore, Ledger]]:
+    keys = load_keystore(ref.project.keystore_path(ref.project.site(ref.site)))
+    with SiteStore.open(ref.project, ref.site) as store:
+        yield store, Ledger.open(store.catalogue, keys)
+
+
+Next = Callable[[Message, Context], Message]
+
+
+def outbound(
+    options_of: Callable[[Context], FederatedOptions],
+) -> Callable[[Message, Context, Next], Message]:
+    """The site's outbound mod: every reply is checked, put to the gate, recorded and signed
+    before it may leave (see the module's description). ``options_of`` gives the run's options
+    from the context (the run config when deployed)."""
+
+    def mod(
+        msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+    ) -> Message:
+        options = options_of(context)
+        ref = site_of(context, options)
+        kind = msg.metadata.message_type
+        if kind not in (MessageType.TRAIN, MessageType.EVALUATE):
+            return _error(
+                msg, ErrorCode.CHECK_FAILED, f"{ref.site} answers train and evaluate only"
+            )
+        _FACTS.pop(str(kind), None)
+        try:
+            reply = call_next(msg, context)
+        except OnshoreError as exc:
+            reply = _error(msg, ErrorCode.SITE_ERROR, f"{ref.site}: {exc}")
+        facts = _FACTS.pop(str(kind), {})
+        try:
+            return _let_go(msg, reply, ref, options, str(kind), facts)
+        except OnshoreError as exc:
+            # A ledger that does not verify, approvals that disagree with it: nothing leaves.
+            return _error(msg, ErrorCode.CHECK_FAILED, f"{ref.site}: {exc}")
+
+    return mod
+
+
+def _let_go(
+    msg: Message,
+    reply: Message,
+    ref: SiteRef,
+    options: FederatedOptions,
+    kind: str,
+    facts: dict[str, Any],
+) -> Message:
+    server_round = server_round_of(msg)
+    site = ref.project.site(ref.site)
+    coordinator = ref.project.settings.coordinator
+    base: dict[str, Any] = {
+        "run": options.run,
+        "round": server_round,
+        "kind": kind,
+        "from": ref.site,
+        "to": coordinator.id,
+        "destination": coordinator.country,
+        "purpose": options.purpose,
+        "date": datetime.now(UTC).date().isoformat(),
+    }
+    with _site_ledger(ref) as (store, ledger):
+        if reply.has_error():
+            ledger.append(LEDGER_KIND, {**base, "sent": False, "reason": reply.error.reason})
+            return reply
+        try:
+            digest, size = check_content(reply.content, options.model, with_arrays=kind == "train")
+        except UpdateRefused as exc:
+            ledger.append(
+                LEDGER_KIND,
+                {**base, "sent": False, "reason": f"outgoing check failed: {exc}"},
+            )
+            return _error(msg, ErrorCode.CHECK_FAILED, f"{ref.site}: outgoing check failed: {exc}")
+        category = "model_parameters" if kind == "train" else "aggregate_metrics"
+        item = DataItem(
+            category=category, subjects=int(facts.get("vehicles", 0)), deid_state="anonymized"
+        )
+        recipient = Recipient(
+            name=coordinator.entity,
+            country=coordinator.country,
+            linked_to=tuple(coordinator.linked_to),
+        )
+        request = TransferRequest(
+            origin=site.jurisdiction,
+            destination=coordinator.country,
+            recipient=recipient,
+            purpose=options.purpose,
+            date=datetime.now(UTC).date(),
+            data=(item,),
+        )
+        verify(ledger, check_hashes=False).raise_for_problems()
+        rulebooks = project_rulebooks(ref.project)
+        approvals = trusted_approvals(ApprovalRegistry(store.catalogue, rulebooks), ledger)
+        decision = Gate(rulebooks, approvals, history=ledger_history(ledger)).decide(request)
+        record = {
+            **base,
+            "recipient": recipient.model_dump(mode="json"),
+            "items": [item.model_dump(mode="json")],
+            "sha256": digest,
+            "bytes": size,
+            "decision": decision.as_dict(),
+            "sent": decision.allowed,
+        }
+        entry = ledger.append(LEDGER_KIND, record)
+        if not decision.allowed:
+            return _error(
+                msg,
+                ErrorCode.GATE_DENIED,
+                f"{ref.site}: the gate denied {category} to {coordinator.entity}: "
+                f"{decision.reasons[0] if decision.reasons else 'denied'}",
+            )
+    statement = Statement(
+        run=options.run,
+        round=server_round,
+        kind=kind,
+        site=ref.site,
+        sha256=digest,
+        size=size,
+        ledger={"site": ref.site, "seq": entry.seq, "hash": entry.hash},
+    )
+    seal(reply.content, statement, load_keystore(ref.project.keystore_path(site)))
+    return reply
