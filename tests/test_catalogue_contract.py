@@ -9,6 +9,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    inspect,
+    text,
+)
+from sqlalchemy.engine import make_url
 
 from onshore.errors import CatalogueError, ClipConflict, ConfigError
 from onshore.store.catalogue import Catalogue, ClipRecord, FileRecord
@@ -33,7 +49,12 @@ T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 
 
 def _clip(
-    n: int, *, vin: str = "LSVAB12C2SS140891", consent: bool = True, sha: str | None = None
+    n: int,
+    *,
+    vin: str = "LSVAB12C2SS140891",
+    consent: bool = True,
+    sha: str | None = None,
+    simulated: bool = False,
 ) -> ClipRecord:
     start = T0 + timedelta(minutes=n)
     return ClipRecord(
@@ -55,6 +76,7 @@ def _clip(
         min_lon=121.4,
         max_lon=121.5,
         source_sha256=f"{n:064x}",
+        simulated=simulated,
     )
 
 
@@ -122,6 +144,16 @@ def test_inventory(catalogue: Catalogue) -> None:
     assert inv["triggers"] == {"hard_brake": 2, "random_sample": 1}
 
 
+def test_clip_origins_count_simulated_and_recorded_clips(catalogue: Catalogue) -> None:
+    assert catalogue.clip_origins() == {"simulated": 0, "recorded": 0}
+    catalogue.register(_file(1, 3), [_clip(1, simulated=True), _clip(2, simulated=True), _clip(3)])
+    assert catalogue.clip_origins() == {"simulated": 2, "recorded": 1}
+    assert [c.simulated for c in catalogue.clips()] == [True, True, False]
+    one, three = catalogue.clip("clip-1"), catalogue.clip("clip-3")
+    assert one is not None and one.simulated is True
+    assert three is not None and three.simulated is False
+
+
 def test_a_vehicle_is_counted_once(catalogue: Catalogue) -> None:
     catalogue.register(_file(5), [_clip(5)])
     catalogue.register(_file(1), [_clip(1)])
@@ -164,6 +196,145 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     engine.dispose()
     with pytest.raises(CatalogueError, match="schema version 99"):
         Catalogue(url, "s")
+
+
+# --- catalogues made by an earlier onshore --------------------------------------------------
+
+_V1 = MetaData()
+_V1_CLIPS = Table(
+    "clips",
+    _V1,
+    Column("site", String(64), primary_key=True),
+    Column("clip_id", String(200), primary_key=True),
+    Column("sha256", String(64), nullable=False, index=True),
+    Column("path", Text, nullable=False),
+    Column("vin", String(17), nullable=False, index=True),
+    Column("vehicle_model", Text, nullable=False),
+    Column("trigger", String(32), nullable=False),
+    Column("consent_training", Boolean, nullable=False),
+    Column("recorded_in", String(64), nullable=False),
+    Column("start_time", DateTime(timezone=True), nullable=False),
+    Column("end_time", DateTime(timezone=True), nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("objects", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("min_lat", Float, nullable=False),
+    Column("max_lat", Float, nullable=False),
+    Column("min_lon", Float, nullable=False),
+    Column("max_lon", Float, nullable=False),
+    Column("source_sha256", String(64), nullable=False),
+    Column("ingested_at", DateTime(timezone=True), nullable=False),
+)
+"""The clips table as onshore created it before clips said whether a simulator made them."""
+_V1_META = Table(
+    "onshore_meta",
+    _V1,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+
+def _v1_row(site: str, n: int) -> dict[str, object]:
+    record = _clip(n)
+    names = [column.name for column in _V1_CLIPS.columns if column.name != "site"]
+    return {**{name: getattr(record, name) for name in names}, "site": site, "ingested_at": T0}
+
+
+@pytest.fixture(params=["sqlite-file", "postgres"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a new SQLite file, or a new schema in the PostgreSQL database (an old
+    layout built there must not meet the tables the other tests share)."""
+    if request.param == "sqlite-file":
+        yield f"sqlite:///{tmp_path / 'old.sqlite'}"
+        return
+    base = make_url(request.getfixturevalue("postgres_url"))
+    schema = f"old_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        url = base.update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def _v1_catalogue(url: str, site: str, clips: int) -> None:
+    """Make at ``url`` the catalogue an earlier onshore left: no ``simulated`` column."""
+    engine = create_engine(url)
+    try:
+        _V1.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(_V1_META.insert().values(key="schema", value="1"))
+            conn.execute(_V1_CLIPS.insert(), [_v1_row(site, n) for n in range(1, clips + 1)])
+    finally:
+        engine.dispose()
+
+
+def _clip_columns(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {column["name"] for column in inspect(conn).get_columns("clips")}
+    finally:
+        engine.dispose()
+
+
+def test_an_old_catalogue_gains_the_simulated_column_and_keeps_its_clips(
+    empty_database: str,
+) -> None:
+    _v1_catalogue(empty_database, "old-site", clips=2)
+    assert "simulated" not in _clip_columns(empty_database)
+    catalogue = Catalogue(empty_database, "old-site")
+    try:
+        assert "simulated" in _clip_columns(empty_database)
+        old = catalogue.clips()
+        assert [(c.clip_id, c.simulated) for c in old] == [("clip-1", False), ("clip-2", False)]
+        assert old[0].start_time == T0 + timedelta(minutes=1) and old[0].consent_training
+        catalogue.register(_file(3), [_clip(3, simulated=True)])
+        assert catalogue.clip_origins() == {"simulated": 1, "recorded": 2}
+    finally:
+        catalogue.close()
+    # An older onshore still writing to it leaves the column out: its clips count as recorded.
+    engine = create_engine(empty_database)
+    with engine.begin() as conn:
+        conn.execute(_V1_CLIPS.insert(), [_v1_row("old-site", 4)])
+    engine.dispose()
+    again = Catalogue(empty_database, "old-site")
+    try:
+        assert again.clip_origins() == {"simulated": 1, "recorded": 3}
+    finally:
+        again.close()
+
+
+def test_many_processes_may_open_an_old_catalogue_at_once(tmp_path: Path) -> None:
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    _v1_catalogue(url, "s0", clips=3)
+    barrier = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def open_it(n: int) -> None:
+        barrier.wait()
+        try:
+            Catalogue(url, f"s{n}").close()
+        except BaseException as exc:  # collected and asserted on below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    catalogue = Catalogue(url, "s0")
+    try:
+        assert catalogue.clip_origins() == {"simulated": 0, "recorded": 3}
+    finally:
+        catalogue.close()
 
 
 def test_many_processes_may_open_a_new_catalogue_at_once(tmp_path: Path) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import random
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
@@ -15,7 +18,7 @@ from hypothesis import strategies as st
 
 from conftest import make_clip
 from onshore.clips.mcap import read_mcap, write_mcap
-from onshore.clips.schema import SCHEMA
+from onshore.clips.schema import SCHEMA, Clip, ClipMeta
 from onshore.clips.tabular import clip_to_parquet, export_table, read_csv, read_parquet
 from onshore.clips.validate import validate_clip
 from onshore.clips.vin import check_digit, is_valid_vin, make_vin
@@ -88,6 +91,64 @@ def test_export_tables_round_trip_in_parquet_and_csv() -> None:
         assert got.table["objects"].equals(want.table["objects"])
 
 
+def _simulated(clip: Clip) -> Clip:
+    return dataclasses.replace(clip, meta=dataclasses.replace(clip.meta, simulated=True))
+
+
+def test_the_simulated_flag_round_trips_through_every_format() -> None:
+    made, recorded = _simulated(make_clip(4)), make_clip(6)
+    assert recorded.meta.simulated is False, "a clip is recorded unless it says otherwise"
+    for clip in (made, recorded):
+        buf = io.BytesIO()
+        write_mcap(clip, buf)
+        assert read_mcap(buf.getvalue(), "x.mcap").meta == clip.meta
+        (stored,) = read_parquet(clip_to_parquet(clip), "c.parquet")
+        assert stored.meta == clip.meta
+
+    table = export_table([made, recorded])
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    assert [c.meta for c in read_parquet(sink.getvalue(), "e.parquet")] == [
+        made.meta,
+        recorded.meta,
+    ]
+    out = io.BytesIO()
+    pacsv.write_csv(table.drop_columns(["objects"]), out)
+    assert [c.meta.simulated for c in read_csv(out.getvalue(), "e.csv")] == [True, False]
+
+
+def test_a_recorded_clip_is_stored_as_before_the_flag_existed() -> None:
+    """A recorded clip's stored Parquet (its content address) must not change with the flag, or
+    a clip stored by an earlier onshore would conflict with itself when uploaded again."""
+    assert b"simulated" not in make_clip(2).meta.to_json()
+    assert b'"simulated":true' in _simulated(make_clip(2)).meta.to_json()
+
+
+@pytest.mark.parametrize(
+    ("value", "simulated"),
+    [(True, True), (False, False), ("true", True), ("FALSE", False), ("1", True), ("0", False)],
+)
+def test_simulated_reads_booleans_and_their_text(value: object, simulated: bool) -> None:
+    raw = orjson.loads(make_clip(1).meta.to_json())
+    assert ClipMeta.from_mapping({**raw, "simulated": value}).simulated is simulated
+    assert ClipMeta.from_mapping(raw).simulated is False
+
+
+def test_a_simulated_flag_that_is_not_a_boolean_is_a_schema_error() -> None:
+    raw = orjson.loads(make_clip(1).meta.to_json())
+    with pytest.raises(ValueError, match="simulated must be true or false, not 'maybe'"):
+        ClipMeta.from_mapping({**raw, "simulated": "maybe"})
+    with pytest.raises(TypeError, match="simulated must be a boolean, not int"):
+        ClipMeta.from_mapping({**raw, "simulated": 2})
+    table = export_table([make_clip(1)])
+    flags = pa.array(["perhaps"] * table.num_rows)
+    table = table.set_column(table.schema.get_field_index("simulated"), "simulated", flags)
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    with pytest.raises(SchemaError, match=r"e\.parquet: clip test-00001: invalid metadata"):
+        read_parquet(sink.getvalue(), "e.parquet")
+
+
 def test_validation_names_row_and_value() -> None:
     clip = make_clip(1)
     speed = clip.table["speed"].to_numpy().copy()
@@ -148,6 +209,7 @@ def test_csv_keeps_metadata_text_and_reads_integer_nanoseconds() -> None:
         )
     (back,) = read_csv("\n".join(rows).encode(), "e.csv")
     assert back.meta.vehicle_model == "0300" and back.meta.consent_training is False
+    assert back.meta.simulated is False, "an export without the column holds recorded clips"
     assert back.table["time"].equals(clip.table["time"])
     validate_clip(back, "e.csv")
 

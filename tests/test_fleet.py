@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pytest
 import shapely
 
+from conftest import write_clips
 from onshore.clips.mcap import read_mcap
 from onshore.clips.schema import OBJECT_CLASSES, SCHEMA, TRIGGERS, Clip
 from onshore.clips.validate import validate_clip
@@ -30,6 +31,9 @@ from onshore.fleet.demand import FleetVehicle, apportion
 from onshore.fleet.networks import Georeference
 from onshore.fleet.stats import ks_statistic
 from onshore.fleet.sumo_tools import ToolRun, run_tool, sumo_binary
+from onshore.settings import Project
+from onshore.store import SiteStore
+from onshore.store.ingest import ingest
 
 pytestmark = pytest.mark.slow
 
@@ -189,6 +193,7 @@ def test_objects_are_in_the_ego_frame() -> None:
     assert (bike["track_id"], car["track_id"]) == (1, 2)
     assert clip.table["heading"][0].as_py() == pytest.approx(90.0)
     assert clip.meta.trigger == "random_sample"
+    assert clip.meta.simulated is True
     assert clip.rows == 60
 
 
@@ -243,10 +248,25 @@ def test_clips_decode_validate_and_match_their_files(run: Run) -> None:
         assert clip.meta.recorded_in == run.result.region.upper()
         assert clip.meta.trigger in TRIGGERS
         assert clip.meta.sensor_range_m == 80.0
+        assert clip.meta.simulated is True
         assert 50 <= clip.rows <= 200
         assert is_valid_vin(clip.meta.vin)
     assert run.result.rows == sum(clip.rows for clip in run.clips)
     assert len({clip.meta.clip_id for clip in run.clips}) == len(run.clips)
+
+
+def test_a_simulated_fleet_is_catalogued_as_simulated(
+    runs: dict[str, Run], project: Project, tmp_path: Path
+) -> None:
+    us = runs["us"]
+    vehicles = write_clips(tmp_path / "vehicles", 2, recorded_in="US")
+    with SiteStore.open(project, "us-oregon") as site:
+        report = ingest(site, [*us.result.clips, *vehicles], remove_quarantined_source=False)
+        assert (report.clips, report.quarantined) == (len(us.clips) + 2, [])
+        flags = {c.clip_id: c.simulated for c in site.catalogue.clips()}
+        assert {flags[clip.meta.clip_id] for clip in us.clips} == {True}
+        assert (flags["test-00000"], flags["test-00001"]) == (False, False)
+        assert site.catalogue.clip_origins() == {"simulated": len(us.clips), "recorded": 2}
 
 
 def test_vins_and_models_belong_to_the_region(run: Run) -> None:

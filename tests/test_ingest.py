@@ -3,6 +3,7 @@ nothing else is lost."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -65,6 +66,27 @@ def test_the_same_clip_in_another_file_is_stored_once(site: SiteStore, tmp_path:
     report = ingest(site, [a, b])
     assert (report.clips, report.duplicate_clips, report.quarantined) == (1, 1, [])
     assert len(site.catalogue.clips()) == 1
+
+
+def test_the_catalogue_knows_which_clips_a_simulator_made(site: SiteStore, tmp_path: Path) -> None:
+    def simulated(clip: Clip) -> Clip:
+        return dataclasses.replace(clip, meta=dataclasses.replace(clip.meta, simulated=True))
+
+    write_mcap(simulated(make_clip(1)), tmp_path / "made.mcap")
+    write_mcap(make_clip(2), tmp_path / "recorded.mcap")
+    sink = io.BytesIO()
+    pq.write_table(export_table([simulated(make_clip(3)), make_clip(4)]), sink)
+    (tmp_path / "export.parquet").write_bytes(sink.getvalue())
+    report = ingest(site, [tmp_path])
+    assert (report.clips, report.quarantined) == (4, [])
+    flags = {c.clip_id: c.simulated for c in site.catalogue.clips()}
+    assert flags == {
+        "test-00001": True,
+        "test-00002": False,
+        "test-00003": True,
+        "test-00004": False,
+    }
+    assert site.catalogue.clip_origins() == {"simulated": 2, "recorded": 2}
 
 
 def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, str]]:

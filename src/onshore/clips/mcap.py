@@ -156,6 +156,7 @@ def write_mcap(clip: Clip, target: Path | IO[bytes]) -> None:
                 "consent_training": "true" if meta.consent_training else "false",
                 "recorded_in": meta.recorded_in,
                 "sensor_range_m": repr(meta.sensor_range_m),
+                "simulated": "true" if meta.simulated else "false",
             },
         )
         writer.finish()  # type: ignore[no-untyped-call]

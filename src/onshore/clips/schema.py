@@ -87,30 +87,50 @@ class ClipMeta:
     recorded_in: str
     """Jurisdiction or site where the clip was recorded (``CN``, ``EU``, ``US`` or a site id)."""
     sensor_range_m: float = 80.0
+    simulated: bool = False
+    """Made by a simulator (``onshore fleet simulate``), not recorded by a vehicle. Only
+    simulated clips may be pooled across regions, so an upload that does not say is recorded."""
 
     def to_json(self) -> bytes:
-        """The metadata as compact JSON bytes, keys sorted so equal metadata is equal bytes."""
-        return orjson.dumps(asdict(self), option=orjson.OPT_SORT_KEYS)
+        """The metadata as compact JSON bytes, keys sorted so equal metadata is equal bytes.
+
+        ``simulated`` is written only when true: a recorded clip's JSON, and so the content
+        address of its stored Parquet, stays what it was before the flag existed, and a clip
+        stored by an earlier onshore is not taken for a conflicting one when it comes again.
+        """
+        fields = asdict(self)
+        if not self.simulated:
+            del fields["simulated"]
+        return orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any]) -> ClipMeta:
-        """Build from a decoded mapping; raises ``KeyError``/``TypeError``/``ValueError``."""
-        consent = raw["consent_training"]
-        if isinstance(consent, str):
-            if consent.lower() not in {"true", "false", "1", "0"}:
-                raise ValueError(f"consent_training must be true or false, not {consent!r}")
-            consent = consent.lower() in {"true", "1"}
-        if not isinstance(consent, bool):
-            raise TypeError("consent_training must be a boolean")
+        """Build from a decoded mapping; raises ``KeyError``/``TypeError``/``ValueError``.
+
+        ``consent_training`` is required; ``simulated`` is false when absent. Both are booleans
+        or the strings ``true``/``false`` (or ``1``/``0``), as MCAP metadata and CSV carry them.
+        """
         return cls(
             clip_id=str(raw["clip_id"]),
             vin=str(raw["vin"]),
             vehicle_model=str(raw["vehicle_model"]),
             trigger=str(raw["trigger"]),
-            consent_training=consent,
+            consent_training=_boolean("consent_training", raw["consent_training"]),
             recorded_in=str(raw["recorded_in"]),
             sensor_range_m=float(raw.get("sensor_range_m", 80.0)),
+            simulated=_boolean("simulated", raw.get("simulated", False)),
         )
+
+
+def _boolean(name: str, value: object) -> bool:
+    """A metadata flag: a boolean, or its text; raises ``TypeError``/``ValueError``."""
+    if isinstance(value, str):
+        if value.lower() not in {"true", "false", "1", "0"}:
+            raise ValueError(f"{name} must be true or false, not {value!r}")
+        return value.lower() in {"true", "1"}
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a boolean, not {type(value).__name__}")
+    return value
 
 
 FRAMES_SCHEMA: Final = pa.schema(

@@ -4,8 +4,9 @@ A stored clip (Parquet with ``onshore.clip`` schema metadata) is read as it is. 
 exports: the ego columns of :data:`~onshore.clips.schema.SCHEMA`, the metadata fields of
 :class:`~onshore.clips.schema.ClipMeta` as columns (constant within a clip), and ``clip_id`` to
 tell clips apart when one file holds several. ``objects`` is optional: a list of structs in
-Parquet, a JSON array per row in CSV. ``time`` is a timestamp, an ISO 8601 string with a zone,
-or an integer count of nanoseconds since the Unix epoch.
+Parquet, a JSON array per row in CSV. So is ``simulated``: an export without it holds recorded
+clips. ``time`` is a timestamp, an ISO 8601 string with a zone, or an integer count of
+nanoseconds since the Unix epoch.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ import pyarrow.parquet as pq
 from onshore.clips.schema import META_KEY, OBJECT_TYPE, SCHEMA, Clip, ClipMeta
 from onshore.errors import SchemaError, UnreadableFile
 
-__all__ = ["META_COLUMNS", "clip_to_parquet", "export_table", "read_csv", "read_parquet"]
+__all__ = [
+    "META_COLUMNS",
+    "OPTIONAL_META_COLUMNS",
+    "clip_to_parquet",
+    "export_table",
+    "read_csv",
+    "read_parquet",
+]
 
 META_COLUMNS: Final = (
     "clip_id",
@@ -33,6 +41,8 @@ META_COLUMNS: Final = (
     "consent_training",
     "recorded_in",
 )
+OPTIONAL_META_COLUMNS: Final = ("simulated",)
+"""Metadata columns an export may leave out; :meth:`ClipMeta.from_mapping` defaults them."""
 _PARQUET_MAGIC: Final = b"PAR1"
 _WRITE_OPTIONS: Final = {"compression": "zstd", "use_dictionary": True, "write_statistics": True}
 
@@ -50,8 +60,11 @@ def export_table(clips: list[Clip]) -> pa.Table:
     parts = []
     for clip in clips:
         n = clip.rows
-        meta = orjson.loads(clip.meta.to_json())
-        cols = {name: pa.array([meta[name]] * n) for name in META_COLUMNS}
+        meta = clip.meta
+        cols = {
+            name: pa.array([getattr(meta, name)] * n)
+            for name in (*META_COLUMNS, *OPTIONAL_META_COLUMNS)
+        }
         parts.append(pa.table({**cols, **{f: clip.table[f] for f in SCHEMA.names}}))
     return pa.concat_tables(parts)
 
@@ -92,7 +105,7 @@ def read_csv(data: bytes, name: str) -> list[Clip]:
                 # Metadata as written (a model "0300" stays "0300"), and time and objects
                 # as text, parsed below.
                 column_types={
-                    **dict.fromkeys(META_COLUMNS, pa.string()),
+                    **dict.fromkeys((*META_COLUMNS, *OPTIONAL_META_COLUMNS), pa.string()),
                     "objects": pa.string(),
                     "time": pa.string(),
                 },
@@ -144,12 +157,13 @@ def _split(table: pa.Table, name: str) -> list[Clip]:
     ids = ids.take(order).to_numpy(zero_copy_only=False)
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     ends = np.r_[starts[1:], len(ids)]
+    meta_columns = [*META_COLUMNS, *(c for c in OPTIONAL_META_COLUMNS if c in table.column_names)]
     clips = []
     for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
         clip_id = ids[start]
         part = table.slice(start, end - start)
         meta_raw: dict[str, object] = {}
-        for col in META_COLUMNS:
+        for col in meta_columns:
             values = pc.unique(part[col]).to_pylist()
             if len(values) != 1 or values[0] is None:
                 raise SchemaError(

@@ -340,7 +340,8 @@ def cut_clips(
     """Cut the uploads of ``fleet`` out of an FCD ``table`` (columns :data:`FCD_COLUMNS`).
 
     ``classes`` maps SUMO vType ids to object classes. Returns the clips in order of fleet
-    index and time, each conforming to :data:`~onshore.clips.schema.SCHEMA`.
+    index and time, each conforming to :data:`~onshore.clips.schema.SCHEMA` and marked
+    ``simulated`` in its metadata.
     """
     fcd = _load(table, classes, settings.step_length)
     if len(fcd.step) == 0 or not fleet:
@@ -405,6 +406,7 @@ def cut_clips(
             consent_training=vehicle.consent_training,
             recorded_in=settings.recorded_in,
             sensor_range_m=settings.sensor_range_m,
+            simulated=True,
         )
         clips.append(Clip(meta, rows.slice(start, length)))
     return ClipBatch(clips, fcd.x[egos], fcd.y[egos])

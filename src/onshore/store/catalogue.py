@@ -28,7 +28,9 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    false,
     func,
+    inspect,
     select,
 )
 from sqlalchemy.engine import Connection, make_url
@@ -39,6 +41,7 @@ from sqlalchemy.exc import (
     ProgrammingError,
     SQLAlchemyError,
 )
+from sqlalchemy.schema import CreateColumn
 
 from onshore.errors import CatalogueError, ClipConflict, ConfigError
 from onshore.settings import redact_url
@@ -53,6 +56,9 @@ __all__ = [
 ]
 
 SCHEMA_VERSION: Final = 1
+"""Bumped only by changes an older onshore would get wrong. A column added with a server
+default (see :func:`_add_missing_columns`) is not one: an older onshore's inserts get the
+default."""
 _RETRIES: Final = 5
 _R = TypeVar("_R", "FileRecord", "ClipRecord", "LabelRecord", "DeidentifiedRecord", "FramesRecord")
 
@@ -93,6 +99,7 @@ _clips = Table(
     Column("trigger", String(32), nullable=False),
     Column("consent_training", Boolean, nullable=False),
     Column("recorded_in", String(64), nullable=False),
+    Column("simulated", Boolean, nullable=False, server_default=false()),
     Column("start_time", DateTime(timezone=True), nullable=False),
     Column("end_time", DateTime(timezone=True), nullable=False),
     Column("rows", Integer, nullable=False),
@@ -193,6 +200,8 @@ class ClipRecord:
     min_lon: float
     max_lon: float
     source_sha256: str
+    simulated: bool = False
+    """Made by a simulator (``onshore fleet simulate``), not recorded by a vehicle."""
     ingested_at: datetime | None = None
 
 
@@ -271,6 +280,23 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _add_missing_columns(conn: Connection) -> None:
+    """Add the columns that a catalogue made by an earlier onshore lacks.
+
+    ``create_all`` makes missing tables but never alters one that exists. Each column added
+    since a table was first released has a server default, which fills the rows already there
+    (``simulated``: false, since every clip catalogued before the flag was ingested as recorded).
+    """
+    inspector = inspect(conn)
+    prepare = conn.dialect.identifier_preparer
+    for table in _metadata.sorted_tables:
+        have = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have:
+                spec = CreateColumn(column).compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {prepare.format_table(table)} ADD COLUMN {spec}")
+
+
 def _row_to(cls: type[_R], row: Any) -> _R:
     names = {f.name for f in fields(cls)}
     values = {k: v for k, v in row._mapping.items() if k in names}
@@ -303,10 +329,12 @@ class Catalogue:
         """Create the tables on first use and refuse a catalogue a newer onshore wrote."""
         for attempt in range(_RETRIES):
             try:
-                # Two processes opening a new catalogue at once may both find a table missing;
-                # the loser's CREATE fails, and its next look finds the table there.
+                # Two processes opening a new catalogue at once may both find a table (or, in
+                # an old one, a column) missing; the loser's CREATE or ALTER fails, and its
+                # next look finds it there.
                 _metadata.create_all(self._engine)
                 with self._engine.begin() as conn:
+                    _add_missing_columns(conn)
                     found = conn.execute(
                         select(_meta.c.value).where(_meta.c.key == "schema")
                     ).scalar()
@@ -403,6 +431,17 @@ class Catalogue:
                 ).all()
                 out.extend(_row_to(ClipRecord, r) for r in rows)
         return out
+
+    def clip_origins(self) -> dict[str, int]:
+        """How many of the site's clips a simulator made and how many vehicles recorded, as
+        ``{"simulated": n, "recorded": m}`` (both keys always present)."""
+        c = _clips.c
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(c.simulated, func.count()).where(c.site == self.site).group_by(c.simulated)
+            ).all()
+        counts = {bool(simulated): int(n) for simulated, n in rows}
+        return {"simulated": counts.get(True, 0), "recorded": counts.get(False, 0)}
 
     def files(self, status: str | None = None) -> list[FileRecord]:
         query = select(_files).where(_files.c.site == self.site)

@@ -203,6 +203,7 @@ def _record(clip: Clip, digest: str, size: int, source: str) -> ClipRecord:
         trigger=clip.meta.trigger,
         consent_training=clip.meta.consent_training,
         recorded_in=clip.meta.recorded_in,
+        simulated=clip.meta.simulated,
         start_time=_EPOCH + timedelta(microseconds=int(micros.min())),
         end_time=_EPOCH + timedelta(microseconds=int(micros.max())),
         rows=clip.rows,
