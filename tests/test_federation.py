@@ -453,6 +453,34 @@ def _ledger_entries(project: Project, site_id: str) -> list:  # type: ignore[typ
         return list(Ledger.open(site.catalogue).entries())
 
 
+def test_a_run_that_died_resumes_after_its_last_round(federation: Project) -> None:
+    opts = options(federation, "resumed", rounds=2, dp=True)
+    first = run_federated(federation, opts)
+    # As if the coordinator had died during round 2: its summary, its round-2 checkpoint and
+    # its round-2 records are not there.
+    folder = federation.root / "runs" / "resumed"
+    (folder / "federated.json").unlink()
+    records = json.loads((folder / "rounds.json").read_text())
+    (folder / "rounds.json").write_text(json.dumps([r for r in records if r["round"] == 1]))
+    store = Path(federation.store_url(federation.settings.coordinator))
+    (store / "derived" / "runs" / "resumed" / "rounds" / "00002.safetensors").unlink()
+    again = run_federated(federation, opts)
+    resumed = coordinator_entries(federation, "federated_run_resumed")
+    assert [e["after_round"] for e in resumed if e["run"] == "resumed"] == [1]
+    rounds = json.loads((folder / "rounds.json").read_text())
+    assert [(r["round"], r["kind"]) for r in rounds] == [
+        (1, "train"),
+        (1, "evaluate"),
+        (2, "train"),
+        (2, "evaluate"),
+    ]
+    # Round 1 was not trained again: each site spent its privacy on it once.
+    eu = [e for e in entries(federation, "eu-frankfurt", "federated_update")]
+    trained = [(e["round"]) for e in eu if e["run"] == "resumed" and e["kind"] == "train"]
+    assert trained == [1, 2, 2]
+    assert set(again["regions"]) == set(first["regions"])
+
+
 def test_the_counterfactual_refuses_clips_recorded_by_vehicles(federation: Project) -> None:
     from onshore.federation.centralized import NotSimulated, train_centralized
 

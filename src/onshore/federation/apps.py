@@ -28,7 +28,7 @@ from onshore.federation.envelope import public_key, size_limit
 from onshore.federation.options import FederatedOptions
 from onshore.federation.site import evaluate_reply, outbound, train_reply
 from onshore.ledger import Ledger
-from onshore.model.local import RUNS_DIR, _write_atomically
+from onshore.model.local import RUNS_DIR, _read_json, _write_atomically
 from onshore.model.nets import build_model
 from onshore.settings import Project, load_project
 from onshore.sites.keystore import PUBLIC_FILE, SiteKeys, create_keystore, load_keystore
@@ -138,6 +138,14 @@ def coordinate(grid: Grid, options: FederatedOptions, say: Callable[[str], None]
             },
         )
         rounds: list[dict[str, Any]] = []
+        done, initial = _checkpoint(objects, options, initial)
+        if done:
+            # A run that died part-way goes on from its last aggregated round: the rounds
+            # before are in the ledger and rounds.json, and the sites' privacy spent on them
+            # is not spent again.
+            rounds = [r for r in (_read_json(folder / "rounds.json") or []) if r["round"] <= done]
+            ledger.append("federated_run_resumed", {"run": options.run, "after_round": done})
+            say(f"run {options.run} resumes after round {done}")
 
         def on_phase(log: RoundLog) -> None:
             record = _phase_record(log, governance)
@@ -156,19 +164,24 @@ def coordinate(grid: Grid, options: FederatedOptions, say: Callable[[str], None]
                 + (f"; refused {refused}" if refused else "")
             )
 
-        governance = Governance(options, site_public_keys(project, options.sites), on_phase)
+        def on_model(server_round: int, arrays: ArrayRecord) -> None:
+            objects.put(_checkpoint_path(options, server_round), _safetensors(arrays, options))
+
+        governance = Governance(
+            options, site_public_keys(project, options.sites), on_phase, on_model=on_model
+        )
+        governance.offset = done
         strategy = make_strategy(options, governance)
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=options.rounds,
-            timeout=options.timeout,
-        )
-        final = result.arrays if len(result.arrays) else initial
-        blob = safetensors_bytes(
-            final.to_torch_state_dict(),
-            metadata={"run": options.run, "model": orjson.dumps(options.model.as_dict()).decode()},
-        )
+        final = initial
+        if options.rounds > done:
+            result = strategy.start(
+                grid=grid,
+                initial_arrays=initial,
+                num_rounds=options.rounds - done,
+                timeout=options.timeout,
+            )
+            final = result.arrays if len(result.arrays) else initial
+        blob = _safetensors(final, options)
         path = f"derived/{RUNS_DIR}/{options.run}/{GLOBAL_MODEL}"
         objects.put(path, blob)
         lineage = [
@@ -188,7 +201,7 @@ def coordinate(grid: Grid, options: FederatedOptions, say: Callable[[str], None]
                 "lineage": lineage,
             },
         )
-        summary = _summary(options, governance, rounds, project)
+        summary = _summary(options, rounds, project)
         summary["model_path"] = {"store": coord.id, "path": path, "sha256": sha256(blob)}
         summary["model_bytes"] = sum(len(a.data) for a in final.values())
         summary["coordinator_ledger"] = {"started": started.seq, "finished": finished.seq}
@@ -198,6 +211,32 @@ def coordinate(grid: Grid, options: FederatedOptions, say: Callable[[str], None]
         )
     finally:
         catalogue.close()
+
+
+def _safetensors(arrays: ArrayRecord, options: FederatedOptions) -> bytes:
+    return safetensors_bytes(
+        arrays.to_torch_state_dict(),
+        metadata={"run": options.run, "model": orjson.dumps(options.model.as_dict()).decode()},
+    )
+
+
+def _checkpoint_path(options: FederatedOptions, server_round: int) -> str:
+    return f"derived/{RUNS_DIR}/{options.run}/rounds/{server_round:05d}.safetensors"
+
+
+def _checkpoint(
+    objects: ObjectStore, options: FederatedOptions, initial: ArrayRecord
+) -> tuple[int, ArrayRecord]:
+    """The last round of ``options.run`` whose global model was kept, and that model (0 and
+    ``initial`` for a new run)."""
+    from safetensors.torch import load
+
+    kept = sorted(objects.find(f"derived/{RUNS_DIR}/{options.run}/rounds/"))
+    if not kept:
+        return 0, initial
+    last = kept[-1]
+    done = int(last.rsplit("/", 1)[-1].split(".")[0])
+    return min(done, options.rounds), ArrayRecord(load(objects.read(last)))
 
 
 def _arrays_digest(arrays: ArrayRecord) -> str:
@@ -234,13 +273,16 @@ def _phase_record(log: RoundLog, governance: Governance) -> dict[str, Any]:
 
 def _summary(
     options: FederatedOptions,
-    governance: Governance,
     rounds: list[dict[str, Any]],
     project: Project,
 ) -> dict[str, Any]:
+    evaluations: dict[int, dict[str, dict[str, float]]] = {}
+    for record in rounds:
+        if record["kind"] == "evaluate":
+            evaluations[record["round"]] = {a["site"]: a["metrics"] for a in record["accepted"]}
     regions: dict[str, Any] = {}
-    for server_round in sorted(governance.evaluations):
-        for site, metrics in governance.evaluations[server_round].items():
+    for server_round in sorted(evaluations):
+        for site, metrics in evaluations[server_round].items():
             regions[site] = {
                 "site": site,
                 "jurisdiction": project.site(site).jurisdiction,
@@ -261,8 +303,8 @@ def _summary(
     epsilon: dict[str, float | None] = {}
     for site in options.sites:
         found = None
-        for server_round in sorted(governance.evaluations):
-            m = governance.evaluations[server_round].get(site)
+        for server_round in sorted(evaluations):
+            m = evaluations[server_round].get(site)
             if m is not None:
                 found = m.get("epsilon-run")
         epsilon[site] = None if not options.dp else found

@@ -45,6 +45,7 @@ from onshore.federation.envelope import (
     open_envelope,
 )
 from onshore.federation.options import FederatedOptions
+from onshore.model.nets import weight_signature
 
 __all__ = ["Admitted", "Governance", "RoundLog", "make_strategy"]
 
@@ -87,8 +88,13 @@ class Governance:
         options: FederatedOptions,
         public_keys: Mapping[str, Ed25519PublicKey],
         on_phase: Any = None,
+        *,
+        on_model: Any = None,
     ) -> None:
         self.options = options
+        self.on_model = on_model
+        self.offset = 0
+        """Rounds done before this start (a resumed run): Flower counts from 1 again."""
         self.public_keys = dict(public_keys)
         self.on_phase = on_phase
         self.seen: set[str] = set()
@@ -230,6 +236,18 @@ def normalise(admitted: list[Admitted], current: ArrayRecord) -> list[Message]:
     return out
 
 
+def declared(arrays: ArrayRecord, options: FederatedOptions) -> ArrayRecord:
+    """``arrays`` in the declared model's dtypes: a server optimiser (FedAdam) computes in
+    float64, and the sites accept nothing but the declared model."""
+    signature = weight_signature(options.model)
+    out = {}
+    for name, array in arrays.items():
+        dtype = str(signature[name][1]).removeprefix("torch.") if name in signature else None
+        values = array.numpy()
+        out[name] = Array(values.astype(dtype) if dtype and values.dtype != dtype else values)
+    return ArrayRecord(out)
+
+
 class _Governed:
     """The coordinator's checks and FedNova's normalisation in front of a Flower strategy."""
 
@@ -239,8 +257,9 @@ class _Governed:
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.governance.offset
         self._current = arrays
-        if server_round > 1:
+        if server_round > self.governance.offset + 1:
             # Every site joined before round 1; from then on a site that went away must not
             # hold up the others.
             self.min_available_nodes = 1
@@ -250,21 +269,32 @@ class _Governed:
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.governance.offset
         admitted = self.governance.admit(server_round, "train", replies)
-        if not admitted or self._current is None:
-            return None, None  # the global model stays as it was; the next round goes on
-        normalised = normalise(admitted, self._current)
-        return super().aggregate_train(server_round, normalised)  # type: ignore[misc, no-any-return]
+        arrays, metrics = None, None
+        if admitted and self._current is not None:
+            normalised = normalise(admitted, self._current)
+            arrays, metrics = super().aggregate_train(server_round, normalised)  # type: ignore[misc]
+            if arrays is not None:
+                arrays = declared(arrays, self.governance.options)
+        if self.governance.on_model is not None:
+            # Kept every round, changed or not, so a run that dies resumes after it.
+            kept = arrays if arrays is not None else self._current
+            if kept is not None:
+                self.governance.on_model(server_round, kept)
+        return arrays, metrics  # None: the global model stays as it was; the next round goes on
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.governance.offset
         messages = super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
         return self.governance.start(server_round, "evaluate", messages)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
+        server_round += self.governance.offset
         admitted = self.governance.admit(server_round, "evaluate", replies)
         self.governance.evaluations[server_round] = {a.site: a.metrics for a in admitted}
         if not admitted:

@@ -43,7 +43,7 @@ def flower_environment() -> Iterator[None]:
     os.environ.update(wanted)
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
-    flwr_logger.setLevel(logging.WARNING)
+    flwr_logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
