@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import orjson
 import typer
 
-if TYPE_CHECKING:
-    from typer.exceptions import TyperException
-else:
-    try:  # typer >= 0.22 raises its own exceptions, without click
-        from typer.exceptions import TyperException
-    except ImportError:  # typer < 0.21, which Flower 1.42 pins, raises click's
-        from click.exceptions import ClickException as TyperException
+# typer < 0.21 (which Flower 1.42 pins) raises click's exceptions for usage errors.
+from click.exceptions import ClickException as TyperException
 
-from onshore.cli import deid, demo, fleet, gate, ledger, project, rulebook, store, train, transfer
+from onshore.cli import (
+    deid,
+    demo,
+    federation,
+    fleet,
+    gate,
+    ledger,
+    project,
+    rulebook,
+    store,
+    train,
+    transfer,
+)
 from onshore.errors import FileSystemError, OnshoreError
 
 __all__ = ["app", "main"]
@@ -39,6 +46,8 @@ store.register(app)
 deid.register(app)
 transfer.register(app)
 train.register(app)
+app.add_typer(federation.app, name="federation")
+app.add_typer(federation.site_app, name="site")
 demo.register(app)
 
 
