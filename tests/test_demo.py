@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from onshore.settings import load_project
+from onshore.ledger import Ledger
+from onshore.settings import Project, load_project
 from onshore.store import SiteStore
 from onshore.store.objects import ZONES_PATH
 
@@ -29,11 +30,15 @@ def _demo(folder: Path) -> dict:  # type: ignore[type-arg]
             "--dir",
             str(folder),
             "--vehicles",
-            "40",
+            "60",
             "--minutes",
-            "1",
+            "4",
             "--seed",
             "3",
+            "--rounds",
+            "2",
+            "--local-steps",
+            "10",
             "--json",
         ],
         capture_output=True,
@@ -76,11 +81,33 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert all(all(c["held"] for c in d["checks"]) for d in first["deidentify"])
 
     _check_gate_story(first)
+    _check_training(first, project)
 
     again = _demo(folder)
     assert again["inventory"] == first["inventory"], "a rerun stores nothing twice"
     assert all(r["clips"] == 0 for r in again["ingest"])
     assert all(v["ok"] for v in again["ledgers"]), "every ledger verifies after a rerun"
+    assert again["training"]["federated"]["regions"] == first["training"]["federated"]["regions"]
+
+
+def _check_training(result: dict, project: Project) -> None:  # type: ignore[type-arg]
+    """Each site alone, then federated: sites with data trained and were evaluated on their own
+    test splits; China's updates never left (no data, or no assessment for model parameters),
+    and its ledger says so."""
+    local, federated = result["training"]["local"], result["training"]["federated"]
+    assert federated["mode"] == "federated" and federated["rounds"] == 2
+    trained = {s for s, r in local["regions"].items() if r.get("ade") is not None}
+    assert {"eu-frankfurt", "us-oregon"} <= trained
+    for site in trained:
+        region = federated["regions"][site]
+        assert region["ade"] > 0 and federated["bytes_crossed"][site] > 0
+    with SiteStore.open(project, "cn-shanghai") as site:
+        sent = [
+            e.data["sent"]
+            for e in Ledger.open(site.catalogue).entries(kind="federated_update")
+            if e.data["kind"] == "train"
+        ]
+    assert sent and not any(sent), "China's model updates stay in China"
 
 
 def _check_gate_story(result: dict) -> None:  # type: ignore[type-arg]

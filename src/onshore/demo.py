@@ -4,8 +4,11 @@ Creates a project with three sites (local folders, SQLite catalogues), simulates
 site's region with SUMO, ingests each fleet into its own site, classifies every clip and
 de-identifies the site's clips under the ``training`` and ``export`` profiles; then tries the
 gate: raw Chinese clips to the US site are refused with the rule and the count, an approval is
-put on file, and what it then lets through (and what it still does not) is shown; every ledger
-is verified at the end. Returns what each stage found, removed and decided.
+put on file, and what it then lets through (and what it still does not) is shown; then the
+driving model is trained at each site alone and across the three sites with Flower (DP-SGD at
+each site, every update through its gate: China's model updates stay in China until an
+assessment for them is on file); every ledger is verified at the end. Returns what each stage
+found, removed, decided and trained.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ def run_demo(
     vehicles: int = 150,
     minutes: float = 6.0,
     seed: int = 7,
+    rounds: int = 5,
+    local_steps: int = 100,
+    model: str = "object_encoder",
     say: Callable[[str], None] = lambda _m: None,
 ) -> dict[str, Any]:
     """Run the demo in ``folder`` (reusing a project already there) and return what it did."""
@@ -72,6 +78,7 @@ def run_demo(
                 deidentified.append(deidentify_site(opened, profile, secret=secret))
             inventories.append(opened.catalogue.inventory())
     transfers = _gate(project, say)
+    training = _train(project, rounds, local_steps, model, say) if rounds else None
     say("verifying every site's ledger")
     ledgers = [verify_site(project, site_id).as_dict() for site_id in project.settings.sites]
     return {
@@ -81,6 +88,7 @@ def run_demo(
         "deidentify": deidentified,
         "inventory": inventories,
         "transfers": transfers,
+        "training": training,
         "ledgers": ledgers,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -139,3 +147,37 @@ def _gate(project: Project, say: Callable[[str], None]) -> list[dict[str, Any]]:
         "pseudonymised European data: personal data, no SCC on file",
     )
     return steps
+
+
+def _train(
+    project: Project, rounds: int, local_steps: int, model: str, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """Each site's model alone, then the federated model: the same model and local work."""
+    from onshore.federation import FederatedOptions, run_federated
+    from onshore.model.local import LocalOptions, train_sites_locally
+    from onshore.model.nets import ModelSpec
+
+    spec = ModelSpec(model)
+    say(f"training {model} at each site alone ({rounds * local_steps} steps)")
+    local = train_sites_locally(
+        project, None, LocalOptions(model=spec, steps=rounds * local_steps), run="demo-local"
+    )
+    say(
+        f"federated training: {rounds} rounds across the sites, DP-SGD at each; China's "
+        "updates need an assessment for model parameters, which is not on file"
+    )
+    federated = run_federated(
+        project,
+        FederatedOptions(
+            run="demo-federated",
+            sites=tuple(project.settings.sites),
+            project=str(project.root),
+            model=spec,
+            rounds=rounds,
+            local_steps=local_steps,
+            # Small batches keep DP-SGD's sampling rate, and so epsilon, low on small sites.
+            batch_size=64,
+        ),
+        say=say,
+    )
+    return {"local": local, "federated": federated}

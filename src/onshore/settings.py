@@ -63,7 +63,7 @@ class PrivacySettings(_Model):
 
     epsilon: float = Field(default=8.0, gt=0)
     delta: float = Field(default=1e-5, gt=0, lt=1)
-    noise_multiplier: float = Field(default=0.8, gt=0)
+    noise_multiplier: float = Field(default=1.0, gt=0)
     """Gaussian noise standard deviation, in units of ``max_grad_norm``."""
     max_grad_norm: float = Field(default=1.0, gt=0)
     """Each sample's gradient is clipped to this L2 norm."""

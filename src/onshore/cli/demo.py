@@ -22,16 +22,29 @@ def demo(
     vehicles: Annotated[int, typer.Option(min=10, help="Vehicles in traffic per site.")] = 150,
     minutes: Annotated[float, typer.Option(min=0.5, help="Simulated minutes per site.")] = 6.0,
     seed: Annotated[int, typer.Option(help="Seed for every simulation.")] = 7,
+    rounds: Annotated[int, typer.Option(min=0, help="Federated rounds (0: no training).")] = 5,
+    local_steps: Annotated[
+        int, typer.Option(min=1, help="Steps per round at a site of relative throughput 1.")
+    ] = 100,
     as_json: JsonOption = False,
 ) -> None:
-    """Create a three-site project, simulate a fleet at each site, ingest it, show inventories."""
+    """The whole story on the embedded defaults: three sites, simulated fleets, ingest,
+    classification, de-identification, the gate, local and federated training, ledgers."""
     from onshore.demo import run_demo
 
     def say(message: str) -> None:
         if not as_json:
             err_console.print(f"[bold cyan]>[/] {message}")
 
-    result = run_demo(folder, vehicles=vehicles, minutes=minutes, seed=seed, say=say)
+    result = run_demo(
+        folder,
+        vehicles=vehicles,
+        minutes=minutes,
+        seed=seed,
+        rounds=rounds,
+        local_steps=local_steps,
+        say=say,
+    )
 
     def render(d: dict[str, Any]) -> None:
         console.print(inventory_table(d["inventory"]))
@@ -40,6 +53,9 @@ def demo(
         if d["transfers"]:
             console.print(_gate_table(d["transfers"]))
             _print_denials(d["transfers"])
+        if d["training"]:
+            console.print(_training_table(d["training"]))
+            _print_refusals(d["training"]["federated"])
         console.print(
             "Ledgers: "
             + "; ".join(
@@ -138,6 +154,51 @@ def _print_denials(steps: list[dict[str, Any]]) -> None:
         console.print(f"[bold]Why not[/] ({escape(step['note'])}):")
         for reason in step["decision"]["reasons"][:2]:
             console.print(f"  - {escape(reason)}")
+
+
+def _training_table(training: dict[str, Any]) -> Table:
+    local, federated = training["local"], training["federated"]
+    table = Table(
+        "region (own test split)",
+        "constant velocity",
+        "local model",
+        "federated model",
+        "federated / local",
+        "epsilon",
+        "bytes crossed",
+        title=f"The driving model ({federated['model']['name']}): ADE / FDE in metres",
+        caption=f"{federated['rounds']} rounds of {federated['strategy']} with DP-SGD at "
+        "each site; epsilon at delta 1e-5 spent in this run",
+    )
+    for site, fed in federated["regions"].items():
+        own = local["regions"].get(site, {})
+        cv = fed["baselines"]["constant_velocity"]
+        ratio = f"{fed['ade'] / own['ade']:.2f}" if own.get("ade") else "-"
+        eps = federated["epsilon"].get(site)
+        table.add_row(
+            site,
+            f"{cv['ade']:.3f} / {cv['fde']:.3f}",
+            f"{own['ade']:.3f} / {own['fde']:.3f}" if own.get("ade") else "-",
+            f"{fed['ade']:.3f} / {fed['fde']:.3f}",
+            ratio,
+            "-" if eps is None else f"{eps:.2f}",
+            f"{federated['bytes_crossed'].get(site, 0):,}",
+        )
+    return table
+
+
+def _print_refusals(federated: dict[str, Any]) -> None:
+    refused: dict[str, list[int]] = {}
+    reasons: dict[str, str] = {}
+    for r in federated.get("refusals", []):
+        site = r.get("site") or f"node {r['node']}"
+        refused.setdefault(site, []).append(r["round"])
+        reasons.setdefault(site, r["detail"])
+    for site, rounds in refused.items():
+        console.print(
+            f"[bold]{escape(site)}[/]: updates kept at the site in rounds "
+            f"{', '.join(map(str, sorted(set(rounds))))}: {escape(reasons[site])}"
+        )
 
 
 def register(app: typer.Typer) -> None:
