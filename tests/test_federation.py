@@ -64,7 +64,9 @@ REGIONS = {
 }
 
 
-def drive(site: str, seed: int, clips: int = 8, steps: int = 300) -> list[Clip]:
+def drive(
+    site: str, seed: int, clips: int = 8, steps: int = 300, *, simulated: bool = False
+) -> list[Clip]:
     """One vehicle's consenting drive at ``site``: steady speed on a gentle arc."""
     lat0, lon0, speed, yaw = REGIONS[site]
     n = clips * steps
@@ -97,7 +99,9 @@ def drive(site: str, seed: int, clips: int = 8, steps: int = 300) -> list[Clip]:
             ],
             schema=SCHEMA,
         )
-        meta = ClipMeta(f"{site}-{seed}-{i:03d}", vin, "ID.4", "random_sample", True, site)
+        meta = ClipMeta(
+            f"{site}-{seed}-{i:03d}", vin, "ID.4", "random_sample", True, site, simulated=simulated
+        )
         out.append(Clip(meta, table))
     return out
 
@@ -486,6 +490,49 @@ def test_the_counterfactual_refuses_clips_recorded_by_vehicles(federation: Proje
 
     with pytest.raises(NotSimulated, match="recorded by vehicles"):
         train_centralized(federation, options(federation, "central"))
+
+
+def test_the_counterfactual_pools_simulated_data_and_says_what_it_is(tmp_path: Path) -> None:
+    from onshore.federation.centralized import COUNTERFACTUAL_LABEL
+
+    project = init_project(tmp_path / "sim", "three-regions")
+    for site_id in REGIONS:
+        uploads = tmp_path / f"uploads-{site_id}"
+        uploads.mkdir()
+        for seed in range(3):
+            for clip in drive(site_id, seed + 7, simulated=True):
+                write_mcap(clip, uploads / f"{clip.meta.clip_id}.mcap")
+        with SiteStore.open(project, site_id) as site:
+            assert ingest(site, [uploads]).quarantined == []
+            assert site.catalogue.clip_origins() == {"simulated": 24, "recorded": 0}
+            secret = load_keystore(project.keystore_path(project.site(site_id))).hmac_secret
+            deidentify_site(site, resolve_profile("training", {}), secret=secret)
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--mode",
+            "centralized-counterfactual",
+            "--project",
+            str(project.root),
+            "--model",
+            "past_mlp",
+            "--rounds",
+            "2",
+            "--local-steps",
+            "20",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["mode"] == "centralized-counterfactual"
+    assert summary["label"] == COUNTERFACTUAL_LABEL and "forbids" in summary["label"]
+    assert summary["steps"] == 2 * (10 + 20 + 20), "the federation's steps at every site"
+    for site_id in REGIONS:
+        region = summary["regions"][site_id]
+        assert region["ade"] > 0 and region["samples"] > 0
+    assert set(summary["bytes_crossed"].values()) == {0}, "nothing real moved"
 
 
 def test_global_weights_load_into_the_declared_model(federation: Project) -> None:
