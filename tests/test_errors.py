@@ -34,5 +34,5 @@ def test_errors_carry_hint_and_exit_code() -> None:
 
 
 def test_public_surface() -> None:
-    assert onshore.__all__ == ["OnshoreError", "__version__"]
+    assert onshore.__all__ == ["OnshoreError", "__version__", "load_model"]
     assert all(hasattr(errors, name) for name in errors.__all__)

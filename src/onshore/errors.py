@@ -35,7 +35,17 @@ configuration is changed. Retry code checks these markers, never message text.
     │   └── InvalidWeights           (terminal) tensors that are not the declared model's
     ├── FileSystemError              (terminal) a local file or folder cannot be read or written
     ├── StoreError                   (transient) the site's object store failed
-    └── CatalogueError               (transient) the site's catalogue database failed
+    ├── CatalogueError               (transient) the site's catalogue database failed
+    ├── ReleaseError                 (terminal) a model release cannot be made or found as asked
+    │   ├── NotReleasable            (terminal) a run that is not a finished, recorded federation
+    │   ├── ReleaseExists            (terminal) that version is already released
+    │   ├── ReleaseNotFound          (terminal) no release of that version in the project
+    │   └── BundleInvalid            (terminal) signature, weights, card or lineage do not hold
+    └── LicenceError                 (terminal) a licence cannot be granted, read or used as asked
+        ├── LicenceInvalid           (terminal) forged, altered, malformed, or not the releaser's
+        ├── LicenceDenied            (terminal) a grant the gate or the law refuses, by territory
+        ├── LicenceRefused           (terminal) the licence does not cover this use (exit 16)
+        └── UseProhibited            (terminal) the law forbids this use whatever the licence (17)
 """
 
 from __future__ import annotations
@@ -44,11 +54,14 @@ from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from onshore.gate.engine import Decision
+    from onshore.release.licence import TerritoryDecision
+    from onshore.release.load import LicenceCheck
     from onshore.rulebook.problems import Problem
 
 __all__ = [
     "ERRORS",
     "ApprovalNotFound",
+    "BundleInvalid",
     "CatalogueError",
     "ClipConflict",
     "ClipError",
@@ -62,12 +75,20 @@ __all__ = [
     "KeystoreError",
     "LedgerError",
     "LedgerTampered",
+    "LicenceDenied",
+    "LicenceError",
+    "LicenceInvalid",
+    "LicenceRefused",
     "NoTrainingData",
+    "NotReleasable",
     "OnshoreError",
     "PhysicsError",
     "PrivacyBudgetSpent",
     "ProjectExists",
     "ProjectNotFound",
+    "ReleaseError",
+    "ReleaseExists",
+    "ReleaseNotFound",
     "ResidencyError",
     "RulebookError",
     "RulebookNotFound",
@@ -80,6 +101,7 @@ __all__ = [
     "TransferDenied",
     "Transient",
     "UnreadableFile",
+    "UseProhibited",
 ]
 
 
@@ -338,6 +360,112 @@ class ClipConflict(ClipError):
     """A clip id already in the catalogue with different content."""
 
     code = "clip.conflict"
+
+
+class ReleaseError(OnshoreError, Terminal):
+    """A model release cannot be made, found or read as asked."""
+
+    code = "release"
+    exit_code = 14
+
+
+class NotReleasable(ReleaseError):
+    """The run is not one that may be released: not a federated run (a local run, or the
+    centralised counterfactual, which pooled data no law let move), not finished, or not what
+    the coordinator's ledger and the sites' ledgers say was trained. The message names the
+    check that failed; the refusal is recorded in the coordinator's ledger."""
+
+    code = "release.not_releasable"
+
+
+class ReleaseExists(ReleaseError):
+    """A release of that version is already in the project: versions are never overwritten."""
+
+    code = "release.exists"
+
+
+class ReleaseNotFound(ReleaseError):
+    """No release of that version (no bundle under ``releases/<version>/``)."""
+
+    code = "release.not_found"
+
+
+class BundleInvalid(ReleaseError):
+    """A release bundle that does not hold: its signature, a file's hash, its weights, or its
+    lineage. ``problems`` lists every one found; the message names the first."""
+
+    code = "release.bundle_invalid"
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, problems: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.problems = problems
+
+
+class LicenceError(OnshoreError, Terminal):
+    """A licence to use a released model cannot be granted, read or used as asked."""
+
+    code = "licence"
+    exit_code = 15
+
+
+class LicenceInvalid(LicenceError):
+    """A licence that is not what the releaser signed: malformed, altered after signing, signed
+    by another key, or naming fields the format does not have. The message names the field or
+    the file."""
+
+    code = "licence.invalid"
+
+
+class LicenceDenied(LicenceError):
+    """The gate or the law refuses a grant: for some territory, the rulebook of a site whose
+    data trained the model needs an approval that is not on file, or a software restriction
+    forbids the model there. ``decisions`` holds each decision with its reasons; the refusal is
+    recorded in the coordinator's ledger."""
+
+    code = "licence.denied"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        decisions: tuple[TerritoryDecision, ...] = (),
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.decisions = decisions
+
+
+class LicenceRefused(LicenceError):
+    """Loading a released model under a licence that does not cover this use: expired, not yet
+    valid, revoked, for another release, territory, purpose or model year, or whose revocation
+    could not be checked. ``check`` holds the whole licence check with every reason."""
+
+    code = "licence.refused"
+    exit_code = 16
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, check: LicenceCheck | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.check = check
+
+
+class UseProhibited(LicenceError):
+    """The law forbids this use of the model whatever a licence says, e.g. the US rule that
+    automated-driving software from persons linked to China or Russia may not ship in US
+    vehicles from model year 2027 (15 CFR 791 subpart D). ``check`` holds the licence check,
+    naming the rule, its rulebook version and the parties it applies to."""
+
+    code = "licence.prohibited"
+    exit_code = 17
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, check: LicenceCheck | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.check = check
 
 
 def _catalogue() -> dict[str, type[OnshoreError]]:

@@ -19,6 +19,7 @@ from onshore.cli import (
     gate,
     ledger,
     project,
+    release,
     rulebook,
     store,
     train,
@@ -48,6 +49,8 @@ transfer.register(app)
 train.register(app)
 app.add_typer(federation.app, name="federation")
 app.add_typer(federation.site_app, name="site")
+app.add_typer(release.release_app, name="release")
+app.add_typer(release.license_app, name="license")
 demo.register(app)
 
 

@@ -1,0 +1,185 @@
+"""A release's lineage: the sites' ledger entries of every model update that went into it, and
+the checks that each is in its site's ledger as the site wrote it.
+
+Each update a site sent is a ``federated_update`` entry in that site's ledger (written by its
+outbound mod with the gate's decision); the coordinator's ``federated_run_finished`` entry lists
+the ones it used, by site, sequence number and hash. A lineage link holds when the named site's
+ledger has that entry with that hash, the hash recomputes from the entry's fields, the
+signature verifies under the key the ledger's genesis pins, the ledger as a whole verifies, and
+the entry says the update was a ``train`` reply of this run that the gate let go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature
+
+from onshore.errors import OnshoreError
+from onshore.ledger import Entry, Ledger, verify
+from onshore.ledger.entry import SIGNATURE_CONTEXT, entry_digest, is_hex64
+from onshore.release.records import reachable_ledger
+from onshore.settings import Project
+
+__all__ = ["UPDATE_KIND", "LineageReport", "SiteContribution", "check_lineage", "parse_links"]
+
+UPDATE_KIND: Final = "federated_update"
+"""The kind of a site's ledger entry for an update it sent (see :mod:`onshore.federation`)."""
+
+
+@dataclass(slots=True)
+class SiteContribution:
+    """What one site's updates in a lineage say, once read from its ledger."""
+
+    updates: int = 0
+    rounds: set[int] = field(default_factory=set)
+    subjects: int = 0
+    """The most subjects (vehicles) any of its updates counted."""
+    rulebook_versions: dict[str, str] = field(default_factory=dict)
+    """The rulebook versions its gate decided its updates under."""
+
+
+@dataclass(frozen=True, slots=True)
+class LineageReport:
+    """What checking a lineage found."""
+
+    links: int
+    checked: int
+    """Links whose site's ledger was reached and that hold."""
+    unreachable: tuple[str, ...]
+    """Sites whose ledgers could not be reached, so their links were not checked."""
+    problems: tuple[str, ...]
+    notes: tuple[str, ...]
+    sites: Mapping[str, SiteContribution]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "links": self.links,
+            "checked": self.checked,
+            "unreachable": list(self.unreachable),
+            "problems": list(self.problems),
+            "notes": list(self.notes),
+        }
+
+
+def parse_links(value: object, where: str) -> list[dict[str, Any]]:
+    """Lineage links ``[{"site", "seq", "hash"}]`` from ``value``; raises :class:`ValueError`
+    naming ``where`` and the first malformed one."""
+    if not isinstance(value, list):
+        raise ValueError(f"{where} is not a list of ledger entries")
+    links = []
+    for i, link in enumerate(value):
+        if (
+            not isinstance(link, Mapping)
+            or not isinstance(link.get("site"), str)
+            or not isinstance(link.get("seq"), int)
+            or isinstance(link.get("seq"), bool)
+            or not is_hex64(link.get("hash"))
+        ):
+            raise ValueError(f"{where}[{i}] is not {{site, seq, hash}}")
+        links.append({"site": link["site"], "seq": link["seq"], "hash": link["hash"]})
+    return links
+
+
+def _authentic(ledger: Ledger, entry: Entry) -> str | None:
+    """Why ``entry`` is not its site's own as stored, or None when it is."""
+    digest = entry_digest(
+        entry.site, entry.seq, entry.time, entry.kind, entry.payload, entry.prev_hash
+    )
+    if digest.hex() != entry.hash:
+        return "its hash does not recompute from its fields"
+    key = ledger.pinned_key()
+    if key is None:
+        return "its ledger's genesis pins no valid key"
+    try:
+        key.verify(bytes.fromhex(entry.signature), SIGNATURE_CONTEXT + digest)
+    except (ValueError, InvalidSignature):
+        return "its signature does not verify under the key the ledger pins"
+    return None
+
+
+def _link_problem(entry: Entry | None, link: Mapping[str, Any], run: str) -> str | None:
+    where = f"{link['site']} entry {link['seq']}"
+    if entry is None:
+        return f"{where}: not in the site's ledger"
+    if entry.hash != link["hash"]:
+        return (
+            f"{where}: its hash is {entry.hash[:16]}..., the lineage names {link['hash'][:16]}..."
+        )
+    if entry.kind != UPDATE_KIND:
+        return f"{where}: a {entry.kind} entry, not a model update"
+    data = entry.data
+    if data.get("run") != run or data.get("kind") != "train":
+        return f"{where}: not a train update of run {run}"
+    if data.get("sent") is not True or not (data.get("decision") or {}).get("allowed"):
+        return f"{where}: the update did not leave the site (the gate did not allow it)"
+    return None
+
+
+def check_lineage(project: Project, run: str, links: Sequence[Mapping[str, Any]]) -> LineageReport:
+    """Check each link of a run's lineage against its site's ledger, where it can be reached.
+    Never raises for what it finds: each problem and each unreachable site is in the report."""
+    by_site: dict[str, list[Mapping[str, Any]]] = {}
+    for link in links:
+        by_site.setdefault(str(link["site"]), []).append(link)
+    problems: list[str] = []
+    notes: list[str] = []
+    unreachable: list[str] = []
+    checked = 0
+    sites: dict[str, SiteContribution] = {}
+    for site_id, site_links in by_site.items():
+        try:
+            site = project.site(site_id)
+        except OnshoreError:
+            problems.append(f"{site_id}: the lineage names a site the project does not declare")
+            continue
+        with reachable_ledger(project, site) as (ledger, why):
+            if ledger is None:
+                unreachable.append(site_id)
+                notes.append(f"{site_id}: {len(site_links)} link(s) not checked: {why}")
+                continue
+            report = verify(ledger, check_hashes=False)
+            if not report.ok:
+                first = report.problems[0]
+                problems.append(
+                    f"{site_id}: its ledger does not verify ({first.reason}); "
+                    f"run 'onshore ledger verify --site {site_id}'"
+                )
+            contribution = sites.setdefault(site_id, SiteContribution())
+            for link in site_links:
+                entry = ledger.entry(int(link["seq"]))
+                problem = _link_problem(entry, link, run)
+                if problem is None and entry is not None:
+                    why_not = _authentic(ledger, entry)
+                    if why_not is not None:
+                        problem = f"{site_id} entry {link['seq']}: {why_not}"
+                if problem is not None:
+                    problems.append(problem)
+                    continue
+                assert entry is not None
+                checked += 1
+                data = entry.data
+                contribution.updates += 1
+                if isinstance(data.get("round"), int):
+                    contribution.rounds.add(data["round"])
+                for item in data.get("items") or ():
+                    subjects = item.get("subjects") if isinstance(item, Mapping) else None
+                    if isinstance(subjects, int):
+                        contribution.subjects = max(contribution.subjects, subjects)
+                versions = (data.get("decision") or {}).get("rulebook_versions") or {}
+                contribution.rulebook_versions.update({str(k): str(v) for k, v in versions.items()})
+    return LineageReport(
+        links=len(links),
+        checked=checked,
+        unreachable=tuple(unreachable),
+        problems=tuple(problems),
+        notes=tuple(notes),
+        sites=sites,
+    )
