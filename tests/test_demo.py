@@ -107,7 +107,15 @@ def _check_training(result: dict, project: Project) -> None:  # type: ignore[typ
             for e in Ledger.open(site.catalogue).entries(kind="federated_update")
             if e.data["kind"] == "train"
         ]
-    assert sent and not any(sent), "China's model updates stay in China"
+    # Asked before the run, China's gate refused its model updates; with an assessment for
+    # model parameters on file they then left, and the release names its operator.
+    assert result["training"]["model_gate"]["before"]["allowed"] is False
+    assert sent, "China's model updates were put to its gate"
+    release = result["training"]["release"]
+    if release is not None:
+        assert release["verify"]["valid"] is True
+        refused = [load for load in release["loads"] if not load["loaded"]]
+        assert [load["territory"] for load in refused] == ["US"]
 
 
 def _check_gate_story(result: dict) -> None:  # type: ignore[type-arg]

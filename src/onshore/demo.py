@@ -162,10 +162,8 @@ def _train(
     local = train_sites_locally(
         project, None, LocalOptions(model=spec, steps=rounds * local_steps), run="demo-local"
     )
-    say(
-        f"federated training: {rounds} rounds across the sites, DP-SGD at each; China's "
-        "updates need an assessment for model parameters, which is not on file"
-    )
+    model_gate = _model_parameters_gate(project, say)
+    say(f"federated training: {rounds} rounds across the sites, DP-SGD at each")
     federated = run_federated(
         project,
         FederatedOptions(
@@ -180,4 +178,50 @@ def _train(
         ),
         say=say,
     )
-    return {"local": local, "federated": federated}
+    release = None
+    if federated["lineage"]:
+        from onshore.release.story import release_demo_story
+
+        release = release_demo_story(project, federated["run"], say)
+    return {"local": local, "federated": federated, "model_gate": model_gate, "release": release}
+
+
+def _model_parameters_gate(project: Project, say: Callable[[str], None]) -> dict[str, Any]:
+    """China's gate on its model updates: asked before the run, it refuses them without a CAC
+    assessment that covers model parameters; one is put on file, and the updates may leave."""
+    from onshore.federation.site import outbound_decision
+    from onshore.ledger import Ledger
+
+    if _CN not in project.settings.sites:
+        return {}
+    coordinator = project.settings.coordinator
+    with SiteStore.open(project, _CN) as store:
+        keys = load_keystore(project.keystore_path(project.site(_CN)))
+        ledger = Ledger.open(store.catalogue, keys)
+        before, _ = outbound_decision(project, store, ledger, "model_parameters", 1, _PURPOSE)
+    say(
+        f"{_CN}: model parameters to the coordinator ({coordinator.entity}, "
+        f"{coordinator.country}): {'allowed' if before.allowed else 'denied'}"
+        + ("" if before.allowed else f" - {before.reasons[0]}")
+    )
+    if not before.allowed:
+        say(f"{_CN}: putting a CAC security assessment for model parameters on file")
+        today = datetime.now(UTC).date()
+        approval = Approval.model_validate(
+            {
+                "id": "CAC-DEMO-2026-002",
+                "type": "cn_security_assessment",
+                "origin": "CN",
+                "recipient": coordinator.entity,
+                "categories": ["model_parameters"],
+                "purposes": [_PURPOSE],
+                "max_subjects": 100_000,
+                "valid_from": date(today.year, 1, 1),
+                "reference": "CAC-SA-2026-0533 (demo)",
+            }
+        )
+        try:
+            add_approval(project, _CN, approval)
+        except InvalidApproval:
+            say("(already on file from an earlier run)")
+    return {"site": _CN, "before": before.as_dict()}

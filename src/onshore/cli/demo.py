@@ -56,6 +56,8 @@ def demo(
         if d["training"]:
             console.print(_training_table(d["training"]))
             _print_refusals(d["training"]["federated"])
+            if d["training"].get("release"):
+                _print_release(d["training"]["release"])
         console.print(
             "Ledgers: "
             + "; ".join(
@@ -199,6 +201,26 @@ def _print_refusals(federated: dict[str, Any]) -> None:
             f"[bold]{escape(site)}[/]: updates kept at the site in rounds "
             f"{', '.join(map(str, sorted(set(rounds))))}: {escape(reasons[site])}"
         )
+
+
+def _print_release(story: dict[str, Any]) -> None:
+    release, licence = story["release"], story["licence"]
+    console.print(
+        f"[bold]Release {release['version']}[/]: {release['bundle']} "
+        f"({'verified' if story['verify']['valid'] else '[red]NOT verified[/]'}); made by "
+        + ", ".join(f"{p['name']} ({p['country']})" for p in release["parties"])
+    )
+    console.print(
+        f"[bold]Licence[/] {licence['id']} to {escape(licence['licensee'])}: "
+        f"{', '.join(licence['territories'])}, {', '.join(licence['purposes'])}, model years "
+        f"{licence['model_years']}, until {licence['expires']}"
+    )
+    for load in story["loads"]:
+        where = f"{load['territory']} model year {load['model_year']}"
+        if load["loaded"]:
+            console.print(f"  load in {where}: [green]allowed[/]")
+        else:
+            console.print(f"  load in {where}: [red]refused[/] - {escape(load['reason'])}")
 
 
 def register(app: typer.Typer) -> None:

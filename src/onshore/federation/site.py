@@ -19,7 +19,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -36,7 +36,7 @@ from onshore.federation.envelope import (
     seal,
 )
 from onshore.federation.options import FederatedOptions
-from onshore.gate import ApprovalRegistry, Gate
+from onshore.gate import ApprovalRegistry, Decision, Gate
 from onshore.ledger import Ledger, verify
 from onshore.model.dataset import SiteDataset, build_site_dataset
 from onshore.model.metrics import evaluate
@@ -56,6 +56,7 @@ __all__ = [
     "evaluate_reply",
     "load_accountant",
     "outbound",
+    "outbound_decision",
     "privacy_table",
     "site_of",
     "train_reply",
@@ -307,6 +308,39 @@ def evaluate_reply(msg: Message, context: Context, options: FederatedOptions) ->
     return Message(RecordDict({METRICS: MetricRecord(values)}), reply_to=msg)
 
 
+def outbound_decision(
+    project: Project,
+    store: SiteStore,
+    ledger: Ledger,
+    category: str,
+    subjects: int,
+    purpose: str,
+    *,
+    day: date | None = None,
+) -> tuple[Decision, TransferRequest]:
+    """The site's gate on sending the coordinator ``category`` (``model_parameters`` or
+    ``aggregate_metrics``) derived from ``subjects`` vehicles' data: the decision the outbound
+    mod acts on, and what an operator can ask before a run."""
+    site = project.site(store.site)
+    coordinator = project.settings.coordinator
+    item = DataItem(category=category, subjects=subjects, deid_state="anonymized")
+    recipient = Recipient(
+        name=coordinator.entity, country=coordinator.country, linked_to=tuple(coordinator.linked_to)
+    )
+    request = TransferRequest(
+        origin=site.jurisdiction,
+        destination=coordinator.country,
+        recipient=recipient,
+        purpose=purpose,
+        date=day or datetime.now(UTC).date(),
+        data=(item,),
+    )
+    rulebooks = project_rulebooks(project)
+    approvals = trusted_approvals(ApprovalRegistry(store.catalogue, rulebooks), ledger)
+    gate = Gate(rulebooks, approvals, history=ledger_history(ledger))
+    return gate.decide(request), request
+
+
 @contextmanager
 def _site_ledger(ref: SiteRef) -> Iterator[tuple[SiteStore, Ledger]]:
     with _store(ref) as store:
@@ -357,7 +391,6 @@ def _let_go(
     facts: dict[str, Any],
 ) -> Message:
     server_round = server_round_of(msg)
-    site = ref.project.site(ref.site)
     coordinator = ref.project.settings.coordinator
     base: dict[str, Any] = {
         "run": options.run,
@@ -382,29 +415,14 @@ def _let_go(
             )
             return _error(msg, ErrorCode.CHECK_FAILED, f"{ref.site}: outgoing check failed: {exc}")
         category = "model_parameters" if kind == "train" else "aggregate_metrics"
-        item = DataItem(
-            category=category, subjects=int(facts.get("vehicles", 0)), deid_state="anonymized"
-        )
-        recipient = Recipient(
-            name=coordinator.entity,
-            country=coordinator.country,
-            linked_to=tuple(coordinator.linked_to),
-        )
-        request = TransferRequest(
-            origin=site.jurisdiction,
-            destination=coordinator.country,
-            recipient=recipient,
-            purpose=options.purpose,
-            date=datetime.now(UTC).date(),
-            data=(item,),
-        )
         key = (ref.project.root, ref.site)
         head = ledger.head()
         if head is None or _VERIFIED.get(key) != head.hash:
             verify(ledger, check_hashes=False).raise_for_problems()
-        rulebooks = project_rulebooks(ref.project)
-        approvals = trusted_approvals(ApprovalRegistry(store.catalogue, rulebooks), ledger)
-        decision = Gate(rulebooks, approvals, history=ledger_history(ledger)).decide(request)
+        decision, request = outbound_decision(
+            ref.project, store, ledger, category, int(facts.get("vehicles", 0)), options.purpose
+        )
+        item, recipient = request.data[0], request.recipient
         record = {
             **base,
             "recipient": recipient.model_dump(mode="json"),
