@@ -114,10 +114,19 @@ _BASELINES: dict[str, dict[str, float]] = {}
 key)."""
 
 
+_OPEN: dict[tuple[Path, str], SiteStore] = {}
+"""The store the outbound mod opened for the message in hand, which the handler shares."""
+
+
 @contextmanager
 def _store(ref: SiteRef) -> Iterator[SiteStore]:
-    """The site's store and catalogue for one message, closed after it. (Kept open across
-    messages, SQLite catalogues were found corrupted after Ray ended its workers.)"""
+    """The site's store and catalogue for one message: the one the outbound mod opened for it,
+    else one opened here and closed after. (Kept open across messages, SQLite catalogues were
+    found corrupted after Ray ended its workers.)"""
+    shared = _OPEN.get((ref.project.root, ref.site))
+    if shared is not None:
+        yield shared
+        return
     with SiteStore.open(ref.project, ref.site) as store:
         yield store
 
@@ -368,16 +377,23 @@ def outbound(
                 msg, ErrorCode.CHECK_FAILED, f"{ref.site} answers train and evaluate only"
             )
         _FACTS.pop(str(kind), None)
-        try:
-            reply = call_next(msg, context)
-        except OnshoreError as exc:
-            reply = _error(msg, ErrorCode.SITE_ERROR, f"{ref.site}: {exc}")
-        facts = _FACTS.pop(str(kind), {})
-        try:
-            return _let_go(msg, reply, ref, options, str(kind), facts)
-        except OnshoreError as exc:
-            # A ledger that does not verify, approvals that disagree with it: nothing leaves.
-            return _error(msg, ErrorCode.CHECK_FAILED, f"{ref.site}: {exc}")
+        key = (ref.project.root, ref.site)
+        with SiteStore.open(ref.project, ref.site) as store:
+            _OPEN[key] = store
+            try:
+                try:
+                    reply = call_next(msg, context)
+                except OnshoreError as exc:
+                    reply = _error(msg, ErrorCode.SITE_ERROR, f"{ref.site}: {exc}")
+                facts = _FACTS.pop(str(kind), {})
+                try:
+                    return _let_go(msg, reply, ref, options, str(kind), facts)
+                except OnshoreError as exc:
+                    # A ledger that does not verify, approvals that disagree with it: nothing
+                    # leaves.
+                    return _error(msg, ErrorCode.CHECK_FAILED, f"{ref.site}: {exc}")
+            finally:
+                _OPEN.pop(key, None)
 
     return mod
 
