@@ -162,6 +162,7 @@ def _training_table(training: dict[str, Any]) -> Table:
     local, federated = training["local"], training["federated"]
     table = Table(
         "region (own test split)",
+        "test samples",
         "constant velocity",
         "local model",
         "federated model",
@@ -172,13 +173,14 @@ def _training_table(training: dict[str, Any]) -> Table:
         caption=f"{federated['rounds']} rounds of {federated['strategy']} with DP-SGD at "
         "each site; epsilon at delta 1e-5 spent in this run",
     )
-    for site, fed in federated["regions"].items():
+    for site, fed in sorted(federated["regions"].items()):
         own = local["regions"].get(site, {})
         cv = fed["baselines"]["constant_velocity"]
         ratio = f"{fed['ade'] / own['ade']:.2f}" if own.get("ade") else "-"
         eps = federated["epsilon"].get(site)
         table.add_row(
             site,
+            f"{fed['samples']:,}",
             f"{cv['ade']:.3f} / {cv['fde']:.3f}",
             f"{own['ade']:.3f} / {own['fde']:.3f}" if own.get("ade") else "-",
             f"{fed['ade']:.3f} / {fed['fde']:.3f}",
@@ -208,7 +210,9 @@ def _print_release(story: dict[str, Any]) -> None:
     console.print(
         f"[bold]Release {release['version']}[/]: {release['bundle']} "
         f"({'verified' if story['verify']['valid'] else '[red]NOT verified[/]'}); made by "
-        + ", ".join(f"{p['name']} ({p['country']})" for p in release["parties"])
+        + "; ".join(
+            f"{escape(p['entity'])} ({p['role']}, {p['country']})" for p in release["parties"]
+        )
     )
     console.print(
         f"[bold]Licence[/] {licence['id']} to {escape(licence['licensee'])}: "
