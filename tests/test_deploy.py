@@ -278,10 +278,10 @@ def test_serve_and_join_commands_run_until_stopped(project: Project, tmp_path: P
             deploy.join(project, "eu-frankfurt", str(link["address"]), other.ca_cert, timeout=30)
         assert refused.value.hint is not None and "ca.crt" in refused.value.hint
         join.send_signal(signal.SIGINT)
-        assert join.wait(timeout=30) == 0
+        assert join.wait(timeout=90) == 0  # stop: SIGTERM, 10 s, SIGKILL; slow when loaded
         assert _group_members(node["pid"]) == []
         serve.send_signal(signal.SIGTERM)
-        assert serve.wait(timeout=30) == 0
+        assert serve.wait(timeout=90) == 0
         assert _group_members(link["pid"]) == []
     finally:
         for process in (join, serve):
