@@ -88,8 +88,16 @@ KINDS: Final = frozenset(
         "transfer_in",
         "approval_added",
         "approval_revoked",
-        "model_update",
-        "release",
+        "federated_update",
+        "federated_run_started",
+        "federated_round",
+        "federated_run_resumed",
+        "federated_run_finished",
+        "release_created",
+        "release_refused",
+        "licence_granted",
+        "licence_refused",
+        "licence_revoked",
         "peer_head",
     }
 )
