@@ -20,6 +20,7 @@ from onshore.cli import (
     ledger,
     project,
     release,
+    report,
     rulebook,
     store,
     train,
@@ -51,6 +52,7 @@ app.add_typer(federation.app, name="federation")
 app.add_typer(federation.site_app, name="site")
 app.add_typer(release.release_app, name="release")
 app.add_typer(release.license_app, name="license")
+app.add_typer(report.app, name="report")
 demo.register(app)
 
 

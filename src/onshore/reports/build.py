@@ -1,0 +1,643 @@
+"""Reports regulators ask for, built from a site's catalogue, approvals registry and ledger.
+
+Four kinds (:data:`REPORT_KINDS`): China's annual automotive data security report, the facts of a
+CN security-assessment application for one recipient, and the records of transfers under GDPR
+Chapter V and under 28 CFR Part 202. Each figure carries the ledger entries it was computed
+from (:class:`~onshore.reports.model.Source`); what the site holds comes from its catalogue and
+says so.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Final
+
+from onshore.deidentify.profiles import resolve_profile
+from onshore.errors import ConfigError, OnshoreError
+from onshore.gate import Approval, ApprovalRegistry
+from onshore.ledger import Entry, Ledger
+from onshore.reports.charts import bar_chart, trace_map, training_chart
+from onshore.reports.model import Chart, Figure, Report, Source, TableBlock
+from onshore.rulebook.loader import project_rulebooks
+from onshore.settings import Project, SiteSettings
+from onshore.store.catalogue import DeidentifiedRecord, FileRecord
+from onshore.store.site import SiteStore
+
+__all__ = ["COUNTRIES_OF_CONCERN", "REPORT_KINDS", "Flow", "build_report", "flows"]
+
+REPORT_KINDS: Final = ("cn-annual", "outbound-dossier", "eu-transfers", "us-bulk-data")
+
+COUNTRIES_OF_CONCERN: Final = frozenset({"CN", "HK", "MO", "CU", "IR", "KP", "RU", "VE"})
+"""28 CFR 202.211 (RULEBOOK.md): China incl. Hong Kong and Macau, Cuba, Iran, North Korea,
+Russia, Venezuela."""
+
+EU_COUNTRIES: Final = frozenset(
+    [
+        "AT",
+        "BE",
+        "BG",
+        "CY",
+        "CZ",
+        "DE",
+        "DK",
+        "EE",
+        "ES",
+        "FI",
+        "FR",
+        "GR",
+        "HR",
+        "HU",
+        "IE",
+        "IT",
+        "LT",
+        "LU",
+        "LV",
+        "MT",
+        "NL",
+        "PL",
+        "PT",
+        "RO",
+        "SE",
+        "SI",
+        "SK",
+        "EU",
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """One decision to send data out of the site, read from one ledger entry: a transfer that
+    left (``transfer_out``), one the gate denied (``gate_decision``) or a model update to the
+    coordinator (``federated_update``, sent or refused)."""
+
+    entry: Entry
+    what: str
+    """``transfer`` or ``model_update``."""
+    date: str
+    destination: str
+    recipient: str
+    recipient_country: str
+    linked_to: tuple[str, ...]
+    purpose: str
+    items: tuple[dict[str, Any], ...]
+    objects: int
+    allowed: bool
+    decision: dict[str, Any]
+    dataset: str = ""
+
+    @property
+    def source(self) -> Source:
+        return Source(self.entry.site, self.entry.kind, self.entry.seq, self.entry.hash)
+
+    @property
+    def approval(self) -> dict[str, Any] | None:
+        found = self.decision.get("approval")
+        return found if isinstance(found, dict) else None
+
+    @property
+    def legal_basis(self) -> str:
+        """The approval used (type id reference), ``exempt``, or ``none``."""
+        approval = self.approval
+        if approval is not None:
+            return f"{approval['type']} {approval['id']} ({approval.get('reference') or '-'})"
+        return "exempt" if self.decision.get("exempt") else "none"
+
+    def subjects(self) -> dict[str, int]:
+        """Subjects by category in this flow."""
+        out: dict[str, int] = defaultdict(int)
+        for item in self.items:
+            out[str(item["category"])] += int(item.get("subjects", 0))
+        return dict(out)
+
+
+def flows(site_id: str, entries: Iterable[Entry]) -> list[Flow]:
+    """Every outbound decision in a site's ledger entries, in ledger order."""
+    found = []
+    for entry in entries:
+        data = entry.data
+        if entry.kind == "transfer_out" or (
+            entry.kind == "gate_decision" and data.get("from") == site_id
+        ):
+            allowed = entry.kind == "transfer_out"
+            what, objects = "transfer", len(data.get("sent", ()))
+        elif entry.kind == "federated_update":
+            allowed, what, objects = bool(data.get("sent")), "model_update", 1
+        else:
+            continue
+        recipient = data.get("recipient") or {}
+        found.append(
+            Flow(
+                entry=entry,
+                what=what,
+                date=str(data.get("date", entry.time[:10])),
+                destination=str(data.get("destination", "?")),
+                recipient=str(recipient.get("name", data.get("to", "?"))),
+                recipient_country=str(recipient.get("country", data.get("destination", "?"))),
+                linked_to=tuple(recipient.get("linked_to", ())),
+                purpose=str(data.get("purpose", "?")),
+                items=tuple(data.get("items", ())),
+                objects=objects if allowed else 0,
+                allowed=allowed,
+                decision=dict(data.get("decision") or {}),
+                dataset=str(data.get("dataset", "")),
+            )
+        )
+    return found
+
+
+@dataclass(slots=True)
+class _Site:
+    """What the reports read of one site, gathered in one pass."""
+
+    project: Project
+    settings: SiteSettings
+    inventory: dict[str, Any]
+    quarantined: list[FileRecord]
+    deidentified: list[DeidentifiedRecord]
+    approvals: list[Approval]
+    entries: list[Entry]
+    map_png: bytes | None
+
+    def catalogue(self, detail: str) -> Source:
+        return Source(self.settings.id, "catalogue", detail=detail)
+
+    def approval_entry(self, approval_id: str) -> Source | None:
+        for e in self.entries:
+            if e.kind == "approval_added" and e.data["approval"]["id"] == approval_id:
+                return Source(e.site, e.kind, e.seq, e.hash)
+        return None
+
+    def domestic(self, flow: Flow) -> bool:
+        here = {self.settings.location, self.settings.jurisdiction}
+        if self.settings.jurisdiction == "EU":
+            return flow.destination in EU_COUNTRIES
+        return flow.destination in here
+
+
+def _gather(project: Project, site_id: str, *, with_map: bool) -> _Site:
+    settings = project.site(site_id)
+    with SiteStore.open(project, site_id) as store:
+        registry = ApprovalRegistry(
+            store.catalogue, project_rulebooks(project), jurisdiction=settings.jurisdiction
+        )
+        map_png = None
+        if with_map:
+            profiles = {d.profile for d in store.catalogue.deidentified()}
+            profile = None
+            if profiles:
+                name = sorted(profiles)[0]
+                profile = resolve_profile(name, project.settings.deidentify_profiles)
+            map_png = trace_map(store, profile)
+        return _Site(
+            project=project,
+            settings=settings,
+            inventory=store.catalogue.inventory(),
+            quarantined=store.catalogue.files("quarantined"),
+            deidentified=store.catalogue.deidentified(),
+            approvals=registry.approvals(),
+            entries=Ledger.open(store.catalogue).entries(),
+            map_png=map_png,
+        )
+
+
+def _sum_figures(
+    prefix: str, label: str, chosen: list[Flow], categories: Iterable[str] = ()
+) -> list[Figure]:
+    """Subjects per category over ``chosen``, each figure citing the flows that carry it."""
+    per: dict[str, int] = {c: 0 for c in categories}
+    cited: dict[str, list[Source]] = defaultdict(list)
+    for flow in chosen:
+        for category, subjects in flow.subjects().items():
+            per[category] = per.get(category, 0) + subjects
+            cited[category].append(flow.source)
+    return [Figure(f"{prefix}.{c}", f"{label}: {c}", per[c], tuple(cited[c])) for c in sorted(per)]
+
+
+def _count(key: str, label: str, chosen: list[Flow]) -> Figure:
+    return Figure(key, label, len(chosen), tuple(f.source for f in chosen))
+
+
+def _flow_table(title: str, chosen: list[Flow], empty: str = "none") -> TableBlock:
+    rows, sources = [], []
+    for f in chosen:
+        subjects = ", ".join(f"{c} {n}" for c, n in sorted(f.subjects().items())) or "-"
+        rows.append(
+            (
+                f.date,
+                f.what,
+                f"{f.recipient} ({f.recipient_country})",
+                subjects,
+                f.purpose,
+                str(f.objects),
+                f.legal_basis if f.allowed else "denied",
+                f"{f.entry.site}#{f.entry.seq}",
+            )
+        )
+        sources.append((f.source,))
+    return TableBlock(
+        title,
+        (
+            "date",
+            "what",
+            "recipient",
+            "categories and subjects",
+            "purpose",
+            "objects",
+            "approval",
+            "entry",
+        ),
+        tuple(rows),
+        tuple(sources),
+        empty,
+    )
+
+
+def _approvals_table(site: _Site) -> TableBlock:
+    rows, sources = [], []
+    for a in site.approvals:
+        src = site.approval_entry(a.id)
+        rows.append(
+            (
+                a.id,
+                a.type,
+                a.recipient,
+                ", ".join(a.categories),
+                ", ".join(a.purposes),
+                "-" if a.max_subjects is None else str(a.max_subjects),
+                f"{a.valid_from} to {a.valid_to or 'open'}",
+                "revoked" if a.revoked else "in force",
+            )
+        )
+        sources.append(() if src is None else (src,))
+    return TableBlock(
+        "Approvals on file",
+        ("id", "type", "recipient", "categories", "purposes", "max subjects", "valid", "state"),
+        tuple(rows),
+        tuple(sources),
+    )
+
+
+def _held_figures(site: _Site) -> list[Figure]:
+    inv = site.inventory
+    figs = [
+        Figure("held.clips", "Clips held", inv["clips"], (site.catalogue("clips of the site"),)),
+        Figure(
+            "held.vehicles",
+            "Vehicles (data subjects)",
+            inv["vehicles"],
+            (site.catalogue("distinct VINs"),),
+        ),
+        Figure(
+            "held.bytes",
+            "Bytes of clips held",
+            inv["bytes"],
+            (site.catalogue("sum of clip sizes"),),
+        ),
+    ]
+    for category, clips in inv["labels"].items():
+        figs.append(
+            Figure(
+                f"held.category.{category}",
+                f"Clips carrying {category}",
+                clips,
+                (site.catalogue(f"labels {category}"),),
+            )
+        )
+    return figs
+
+
+def _deid_table(site: _Site) -> TableBlock:
+    rows, sources = [], []
+    by_profile: dict[str, list[DeidentifiedRecord]] = defaultdict(list)
+    for record in site.deidentified:
+        by_profile[record.profile].append(record)
+    for name, records in sorted(by_profile.items()):
+        try:
+            steps = ", ".join(
+                s.name
+                for s in resolve_profile(name, site.project.settings.deidentify_profiles).ordered()
+            )
+        except OnshoreError:
+            steps = "(profile no longer configured)"
+        rows.append(
+            (
+                name,
+                steps,
+                str(len(records)),
+                str(sum(r.rows_in for r in records)),
+                str(sum(r.rows for r in records)),
+            )
+        )
+        sources.append((site.catalogue(f"de-identified outputs of profile {name}"),))
+    return TableBlock(
+        "De-identification applied",
+        ("profile", "transforms", "outputs", "rows in", "rows out"),
+        tuple(rows),
+        tuple(sources),
+        "no de-identified outputs",
+    )
+
+
+def _charts(report: Report, site: _Site, chosen: list[Flow]) -> None:
+    per: dict[str, int] = defaultdict(int)
+    for flow in chosen:
+        if flow.allowed:
+            for c, n in flow.subjects().items():
+                per[c] += n
+    report.charts.append(bar_chart("Subjects sent abroad by category", dict(per)))
+    updates = [f for f in chosen if f.what == "model_update"]
+    if updates:
+        report.charts.append(
+            training_chart(
+                "Model updates to the coordinator",
+                [(int(f.entry.data.get("round", 0)), f.allowed) for f in updates],
+            )
+        )
+    if site.map_png is not None:
+        report.charts.append(_map_chart(site.map_png))
+
+
+def _map_chart(png: bytes) -> Chart:
+    return Chart(
+        "Traces before and after de-identification",
+        png,
+        "Grey: every recorded position (before). Blue: positions the de-identification keeps "
+        "(after; outputs themselves are clip-local and carry no coordinates). Red: sensitive "
+        "areas on file, with the profile's buffer.",
+    )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def cn_annual(site: _Site, year: int) -> Report:
+    """China's annual automotive data security report (Order 7 Arts. 13-14) for ``year``."""
+    s = site.settings
+    report = Report(
+        "cn-annual",
+        s.id,
+        f"Annual automotive data security report {year}",
+        f"1 January to 31 December {year}; due to the provincial CAC by 15 December {year}",
+        _now(),
+    )
+    in_year = [f for f in flows(s.id, site.entries) if f.date.startswith(f"{year}-")]
+    abroad = [f for f in in_year if f.allowed and not site.domestic(f)]
+    domestic = [f for f in in_year if f.allowed and site.domestic(f)]
+    denied = [f for f in in_year if not f.allowed]
+    report.figures += _held_figures(site)
+    report.figures += [
+        Figure(
+            "storage.location",
+            "Where the data is stored",
+            f"{s.location}: {s.store}",
+            (site.catalogue("site settings"),),
+        ),
+        Figure(
+            "storage.period",
+            "Storage period",
+            "kept until deleted (no retention period configured)",
+            (site.catalogue("site settings"),),
+        ),
+        Figure(
+            "purposes",
+            "Purposes of outbound processing",
+            ", ".join(sorted({f.purpose for f in abroad})) or "none",
+            tuple(f.source for f in abroad),
+        ),
+        _count("domestic.transfers", "Transfers to recipients in the country", domestic),
+        _count("incidents.denied", "Transfers the gate denied", denied),
+        Figure(
+            "incidents.quarantined",
+            "Files quarantined at ingest",
+            len(site.quarantined),
+            (site.catalogue("files with status quarantined"),),
+        ),
+        _count(
+            "outbound.transfers",
+            "Data transfers abroad",
+            [f for f in abroad if f.what == "transfer"],
+        ),
+        _count(
+            "outbound.model_updates",
+            "Model updates sent abroad",
+            [f for f in abroad if f.what == "model_update"],
+        ),
+        Figure(
+            "outbound.objects",
+            "Objects sent abroad",
+            sum(f.objects for f in abroad),
+            tuple(f.source for f in abroad),
+        ),
+    ]
+    report.figures += _sum_figures("outbound.subjects", "Subjects sent abroad", abroad)
+    report.tables += [
+        _flow_table("Outbound transfers, with the approval that allowed each", abroad),
+        _flow_table("Domestic sharing", domestic),
+        _flow_table("Incidents: transfers and updates the gate denied", denied),
+        _approvals_table(site),
+        TableBlock(
+            "Incidents: quarantined files",
+            ("file", "error", "reason"),
+            tuple((q.path, q.error_code or "-", (q.reason or "-")[:80]) for q in site.quarantined),
+            tuple((site.catalogue(f"file {q.sha256[:12]}"),) for q in site.quarantined),
+        ),
+        _deid_table(site),
+    ]
+    report.notes.append(
+        "The responsible person and complaints received are not recorded by onshore; "
+        "add them before filing."
+    )
+    _charts(report, site, in_year)
+    return report
+
+
+def outbound_dossier(site: _Site, recipient: str) -> Report:
+    """The facts a CN security-assessment application for ``recipient`` needs."""
+    s = site.settings
+    wanted = " ".join(recipient.split()).casefold()
+    mine = [
+        f for f in flows(s.id, site.entries) if " ".join(f.recipient.split()).casefold() == wanted
+    ]
+    report = Report(
+        "outbound-dossier",
+        s.id,
+        f"Outbound dossier: {recipient}",
+        f"every decision on data from {s.id} to {recipient}",
+        _now(),
+    )
+    sent = [f for f in mine if f.allowed]
+    window: dict[str, int] = {}
+    window_src: tuple[Source, ...] = ()
+    if mine:
+        last = mine[-1]
+        window = {k: int(v) for k, v in last.decision.get("subjects_in_window", {}).items()}
+        window_src = (last.source,)
+    report.figures += [
+        Figure("recipient", "Recipient", recipient, tuple(f.source for f in mine)),
+        Figure(
+            "recipient.country",
+            "Recipient's country",
+            ", ".join(sorted({f.recipient_country for f in mine})) or "unknown",
+            tuple(f.source for f in mine),
+        ),
+        Figure(
+            "purposes",
+            "Purposes",
+            ", ".join(sorted({f.purpose for f in mine})) or "none",
+            tuple(f.source for f in mine),
+        ),
+        _count("decisions", "Decisions on file for this recipient", mine),
+        _count("sent", "Transfers and updates sent", sent),
+        _count("denied", "Denied", [f for f in mine if not f.allowed]),
+        Figure(
+            "would_leave.outputs",
+            "De-identified outputs that could leave",
+            len(site.deidentified),
+            (site.catalogue("de-identified outputs"),),
+        ),
+    ]
+    report.figures += _sum_figures("sent.subjects", "Subjects sent", sent)
+    report.figures += [
+        Figure(f"window.{c}", f"Subjects counted in the window: {c}", n, window_src)
+        for c, n in sorted(window.items())
+    ]
+    report.tables += [
+        _flow_table(f"Decisions on data to {recipient}", mine),
+        _deid_table(site),
+        _approvals_table(site),
+    ]
+    _charts(report, site, mine)
+    return report
+
+
+def eu_transfers(site: _Site) -> Report:
+    """The record of transfers to third countries under GDPR Chapter V."""
+    s = site.settings
+    out = [f for f in flows(s.id, site.entries) if f.destination not in EU_COUNTRIES]
+    report = Report(
+        "eu-transfers",
+        s.id,
+        "Record of transfers under GDPR Chapter V",
+        "every transfer and model update from the site to a third country",
+        _now(),
+    )
+    sent = [f for f in out if f.allowed]
+    report.figures += [
+        _count("transfers", "Transfers to third countries", sent),
+        _count("denied", "Transfers denied", [f for f in out if not f.allowed]),
+        Figure(
+            "destinations",
+            "Destination countries",
+            ", ".join(sorted({f.destination for f in sent})) or "none",
+            tuple(f.source for f in sent),
+        ),
+    ]
+    for basis in sorted({f.legal_basis for f in sent}):
+        report.figures.append(
+            _count(
+                f"basis.{basis.split(' ')[0]}",
+                f"Transfers under {basis}",
+                [f for f in sent if f.legal_basis == basis],
+            )
+        )
+    report.figures += _sum_figures("subjects", "Data subjects transferred", sent)
+    report.tables += [
+        _flow_table("Transfers (Art. 46 safeguard or adequacy)", out),
+        _approvals_table(site),
+    ]
+    _charts(report, site, out)
+    return report
+
+
+def us_bulk_data(site: _Site, on: date | None = None) -> Report:
+    """The record of transfers under 28 CFR Part 202: per counterparty, subjects over the
+    trailing 12 months, and whether the counterparty is a country of concern or linked to one."""
+    s = site.settings
+    on = on or datetime.now(UTC).date()
+    start = (on - timedelta(days=365)).isoformat()
+    out = [f for f in flows(s.id, site.entries) if not site.domestic(f)]
+    report = Report(
+        "us-bulk-data",
+        s.id,
+        "Record of transactions under 28 CFR Part 202",
+        f"trailing 12 months: {start} to {on.isoformat()}",
+        _now(),
+    )
+    recent = [f for f in out if start <= f.date <= on.isoformat()]
+    sent = [f for f in recent if f.allowed]
+    report.figures += [
+        _count("transactions", "Transactions in the window", sent),
+        _count("denied", "Transactions denied", [f for f in recent if not f.allowed]),
+        _count(
+            "concern",
+            "Transactions with a country of concern or linked party",
+            [f for f in sent if _of_concern(f)],
+        ),
+    ]
+    by_party: dict[str, list[Flow]] = defaultdict(list)
+    for f in sent:
+        by_party[f.recipient].append(f)
+    rows, sources = [], []
+    for party, chosen in sorted(by_party.items()):
+        figs = _sum_figures(f"counterparty.{party}", f"{party}", chosen)
+        report.figures += figs
+        rows.append(
+            (
+                party,
+                ", ".join(sorted({f.recipient_country for f in chosen})),
+                "yes" if any(_of_concern(f) for f in chosen) else "no",
+                ", ".join(f"{fig.label.split(': ')[-1]} {fig.value}" for fig in figs),
+            )
+        )
+        sources.append(tuple(f.source for f in chosen))
+    report.tables += [
+        TableBlock(
+            "Counterparties (trailing 12 months)",
+            ("counterparty", "country", "country of concern", "subjects by category"),
+            tuple(rows),
+            tuple(sources),
+        ),
+        _flow_table("Transactions", recent),
+    ]
+    report.notes.append("De-identification does not exempt data from Part 202 (28 CFR 202.206).")
+    _charts(report, site, recent)
+    return report
+
+
+def _of_concern(flow: Flow) -> bool:
+    return bool({flow.recipient_country, flow.destination, *flow.linked_to} & COUNTRIES_OF_CONCERN)
+
+
+def build_report(
+    project: Project,
+    kind: str,
+    site_id: str,
+    *,
+    year: int | None = None,
+    recipient: str | None = None,
+    with_map: bool = True,
+) -> Report:
+    """Build the report ``kind`` (one of :data:`REPORT_KINDS`) for ``site_id``. Raises
+    ConfigError for an unknown kind or site, or a missing ``year`` / ``recipient``."""
+    builders: dict[str, Callable[[_Site], Report]] = {
+        "eu-transfers": eu_transfers,
+        "us-bulk-data": us_bulk_data,
+    }
+    if kind == "cn-annual":
+        if year is None:
+            raise ConfigError("cn-annual needs --year")
+        chosen_year = year
+        builders[kind] = lambda site: cn_annual(site, chosen_year)
+    elif kind == "outbound-dossier":
+        if not recipient:
+            raise ConfigError("outbound-dossier needs --recipient")
+        chosen = recipient
+        builders[kind] = lambda site: outbound_dossier(site, chosen)
+    if kind not in builders:
+        raise ConfigError(f"unknown report {kind!r}", hint=f"one of {', '.join(REPORT_KINDS)}")
+    return builders[kind](_gather(project, site_id, with_map=with_map))

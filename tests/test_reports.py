@@ -1,0 +1,196 @@
+"""Reports for regulators: built from a project with real transfers, every figure traced to the
+ledger entries it cites, rendered to HTML and PDF that open."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import defaultdict
+from datetime import date
+from pathlib import Path
+
+import orjson
+import pytest
+
+from conftest import write_clips
+from onshore.deidentify import deidentify_site, resolve_profile
+from onshore.gate import Approval
+from onshore.ledger import Ledger
+from onshore.reports import REPORT_KINDS, build_report, write_report
+from onshore.settings import Project
+from onshore.sites import init_project
+from onshore.sites.keystore import load_keystore
+from onshore.store import SiteStore
+from onshore.store.ingest import ingest
+from onshore.transfer import transfer
+from onshore.transfer.approvals import add_approval
+
+CN, US = "cn-shanghai", "us-oregon"
+DAY = date(2026, 11, 29)
+ZONE = {
+    "type": "FeatureCollection",
+    "features": [
+        {
+            "type": "Feature",
+            "properties": {"id": "z1", "name": "Test base", "kind": "military"},
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [
+                    [
+                        [121.478, 31.236],
+                        [121.484, 31.236],
+                        [121.484, 31.242],
+                        [121.478, 31.242],
+                        [121.478, 31.236],
+                    ]
+                ],
+            },
+        }
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """A CN site with four de-identified clips, one approved transfer to the US and one denied."""
+    root = tmp_path_factory.mktemp("reports")
+    project = init_project(root / "proj", "three-regions")
+    paths = write_clips(root / "up", 4, steps=1500)
+    with SiteStore.open(project, CN) as site:
+        site.keep_reference_zones(orjson.dumps(ZONE))
+        ingest(site, paths)
+        secret = load_keystore(project.keystore_path(project.site(CN))).hmac_secret
+        deidentify_site(site, resolve_profile("export", {}), secret=secret)
+    approval = Approval.model_validate(
+        {
+            "id": "CAC-1",
+            "type": "cn_security_assessment",
+            "origin": "CN",
+            "recipient": "Onshore Mobility Inc.",
+            "categories": ["anonymized_motion"],
+            "purposes": ["adas_training"],
+            "max_subjects": 1000,
+            "valid_from": "2026-01-01",
+            "reference": "CAC-SA-1",
+        }
+    )
+    add_approval(project, CN, approval)
+    assert transfer(project, CN, US, "raw", "adas_training", day=DAY).status == "denied"
+    sent = transfer(project, CN, US, "export", "adas_training", day=DAY)
+    assert sent.status == "transferred", sent.decision.reasons
+    return project
+
+
+def _entries(project: Project, site_id: str) -> dict[int, object]:
+    with SiteStore.open(project, site_id) as site:
+        return {e.seq: e for e in Ledger.open(site.catalogue).entries()}
+
+
+def test_cn_annual_figures_recompute_from_the_ledger(project: Project) -> None:
+    report = build_report(project, "cn-annual", CN, year=2026, with_map=False)
+    entries = _entries(project, CN)
+    out = [e for e in entries.values() if e.kind == "transfer_out"]  # type: ignore[attr-defined]
+    denied = [
+        e
+        for e in entries.values()
+        if e.kind == "gate_decision" and e.data["from"] == CN  # type: ignore[attr-defined]
+    ]
+    subjects: dict[str, int] = defaultdict(int)
+    for e in out:
+        for item in e.data["items"]:  # type: ignore[attr-defined]
+            subjects[item["category"]] += item["subjects"]
+    assert report.figure("outbound.transfers").value == len(out) == 1
+    assert report.figure("incidents.denied").value == len(denied) == 1
+    assert report.figure("outbound.objects").value == sum(
+        len(e.data["sent"])
+        for e in out  # type: ignore[attr-defined]
+    )
+    for category, count in subjects.items():
+        figure = report.figure(f"outbound.subjects.{category}")
+        assert figure.value == count
+        # Recompute from exactly the entries the figure cites.
+        cited = [entries[s.seq] for s in figure.sources if s.seq is not None]
+        assert (
+            sum(
+                i["subjects"]
+                for e in cited
+                for i in e.data["items"]  # type: ignore[attr-defined]
+                if i["category"] == category
+            )
+            == count
+        )
+    # Every cited entry exists with the hash the report gives.
+    for source in report.sources():
+        if source.seq is not None:
+            assert entries[source.seq].hash == source.hash  # type: ignore[attr-defined]
+        else:
+            assert source.kind == "catalogue"
+    (row,) = report.tables[0].rows
+    assert "CAC-1" in row[6] and "Onshore Mobility" in row[2]
+
+
+def test_other_years_report_no_transfers(project: Project) -> None:
+    report = build_report(project, "cn-annual", CN, year=2025, with_map=False)
+    assert report.figure("outbound.transfers").value == 0
+    assert report.figure("held.clips").value == 4  # what the site holds is not by year
+
+
+def test_dossier_and_records_of_transfers(project: Project) -> None:
+    dossier = build_report(
+        project, "outbound-dossier", CN, recipient="onshore  mobility inc.", with_map=False
+    )
+    assert dossier.figure("decisions").value == 2
+    assert dossier.figure("sent").value == 1
+    assert dossier.figure("denied").value == 1
+    us = build_report(project, "us-bulk-data", CN, with_map=False)
+    assert us.figure("transactions").value == 1
+    eu = build_report(project, "eu-transfers", CN, with_map=False)
+    assert eu.figure("transfers").value == 1
+    assert REPORT_KINDS == ("cn-annual", "outbound-dossier", "eu-transfers", "us-bulk-data")
+
+
+def test_the_pdf_and_html_open_and_show_something(project: Project, tmp_path: Path) -> None:
+    import pymupdf
+
+    report = build_report(project, "cn-annual", CN, year=2026)
+    assert any(c.title.startswith("Traces") for c in report.charts)
+    paths = write_report(report, tmp_path)
+    html = paths["html"].read_text()
+    assert '<h1 id="title">' in html and "CAC-1" in html and "data:image/png;base64," in html
+    with pymupdf.open(paths["pdf"]) as pdf:
+        assert pdf.page_count >= 2
+        text = "".join(page.get_text() for page in pdf)
+        assert "Annual automotive data security report 2026" in text
+        pix = pdf[0].get_pixmap(dpi=60)
+        png = tmp_path / "page1.png"
+        pix.save(png)
+        samples = pix.samples
+        dark = sum(1 for b in samples[:: pix.n] if b < 128)
+        assert dark > 500, "the first page is blank"
+        assert png.stat().st_size > 1000
+
+
+def test_the_cli_writes_both_files_and_prints_the_figures(project: Project) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onshore",
+            "report",
+            "us-bulk-data",
+            "--site",
+            CN,
+            "--project",
+            str(project.root),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    data = orjson.loads(result.stdout)
+    assert Path(data["paths"]["pdf"]).parent == project.root / "reports" / CN
+    assert Path(data["paths"]["html"]).is_file()
+    assert any(f["key"] == "transactions" for f in data["report"]["figures"])
