@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from conftest import make_clip
 from onshore.cli.app import app
 from onshore.clips.mcap import write_mcap
+from onshore.clips.schema import Clip
 from onshore.deidentify import deidentify_site, resolve_profile
 from onshore.errors import ConfigError, FileSystemError, SiteNotFound, TrainingError
 from onshore.federation import deploy
@@ -33,6 +34,7 @@ from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
 from onshore.store.catalogue import Catalogue
 from onshore.store.ingest import ingest
+from test_federation import both_splits
 
 SITES = ("cn-shanghai", "eu-frankfurt", "us-oregon")
 PLACES = {
@@ -325,6 +327,11 @@ def sites_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
             assert ingest(site, [uploads]).quarantined == []
             secret = load_keystore(project.keystore_path(project.site(site_id))).hmac_secret
             deidentify_site(site, resolve_profile("training", {}), secret=secret)
+
+        def more(n: int, lat: float = lat, lon: float = lon, law: str = law) -> list[Clip]:
+            return [make_clip(500 + n, steps=1400, lat0=lat, lon0=lon, recorded_in=law)]
+
+        both_splits(project, site_id, more, root)
     return project
 
 

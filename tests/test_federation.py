@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +106,30 @@ def drive(
     return out
 
 
+def both_splits(
+    project: Project, site_id: str, more: Callable[[int], list[Clip]], folder: Path
+) -> None:
+    """Add vehicles to ``site_id`` (``more(n)`` makes the n-th one's clips) until its dataset
+    has training and test samples: the split goes by a keyed hash of each vehicle's pseudonym,
+    and the key is the site's own random secret, so a handful of vehicles may all land on one
+    side."""
+    from onshore.model.dataset import build_site_dataset
+
+    for n in range(40):
+        with SiteStore.open(project, site_id) as site:
+            data = build_site_dataset(site)
+            if len(data.train) and len(data.test):
+                return
+            uploads = folder / f"more-{site_id}-{n}"
+            uploads.mkdir(parents=True)
+            for clip in more(n):
+                write_mcap(clip, uploads / f"{clip.meta.clip_id}.mcap")
+            assert ingest(site, [uploads]).quarantined == []
+            secret = load_keystore(project.keystore_path(project.site(site_id))).hmac_secret
+            deidentify_site(site, resolve_profile("training", {}), secret=secret)
+    raise AssertionError(f"{site_id}: no split with both sides after 40 more vehicles")
+
+
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Project:
     """Three sites, each with six vehicles' drives ingested and de-identified for training."""
@@ -121,6 +145,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Project:
             assert ingest(site, [uploads]).quarantined == []
             secret = load_keystore(project.keystore_path(project.site(site_id))).hmac_secret
             deidentify_site(site, resolve_profile("training", {}), secret=secret)
+        both_splits(project, site_id, lambda n, s=site_id: drive(s, 900 + n), root)
     return project
 
 
@@ -443,6 +468,15 @@ def test_a_federated_run_trains_across_sites_and_the_cli_reports_it(federation: 
     train = [r for r in rounds if r["run"] == "cli-run" and r["kind"] == "train"]
     steps = {a["site"]: a["metrics"]["num-steps"] for a in train[0]["accepted"]}
     assert steps == {"cn-shanghai": 4, "eu-frankfurt": 8, "us-oregon": 8}
+    # Each update went to the gate with the vehicles whose data trained it (the mod and the
+    # handler share what the handler found, in a Ray worker as in-process).
+    for site in REGIONS:
+        updates = [
+            e
+            for e in entries(federation, site, "federated_update")
+            if e["run"] == "cli-run" and e["kind"] == "train"
+        ]
+        assert updates and all(e["items"][0]["subjects"] > 0 for e in updates), site
     # Lineage: every update used, by the site's ledger entry.
     finished = [e for e in coordinator_entries(federation, "federated_run_finished")]
     lineage = next(e for e in finished if e["run"] == "cli-run")["lineage"]

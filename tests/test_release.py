@@ -60,7 +60,7 @@ from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
 from onshore.store.ingest import ingest
 from onshore.transfer.approvals import add_approval
-from test_federation import REGIONS, cn_model_approval, drive, options
+from test_federation import REGIONS, both_splits, cn_model_approval, drive, options
 
 RUN = "rel"
 PARTNER = "Partner Motors GmbH"
@@ -83,6 +83,7 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project
             assert ingest(site, [uploads]).quarantined == []
             secret = load_keystore(project.keystore_path(project.site(site_id))).hmac_secret
             deidentify_site(site, resolve_profile("training", {}), secret=secret)
+        both_splits(project, site_id, lambda n, s=site_id: drive(s, 900 + n, clips=6), root)
     add_approval(project, "cn-shanghai", cn_model_approval(project.settings.coordinator.entity))
     run_federated(project, options(project, RUN, rounds=1, local_steps=4))
     result = CliRunner().invoke(

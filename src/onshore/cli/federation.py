@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -98,12 +99,16 @@ def serve(
             )
             console.print("Ctrl-C stops the SuperLink.")
 
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited ignored
         emit(data, as_json, render)
         sys.stdout.flush()
     except BaseException:
         link.stop()
         raise
-    deploy.foreground(link)
+    try:
+        deploy.foreground(link)
+    except KeyboardInterrupt:  # interrupted before foreground took over the signals
+        link.stop()
     if not as_json:
         err_console.print("SuperLink stopped")
 
@@ -180,12 +185,16 @@ def join(
             )
             console.print("Ctrl-C stops it.")
 
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited ignored
         emit({**node.as_dict(), "site": site, "project": str(proj.root)}, as_json, render)
         sys.stdout.flush()
     except BaseException:
         node.stop()
         raise
-    deploy.foreground(node)
+    try:
+        deploy.foreground(node)
+    except KeyboardInterrupt:  # interrupted before foreground took over the signals
+        node.stop()
     if not as_json:
         err_console.print("SuperNode stopped")
 

@@ -383,7 +383,10 @@ def foreground(process: FlowerProcess) -> int:
     def interrupted(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
+    # SIGINT too: a process started in the background inherits SIGINT ignored, and would
+    # otherwise never hear Ctrl-C (or a supervisor's interrupt).
     previous = signal.signal(signal.SIGTERM, interrupted)
+    previous_int = signal.signal(signal.SIGINT, interrupted)
     try:
         while not _exited(process.pid, 3600.0, poll=0.5):  # unreaped: its group can be stopped
             pass
@@ -391,6 +394,7 @@ def foreground(process: FlowerProcess) -> int:
         return process.stop()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     status = process.stop()
     last = _logged_reason(process.log, process.log_from)
     raise TrainingError(

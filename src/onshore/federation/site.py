@@ -366,36 +366,38 @@ def outbound(
     before it may leave (see the module's description). ``options_of`` gives the run's options
     from the context (the run config when deployed)."""
 
-    def mod(
-        msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
-    ) -> Message:
-        options = options_of(context)
-        ref = site_of(context, options)
-        kind = msg.metadata.message_type
-        if kind not in (MessageType.TRAIN, MessageType.EVALUATE):
-            return _error(
-                msg, ErrorCode.CHECK_FAILED, f"{ref.site} answers train and evaluate only"
-            )
-        _FACTS.pop(str(kind), None)
-        key = (ref.project.root, ref.site)
-        with SiteStore.open(ref.project, ref.site) as store:
-            _OPEN[key] = store
-            try:
-                try:
-                    reply = call_next(msg, context)
-                except OnshoreError as exc:
-                    reply = _error(msg, ErrorCode.SITE_ERROR, f"{ref.site}: {exc}")
-                facts = _FACTS.pop(str(kind), {})
-                try:
-                    return _let_go(msg, reply, ref, options, str(kind), facts)
-                except OnshoreError as exc:
-                    # A ledger that does not verify, approvals that disagree with it: nothing
-                    # leaves.
-                    return _error(msg, ErrorCode.CHECK_FAILED, f"{ref.site}: {exc}")
-            finally:
-                _OPEN.pop(key, None)
+    def mod(msg: Message, context: Context, call_next: Next) -> Message:
+        # Only module-level names here: Ray pickles this closure by value, with copies of the
+        # globals it names, so state it shared with the handler would not be shared.
+        return govern(msg, context, call_next, options_of(context))
 
     return mod
+
+
+def govern(msg: Message, context: Context, call_next: Next, options: FederatedOptions) -> Message:
+    """The outbound mod's work for one message (see :func:`outbound`)."""
+    ref = site_of(context, options)
+    kind = msg.metadata.message_type
+    if kind not in (MessageType.TRAIN, MessageType.EVALUATE):
+        return _error(msg, ErrorCode.CHECK_FAILED, f"{ref.site} answers train and evaluate only")
+    _FACTS.pop(str(kind), None)
+    key = (ref.project.root, ref.site)
+    with SiteStore.open(ref.project, ref.site) as store:
+        _OPEN[key] = store
+        try:
+            try:
+                reply = call_next(msg, context)
+            except OnshoreError as exc:
+                reply = _error(msg, ErrorCode.SITE_ERROR, f"{ref.site}: {exc}")
+            facts = _FACTS.pop(str(kind), {})
+            try:
+                return _let_go(msg, reply, ref, options, str(kind), facts)
+            except OnshoreError as exc:
+                # A ledger that does not verify, approvals that disagree with it: nothing
+                # leaves.
+                return _error(msg, ErrorCode.CHECK_FAILED, f"{ref.site}: {exc}")
+        finally:
+            _OPEN.pop(key, None)
 
 
 def _let_go(
