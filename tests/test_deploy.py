@@ -258,6 +258,8 @@ def test_serve_and_join_commands_run_until_stopped(project: Project, tmp_path: P
         start_new_session=True,
     )
     join = None
+    link: dict[str, object] = {}
+    node: dict[str, object] = {}
     try:
         link = _first_json(serve)
         assert link["address"] == f"127.0.0.1:{port}"
@@ -292,6 +294,11 @@ def test_serve_and_join_commands_run_until_stopped(project: Project, tmp_path: P
                 process.wait()
             if process is not None and process.stdout is not None:
                 process.stdout.close()
+        # Killed, the commands cannot stop what they started in groups of their own.
+        for started in (node, link):
+            pid = started.get("pid") if isinstance(started, dict) else None
+            if isinstance(pid, int) and _group_members(pid):
+                os.killpg(pid, signal.SIGKILL)
 
 
 def _first_json(process: subprocess.Popen[str]) -> dict[str, object]:
