@@ -82,6 +82,15 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
 
     _check_gate_story(first)
     _check_training(first, project)
+    reports = {r["site"]: r for r in first["reports"]}
+    assert {s: r["report"] for s, r in reports.items()} == {
+        "cn-shanghai": "cn-annual",
+        "eu-frankfurt": "eu-transfers",
+        "us-oregon": "us-bulk-data",
+    }
+    for report in reports.values():
+        assert Path(report["pdf"]).read_bytes().startswith(b"%PDF")
+        assert "<html" in Path(report["html"]).read_text()
 
     again = _demo(folder)
     assert again["inventory"] == first["inventory"], "a rerun stores nothing twice"

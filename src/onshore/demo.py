@@ -79,6 +79,7 @@ def run_demo(
             inventories.append(opened.catalogue.inventory())
     transfers = _gate(project, say)
     training = _train(project, rounds, local_steps, model, say) if rounds else None
+    reports = _reports(project, say)
     say("verifying every site's ledger")
     ledgers = [verify_site(project, site_id).as_dict() for site_id in project.settings.sites]
     return {
@@ -89,6 +90,7 @@ def run_demo(
         "inventory": inventories,
         "transfers": transfers,
         "training": training,
+        "reports": reports,
         "ledgers": ledgers,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -225,3 +227,22 @@ def _model_parameters_gate(project: Project, say: Callable[[str], None]) -> dict
         except InvalidApproval:
             say("(already on file from an earlier run)")
     return {"site": _CN, "before": before.as_dict()}
+
+
+_REPORTS: dict[str, str] = {"CN": "cn-annual", "EU": "eu-transfers", "US": "us-bulk-data"}
+"""The report each jurisdiction's regulator asks of a site."""
+
+
+def _reports(project: Project, say: Callable[[str], None]) -> list[dict[str, str]]:
+    """Each site's report for its regulator, in HTML and PDF under ``reports/<site>/``."""
+    from onshore.reports import build_report, write_report
+
+    written = []
+    year = datetime.now(UTC).year
+    for site in project.settings.sites.values():
+        kind = _REPORTS[site.jurisdiction]
+        say(f"{site.id}: writing the {kind} report")
+        report = build_report(project, kind, site.id, year=year if kind == "cn-annual" else None)
+        paths = write_report(report, project.root / "reports" / site.id)
+        written.append({"site": site.id, "report": kind, **{k: str(v) for k, v in paths.items()}})
+    return written

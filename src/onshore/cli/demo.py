@@ -58,6 +58,8 @@ def demo(
             _print_refusals(d["training"]["federated"])
             if d["training"].get("release"):
                 _print_release(d["training"]["release"])
+        for report in d.get("reports", []):
+            console.print(f"Report {report['report']} of {report['site']}: {report['html']}, .pdf")
         console.print(
             "Ledgers: "
             + "; ".join(
