@@ -541,6 +541,9 @@ def test_the_counterfactual_pools_simulated_data_and_says_what_it_is(tmp_path: P
             assert site.catalogue.clip_origins() == {"simulated": 24, "recorded": 0}
             secret = load_keystore(project.keystore_path(project.site(site_id))).hmac_secret
             deidentify_site(site, resolve_profile("training", {}), secret=secret)
+        both_splits(
+            project, site_id, lambda n, s=site_id: drive(s, 700 + n, simulated=True), tmp_path
+        )
     result = CliRunner().invoke(
         app,
         [

@@ -46,6 +46,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from onshore.errors import ConfigError, FileSystemError, TrainingError
 from onshore.federation.options import RUN_CONFIG_KEY, FederatedOptions
+from onshore.federation.run import prepare_run
 from onshore.model.local import RUNS_DIR, _read_json, _write_atomically
 from onshore.settings import Project
 
@@ -785,23 +786,10 @@ def run_deployed(
     root_certificate = root_certificate.resolve()
     _read_certificate(root_certificate)
     flwr = find_flower("flwr")
-    options = FederatedOptions.from_dict(
-        {**options.as_dict(), "project": str(project.root.resolve())}
-    )
-    folder = project.root / RUNS_DIR / options.run
-    earlier = _read_json(folder / "options.json")
-    if earlier is not None and earlier != orjson.loads(orjson.dumps(options.settings())):
-        raise ConfigError(
-            f"run {options.run} was started with other options",
-            hint="give a new --run id, or the options of that run",
-        )
-    done = _read_json(folder / "federated.json")
+    options, done = prepare_run(project, options, say)
     if done is not None:
-        say(f"run {options.run} finished earlier; its summary is read back")
-        return dict(done)
-    _write_atomically(
-        folder / "options.json", orjson.dumps(options.settings(), option=orjson.OPT_INDENT_2)
-    )
+        return done
+    folder = project.root / RUNS_DIR / options.run
     app = write_app(folder / "app", options)
     home = folder / "flower"
     _write_atomically(

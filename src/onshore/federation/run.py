@@ -20,7 +20,7 @@ from onshore.federation.options import FederatedOptions
 from onshore.model.local import RUNS_DIR, _read_json, _write_atomically
 from onshore.settings import Project
 
-__all__ = ["flower_environment", "run_federated"]
+__all__ = ["flower_environment", "prepare_run", "run_federated"]
 
 
 @contextlib.contextmanager
@@ -58,6 +58,36 @@ def flower_environment() -> Iterator[None]:
                 os.environ[key] = value
 
 
+def prepare_run(
+    project: Project, options: FederatedOptions, say: Callable[[str], None]
+) -> tuple[FederatedOptions, dict[str, Any] | None]:
+    """Check ``options`` against the project and against an earlier start of the same run,
+    and record them in the run's folder. Returns the options with the coordinator's project
+    folder in them, and the summary of the run if it finished earlier (then there is nothing
+    to do). Raises :class:`ConfigError` for an unknown site or a run id already used with other
+    options."""
+    for site in options.sites:
+        project.site(site)
+    options = FederatedOptions.from_dict(
+        {**options.as_dict(), "project": str(project.root.resolve())}
+    )
+    folder = project.root / RUNS_DIR / options.run
+    earlier = _read_json(folder / "options.json")
+    if earlier is not None and earlier != orjson.loads(orjson.dumps(options.settings())):
+        raise ConfigError(
+            f"run {options.run} was started with other options",
+            hint="give a new --run id, or the options of that run",
+        )
+    done = _read_json(folder / "federated.json")
+    if done is not None:
+        say(f"run {options.run} finished earlier; its summary is read back")
+        return options, dict(done)
+    _write_atomically(
+        folder / "options.json", orjson.dumps(options.settings(), option=orjson.OPT_INDENT_2)
+    )
+    return options, None
+
+
 def run_federated(
     project: Project,
     options: FederatedOptions,
@@ -74,23 +104,10 @@ def run_federated(
     """
     from flwr.simulation import run_simulation
 
-    for site in options.sites:
-        project.site(site)
-    options = FederatedOptions.from_dict({**options.as_dict(), "project": str(project.root)})
-    folder = project.root / RUNS_DIR / options.run
-    earlier = _read_json(folder / "options.json")
-    if earlier is not None and earlier != orjson.loads(orjson.dumps(options.settings())):
-        raise ConfigError(
-            f"run {options.run} was started with other options",
-            hint="give a new --run id, or the options of that run",
-        )
-    done = _read_json(folder / "federated.json")
+    options, done = prepare_run(project, options, say)
     if done is not None:
-        say(f"run {options.run} finished earlier; its summary is read back")
-        return dict(done)
-    _write_atomically(
-        folder / "options.json", orjson.dumps(options.settings(), option=orjson.OPT_INDENT_2)
-    )
+        return done
+    folder = project.root / RUNS_DIR / options.run
     cpus = os.cpu_count() or 1
     n = len(options.sites)
     backend: dict[str, Any] = {
