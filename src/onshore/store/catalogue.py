@@ -8,6 +8,8 @@ itself are registered in one transaction: either all of it is in the catalogue o
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -344,6 +346,8 @@ class Catalogue:
             except (OperationalError, ProgrammingError, IntegrityError) as exc:
                 if attempt == _RETRIES - 1:
                     raise CatalogueError(f"cannot open catalogue {self.url}: {exc}") from exc
+                # The other opener is mid-way through the same DDL: give it time to finish.
+                time.sleep(0.05 * 2**attempt * (1 + random.random()))
             except (SQLAlchemyError, ModuleNotFoundError) as exc:
                 raise CatalogueError(f"cannot open catalogue {self.url}: {exc}") from exc
         if found is not None and int(found) > SCHEMA_VERSION:
