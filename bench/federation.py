@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import orjson
 
 from onshore.federation import FederatedOptions, run_federated
 from onshore.federation.centralized import train_centralized
-from onshore.gate import Approval
+from onshore.federation.site import model_parameters_assessment
 from onshore.model import build_model, build_site_dataset, evaluate, train_local
 from onshore.model.nets import ModelSpec
 from onshore.settings import Project, load_project
@@ -45,18 +46,12 @@ def _approve_cn(project: Project) -> None:
         add_approval(
             project,
             site_id,
-            Approval.model_validate(
-                {
-                    "id": f"BENCH-CAC-MODEL-{site_id}",
-                    "type": "cn_security_assessment",
-                    "origin": "CN",
-                    "recipient": project.settings.coordinator.entity,
-                    "categories": ["model_parameters"],
-                    "purposes": ["adas_training"],
-                    "max_subjects": 1_000_000,
-                    "valid_from": "2026-01-01",
-                    "reference": "bench: an assessment assumed granted",
-                }
+            model_parameters_assessment(
+                project,
+                approval_id=f"BENCH-CAC-MODEL-{site_id}",
+                reference="bench: an assessment assumed granted",
+                valid_from=date(2026, 1, 1),
+                max_subjects=1_000_000,
             ),
         )
 

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -61,10 +62,10 @@ from onshore.federation.site import (
     ErrorCode,
     _seed,
     load_accountant,
+    model_parameters_assessment,
     server_round_of,
     site_of,
 )
-from onshore.gate import Approval
 from onshore.ledger import Ledger
 from onshore.model import (
     DPConfig,
@@ -94,18 +95,12 @@ def _copy(source: Path, target: Path) -> Project:
         add_approval(
             project,
             site_id,
-            Approval.model_validate(
-                {
-                    "id": f"BENCH-OVERHEAD-MODEL-{site_id}",
-                    "type": "cn_security_assessment",
-                    "origin": "CN",
-                    "recipient": project.settings.coordinator.entity,
-                    "categories": ["model_parameters"],
-                    "purposes": ["adas_training"],
-                    "max_subjects": 1_000_000,
-                    "valid_from": "2026-01-01",
-                    "reference": "bench: an assessment assumed granted",
-                }
+            model_parameters_assessment(
+                project,
+                approval_id=f"BENCH-OVERHEAD-MODEL-{site_id}",
+                reference="bench: an assessment assumed granted",
+                valid_from=date(2026, 1, 1),
+                max_subjects=1_000_000,
             ),
         )
     return project

@@ -191,7 +191,7 @@ def _train(
 def _model_parameters_gate(project: Project, say: Callable[[str], None]) -> dict[str, Any]:
     """China's gate on its model updates: asked before the run, it refuses them without a CAC
     assessment that covers model parameters; one is put on file, and the updates may leave."""
-    from onshore.federation.site import outbound_decision
+    from onshore.federation.site import model_parameters_assessment, outbound_decision
     from onshore.ledger import Ledger
 
     if _CN not in project.settings.sites:
@@ -209,18 +209,12 @@ def _model_parameters_gate(project: Project, say: Callable[[str], None]) -> dict
     if not before.allowed:
         say(f"{_CN}: putting a CAC security assessment for model parameters on file")
         today = datetime.now(UTC).date()
-        approval = Approval.model_validate(
-            {
-                "id": "CAC-DEMO-2026-002",
-                "type": "cn_security_assessment",
-                "origin": "CN",
-                "recipient": coordinator.entity,
-                "categories": ["model_parameters"],
-                "purposes": [_PURPOSE],
-                "max_subjects": 100_000,
-                "valid_from": date(today.year, 1, 1),
-                "reference": "CAC-SA-2026-0533 (demo)",
-            }
+        approval = model_parameters_assessment(
+            project,
+            approval_id="CAC-DEMO-2026-002",
+            reference="CAC-SA-2026-0533 (demo)",
+            valid_from=date(today.year, 1, 1),
+            purpose=_PURPOSE,
         )
         try:
             add_approval(project, _CN, approval)

@@ -36,7 +36,7 @@ from onshore.federation.envelope import (
     seal,
 )
 from onshore.federation.options import FederatedOptions
-from onshore.gate import ApprovalRegistry, Decision, Gate
+from onshore.gate import Approval, ApprovalRegistry, Decision, Gate
 from onshore.ledger import Ledger, verify
 from onshore.model.dataset import SiteDataset, build_site_dataset
 from onshore.model.metrics import evaluate
@@ -55,6 +55,7 @@ __all__ = [
     "SiteRef",
     "evaluate_reply",
     "load_accountant",
+    "model_parameters_assessment",
     "outbound",
     "outbound_decision",
     "privacy_table",
@@ -315,6 +316,32 @@ def evaluate_reply(msg: Message, context: Context, options: FederatedOptions) ->
         "epsilon-run": run_accountant.epsilon(delta),
     }
     return Message(RecordDict({METRICS: MetricRecord(values)}), reply_to=msg)
+
+
+def model_parameters_assessment(
+    project: Project,
+    *,
+    approval_id: str,
+    reference: str,
+    valid_from: date,
+    max_subjects: int = 100_000,
+    purpose: str = "adas_training",
+) -> Approval:
+    """A CAC security assessment covering model parameters from Chinese data to the project's
+    coordinator: what a Chinese site needs on file before its updates may leave."""
+    return Approval.model_validate(
+        {
+            "id": approval_id,
+            "type": "cn_security_assessment",
+            "origin": "CN",
+            "recipient": project.settings.coordinator.entity,
+            "categories": ["model_parameters"],
+            "purposes": [purpose],
+            "max_subjects": max_subjects,
+            "valid_from": valid_from,
+            "reference": reference,
+        }
+    )
 
 
 def outbound_decision(
