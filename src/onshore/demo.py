@@ -13,11 +13,13 @@ found, removed, decided and trained.
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from onshore.classify import classify_site
 from onshore.deidentify import deidentify_site, resolve_profile
@@ -82,6 +84,7 @@ def run_demo(
     reports = _reports(project, say)
     say("verifying every site's ledger")
     ledgers = [verify_site(project, site_id).as_dict() for site_id in project.settings.sites]
+    console = _console_users(project, say)
     return {
         "project": str(project.root),
         "ingest": ingests,
@@ -92,6 +95,7 @@ def run_demo(
         "training": training,
         "reports": reports,
         "ledgers": ledgers,
+        "console": console,
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -240,3 +244,40 @@ def _reports(project: Project, say: Callable[[str], None]) -> list[dict[str, str
         paths = write_report(report, project.root / "reports" / site.id)
         written.append({"site": site.id, "report": kind, **{k: str(v) for k, v in paths.items()}})
     return written
+
+
+DEMO_USERS: Final = "demo-users.txt"
+"""Under ``console/``: the demo's console users and their passwords (mode 0600)."""
+
+
+def _console_users(project: Project, say: Callable[[str], None]) -> dict[str, Any]:
+    """A console user for each role (an operator per site, an engineer, an auditor), their
+    generated passwords in ``console/demo-users.txt`` (0600), never printed; a rerun keeps
+    them."""
+    from onshore.console import Role, UserStore
+    from onshore.console.auth import console_folder
+
+    store = UserStore(project)
+    wanted: list[tuple[str, Role, str | None]] = [
+        (f"operator-{s}", Role.SITE_OPERATOR, s) for s in project.settings.sites
+    ]
+    wanted += [("engineer", Role.COORDINATOR_ENGINEER, None), ("auditor", Role.AUDITOR, None)]
+    path = console_folder(project) / DEMO_USERS
+    known = {u.name for u in store.users()}
+    lines = []
+    for name, role, site in wanted:
+        if name in known:
+            continue
+        password = secrets.token_urlsafe(12)
+        store.add(name, role, password, site=site)
+        lines.append(f"{name}\t{role}\t{site or '-'}\t{password}\n")
+    if lines:
+        say(f"adding console users, one per role; their passwords are in {path}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as out:
+            out.writelines(lines)
+    return {
+        "users": [{"name": name, "role": str(role), "site": site} for name, role, site in wanted],
+        "passwords": str(path),
+        "command": f"onshore console --project {project.root}",
+    }

@@ -12,6 +12,7 @@ import typer
 from click.exceptions import ClickException as TyperException
 
 from onshore.cli import (
+    console,
     deid,
     demo,
     federation,
@@ -53,6 +54,7 @@ app.add_typer(federation.site_app, name="site")
 app.add_typer(release.release_app, name="release")
 app.add_typer(release.license_app, name="license")
 app.add_typer(report.app, name="report")
+app.add_typer(console.app, name="console")
 demo.register(app)
 
 

@@ -68,10 +68,47 @@ def demo(
                 for v in d["ledgers"]
             )
         )
-        console.print(f"Project: {d['project']}  ({d['seconds']:.0f} s)")
-        console.print(f"Next: onshore inventory --project {d['project']} --site cn-shanghai")
+        _print_summary(d)
 
     emit(result, as_json, render)
+
+
+def _print_summary(d: dict[str, Any]) -> None:
+    """What the demo did, in a few lines, and how to look at it in the console."""
+    clips = sum(inv["clips"] for inv in d["inventory"])
+    steps = d["transfers"]
+    moved = sum(1 for s in steps if s["status"] in ("transferred", "already_transferred"))
+    lines = [
+        f"{clips} clips at {len(d['inventory'])} sites, classified and de-identified where "
+        "they were recorded",
+        f"gate: {len(steps) - moved} transfers refused, {moved} allowed under an approval on file",
+    ]
+    training = d.get("training")
+    if training:
+        fed = training["federated"]
+        ade = ", ".join(
+            f"{site} {r['ade']:.3f} m" for site, r in sorted(fed["regions"].items()) if r.get("ade")
+        )
+        lines.append(f"federated model: {fed['rounds']} rounds, ADE {ade or 'not evaluated'}")
+        release = training.get("release")
+        if release:
+            lines.append(
+                f"release {release['release']['version']}: "
+                f"{'verified' if release['verify']['valid'] else 'NOT verified'}, "
+                f"licensed to {release['licence']['licensee']} for "
+                f"{', '.join(release['licence']['territories'])}"
+            )
+    lines.append(f"reports: {len(d.get('reports', []))} written under {d['project']}/reports")
+    ok = all(v["ok"] for v in d["ledgers"])
+    lines.append(f"ledgers: {'every one verified' if ok else '[red]NOT all verified[/]'}")
+    console.print("[bold]Summary[/] (" + f"{d['seconds']:.0f} s)")
+    for line in lines:
+        console.print(f"  {line}")
+    if d.get("console"):
+        console.print(
+            f"Open the console: [bold]{d['console']['command']}[/]  (then http://127.0.0.1:8765/;"
+            f" users and passwords in {d['console']['passwords']})"
+        )
 
 
 def _found_table(rows: list[dict[str, Any]]) -> Table:

@@ -36,19 +36,17 @@ from onshore.federation.envelope import (
     seal,
 )
 from onshore.federation.options import FederatedOptions
-from onshore.gate import Approval, ApprovalRegistry, Decision, Gate
+from onshore.gate import Approval, Decision
 from onshore.ledger import Ledger, verify
 from onshore.model.dataset import SiteDataset, build_site_dataset
 from onshore.model.metrics import evaluate
 from onshore.model.nets import build_model, check_weights
 from onshore.model.train import DPConfig, PrivacyAccountant, train_local
 from onshore.rulebook.evaluate import DataItem, Recipient, TransferRequest
-from onshore.rulebook.loader import project_rulebooks
 from onshore.settings import Project, load_project
 from onshore.sites.keystore import SiteKeys, load_keystore
 from onshore.store.site import SiteStore
-from onshore.transfer.approvals import trusted_approvals
-from onshore.transfer.run import ledger_history
+from onshore.transfer.run import site_gate
 
 __all__ = [
     "ErrorCode",
@@ -371,10 +369,7 @@ def outbound_decision(
         date=day or datetime.now(UTC).date(),
         data=(item,),
     )
-    rulebooks = project_rulebooks(project)
-    approvals = trusted_approvals(ApprovalRegistry(store.catalogue, rulebooks), ledger)
-    gate = Gate(rulebooks, approvals, history=ledger_history(ledger))
-    return gate.decide(request), request
+    return site_gate(project, store, ledger).decide(request), request
 
 
 @contextmanager

@@ -98,6 +98,7 @@ KINDS: Final = frozenset(
         "licence_granted",
         "licence_refused",
         "licence_revoked",
+        "remote_read",
         "peer_head",
     }
 )

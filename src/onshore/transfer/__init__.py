@@ -6,7 +6,7 @@ store under ``received/`` (:meth:`~onshore.store.objects.ObjectStore.receive`, w
 else calls) and its catalogue.
 """
 
-from onshore.transfer.run import TransferReport, ledger_history, transfer
+from onshore.transfer.run import TransferReport, ledger_history, site_gate, transfer
 from onshore.transfer.selection import Dataset, Selection, StoredRef, resolve
 
 __all__ = [
@@ -16,5 +16,6 @@ __all__ = [
     "TransferReport",
     "ledger_history",
     "resolve",
+    "site_gate",
     "transfer",
 ]

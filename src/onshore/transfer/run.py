@@ -44,7 +44,7 @@ from onshore.store.site import SiteStore
 from onshore.transfer.approvals import trusted_approvals
 from onshore.transfer.selection import Dataset, Selection, resolve
 
-__all__ = ["TransferReport", "ledger_history", "transfer"]
+__all__ = ["TransferReport", "ledger_history", "site_gate", "transfer"]
 
 _metadata = MetaData()
 received_table: Final = Table(
@@ -104,14 +104,20 @@ class TransferReport:
 
 
 def ledger_history(ledger: Ledger, *, exclude: str | None = None) -> HistoryProvider:
-    """A gate history provider over the ``transfer_out`` entries of ``ledger``: every item of
-    every earlier transfer out of the site since the day the gate asks for. ``exclude`` leaves
-    out one transfer (its own rerun must not count itself twice)."""
+    """A gate history provider over the ``transfer_out`` entries of ``ledger`` (and the
+    ``remote_read`` entries it allowed): every item of every earlier transfer out of the site
+    since the day the gate asks for. ``exclude`` leaves out one transfer (its own rerun must not
+    count itself twice)."""
 
     def provider(_request: TransferRequest, since: date) -> list[PastTransfer]:
         start = datetime(since.year, since.month, since.day, tzinfo=UTC)
         past = []
-        for entry in ledger.entries(kind="transfer_out", since_time=start):
+        sent = ledger.entries(kind="transfer_out", since_time=start)
+        # A remote read the gate allowed (a console query from abroad) counts like a transfer.
+        read = [
+            e for e in ledger.entries(kind="remote_read", since_time=start) if e.data["allowed"]
+        ]
+        for entry in sorted(sent + read, key=lambda e: e.seq):
             data = entry.data
             if data.get("transfer") == exclude:
                 continue
@@ -130,6 +136,18 @@ def ledger_history(ledger: Ledger, *, exclude: str | None = None) -> HistoryProv
         return past
 
     return provider
+
+
+def site_gate(
+    project: Project, store: SiteStore, ledger: Ledger, *, exclude: str | None = None
+) -> Gate:
+    """The gate of one site: the project's rulebooks, the approvals on file that its ledger
+    vouches for, and its earlier transfers as history (``exclude``: see
+    :func:`ledger_history`). Raises :class:`~onshore.errors.LedgerTampered` when the approvals
+    table and the ledger disagree."""
+    rulebooks = project_rulebooks(project)
+    approvals = trusted_approvals(ApprovalRegistry(store.catalogue, rulebooks), ledger)
+    return Gate(rulebooks, approvals, history=ledger_history(ledger, exclude=exclude))
 
 
 def _transfer_id(
@@ -183,7 +201,6 @@ def transfer(
         name=dest_site.entity, country=dest_site.location, linked_to=tuple(dest_site.linked_to)
     )
     day = day or datetime.now(UTC).date()
-    rulebooks = project_rulebooks(project)
     with ExitStack() as stack:
         origin = stack.enter_context(SiteStore.open(project, origin_id))
         dest = stack.enter_context(SiteStore.open(project, destination_id))
@@ -207,8 +224,7 @@ def transfer(
         verify(
             out_ledger, current_key=keys_from.public_key, check_hashes=False
         ).raise_for_problems()
-        approvals = trusted_approvals(ApprovalRegistry(origin.catalogue, rulebooks), out_ledger)
-        gate = Gate(rulebooks, approvals, history=ledger_history(out_ledger, exclude=transfer_id))
+        gate = site_gate(project, origin, out_ledger, exclude=transfer_id)
         decision = _consented(gate.decide(request), found, purpose)
         report = TransferReport(
             transfer=transfer_id,

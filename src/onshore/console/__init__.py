@@ -1,0 +1,12 @@
+"""The web console: sites and their inventory, approvals and deadlines, the gates' decisions,
+ledger status, training runs, releases and licences, and the reports, by role.
+
+``onshore console`` serves it (:func:`~onshore.console.app.serve`); ``onshore console users``
+manages who may sign in (:mod:`~onshore.console.auth`). Reads of another country's rows go
+through that site's gate (:mod:`~onshore.console.access`).
+"""
+
+from onshore.console.app import create_app, serve
+from onshore.console.auth import Role, User, UserStore
+
+__all__ = ["Role", "User", "UserStore", "create_app", "serve"]
