@@ -124,7 +124,7 @@ def test_cn_annual_figures_recompute_from_the_ledger(project: Project) -> None:
         if source.seq is not None:
             assert entries[source.seq].hash == source.hash  # type: ignore[attr-defined]
         else:
-            assert source.kind == "catalogue"
+            assert source.kind in {"catalogue", "settings"}
     (row,) = report.tables[0].rows
     assert "CAC-1" in row[6] and "Onshore Mobility" in row[2]
 

@@ -67,6 +67,19 @@ def test_unknown_site_lists_the_declared_ones(project: Project) -> None:
         ('[sites.a1]\njurisdiction = "CN"\nentity = "x"\nstore = "s3://b/x"\n', "no default"),
         ("[sites\n", "not valid TOML"),
         ("[wrong]\n", "unknown section(s) wrong"),
+        (
+            '[sites.a1]\njurisdiction = "CN"\nentity = "x"\nretention = { raw_days = 0 }\n',
+            "[sites.a1] retention.raw_days: Input should be greater than 0",
+        ),
+        (
+            '[sites.a1]\njurisdiction = "CN"\nentity = "x"\nretention = { raw_days = "1y" }\n',
+            "[sites.a1] retention.raw_days: Input should be a valid integer",
+        ),
+        (
+            '[sites.a1]\njurisdiction = "CN"\nentity = "x"\n'
+            'responsible_person = { name = "Li Wei", email = "li.wei" }\n',
+            "[sites.a1] responsible_person.email: Value error, not an email address: 'li.wei'",
+        ),
     ],
 )
 def test_bad_settings_name_the_field(tmp_path: Path, text: str, fragment: str) -> None:

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from onshore.errors import ConfigError, ProjectNotFound, SiteNotFound
 
@@ -25,6 +32,8 @@ __all__ = [
     "FleetSettings",
     "PrivacySettings",
     "Project",
+    "ResponsiblePerson",
+    "RetentionSettings",
     "RulebookSettings",
     "Settings",
     "SiteSettings",
@@ -39,6 +48,18 @@ Jurisdiction = Literal["CN", "EU", "US"]
 SiteId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
 Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
 """An ISO 3166-1 alpha-2 country code."""
+
+_EMAIL: Final = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+
+
+def _email(value: str) -> str:
+    # The shape only (one @, a dot in the domain): enough to catch a name or a typo put here.
+    if not _EMAIL.match(value):
+        raise ValueError(f"not an email address: {value!r}")
+    return value
+
+
+Email = Annotated[str, AfterValidator(_email)]
 
 
 class _Model(BaseModel):
@@ -86,6 +107,32 @@ class FleetSettings(_Model):
     """Camera frames per second in those uploads."""
 
 
+class RetentionSettings(_Model):
+    """How long the site keeps each kind of data (``retention = {...}``), in days from when it
+    was stored: the storage period the CN annual report and the GDPR Art. 30 record state. A
+    kind left out has no period configured. onshore states the period; it does not delete."""
+
+    raw_days: int | None = Field(default=None, gt=0, strict=True)
+    """Days the site keeps raw clips as ingested (identifiable: VIN, positions, frames)."""
+    deidentified_days: int | None = Field(default=None, gt=0, strict=True)
+    """Days the site keeps de-identified outputs."""
+
+
+class ResponsiblePerson(_Model):
+    """The person responsible for the site's data security (``responsible_person = {...}``):
+    named in the CN annual report, as the controller's contact in the GDPR record and as the
+    person answering for the compliance programme under 28 CFR Part 202."""
+
+    name: str = Field(min_length=1)
+    role: str = Field(default="Data security officer", min_length=1)
+    """Their title, e.g. ``Data security officer`` or ``Data protection officer``."""
+    email: Email
+    """Where a regulator or a data subject reaches them."""
+
+    def __str__(self) -> str:
+        return f"{self.name}, {self.role} <{self.email}>"
+
+
 class SiteSettings(_Model):
     """One regional data centre."""
 
@@ -110,6 +157,9 @@ class SiteSettings(_Model):
     compute: ComputeProfile = ComputeProfile()
     fleet: FleetSettings = FleetSettings()
     privacy: PrivacySettings = PrivacySettings()
+    retention: RetentionSettings = RetentionSettings()
+    responsible_person: ResponsiblePerson | None = None
+    """Who answers for the site's data security; reports say it is missing when unset."""
 
     @property
     def location(self) -> str:

@@ -3,8 +3,8 @@
 Four kinds (:data:`REPORT_KINDS`): China's annual automotive data security report, the facts of a
 CN security-assessment application for one recipient, and the records of transfers under GDPR
 Chapter V and under 28 CFR Part 202. Each figure carries the ledger entries it was computed
-from (:class:`~onshore.reports.model.Source`); what the site holds comes from its catalogue and
-says so.
+from (:class:`~onshore.reports.model.Source`); what the site holds comes from its catalogue, and
+what it declares (storage place and period, responsible person) from its settings, and says so.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from onshore.ledger import Entry, Ledger
 from onshore.reports.charts import bar_chart, trace_map, training_chart
 from onshore.reports.model import Chart, Figure, Report, Source, TableBlock
 from onshore.rulebook.loader import project_rulebooks
-from onshore.settings import Project, SiteSettings
+from onshore.settings import CONFIG_NAME, Project, SiteSettings, redact_url
 from onshore.store.catalogue import DeidentifiedRecord, FileRecord
 from onshore.store.site import SiteStore
 
@@ -164,6 +164,15 @@ class _Site:
 
     def catalogue(self, detail: str) -> Source:
         return Source(self.settings.id, "catalogue", detail=detail)
+
+    def setting(self, key: str) -> Source:
+        """The site's settings at ``key``, e.g. ``retention.raw_days``."""
+        return Source(self.settings.id, "settings", detail=f"{CONFIG_NAME} {self.table} {key}")
+
+    @property
+    def table(self) -> str:
+        """The site's table in ``onshore.toml``, e.g. ``[sites.cn-shanghai]``."""
+        return f"[sites.{self.settings.id}]"
 
     def approval_entry(self, approval_id: str) -> Source | None:
         for e in self.entries:
@@ -310,6 +319,39 @@ def _held_figures(site: _Site) -> list[Figure]:
     return figs
 
 
+def _retention_figures(site: _Site, label: str) -> list[Figure]:
+    """The storage period of each kind of data the site keeps, as its settings declare it."""
+    kept = site.settings.retention
+    figs = []
+    for kind, what, days in (
+        ("raw", "raw clips", kept.raw_days),
+        ("deidentified", "de-identified outputs", kept.deidentified_days),
+    ):
+        key = f"retention.{kind}_days"
+        value = (
+            f"{days} days from storage"
+            if days is not None
+            else f"not configured: set retention = {{ {kind}_days = N }} in {site.table} "
+            f"of {CONFIG_NAME}"
+        )
+        figs.append(
+            Figure(f"storage.period.{kind}", f"{label}: {what}", value, (site.setting(key),))
+        )
+    return figs
+
+
+def _responsible_figure(site: _Site, label: str) -> Figure:
+    """Who answers for the site's data security, as its settings declare it."""
+    person = site.settings.responsible_person
+    value = (
+        str(person)
+        if person is not None
+        else 'not configured: set responsible_person = { name = "...", role = "...", '
+        f'email = "..." }} in {site.table} of {CONFIG_NAME}'
+    )
+    return Figure("responsible_person", label, value, (site.setting("responsible_person"),))
+
+
 def _deid_table(site: _Site) -> TableBlock:
     rows, sources = [], []
     by_profile: dict[str, list[DeidentifiedRecord]] = defaultdict(list)
@@ -391,18 +433,14 @@ def cn_annual(site: _Site, year: int) -> Report:
     denied = [f for f in in_year if not f.allowed]
     report.figures += _held_figures(site)
     report.figures += [
+        _responsible_figure(site, "Person responsible for data security"),
         Figure(
             "storage.location",
             "Where the data is stored",
-            f"{s.location}: {s.store}",
-            (site.catalogue("site settings"),),
+            f"{s.location}: {redact_url(s.store)}",
+            (site.setting("country" if s.country else "jurisdiction"), site.setting("store")),
         ),
-        Figure(
-            "storage.period",
-            "Storage period",
-            "kept until deleted (no retention period configured)",
-            (site.catalogue("site settings"),),
-        ),
+        *_retention_figures(site, "Storage period"),
         Figure(
             "purposes",
             "Purposes of outbound processing",
@@ -448,10 +486,8 @@ def cn_annual(site: _Site, year: int) -> Report:
         ),
         _deid_table(site),
     ]
-    report.notes.append(
-        "The responsible person and complaints received are not recorded by onshore; "
-        "add them before filing."
-    )
+    report.notes.append("Complaints received are not recorded by onshore; add them before filing.")
+    report.notes += _declared_notes(site)
     _charts(report, site, in_year)
     return report
 
@@ -478,6 +514,8 @@ def outbound_dossier(site: _Site, recipient: str) -> Report:
         window = {k: int(v) for k, v in last.decision.get("subjects_in_window", {}).items()}
         window_src = (last.source,)
     report.figures += [
+        Figure("handler", "Data handler", s.entity, (site.setting("entity"),)),
+        _responsible_figure(site, "Data handler's person responsible for data security"),
         Figure("recipient", "Recipient", recipient, tuple(f.source for f in mine)),
         Figure(
             "recipient.country",
@@ -511,6 +549,7 @@ def outbound_dossier(site: _Site, recipient: str) -> Report:
         _deid_table(site),
         _approvals_table(site),
     ]
+    report.notes += _declared_notes(site, retention=False)
     _charts(report, site, mine)
     return report
 
@@ -528,6 +567,9 @@ def eu_transfers(site: _Site) -> Report:
     )
     sent = [f for f in out if f.allowed]
     report.figures += [
+        Figure("controller", "Controller (Art. 30(1)(a))", s.entity, (site.setting("entity"),)),
+        _responsible_figure(site, "Controller's contact for data protection (Art. 30(1)(a))"),
+        *_retention_figures(site, "Time limit for erasure (Art. 30(1)(f))"),
         _count("transfers", "Transfers to third countries", sent),
         _count("denied", "Transfers denied", [f for f in out if not f.allowed]),
         Figure(
@@ -550,6 +592,7 @@ def eu_transfers(site: _Site) -> Report:
         _flow_table("Transfers (Art. 46 safeguard or adequacy)", out),
         _approvals_table(site),
     ]
+    report.notes += _declared_notes(site)
     _charts(report, site, out)
     return report
 
@@ -571,6 +614,7 @@ def us_bulk_data(site: _Site, on: date | None = None) -> Report:
     recent = [f for f in out if start <= f.date <= on.isoformat()]
     sent = [f for f in recent if f.allowed]
     report.figures += [
+        _responsible_figure(site, "Person responsible for the data compliance programme"),
         _count("transactions", "Transactions in the window", sent),
         _count("denied", "Transactions denied", [f for f in recent if not f.allowed]),
         _count(
@@ -605,8 +649,34 @@ def us_bulk_data(site: _Site, on: date | None = None) -> Report:
         _flow_table("Transactions", recent),
     ]
     report.notes.append("De-identification does not exempt data from Part 202 (28 CFR 202.206).")
+    report.notes += _declared_notes(site, retention=False)
     _charts(report, site, recent)
     return report
+
+
+def _declared_notes(site: _Site, *, retention: bool = True) -> list[str]:
+    """What a reader must know of the facts the site declares (the responsible person and, with
+    ``retention``, the storage periods): which are missing, and that a storage period is stated,
+    not enforced."""
+    s = site.settings
+    periods = (s.retention.raw_days, s.retention.deidentified_days)
+    missing = []
+    if s.responsible_person is None:
+        missing.append("responsible_person")
+    if retention and None in periods:
+        missing.append("retention")
+    notes = []
+    if missing:
+        notes.append(
+            f"Not configured for this site: {', '.join(missing)}. Set them in {site.table} of "
+            f"{site.project.config_path} and build the report again."
+        )
+    if retention and periods != (None, None):
+        notes.append(
+            f"Storage periods are those declared in {CONFIG_NAME}; onshore states them but does "
+            "not delete data when they end."
+        )
+    return notes
 
 
 def _of_concern(flow: Flow) -> bool:

@@ -1,8 +1,10 @@
 """What a report is, before it is HTML or PDF: figures and tables, each carrying its sources.
 
 Every figure names where it comes from: the ledger entries (site, seq, hash) whose payloads it
-was computed from, or, for what the site holds (clips, files), the catalogue query. A reader of
-the report checks a figure by reading those entries (``onshore ledger show --site S --since N``).
+was computed from; for what the site holds (clips, files), the catalogue query; for what the
+site declares (storage place and period, responsible person), its settings in ``onshore.toml``.
+A reader of the report checks a figure by reading those entries (``onshore ledger show --site S
+--since N``), running that query, or reading that key.
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ __all__ = ["Chart", "Figure", "Report", "Source", "TableBlock"]
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """Where a figure comes from: one ledger entry, or (``seq`` None) a catalogue query."""
+    """Where a figure comes from: one ledger entry, or (``seq`` None) a catalogue query or a
+    key of the site's settings."""
 
     site: str
     kind: str
-    """The entry's kind, or ``catalogue`` for what the site's catalogue holds."""
+    """The entry's kind; ``catalogue`` for what the site's catalogue holds; ``settings`` for
+    what the site's table in ``onshore.toml`` declares."""
     seq: int | None = None
     hash: str | None = None
     detail: str = ""
-    """For a catalogue source, the query in words."""
+    """For a catalogue source, the query in words; for a settings source, the file and key."""
 
     @property
     def key(self) -> tuple[str, str, int | None, str]:
@@ -32,7 +36,7 @@ class Source:
 
     @property
     def ref(self) -> str:
-        """A short label: ``site#seq`` for an entry, ``site:catalogue`` for the catalogue."""
+        """A short label: ``site#seq`` for an entry, ``site:catalogue`` or ``site:settings``."""
         return f"{self.site}#{self.seq}" if self.seq is not None else f"{self.site}:{self.kind}"
 
     def as_dict(self) -> dict[str, Any]:

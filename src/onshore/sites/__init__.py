@@ -32,6 +32,12 @@ keystore = "keys/cn-shanghai"
 compute = { device = "cpu", relative_throughput = 0.5, accelerators = "export-capped (H20 class)" }
 fleet = { fleet_share = 0.3, no_consent_share = 0.15 }
 privacy = { epsilon = 8.0, delta = 1e-5 }     # DP budget for all training on this site's data
+retention = { raw_days = 365, deidentified_days = 1095 }  # storage period the reports state
+
+[sites.cn-shanghai.responsible_person]  # who answers for data security; reports name them
+name = "Li Wei"
+role = "Data security officer"
+email = "li.wei@example.com"
 
 [sites.eu-frankfurt]
 jurisdiction = "EU"
@@ -43,6 +49,12 @@ keystore = "keys/eu-frankfurt"
 compute = { device = "cpu", relative_throughput = 1.0, accelerators = "H100 class" }
 fleet = { fleet_share = 0.3, no_consent_share = 0.1 }
 privacy = { epsilon = 8.0, delta = 1e-5 }
+retention = { raw_days = 180, deidentified_days = 730 }
+
+[sites.eu-frankfurt.responsible_person]
+name = "Anna Weber"
+role = "Data protection officer"
+email = "anna.weber@example.com"
 
 [sites.us-oregon]
 jurisdiction = "US"
@@ -53,6 +65,12 @@ keystore = "keys/us-oregon"
 compute = { device = "cpu", relative_throughput = 1.0, accelerators = "H100 class" }
 fleet = { fleet_share = 0.3, no_consent_share = 0.2 }
 privacy = { epsilon = 8.0, delta = 1e-5 }
+retention = { raw_days = 365, deidentified_days = 1095 }
+
+[sites.us-oregon.responsible_person]
+name = "Jordan Reed"
+role = "Data compliance officer"
+email = "jordan.reed@example.com"
 
 # The coordinator of federated training: it receives each site's model updates (every one
 # through that site's gate), aggregates them, and releases the model.
