@@ -76,7 +76,7 @@ class Flow:
 
     entry: Entry
     what: str
-    """``transfer`` or ``model_update``."""
+    """``transfer``, ``model_update`` or ``remote_read`` (rows read from abroad in the console)."""
     date: str
     destination: str
     recipient: str
@@ -126,6 +126,9 @@ def flows(site_id: str, entries: Iterable[Entry]) -> list[Flow]:
             what, objects = "transfer", len(data.get("sent", ()))
         elif entry.kind == "federated_update":
             allowed, what, objects = bool(data.get("sent")), "model_update", 1
+        elif entry.kind == "remote_read":
+            # Rows read from abroad in the console: a transfer of what the page showed.
+            allowed, what, objects = bool(data.get("allowed")), "remote_read", 0
         else:
             continue
         recipient = data.get("recipient") or {}
