@@ -106,3 +106,46 @@ def postgres_url() -> Iterator[str]:
             pytest.fail("CI must set ONSHORE_TEST_POSTGRES_URL (.ci/run starts PostgreSQL)")
         pytest.skip("no PostgreSQL: set ONSHORE_TEST_POSTGRES_URL to run the contract suite on it")
     yield POSTGRES_URL
+
+
+def run_demo_cli(folder: Path) -> dict:  # type: ignore[type-arg]
+    """``onshore demo --json`` on a small setting (three sites, 60 vehicles each for 4 minutes,
+    2 federated rounds), as a user runs it."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onshore",
+            "demo",
+            "--dir",
+            str(folder),
+            "--vehicles",
+            "60",
+            "--minutes",
+            "4",
+            "--seed",
+            "3",
+            "--rounds",
+            "2",
+            "--local-steps",
+            "10",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:  # type: ignore[type-arg]
+    """One small demo run shared by the demo's and the console's tests (the console's tests
+    work on copies, so the demo's folder stays as the demo left it)."""
+    folder = tmp_path_factory.mktemp("demo") / "demo"
+    return folder, run_demo_cli(folder)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+from conftest import run_demo_cli
 from onshore.ledger import Ledger
 from onshore.settings import Project, load_project
 from onshore.store import SiteStore
@@ -20,38 +19,8 @@ CITY = {
 }
 
 
-def _demo(folder: Path) -> dict:  # type: ignore[type-arg]
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "onshore",
-            "demo",
-            "--dir",
-            str(folder),
-            "--vehicles",
-            "60",
-            "--minutes",
-            "4",
-            "--seed",
-            "3",
-            "--rounds",
-            "2",
-            "--local-steps",
-            "10",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)  # type: ignore[no-any-return]
-
-
-def test_demo_end_to_end(tmp_path: Path) -> None:
-    folder = tmp_path / "demo"
-    first = _demo(folder)
+def test_demo_end_to_end(small_demo: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    folder, first = small_demo
     inventories = {inv["site"]: inv for inv in first["inventory"]}
     assert set(inventories) == set(CITY)
     for report in first["ingest"]:
@@ -92,11 +61,23 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         assert Path(report["pdf"]).read_bytes().startswith(b"%PDF")
         assert "<html" in Path(report["html"]).read_text()
 
-    again = _demo(folder)
+    console = first["console"]
+    assert {u["role"] for u in console["users"]} == {
+        "site-operator",
+        "coordinator-engineer",
+        "auditor",
+    }
+    assert console["command"] == f"onshore console --project {folder}"
+    users_file = Path(console["passwords"])
+    assert users_file.stat().st_mode & 0o077 == 0, "the passwords file is private"
+    assert len(users_file.read_text().splitlines()) == len(console["users"])
+
+    again = run_demo_cli(folder)
     assert again["inventory"] == first["inventory"], "a rerun stores nothing twice"
     assert all(r["clips"] == 0 for r in again["ingest"])
     assert all(v["ok"] for v in again["ledgers"]), "every ledger verifies after a rerun"
     assert again["training"]["federated"]["regions"] == first["training"]["federated"]["regions"]
+    assert len(users_file.read_text().splitlines()) == len(console["users"]), "users kept"
 
 
 def _check_training(result: dict, project: Project) -> None:  # type: ignore[type-arg]

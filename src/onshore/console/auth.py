@@ -202,7 +202,7 @@ class Sessions:
         return _b64(hmac.new(self._key, payload, hashlib.sha256).digest())
 
     def issue(self, user: User, *, now: float | None = None) -> str:
-        expires = int((now or time.time()) + SESSION_SECONDS)
+        expires = int((time.time() if now is None else now) + SESSION_SECONDS)
         payload = orjson.dumps({"user": user.name, "exp": expires})
         return f"{_b64(payload)}.{self._sign(payload)}"
 
@@ -216,7 +216,8 @@ class Sessions:
             data = orjson.loads(payload)
         except (ValueError, orjson.JSONDecodeError):
             return None
-        if not isinstance(data, dict) or data.get("exp", 0) < (now or time.time()):
+        now = time.time() if now is None else now
+        if not isinstance(data, dict) or data.get("exp", 0) < now:
             return None
         name = data.get("user")
         return name if isinstance(name, str) else None
