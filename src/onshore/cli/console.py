@@ -57,8 +57,8 @@ def serve(
         )
 
     def ready(url: str) -> None:
-        console.print(f"onshore console for {loaded.root} at [bold]{url}[/] (Ctrl-C stops)")
-        sys.stdout.flush()
+        # One plain line (never wrapped): scripts and tests read the URL from it.
+        print(f"onshore console for {loaded.root} at {url} (Ctrl-C stops)", flush=True)
 
     serve(loaded, host, port, ready=ready)
 
