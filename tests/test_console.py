@@ -281,3 +281,36 @@ def test_console_users_cli(tmp_path: Path, project: Project) -> None:
         assert failed.returncode == 2 and message in failed.stderr, (args, failed.stderr)
     assert cli("remove", "ops2").returncode == 0
     assert UserStore(project).get("ops2") is None
+
+
+def test_ledger_verify_covers_the_coordinator(
+    small_demo: tuple[Path, dict],  # type: ignore[type-arg]
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    folder = tmp_path / "demo"
+    shutil.copytree(small_demo[0], folder)
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                *(sys.executable, "-m", "onshore", "ledger", "verify", "--site", "coordinator"),
+                *("-p", str(folder), "--json"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    good = verify()
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout)["ok"] is True
+    database = folder / "coordinator" / "store" / "catalogue.sqlite"
+    with sqlite3.connect(database) as db:
+        db.execute(
+            "UPDATE ledger_entries SET payload = replace(payload, 'demo-federated', 'demo-forged')"
+            " WHERE seq = 1"
+        )
+    bad = verify()
+    assert bad.returncode == 11 and json.loads(bad.stdout)["ok"] is False

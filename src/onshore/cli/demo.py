@@ -81,7 +81,8 @@ def _print_summary(d: dict[str, Any]) -> None:
     lines = [
         f"{clips} clips at {len(d['inventory'])} sites, classified and de-identified where "
         "they were recorded",
-        f"gate: {len(steps) - moved} transfers refused, {moved} allowed under an approval on file",
+        f"gate: {len(steps) - moved} transfers refused, {moved} allowed, each decision in both "
+        "sites' ledgers",
     ]
     training = d.get("training")
     if training:

@@ -98,10 +98,17 @@ def verify(
     as_json: JsonOption = False,
 ) -> None:
     """Check the site's ledger: chain, signatures and pinned key, the heads the other sites
-    recorded (each way), and that store and ledger agree. Exits nonzero listing the problems."""
+    recorded (each way), and that store and ledger agree; ``--site coordinator`` (the
+    coordinator's id) checks the coordinator's chain, signatures and pinned key. Exits nonzero
+    listing the problems."""
     from onshore.ledger import verify_site
+    from onshore.release.records import verify_coordinator
 
-    report = verify_site(load_project(project), site, check_hashes=not shallow)
+    loaded = load_project(project)
+    if site == loaded.settings.coordinator.id:
+        report = verify_coordinator(loaded)
+    else:
+        report = verify_site(loaded, site, check_hashes=not shallow)
 
     def render(d: dict[str, Any]) -> None:
         peers = ", ".join(d["peers"]) or "none"

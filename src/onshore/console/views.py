@@ -23,7 +23,7 @@ from onshore.ledger import Ledger, verify_site
 from onshore.model.local import RUNS_DIR
 from onshore.release.bundle import read_bundle
 from onshore.release.licence import list_licences
-from onshore.release.records import RELEASES_DIR, coordinator_ledger
+from onshore.release.records import RELEASES_DIR, coordinator_ledger, verify_coordinator
 from onshore.reports.build import flows
 from onshore.rulebook.evaluate import DataItem
 from onshore.rulebook.loader import project_rulebooks
@@ -290,13 +290,10 @@ def _ledger_row(name: str, ledger: Ledger) -> dict[str, Any]:
 def verify_ledger(project: Project, user: User, name: str) -> dict[str, Any]:
     """Verify one ledger now: a site's against its keystore, store and peers; the
     coordinator's chain and signatures against its pinned key."""
-    from onshore.ledger import verify
-
     if name == project.settings.coordinator.id:
         if user.role is Role.SITE_OPERATOR:
             raise Forbidden(f"{user.name} operates {user.site}, not the coordinator")
-        with coordinator_ledger(project) as ledger:
-            return verify(ledger).as_dict()
+        return verify_coordinator(project).as_dict()
     _check_site(project, user, name)
     return verify_site(project, name).as_dict()
 

@@ -12,16 +12,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
 from sqlalchemy.engine import make_url
 
 from onshore.errors import ConfigError, OnshoreError, ReleaseNotFound
-from onshore.ledger import Ledger
+from onshore.ledger import Ledger, VerifyReport, verify
 from onshore.release.bundle import BUNDLE_SUFFIX
 from onshore.settings import CoordinatorSettings, Project, SiteSettings
-from onshore.sites.keystore import SiteKeys
+from onshore.sites.keystore import SiteKeys, load_keystore
 from onshore.store.catalogue import Catalogue
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "coordinator_ledger",
     "find_bundle",
     "reachable_ledger",
+    "verify_coordinator",
 ]
 
 RELEASES_DIR: Final = "releases"
@@ -134,3 +136,19 @@ def reachable_ledger(
         yield Ledger.open(catalogue), None
     finally:
         catalogue.close()
+
+
+def verify_coordinator(project: Project) -> VerifyReport:
+    """Verify the coordinator's ledger: chain, signatures, and its pinned key against the
+    coordinator's keystore (a keystore that cannot be read becomes a note). Raises
+    :class:`ConfigError` when the coordinator has no ledger yet."""
+    coordinator = project.settings.coordinator
+    notes: list[str] = []
+    current = None
+    try:
+        current = load_keystore(project.keystore_path(coordinator)).public_key
+    except OnshoreError as exc:
+        notes.append(f"keystore not read, so the pinned key was not compared with it: {exc}")
+    with coordinator_ledger(project) as ledger:
+        report = verify(ledger, current_key=current)
+    return replace(report, notes=(*report.notes, *notes))
