@@ -314,3 +314,11 @@ def test_ledger_verify_covers_the_coordinator(
         )
     bad = verify()
     assert bad.returncode == 11 and json.loads(bad.stdout)["ok"] is False
+    # A site whose approvals table disagrees with its ledger: its gate will not decide, so the
+    # engineer's page of that site says why instead of showing (or crashing on) its rows.
+    make_users(load_project(folder))
+    with sqlite3.connect(folder / "sites" / CN / "store" / "catalogue.sqlite") as db:
+        assert db.execute("DELETE FROM approvals").rowcount > 0
+    page = client(load_project(folder), "eng").get(f"/sites/{CN}")
+    assert page.status_code == 503 and "disagree with its ledger" in page.text
+    assert 'class="clip"' not in page.text

@@ -105,7 +105,8 @@ def create_app(project: Project) -> FastAPI:
 
     def guarded(request: Request, render: Callable[[User], Response]) -> Response:
         """Render for the signed-in user; a role that may not see it gets 403, an unknown
-        site, run or file 404, both as a page that says why."""
+        site, run or file 404, anything onshore refuses (a tampered ledger) 503, each as a
+        page that says why."""
         user = signed_in(request)
         try:
             return render(user)
@@ -114,6 +115,10 @@ def create_app(project: Project) -> FastAPI:
         except (LookupError, ConfigError) as exc:
             why = exc.message if isinstance(exc, OnshoreError) else str(exc.args[0])
             return page(request, "error.html", user, 404, title="Not found", why=why)
+        except OnshoreError as exc:
+            # E.g. a site whose approvals disagree with its ledger: its gate will not decide,
+            # so nothing of it is shown; the page says why and what to do.
+            return page(request, "error.html", user, 503, title="Cannot show this", why=str(exc))
 
     @app.get("/healthz")
     def health() -> dict[str, str]:
