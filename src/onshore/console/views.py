@@ -71,13 +71,12 @@ def _approval_summary(statuses: list[dict[str, Any]]) -> dict[str, int]:
     return dict(Counter(s["status"] for s in statuses))
 
 
-def _site_summary(project: Project, site_id: str, today: date) -> dict[str, Any]:
-    site = project.site(site_id)
-    with SiteStore.open(project, site_id) as store:
-        inventory = store.catalogue.inventory()
-        registry = ApprovalRegistry(store.catalogue, project_rulebooks(project))
-        statuses = [s.as_dict() for s in registry.statuses(today)]
-        head = Ledger.open(store.catalogue).head()
+def _site_summary(project: Project, store: SiteStore, today: date) -> dict[str, Any]:
+    site = project.site(store.site)
+    inventory = store.catalogue.inventory()
+    registry = ApprovalRegistry(store.catalogue, project_rulebooks(project))
+    statuses = [s.as_dict() for s in registry.statuses(today)]
+    head = Ledger.open(store.catalogue).head()
     return {
         "id": site.id,
         "jurisdiction": site.jurisdiction,
@@ -93,10 +92,14 @@ def overview(project: Project, user: User, *, today: date | None = None) -> dict
     """The sites the user sees, with their inventory, labels, approvals and ledger heads; the
     coordinator's runs, releases and licences in numbers."""
     today = today or datetime.now(UTC).date()
+    sites = []
+    for site_id in visible_sites(project, user):
+        with SiteStore.open(project, site_id) as store:
+            sites.append(_site_summary(project, store, today))
     return {
-        "sites": [_site_summary(project, s, today) for s in visible_sites(project, user)],
+        "sites": sites,
         "runs": len(runs(project, user)),
-        "releases": len(releases(project, user)["releases"]),
+        "releases": len(_release_rows(project, user)),
         "coordinator": project.settings.coordinator,
     }
 
@@ -108,8 +111,8 @@ def site_detail(
     rows) where the user's role or the site's gate allows."""
     _check_site(project, user, site_id)
     today = today or datetime.now(UTC).date()
-    summary = _site_summary(project, site_id, today)
     with SiteStore.open(project, site_id) as store:
+        summary = _site_summary(project, store, today)
         clips = store.catalogue.clips()
         labels: dict[str, set[str]] = {}
         for label in store.catalogue.labels():
@@ -311,42 +314,46 @@ def runs(project: Project, user: User) -> list[dict[str, Any]]:
     folder = project.root / RUNS_DIR
     found = []
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        summary = _read_json(path / "federated.json") or _read_json(path / "run.json")
-        rounds = _read_json(path / "rounds.json")
-        if summary is None and rounds is None:
-            continue
-        summary = summary or {"run": path.name, "mode": "federated", "regions": {}}
-        regions = {
-            site: r for site, r in (summary.get("regions") or {}).items() if sees_site(user, site)
-        }
-        found.append(
-            {
-                "run": summary.get("run", path.name),
-                "mode": summary.get("mode", "?"),
-                "rounds": summary.get("rounds"),
-                "strategy": summary.get("strategy"),
-                "finished_at": summary.get("finished_at"),
-                "model": (summary.get("model") or {}).get("name")
-                if isinstance(summary.get("model"), dict)
-                else summary.get("model"),
-                "regions": regions,
-                "running": summary.get("finished_at") is None,
-            }
-        )
+        row = _run_row(path, user)
+        if row is not None:
+            found.append(row)
     found.sort(key=lambda r: str(r["finished_at"] or "~"), reverse=True)
     return found
+
+
+def _run_row(path: Path, user: User) -> dict[str, Any] | None:
+    """A run folder's summary (a federated run still going has only its rounds), with the
+    regions the user sees; None for a folder that holds no run."""
+    summary = _read_json(path / "federated.json") or _read_json(path / "run.json")
+    rounds = _read_json(path / "rounds.json")
+    if summary is None and rounds is None:
+        return None
+    summary = summary or {"run": path.name, "mode": "federated", "regions": {}}
+    model = summary.get("model")
+    return {
+        "run": summary.get("run", path.name),
+        "mode": summary.get("mode", "?"),
+        "rounds": summary.get("rounds"),
+        "strategy": summary.get("strategy"),
+        "finished_at": summary.get("finished_at"),
+        "model": model.get("name") if isinstance(model, dict) else model,
+        "regions": {
+            site: r for site, r in (summary.get("regions") or {}).items() if sees_site(user, site)
+        },
+        "summary": summary,
+        "rounds_log": rounds or [],
+    }
 
 
 def run_detail(project: Project, user: User, run: str) -> dict[str, Any]:
     """One run: per-region figures, and for a federated run the per-round curves of each
     visible region (ADE against the constant-velocity baseline, privacy spent) and what each
     round accepted and refused."""
-    match = [r for r in runs(project, user) if r["run"] == run]
-    if not match:
-        raise LookupError(f"no training run {run!r} under {project.root / RUNS_DIR}")
-    found = match[0]
-    summary = _read_json(project.root / RUNS_DIR / run / "federated.json") or {}
-    rounds = _read_json(project.root / RUNS_DIR / run / "rounds.json") or []
+    folder = project.root / RUNS_DIR
+    found = _run_row(folder / run, user) if run not in ("", ".", "..") and "/" not in run else None
+    if found is None:
+        raise LookupError(f"no training run {run!r} under {folder}")
+    summary, rounds = found["summary"], found["rounds_log"]
     ade: dict[str, list[tuple[float, float]]] = {}
     baseline: dict[str, list[tuple[float, float]]] = {}
     epsilon: dict[str, list[tuple[float, float]]] = {}
@@ -412,6 +419,20 @@ def run_detail(project: Project, user: User, run: str) -> dict[str, Any]:
 def releases(project: Project, user: User) -> dict[str, Any]:
     """Every release bundle with its card's essentials (a site operator sees the releases their
     site's data trained), and the licences granted for them."""
+    rows = _release_rows(project, user)
+    versions = {r["version"] for r in rows}
+    try:
+        licences = [
+            {**dict.fromkeys(_LICENCE_FIELDS), **lic}
+            for lic in list_licences(project)
+            if lic.get("release") in versions
+        ]
+    except OnshoreError:
+        licences = []
+    return {"releases": rows, "licences": licences}
+
+
+def _release_rows(project: Project, user: User) -> list[dict[str, Any]]:
     folder = project.root / RELEASES_DIR
     rows: list[dict[str, Any]] = []
     for path in sorted(folder.glob("*/*.onshore")) if folder.is_dir() else []:
@@ -437,16 +458,7 @@ def releases(project: Project, user: User) -> dict[str, Any]:
                 "parties": card.get("parties", []),
             }
         )
-    versions = {r["version"] for r in rows}
-    try:
-        licences = [
-            {**dict.fromkeys(_LICENCE_FIELDS), **lic}
-            for lic in list_licences(project)
-            if lic.get("release") in versions
-        ]
-    except OnshoreError:
-        licences = []
-    return {"releases": rows, "licences": licences}
+    return rows
 
 
 _LICENCE_FIELDS: Final = (
