@@ -34,7 +34,7 @@ from onshore.model import build_model, build_site_dataset, evaluate, train_local
 from onshore.model.nets import ModelSpec
 from onshore.settings import Project, load_project
 from onshore.store import SiteStore
-from onshore.transfer.approvals import add_approval
+from onshore.gate.record import add_approval
 
 AIM_CENTRAL = 1.05
 

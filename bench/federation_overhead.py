@@ -79,7 +79,7 @@ from onshore.model.nets import ModelSpec
 from onshore.settings import Project, load_project
 from onshore.store import SiteStore
 from onshore.store.catalogue import Catalogue
-from onshore.transfer.approvals import add_approval
+from onshore.gate.record import add_approval
 
 AIM: Final = 1.15
 Say = Callable[[str], None]

@@ -22,7 +22,7 @@ from onshore.ledger import Entry, Ledger
 from onshore.reports.build import flows
 from onshore.settings import Project, load_project
 from onshore.store import SiteStore
-from onshore.transfer.approvals import add_approval
+from onshore.gate.record import add_approval
 
 CN, EU, US = "cn-shanghai", "eu-frankfurt", "us-oregon"
 PASSWORD = "correct horse battery"

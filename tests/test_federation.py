@@ -53,7 +53,7 @@ from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
 from onshore.store.catalogue import Catalogue
 from onshore.store.ingest import ingest
-from onshore.transfer.approvals import add_approval
+from onshore.gate.record import add_approval
 
 SPEC = ModelSpec("past_mlp")
 REGIONS = {

@@ -219,6 +219,21 @@ def test_cn_approvals_that_do_not_cover_the_transfer(
     assert phrase in " ".join(decision.reasons), decision.reasons
 
 
+def test_an_approval_must_cover_every_category_even_those_exempt_on_their_own() -> None:
+    # RULEBOOK.md, "How rules combine": the approval's scope covers every category present.
+    alone = decide(request(data=[("aggregate_metrics", 500, "anonymized")], history=[]), BOOKS)
+    assert alone.allowed and alone.exempt
+    mixed = request(
+        data=[("trajectory", 2_000, "pseudonymized"), ("aggregate_metrics", 500, "anonymized")],
+        history=[],
+    )
+    narrow = decide(mixed, BOOKS, [approval()])
+    assert not narrow.allowed
+    assert "does not cover the categories aggregate_metrics" in " ".join(narrow.reasons)
+    wide = approval(categories=["trajectory", "aggregate_metrics"])
+    assert decide(mixed, BOOKS, [wide]).allowed
+
+
 def test_revoked_assessment_covers_nothing() -> None:
     revoked = approval(revoked_at=datetime(2026, 5, 1, tzinfo=UTC), revoke_reason="superseded")
     decision = decide(request(history=[]), BOOKS, [revoked])

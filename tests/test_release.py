@@ -59,7 +59,7 @@ from onshore.sites import init_project
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
 from onshore.store.ingest import ingest
-from onshore.transfer.approvals import add_approval
+from onshore.gate.record import add_approval
 from test_federation import REGIONS, both_splits, cn_model_approval, drive, options
 
 RUN = "rel"

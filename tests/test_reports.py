@@ -23,7 +23,7 @@ from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
 from onshore.store.ingest import ingest
 from onshore.transfer import transfer
-from onshore.transfer.approvals import add_approval
+from onshore.gate.record import add_approval
 
 CN, US = "cn-shanghai", "us-oregon"
 DAY = date(2026, 11, 29)

@@ -28,7 +28,7 @@ from onshore.store import SiteStore
 from onshore.store.ingest import ingest
 from onshore.store.objects import RECEIVED_DIR
 from onshore.transfer import Selection, transfer
-from onshore.transfer.approvals import add_approval, revoke_approval
+from onshore.gate.record import add_approval, revoke_approval
 
 CN, US, EU = "cn-shanghai", "us-oregon", "eu-frankfurt"
 DAY = date(2026, 11, 29)

@@ -26,6 +26,7 @@ from onshore.deidentify import deidentify_site, resolve_profile
 from onshore.errors import ConfigError, InvalidApproval
 from onshore.fleet import simulate_site
 from onshore.gate import Approval
+from onshore.gate.record import add_approval
 from onshore.ledger import verify_site
 from onshore.rulebook.loader import project_rulebooks
 from onshore.settings import CONFIG_NAME, Project, load_project
@@ -34,7 +35,6 @@ from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
 from onshore.store.ingest import ingest
 from onshore.transfer import transfer
-from onshore.transfer.approvals import add_approval
 
 __all__ = ["run_demo"]
 

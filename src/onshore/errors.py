@@ -41,11 +41,18 @@ configuration is changed. Retry code checks these markers, never message text.
     │   ├── ReleaseExists            (terminal) that version is already released
     │   ├── ReleaseNotFound          (terminal) no release of that version in the project
     │   └── BundleInvalid            (terminal) signature, weights, card or lineage do not hold
-    └── LicenceError                 (terminal) a licence cannot be granted, read or used as asked
-        ├── LicenceInvalid           (terminal) forged, altered, malformed, or not the releaser's
-        ├── LicenceDenied            (terminal) a grant the gate or the law refuses, by territory
-        ├── LicenceRefused           (terminal) the licence does not cover this use (exit 16)
-        └── UseProhibited            (terminal) the law forbids this use whatever the licence (17)
+    ├── LicenceError                 (terminal) a licence cannot be granted, read or used as asked
+    │   ├── LicenceInvalid           (terminal) forged, altered, malformed, or not the releaser's
+    │   ├── LicenceDenied            (terminal) a grant the gate or the law refuses, by territory
+    │   ├── LicenceRefused           (terminal) the licence does not cover this use (exit 16)
+    │   └── UseProhibited            (terminal) the law forbids this use whatever the licence (17)
+    ├── PartyError                   (terminal) a party's identity, peers or messages are not right
+    │   ├── NotAParty                (terminal) the command needs a party's folder, not a lab one
+    │   ├── PeerNotFound             (terminal) no identity on file for that party
+    │   ├── IdentityInvalid          (terminal) an identity file is malformed or not self-signed
+    │   ├── CertificateError         (terminal) a TLS certificate is missing, expired or for others
+    │   └── RequestRefused           (terminal) a party refused a message, and says why (exit 20)
+    └── PeerUnreachable              (transient) a party's service did not answer (exit 19)
 """
 
 from __future__ import annotations
@@ -63,12 +70,14 @@ __all__ = [
     "ApprovalNotFound",
     "BundleInvalid",
     "CatalogueError",
+    "CertificateError",
     "ClipConflict",
     "ClipError",
     "ConfigError",
     "DeidentifyError",
     "FileSystemError",
     "GateError",
+    "IdentityInvalid",
     "InvalidApproval",
     "InvalidRequest",
     "InvalidWeights",
@@ -80,8 +89,12 @@ __all__ = [
     "LicenceInvalid",
     "LicenceRefused",
     "NoTrainingData",
+    "NotAParty",
     "NotReleasable",
     "OnshoreError",
+    "PartyError",
+    "PeerNotFound",
+    "PeerUnreachable",
     "PhysicsError",
     "PrivacyBudgetSpent",
     "ProjectExists",
@@ -89,6 +102,7 @@ __all__ = [
     "ReleaseError",
     "ReleaseExists",
     "ReleaseNotFound",
+    "RequestRefused",
     "ResidencyError",
     "RulebookError",
     "RulebookNotFound",
@@ -466,6 +480,73 @@ class UseProhibited(LicenceError):
     ) -> None:
         super().__init__(message, hint=hint)
         self.check = check
+
+
+class PartyError(OnshoreError, Terminal):
+    """A party (a site or the coordinator, each in its own folder) cannot act as asked: its
+    identity or a peer's is missing or not valid, or a message between parties was refused."""
+
+    code = "party"
+    exit_code = 18
+
+
+class NotAParty(PartyError):
+    """The command crosses a border, which only a party does: run it in a party's folder
+    (``onshore init DIR --example three-regions --parties``), not in a lab project that holds
+    several sites' data on one machine."""
+
+    code = "party.not_a_party"
+
+
+class PeerNotFound(PartyError):
+    """No identity on file for the party named: it was never added with
+    ``onshore party trust``, or the name is wrong."""
+
+    code = "party.peer_not_found"
+
+
+class IdentityInvalid(PartyError):
+    """A party's identity file is not JSON, misses a field, or its signature is not the one its
+    own ledger key makes: it was changed after it was exported, or it is not an identity."""
+
+    code = "party.identity_invalid"
+
+
+class CertificateError(PartyError):
+    """A party's TLS certificate is missing, unreadable, expired, not yet valid, or not made for
+    the address a peer uses to reach it."""
+
+    code = "party.certificate"
+
+
+class RequestRefused(PartyError):
+    """A party refused a message: its sender is not a peer on file, its signature is not the
+    sender's, it was seen before, its clock is minutes off, an object does not match its hash,
+    the body is too large or ended early. ``reason`` is one word for scripts; the refusal is
+    recorded where it arrived."""
+
+    code = "party.refused"
+    exit_code = 20
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, reason: str = "refused", party: str = ""
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+        self.party = party
+        """The party that refused."""
+
+    def to_dict(self) -> dict[str, str | int | None]:
+        return {**super().to_dict(), "reason": self.reason, "refused_by": self.party or None}
+
+
+class PeerUnreachable(OnshoreError, Transient):
+    """A party's service did not answer: it is not running, the address or port is wrong, a
+    firewall is in the way, or the TLS handshake failed. Nothing was sent; rerun once it is
+    up."""
+
+    code = "peer_unreachable"
+    exit_code = 19
 
 
 def _catalogue() -> dict[str, type[OnshoreError]]:

@@ -30,6 +30,7 @@ __all__ = [
     "ComputeProfile",
     "CoordinatorSettings",
     "FleetSettings",
+    "PartySettings",
     "PrivacySettings",
     "Project",
     "ResponsiblePerson",
@@ -39,6 +40,7 @@ __all__ = [
     "SiteSettings",
     "find_project",
     "load_project",
+    "parse_settings",
     "redact_url",
 ]
 
@@ -196,6 +198,40 @@ class CoordinatorSettings(_Model):
     keystore: str = "keys/coordinator"
 
 
+class PartySettings(_Model):
+    """Which party this folder is (``[party]``), and how its service is reached.
+
+    A party is whoever runs a part of onshore in its own data centre: one site, or the
+    coordinator. Its folder holds its own settings, store, catalogue and keystore, and its peers'
+    public identities under ``peers/`` (nothing of theirs that is secret). A folder without
+    ``[party]`` is a lab project: several sites' data on one machine, for simulation and
+    benchmarks, which never crosses a border."""
+
+    id: SiteId
+    """The site id this folder is (one of ``[sites]``), or the coordinator's id."""
+    host: str = "127.0.0.1"
+    """Where ``onshore serve`` listens (``0.0.0.0`` for every address)."""
+    port: int = Field(default=8443, ge=1, le=65535)
+    endpoint: str | None = None
+    """The URL peers reach the service at, e.g. ``https://shanghai.example.com:8443``; default
+    ``https://HOST:PORT``. Its host must be one the TLS certificate names."""
+    clock_skew_seconds: int = Field(default=90, ge=1, le=3600)
+    """How far a peer's clock may be from this one's before its messages are refused."""
+    max_body_bytes: int = Field(default=1 << 30, ge=1024)
+    """The largest request body the service accepts (objects of a transfer included)."""
+    federation: str | None = None
+    """The coordinator's SuperLink as sites reach it (``host:port``); coordinator only,
+    default the endpoint's host on port 9092."""
+
+    @property
+    def url(self) -> str:
+        """The endpoint peers use: ``endpoint``, else ``https://HOST:PORT``."""
+        if self.endpoint:
+            return self.endpoint.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+
 class RulebookSettings(_Model):
     """Which rulebooks the project uses (``[rulebooks]``)."""
 
@@ -210,6 +246,8 @@ class Settings(_Model):
 
     name: str = "onshore"
     """A name for the project, shown in reports."""
+    party: PartySettings | None = None
+    """``[party]``: set in a party's folder; absent in a lab project."""
     sites: dict[str, SiteSettings] = Field(default_factory=dict)
     coordinator: CoordinatorSettings = CoordinatorSettings()
     rulebooks: RulebookSettings = RulebookSettings()
@@ -229,6 +267,17 @@ class Project:
     def config_path(self) -> Path:
         return self.root / CONFIG_NAME
 
+    @property
+    def party(self) -> PartySettings | None:
+        """This folder's party, or None in a lab project."""
+        return self.settings.party
+
+    @property
+    def is_coordinator(self) -> bool:
+        """Whether this folder is the coordinator's party."""
+        party = self.settings.party
+        return party is not None and party.id == self.settings.coordinator.id
+
     def site(self, site_id: str) -> SiteSettings:
         """The site called ``site_id``; raises :class:`SiteNotFound` naming the declared ones."""
         try:
@@ -239,6 +288,30 @@ class Project:
                 f"no site {site_id!r} in {self.config_path}",
                 hint=f"declared sites: {known}",
             ) from None
+
+    def site_for(self, site_id: str | None) -> str:
+        """The site a command acts for: in a party's folder its own (``site_id``, if given,
+        must be it: a party opens no other party's data); in a lab project ``site_id``, which
+        must be given. Raises :class:`ConfigError` otherwise."""
+        party = self.settings.party
+        if party is None:
+            if site_id is None:
+                known = ", ".join(sorted(self.settings.sites)) or "none"
+                raise ConfigError("which site? pass --site", hint=f"this project's sites: {known}")
+            self.site(site_id)
+            return site_id
+        if self.is_coordinator:
+            raise ConfigError(
+                f"{self.root} is the coordinator's folder, which holds no site",
+                hint="run the command in the site's own folder",
+            )
+        if site_id is not None and site_id != party.id:
+            raise ConfigError(
+                f"{self.root} is the folder of {party.id}, not of {site_id}",
+                hint=f"run the command in {site_id}'s own folder: a party opens no other "
+                "party's store, catalogue or keys",
+            )
+        return party.id
 
     def store_url(self, site: SiteSettings | CoordinatorSettings) -> str:
         """The site's store as an fsspec URL or absolute path."""
@@ -274,7 +347,7 @@ def _parse(raw: dict[str, object], source: Path) -> Settings:
     project = raw.get("project", {})
     sites_raw = raw.get("sites", {})
     deidentify = raw.get("deidentify", {})
-    unknown = set(raw) - {"project", "sites", "deidentify", "rulebooks", "coordinator"}
+    unknown = set(raw) - {"project", "party", "sites", "deidentify", "rulebooks", "coordinator"}
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {', '.join(sorted(unknown))}")
     if not isinstance(project, dict) or not isinstance(sites_raw, dict):
@@ -294,13 +367,14 @@ def _parse(raw: dict[str, object], source: Path) -> Settings:
         sites[site_id] = merged
     profiles = _profiles(deidentify, source)
     try:
-        return Settings.model_validate(
+        settings = Settings.model_validate(
             {
                 **project,
                 "sites": sites,
                 "deidentify_profiles": profiles,
                 "rulebooks": raw.get("rulebooks", {}),
                 "coordinator": raw.get("coordinator", {}),
+                "party": raw.get("party"),
             }
         )
     except ValidationError as exc:
@@ -312,6 +386,23 @@ def _parse(raw: dict[str, object], source: Path) -> Settings:
         raise ConfigError(
             f"{source}: {where}: {first['msg']}", hint=f"{exc.error_count()} problem(s) in all"
         ) from exc
+    party = settings.party
+    if party is not None:
+        if party.id != settings.coordinator.id and party.id not in settings.sites:
+            raise ConfigError(
+                f"{source}: [party] id {party.id!r} is neither a site of this folder nor the "
+                f"coordinator ({settings.coordinator.id!r})",
+                hint="a party's folder declares its own site in [sites.ID], or is the "
+                "coordinator's",
+            )
+        others = sorted(set(settings.sites) - {party.id})
+        if others:
+            raise ConfigError(
+                f"{source}: party {party.id} also declares site(s) {', '.join(others)}",
+                hint="each site is a party of its own, in its own folder; peers are known by "
+                "their identities under peers/ (onshore party trust)",
+            )
+    return settings
 
 
 def _profiles(section: object, source: Path) -> dict[str, list[dict[str, Any]]]:
@@ -337,6 +428,16 @@ def _default_catalogue(store: str, source: Path, site_id: str) -> str:
         )
     folder = store.removeprefix("file://")
     return f"sqlite:///{folder}/catalogue.sqlite"
+
+
+def parse_settings(text: str, source: Path) -> Settings:
+    """Parse the text of an ``onshore.toml`` (``source`` names it in errors); raises
+    :class:`ConfigError` naming the field."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    return _parse(raw, source)
 
 
 def find_project(start: Path | None = None) -> Path:
@@ -368,8 +469,4 @@ def load_project(path: Path | None = None) -> Project:
             f"no {CONFIG_NAME} in {root}",
             hint="run 'onshore init DIR --example three-regions' first",
         )
-    try:
-        raw = tomllib.loads(config.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{config}: not valid TOML: {exc}") from exc
-    return Project(root.resolve(), _parse(raw, config))
+    return Project(root.resolve(), parse_settings(config.read_text(encoding="utf-8"), config))

@@ -19,6 +19,7 @@ from onshore.cli import (
     fleet,
     gate,
     ledger,
+    party,
     project,
     release,
     report,
@@ -40,6 +41,7 @@ app = typer.Typer(
     add_completion=False,
 )
 project.register(app)
+party.register(app)
 app.add_typer(fleet.app, name="fleet")
 app.add_typer(rulebook.app, name="rulebook")
 app.add_typer(gate.gate_app, name="gate")

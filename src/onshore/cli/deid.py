@@ -26,7 +26,7 @@ __all__ = ["register"]
 
 
 def classify(
-    site: SiteOption,
+    site: SiteOption = None,
     project: ProjectOption = None,
     as_of: Annotated[
         str | None,
@@ -48,6 +48,7 @@ def classify(
     except ValueError:
         raise ConfigError(f"--as-of {as_of!r} is not a date (YYYY-MM-DD)") from None
     proj = load_project(project)
+    site = proj.site_for(site)
     book = project_rulebooks(proj).for_origin(proj.site(site).jurisdiction)
     with (
         SiteStore.open(proj, site) as opened,
@@ -108,10 +109,10 @@ def classify(
 
 
 def deidentify(
-    site: SiteOption,
     profile: Annotated[
         str, typer.Option(help="Profile: training, export, or one of onshore.toml.")
     ],
+    site: SiteOption = None,
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -121,6 +122,7 @@ def deidentify(
     from onshore.sites.keystore import load_keystore
 
     proj = load_project(project)
+    site = proj.site_for(site)
     chosen = resolve_profile(profile, proj.settings.deidentify_profiles)
     keys = load_keystore(proj.keystore_path(proj.site(site)))
     with (

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from onshore.cli.output import JsonOption, ProjectOption, console, emit, progress_bar
-from onshore.errors import ConfigError
+from onshore.errors import ConfigError, ProjectNotFound
 from onshore.settings import load_project
 
 __all__ = ["app"]
@@ -51,6 +52,11 @@ def simulate(
     from onshore.fleet import simulate_fleet, simulate_site
     from onshore.store import SiteStore
 
+    if site is None and region is None:
+        with contextlib.suppress(ProjectNotFound):
+            found = load_project(project)
+            if found.party is not None and not found.is_coordinator:
+                site = found.party.id  # a site's own folder simulates its own fleet
     if (site is None) == (region is None):
         raise ConfigError("give exactly one of --site (in a project) or --region (cn, eu, us)")
     with progress_bar(f"simulate {site or region}", len(_STAGES), unit="stages") as bar:

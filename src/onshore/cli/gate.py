@@ -36,13 +36,11 @@ from onshore.gate import (
     approval_status,
     parse_request,
 )
-from onshore.ledger import Ledger
+from onshore.gate.record import add_approval, revoke_approval
 from onshore.rulebook import Rulebooks, builtin_rulebooks
 from onshore.rulebook.loader import project_rulebooks
 from onshore.settings import Project, load_project
 from onshore.store.catalogue import Catalogue
-from onshore.transfer import ledger_history
-from onshore.transfer.approvals import add_approval, revoke_approval, trusted_approvals
 
 __all__ = ["approvals_app", "gate_app"]
 
@@ -79,8 +77,10 @@ def _registry(project: Project, site_id: str, rulebooks: Rulebooks) -> ApprovalR
 
 def _site_gate(project: Project, site_id: str, request: GateRequest) -> Gate:
     """The gate as ``site_id`` runs it: the project's rulebooks and, unless the request brings
-    its own, the approvals in the site's registry; a request without ``history`` is counted
-    against the transfers out of the site that its ledger records."""
+    its own, the approvals on file as its ledger records them; a request without ``history``
+    is counted against the persons that crossed the site's borders before."""
+    from onshore.gate.site import OpenSite
+
     site = project.site(site_id)
     rulebooks = project_rulebooks(project)
     try:
@@ -93,17 +93,22 @@ def _site_gate(project: Project, site_id: str, request: GateRequest) -> Gate:
             f"{site_id} ({site.jurisdiction})",
             hint="check a transfer at the site its data comes from",
         )
-    registry = _registry(project, site_id, rulebooks)
-    try:
-        ledger = Ledger.open(registry.catalogue)
+    with OpenSite.open(project, site_id) as opened:
         approvals = request.approvals
         if approvals is None:
-            approvals = tuple(trusted_approvals(registry, ledger))
+            approvals = tuple(opened.approvals())
         # Read once, now: the catalogue closes before the gate decides.
-        history = ledger_history(ledger)(request, date.min)
-    finally:
-        registry.catalogue.close()
+        history = opened.crossings.past(date.min, {})
     return Gate(rulebooks, approvals, history=lambda _request, _since: history)
+
+
+def _in_site_folder(project: Path | None) -> bool:
+    """Whether the command runs in a site's own folder (whose gate then decides)."""
+    try:
+        loaded = load_project(project)
+    except ProjectNotFound:
+        return False
+    return loaded.party is not None and not loaded.is_coordinator
 
 
 def _rulebooks(project: Path | None) -> Rulebooks:
@@ -159,8 +164,9 @@ def check(
     10 if it would be denied; the decision is printed either way."""
     text = sys.stdin.buffer.read() if str(request_file) == "-" else request_file.read_bytes()
     request = parse_request(text)
-    if site is not None:
-        gate = _site_gate(load_project(project), site, request)
+    if site is not None or _in_site_folder(project):
+        loaded = load_project(project)
+        gate = _site_gate(loaded, loaded.site_for(site), request)
     else:
         gate = Gate(_rulebooks(project), request.approvals or ())
     decision: Decision = gate.decide(request)
@@ -219,7 +225,6 @@ def _render_statuses(d: dict[str, Any]) -> None:
 
 @approvals_app.command("add")
 def add(
-    site: SiteOption,
     approval_id: Annotated[str, typer.Option("--id", help="Its id on file, e.g. CAC-2026-017.")],
     kind: Annotated[
         str,
@@ -244,12 +249,14 @@ def add(
     origin: Annotated[
         str | None, typer.Option(help="Whose data it covers (default: the site's jurisdiction).")
     ] = None,
+    site: SiteOption = None,
     project: ProjectOption = None,
     as_of: AsOfOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Put an approval on file at a site; shows its deadlines from the rulebook."""
     proj = load_project(project)
+    site = proj.site_for(site)
     rulebooks = project_rulebooks(proj)
     on = _day(as_of, "--as-of") if as_of else date.today()
     approval = _approval(
@@ -287,7 +294,7 @@ def add(
 
 @approvals_app.command("list")
 def list_approvals(
-    site: SiteOption,
+    site: SiteOption = None,
     project: ProjectOption = None,
     as_of: AsOfOption = None,
     as_json: JsonOption = False,
@@ -295,6 +302,7 @@ def list_approvals(
     """The approvals on file at a site, with their deadlines and status; warns about those
     whose renewal is due."""
     proj = load_project(project)
+    site = proj.site_for(site)
     rulebooks = project_rulebooks(proj)
     on = _day(as_of, "--as-of") if as_of else date.today()
     registry = _registry(proj, site, rulebooks)
@@ -314,13 +322,14 @@ def list_approvals(
 @approvals_app.command()
 def revoke(
     approval_id: Annotated[str, typer.Argument(metavar="ID", help="The approval's id on file.")],
-    site: SiteOption,
     reason: Annotated[str, typer.Option(help="Why it is revoked (kept on file).")],
+    site: SiteOption = None,
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Revoke an approval: it stays on file, for the record, and covers nothing any more."""
     proj = load_project(project)
+    site = proj.site_for(site)
     revoked, seq = revoke_approval(proj, site, approval_id, reason)
     data = {"site": site, "approval": revoked.model_dump(mode="json"), "ledger_seq": seq}
 

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from onshore.cli.output import JsonOption, ProjectOption, console, emit
+from onshore.errors import ConfigError
 from onshore.settings import load_project
 from onshore.sites import EXAMPLES, describe_sites, init_project
 
@@ -20,9 +21,48 @@ def init(
     example: Annotated[
         str, typer.Option(help=f"Project template: {', '.join(EXAMPLES)}.")
     ] = "three-regions",
+    parties: Annotated[
+        bool,
+        typer.Option(
+            "--parties",
+            help="Make a folder per party (each site and the coordinator) under FOLDER, each "
+            "with its own keys, and add each one's identity to the others'.",
+        ),
+    ] = False,
+    party: Annotated[
+        str | None,
+        typer.Option(
+            "--party",
+            help="Make only this party's folder, FOLDER/PARTY (a data centre makes its own; "
+            "exchange identities with 'onshore party identity' and 'onshore party trust').",
+        ),
+    ] = None,
+    address: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--address",
+            help="Where a party is reached, PARTY=HOST[:PORT] (repeat; default 127.0.0.1, "
+            "ports 8441 upwards).",
+        ),
+    ] = None,
+    federation: Annotated[
+        str | None,
+        typer.Option(help="The coordinator's SuperLink as sites reach it, HOST:PORT."),
+    ] = None,
+    name: Annotated[
+        list[str] | None,
+        typer.Option("--name", help="Another host name or address the certificates cover."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Create a project: onshore.toml, each site's store folder and its keystore."""
+    """Create a project: onshore.toml, each site's store folder and its keystore. With
+    --parties (or --party), a folder per party instead: what a deployment across data centres
+    runs, one 'onshore serve' per party."""
+    if parties or party is not None:
+        _init_parties(folder, example, party, address or [], federation, name or [], as_json)
+        return
+    if address or federation or name:
+        raise ConfigError("--address, --federation and --name go with --parties or --party")
     project = init_project(folder, example)
     data = {
         "project": str(project.root),
@@ -37,6 +77,54 @@ def init(
         console.print(f"Next: onshore fleet simulate --project {d['project']} --site SITE ...")
 
     emit(data, as_json, render)
+
+
+def _init_parties(
+    folder: Path,
+    example: str,
+    only: str | None,
+    addresses: list[str],
+    federation: str | None,
+    names: list[str],
+    as_json: bool,
+) -> None:
+    from onshore.parties.identity import identity_of
+    from onshore.parties.init import init_parties, parse_address
+
+    parsed = dict(parse_address(a) for a in addresses)
+    made = init_parties(
+        folder, example, only=only, addresses=parsed, federation=federation, names=names
+    )
+    rows = []
+    for party_id, project in made.items():
+        found = identity_of(project)
+        rows.append(
+            {
+                "party": party_id,
+                "role": found.role,
+                "folder": str(project.root),
+                "endpoint": found.endpoint,
+                "key": found.key_fingerprint,
+                "peers": sorted(
+                    p.name.removesuffix(".json") for p in (project.root / "peers").glob("*.json")
+                ),
+            }
+        )
+
+    def render(data: list[dict[str, Any]]) -> None:
+        for r in data:
+            console.print(f"Created {r['folder']} ({r['role']} {r['party']}, {r['endpoint']})")
+            console.print(
+                f"  ledger key {r['key'][:16]}..., peers on file: {', '.join(r['peers']) or 'none'}"
+            )
+        console.print("Next, in each folder: onshore serve")
+        if only is not None:
+            console.print(
+                "Exchange identities first: 'onshore party identity -o FILE' here, "
+                "'onshore party trust FILE' at each peer, and the other way round"
+            )
+
+    emit(rows, as_json, render)
 
 
 def sites(project: ProjectOption = None, as_json: JsonOption = False) -> None:

@@ -28,7 +28,7 @@ OutOption = Annotated[
 
 def _run(
     kind: str,
-    site: str,
+    site: str | None,
     project_path: Path | None,
     out: Path | None,
     as_json: bool,
@@ -37,6 +37,7 @@ def _run(
     from onshore.reports import build_report, write_report
 
     project = load_project(project_path)
+    site = project.site_for(site)
     report = build_report(project, kind, site, **options)
     paths = write_report(report, out or project.root / "reports" / site)
     data = {"paths": {k: str(v) for k, v in paths.items()}, "report": report.as_dict()}
@@ -51,7 +52,7 @@ def _run(
 
 @app.command("cn-annual")
 def cn_annual(
-    site: SiteOption,
+    site: SiteOption = None,
     year: Annotated[
         int, typer.Option("--year", help="Calendar year reported (default: this year).")
     ] = datetime.now(UTC).year,
@@ -65,8 +66,8 @@ def cn_annual(
 
 @app.command("outbound-dossier")
 def outbound_dossier(
-    site: SiteOption,
     recipient: Annotated[str, typer.Option("--recipient", help="The receiving legal entity.")],
+    site: SiteOption = None,
     out: OutOption = None,
     project: ProjectOption = None,
     as_json: JsonOption = False,
@@ -77,7 +78,7 @@ def outbound_dossier(
 
 @app.command("eu-transfers")
 def eu_transfers(
-    site: SiteOption,
+    site: SiteOption = None,
     out: OutOption = None,
     project: ProjectOption = None,
     as_json: JsonOption = False,
@@ -88,7 +89,7 @@ def eu_transfers(
 
 @app.command("us-bulk-data")
 def us_bulk_data(
-    site: SiteOption,
+    site: SiteOption = None,
     out: OutOption = None,
     project: ProjectOption = None,
     as_json: JsonOption = False,

@@ -14,12 +14,19 @@ from onshore.store import SiteStore
 
 __all__ = ["register"]
 
-SiteOption = Annotated[str, typer.Option("--site", "-s", help="Site id, e.g. cn-shanghai.")]
+SiteOption = Annotated[
+    str | None,
+    typer.Option(
+        "--site",
+        "-s",
+        help="Site id, e.g. cn-shanghai (in a party's folder: its own, the default).",
+    ),
+]
 
 
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="MCAP, Parquet or CSV files, or folders.")],
-    site: SiteOption,
+    site: SiteOption = None,
     project: ProjectOption = None,
     keep_bad: Annotated[
         bool, typer.Option("--keep-bad", help="Copy bad files to quarantine but keep the source.")
@@ -30,6 +37,7 @@ def ingest(
     from onshore.store.ingest import ingest as run_ingest
 
     proj = load_project(project)
+    site = proj.site_for(site)
     with (
         SiteStore.open(proj, site) as opened,
         progress_bar(f"ingest {site}", None, unit="bytes") as bar,
@@ -58,7 +66,9 @@ def ingest(
     emit(report.as_dict(), as_json, render)
 
 
-def inventory(site: SiteOption, project: ProjectOption = None, as_json: JsonOption = False) -> None:
+def inventory(
+    site: SiteOption = None, project: ProjectOption = None, as_json: JsonOption = False
+) -> None:
     """What the site holds: clips, vehicles, rows, bytes, time range, consent shares."""
     with SiteStore.open(load_project(project), site) as opened:
         data = opened.catalogue.inventory()
@@ -102,7 +112,7 @@ store_app = typer.Typer(help="Check a site's store.", no_args_is_help=True)
 
 @store_app.command()
 def verify(
-    site: SiteOption,
+    site: SiteOption = None,
     project: ProjectOption = None,
     deep: Annotated[bool, typer.Option(help="Also re-hash every clip object.")] = False,
     as_json: JsonOption = False,

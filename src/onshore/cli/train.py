@@ -4,7 +4,6 @@ the site's own test split beside the constant-velocity baseline."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -69,11 +68,29 @@ def train(
     ] = 1.0,
     superlink: Annotated[
         str | None,
-        typer.Option(help="Federated across data centres: the SuperLink HOST:PORT to run on."),
+        typer.Option(
+            help="Federated, in the coordinator's folder: the SuperLink HOST:PORT (default: "
+            "the federation address of its identity)."
+        ),
     ] = None,
-    root_certificates: Annotated[
-        Path | None, typer.Option(help="With --superlink: the federation's CA certificate.")
-    ] = None,
+    round_timeout: Annotated[
+        float,
+        typer.Option(
+            "--round-timeout",
+            min=1.0,
+            help="Federated: seconds a round waits for the sites; one that does not answer is "
+            "left out of it and named.",
+        ),
+    ] = 600.0,
+    join_timeout: Annotated[
+        float,
+        typer.Option(
+            "--join-timeout",
+            min=1.0,
+            help="Federated: seconds to wait for every site's SuperNode before round 1; the "
+            "run goes on with those that joined.",
+        ),
+    ] = 120.0,
     run: Annotated[
         str | None,
         typer.Option(help="Run id (default: a new one); an unfinished run's id resumes it."),
@@ -91,8 +108,8 @@ def train(
     build_model(model)  # an unknown name fails here, before any site is read
 
     def say(message: str) -> None:
-        if not as_json:
-            err_console.print(f"[bold cyan]>[/] {message}")
+        # Progress goes to stderr, with --json too: stdout keeps the one JSON document.
+        err_console.print(f"[bold cyan]>[/] {message}")
 
     if mode == "local":
         from onshore.model.local import LocalOptions, train_sites_locally
@@ -117,9 +134,28 @@ def train(
     from onshore.federation import FederatedOptions
     from onshore.model.local import new_run_id
 
-    chosen = tuple(sites) if sites else tuple(proj.settings.sites)
+    deployed = proj.party is not None
+    if deployed and not proj.is_coordinator:
+        from onshore.errors import NotAParty
+
+        raise NotAParty(
+            f"{proj.root} is a site's folder: a federated run starts at the coordinator",
+            hint="run it in the coordinator's folder; here, join with 'onshore site join'",
+        )
+    if deployed:
+        from onshore.parties.identity import load_peers
+
+        known = tuple(p.id for p in load_peers(proj).sites())
+    else:
+        known = tuple(proj.settings.sites)
+    chosen = tuple(sites) if sites else known
     for site in chosen:
-        proj.site(site)
+        if site not in known:
+            from onshore.errors import SiteNotFound
+
+            raise SiteNotFound(
+                f"no site {site!r} here", hint=f"sites: {', '.join(known) or 'none'}"
+            )
     fed = FederatedOptions(
         run=run or new_run_id("federated" if mode == "federated" else "centralized"),
         sites=chosen,
@@ -133,21 +169,23 @@ def train(
         strategy=strategy,  # type: ignore[arg-type]  # checked by FederatedOptions
         dp=dp if dp is not None else mode == "federated",
         seed=seed,
+        timeout=round_timeout,
+        join_timeout=join_timeout,
     )
     if mode == "centralized-counterfactual":
         from onshore.federation.centralized import train_centralized
 
         emit(train_centralized(proj, fed, say=say), as_json, _render_federated)
         return
-    if superlink is not None:
+    if deployed:
         from onshore.federation.deploy import run_deployed
 
-        if root_certificates is None:
-            raise ConfigError(
-                "--superlink needs --root-certificates",
-                hint="the CA certificate onshore federation serve printed",
-            )
-        summary = run_deployed(proj, fed, superlink, root_certificates, say=say)
+        summary = run_deployed(proj, fed, superlink=superlink, say=say)
+    elif superlink is not None:
+        raise ConfigError(
+            "--superlink runs across data centres, from the coordinator's folder",
+            hint="in a lab project, federated training runs in Flower's simulation engine",
+        )
     else:
         from onshore.federation import run_federated
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from onshore.cli.output import JsonOption, ProjectOption, console, emit
+from onshore.cli.output import JsonOption, ProjectOption, console, emit, err_console
 from onshore.errors import ConfigError, TransferDenied
 from onshore.settings import load_project
 
@@ -16,8 +16,7 @@ __all__ = ["register"]
 
 
 def transfer(
-    origin: Annotated[str, typer.Option("--from", help="Site the data is at.")],
-    destination: Annotated[str, typer.Option("--to", help="Site to send it to.")],
+    destination: Annotated[str, typer.Option("--to", help="The peer site to send it to.")],
     dataset: Annotated[
         str,
         typer.Option(
@@ -27,6 +26,10 @@ def transfer(
         ),
     ],
     purpose: Annotated[str, typer.Option(help="Why, e.g. adas_training (the rulebooks' ids).")],
+    origin: Annotated[
+        str | None,
+        typer.Option("--from", help="This party's site (checked; the default is this folder's)."),
+    ] = None,
     recipient: Annotated[
         str | None,
         typer.Option(help="The receiving legal entity (default: the destination site's)."),
@@ -35,14 +38,17 @@ def transfer(
         str | None, typer.Option("--date", help="Day of the transfer, YYYY-MM-DD (today).")
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Decide and report; record and move nothing.")
+        bool, typer.Option("--dry-run", help="Decide and report; record and send nothing.")
     ] = False,
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Send data from one site to another if the gate allows it. The decision, allowed or
-    denied, goes into both sites' ledgers; only an allowed transfer copies anything. Exits 10
-    when denied."""
+    """Send data from this party's site to a peer site if its gate allows it. Run in the
+    origin's folder: the decision, allowed or denied, goes into its ledger; an allowed
+    transfer goes to the destination's service, which checks and records what it receives.
+    Exits 10 when denied; 19 when the destination does not answer (nothing is half-done: rerun
+    once it is up)."""
+    from onshore.parties.identity import load_peers
     from onshore.rulebook.evaluate import Recipient
     from onshore.transfer import transfer as run_transfer
 
@@ -55,10 +61,23 @@ def transfer(
             raise ConfigError(f"--date {on!r} is not a date (YYYY-MM-DD)") from None
     who = None
     if recipient is not None:
-        site = proj.site(destination)
-        who = Recipient(name=recipient, country=site.location, linked_to=tuple(site.linked_to))
+        peer = load_peers(proj).get_peer(destination)
+        who = Recipient(name=recipient, country=peer.country, linked_to=peer.linked_to)
+    say = (
+        (lambda m: err_console.print(f"[dim]{m}[/]"))
+        if not as_json
+        else (lambda m: err_console.print(m))
+    )
     report = run_transfer(
-        proj, origin, destination, dataset, purpose, recipient=who, day=day, dry_run=dry_run
+        proj,
+        destination,
+        dataset,
+        purpose,
+        origin_id=origin,
+        recipient=who,
+        day=day,
+        dry_run=dry_run,
+        say=say,
     )
     emit(report.as_dict(), as_json, _render)
     if not report.allowed:

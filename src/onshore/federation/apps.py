@@ -10,7 +10,8 @@ first mod of every ClientApp onshore builds; nothing a run is given can remove i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -30,6 +31,7 @@ from onshore.federation.site import evaluate_reply, outbound, train_reply
 from onshore.ledger import Ledger
 from onshore.model.local import RUNS_DIR, _read_json, _write_atomically
 from onshore.model.nets import build_model
+from onshore.parties.identity import load_peers, site_facts
 from onshore.settings import Project, load_project
 from onshore.sites.keystore import PUBLIC_FILE, SiteKeys, create_keystore, load_keystore
 from onshore.store.catalogue import Catalogue
@@ -84,7 +86,11 @@ def coordinator_keys(project: Project) -> SiteKeys:
 
 
 def site_public_keys(project: Project, sites: Sequence[str]) -> dict[str, Ed25519PublicKey]:
-    """The sites' public keys, as each site's keystore publishes them (``ed25519.pub``)."""
+    """The sites' public keys: their identities on file in the coordinator's folder, or, in
+    a lab project, what each site's keystore publishes (``ed25519.pub``)."""
+    if project.party is not None:
+        peers = load_peers(project)
+        return {site_id: peers.get_peer(site_id).key for site_id in sites}
     keys = {}
     for site_id in sites:
         path = project.keystore_path(project.site(site_id)) / PUBLIC_FILE
@@ -167,13 +173,53 @@ def coordinate(grid: Grid, options: FederatedOptions, say: Callable[[str], None]
         def on_model(server_round: int, arrays: ArrayRecord) -> None:
             objects.put(_checkpoint_path(options, server_round), _safetensors(arrays, options))
 
+        registered = _registered(project, options)
         governance = Governance(
-            options, site_public_keys(project, options.sites), on_phase, on_model=on_model
+            options,
+            site_public_keys(project, options.sites),
+            on_phase,
+            on_model=on_model,
+            node_sites=registered,
         )
         governance.offset = done
         strategy = make_strategy(options, governance)
+        present = _await_sites(grid, options, registered, say)
+        strategy.min_available_nodes = max(1, len(present))
+        absent = [s for s in options.sites if s not in present.values()] if registered else []
+        if absent:
+            ledger.append(
+                "federated_sites_absent",
+                {
+                    "run": options.run,
+                    "sites": absent,
+                    "join_timeout": options.join_timeout,
+                    "reason": "their SuperNodes did not connect before round 1",
+                },
+            )
+            rounds.append(
+                {
+                    "round": done + 1,
+                    "kind": "join",
+                    "sent": {},
+                    "received": {},
+                    "accepted": [],
+                    "refused": [
+                        {
+                            "site": s,
+                            "reason": "not_connected",
+                            "detail": f"its SuperNode did not connect within "
+                            f"{options.join_timeout:g} s; the run went on without it",
+                        }
+                        for s in absent
+                    ],
+                    "missing": absent,
+                }
+            )
+            say(
+                f"going on without {', '.join(absent)}: not connected in {options.join_timeout:g} s"
+            )
         final = initial
-        if options.rounds > done:
+        if options.rounds > done and present:
             result = strategy.start(
                 grid=grid,
                 initial_arrays=initial,
@@ -211,6 +257,38 @@ def coordinate(grid: Grid, options: FederatedOptions, say: Callable[[str], None]
         )
     finally:
         catalogue.close()
+
+
+def _registered(project: Project, options: FederatedOptions) -> dict[int, str]:
+    """Deployed: which SuperNode is which of the run's sites, as the coordinator registered
+    them; empty in simulation, where nodes are the run's sites in order."""
+    if project.party is None:
+        return {}
+    from onshore.federation.deploy import node_sites
+
+    return {node: site for node, site in node_sites(project).items() if site in options.sites}
+
+
+def _await_sites(
+    grid: Grid, options: FederatedOptions, registered: Mapping[int, str], say: Callable[[str], None]
+) -> dict[int, str]:
+    """Wait, at most ``options.join_timeout`` seconds, for every site's node to connect;
+    return the nodes that did (by site when registered)."""
+    wanted = len(options.sites)
+    deadline = time.monotonic() + options.join_timeout
+    told = False
+    while True:
+        ids = set(grid.get_node_ids())
+        if registered:
+            present = {n: s for n, s in registered.items() if n in ids}
+        else:
+            present = {n: str(n) for n in ids}
+        if len(present) >= wanted or time.monotonic() >= deadline:
+            return present
+        if not told:
+            say(f"waiting for the sites' SuperNodes: {len(present)} of {wanted} connected")
+            told = True
+        time.sleep(1.0)
 
 
 def _safetensors(arrays: ArrayRecord, options: FederatedOptions) -> bytes:
@@ -285,7 +363,7 @@ def _summary(
         for site, metrics in evaluations[server_round].items():
             regions[site] = {
                 "site": site,
-                "jurisdiction": project.site(site).jurisdiction,
+                "jurisdiction": site_facts(project, site).jurisdiction,
                 "round": server_round,
                 "ade": metrics.get("ade"),
                 "fde": metrics.get("fde"),
@@ -308,6 +386,10 @@ def _summary(
             if m is not None:
                 found = m.get("epsilon-run")
         epsilon[site] = None if not options.dp else found
+    reported: dict[str, dict[str, float]] = {}
+    for server_round in sorted(evaluations):
+        for site, metrics in evaluations[server_round].items():
+            reported[site] = metrics
     crossed: dict[str, int] = dict.fromkeys(options.sites, 0)
     per_round: dict[int, dict[str, dict[str, int]]] = {}
     for record in rounds:
@@ -335,7 +417,9 @@ def _summary(
         "options": options.settings(),
         "regions": regions,
         "epsilon": epsilon,
-        "delta": {s: project.site(s).privacy.delta for s in options.sites},
+        # Each site states its own budget: the coordinator knows it only from the site.
+        "delta": {s: reported.get(s, {}).get("delta") for s in options.sites},
+        "budget_epsilon": {s: reported.get(s, {}).get("budget-epsilon") for s in options.sites},
         "bytes_crossed": crossed,
         "bytes_per_round": {str(k): v for k, v in sorted(per_round.items())},
         "refusals": refusals,

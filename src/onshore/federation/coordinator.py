@@ -90,6 +90,7 @@ class Governance:
         on_phase: Any = None,
         *,
         on_model: Any = None,
+        node_sites: Mapping[int, str] | None = None,
     ) -> None:
         self.options = options
         self.on_model = on_model
@@ -98,13 +99,18 @@ class Governance:
         self.public_keys = dict(public_keys)
         self.on_phase = on_phase
         self.seen: set[str] = set()
-        self.node_site: dict[int, str] = {}
+        self.node_site: dict[int, str] = dict(node_sites or {})
+        self.allowed: set[int] | None = set(node_sites) if node_sites else None
+        """The nodes the coordinator registered for the run's sites (deployed): no message
+        goes to any other node."""
         self.current: RoundLog | None = None
         self.logs: list[RoundLog] = []
         self.evaluations: dict[int, dict[str, dict[str, float]]] = {}
 
     def start(self, server_round: int, kind: str, messages: Iterable[Message]) -> list[Message]:
-        out = list(messages)
+        out = [
+            m for m in messages if self.allowed is None or m.metadata.dst_node_id in self.allowed
+        ]
         log = RoundLog(server_round, kind)
         for message in out:
             arrays = message.content.array_records.get(ARRAYS)
@@ -150,6 +156,16 @@ class Governance:
             log.received[admitted.site] = log.received.get(admitted.site, 0) + admitted.bytes
             log.accepted.append(admitted)
         log.missing = sorted(set(log.sent) - answered)
+        for node in log.missing:
+            # Gone mid-round, or too slow: the round went on without it, and says so.
+            log.refused.append(
+                {
+                    "node": node,
+                    "site": self.node_site.get(node),
+                    "reason": "no_reply",
+                    "detail": f"no answer within {self.options.timeout:g} s; the round went on",
+                }
+            )
         self.current = None
         self.logs.append(log)
         if self.on_phase is not None:

@@ -1,20 +1,30 @@
 """Running the federation across data centres with Flower's deployment engine: a SuperLink at
-the coordinator (:func:`serve`), a SuperNode next to each site's data (:func:`join`), both over
-TLS with certificates onshore makes (:func:`make_certificates`), and runs submitted to the
-SuperLink (:func:`run_deployed`).
+the coordinator (:func:`serve`), a SuperNode next to each site's data (:func:`join`), and runs
+submitted to the SuperLink (:func:`run_deployed`). Each is a party's process, started in that
+party's folder with only that party's keys.
+
+- TLS: the SuperLink presents the coordinator's own certificate (its identity's); a site's
+  SuperNode trusts exactly that certificate, from the coordinator's identity on file.
+- SuperNode authentication: each site's SuperNode signs with its own key (``keys/node.key``);
+  the SuperLink admits only the keys the coordinator registered, those of the sites on file
+  (:func:`register_sites`), and the coordinator knows which node is which site by them.
+- What runs: Flower starts ``flwr-clientapp`` and ``flwr-serverapp`` by name for each task;
+  onshore's own programs come first on the processes' ``PATH``
+  (:mod:`onshore.federation.runner`): they run only onshore's installed apps, and only for runs
+  whose options carry the coordinator's signature.
 
 Each SuperLink and SuperNode is a separate process in a process group of its own, so that
 :meth:`FlowerProcess.stop` ends it with every process Flower started under it (SuperExec, the
-ServerApp, ClientApps). Flower never installs packages here: the apps are onshore's own
-(:mod:`onshore.federation.apps`), already installed next to Flower.
+ServerApp, ClientApps).
 
-What lives in the coordinator's project folder::
+What lives in a party's folder::
 
-    federation/certs/     ca.crt (give it to every site), ca.key, server.pem, server.key
-    federation/flower/    FLWR_HOME of the SuperLink and of each SuperNode started here
-    federation/logs/      superlink.log, supernode-<site>.log
-    runs/<run>/app/       the Flower app a run submits (its options in the run config)
-    runs/<run>/flower/    FLWR_HOME of the run's ``flwr run``: the SuperLink's address and CA
+    federation/bin/       onshore's flwr-clientapp (site) or flwr-serverapp (coordinator)
+    federation/flower/    FLWR_HOME of the SuperLink or SuperNode
+    federation/logs/      superlink.log, supernode.log
+    federation/nodes.json the coordinator's record of which SuperNode is which site
+    runs/<run>/app/       the Flower app a run submits (its signed options in the run config)
+    runs/<run>/flower/    FLWR_HOME of the run's ``flwr run``
     runs/<run>/flower.log what ``flwr run --stream`` printed
 """
 
@@ -22,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import ipaddress
 import itertools
 import os
 import re
@@ -39,41 +48,40 @@ from pathlib import Path
 from typing import IO, Any, Final, Literal
 
 import orjson
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from onshore.errors import ConfigError, FileSystemError, TrainingError
-from onshore.federation.options import RUN_CONFIG_KEY, FederatedOptions
+from onshore.errors import ConfigError, NotAParty, TrainingError
+from onshore.federation.options import RUN_CONFIG_KEY, SIGNATURE_KEY, FederatedOptions
 from onshore.federation.run import prepare_run
+from onshore.federation.runner import sign_options, write_programs
 from onshore.model.local import RUNS_DIR, _read_json, _write_atomically
+from onshore.parties.identity import LocalParty, load_peers
+from onshore.parties.tls import NODE_KEY_FILE, check_certificate
 from onshore.settings import Project
 
 __all__ = [
-    "CERTS_DIR",
     "DEFAULT_PORT",
-    "Certificates",
+    "NODES_FILE",
     "FlowerProcess",
     "find_flower",
     "foreground",
     "join",
-    "load_certificates",
     "local_federation",
-    "make_certificates",
+    "node_sites",
+    "register_sites",
     "run_deployed",
     "serve",
     "stop",
     "write_app",
 ]
 
-CERTS_DIR: Final = "federation/certs"
-"""Where :func:`serve` keeps the federation's certificates, under the coordinator's project."""
+FEDERATION_DIR: Final = "federation"
 FLOWER_DIR: Final = "federation/flower"
 LOGS_DIR: Final = "federation/logs"
+BIN_DIR: Final = "federation/bin"
+NODES_FILE: Final = "federation/nodes.json"
+"""At the coordinator: ``{site: {"node_id", "key"}}`` for every SuperNode it registered."""
 DEFAULT_PORT: Final = 9092
 """The SuperLink's port: Fleet (SuperNodes), Control (``flwr run``) and ServerAppIo share it."""
-DEFAULT_HOSTS: Final = ("localhost", "127.0.0.1")
 CONNECTION: Final = "onshore"
 """The name of the SuperLink connection in a run's Flower configuration."""
 _WILDCARDS: Final = ("0.0.0.0", "::", "")
@@ -83,201 +91,6 @@ _COLOUR: Final = re.compile(r"\x1b\[[0-9;]*m")
 _ERROR: Final = re.compile(r"^\s*(?:[\d/]+ [\d:]+:)?ERROR\s*:")
 _NOT_ERROR: Final = re.compile(r"^\s*(?:[\d/]+ [\d:]+:)?(?:DEBUG|INFO|WARNING)\s*:|For more")
 _LOG_PREFIX: Final = re.compile(r"^\s*(?:[\d/]+ [\d:]+:)?(?:DEBUG|INFO|WARNING|ERROR)\s*:\s*")
-
-
-# --- Certificates ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Certificates:
-    """The federation's certificate authority and the SuperLink's server certificate, as PEM
-    files in one folder. Sites get ``ca.crt`` only; the keys never leave the coordinator."""
-
-    folder: Path
-    hosts: tuple[str, ...]
-    """The names and addresses the server certificate is valid for (its SAN)."""
-    expires: dt.datetime
-
-    @property
-    def ca_cert(self) -> Path:
-        return self.folder / "ca.crt"
-
-    @property
-    def ca_key(self) -> Path:
-        return self.folder / "ca.key"
-
-    @property
-    def server_cert(self) -> Path:
-        return self.folder / "server.pem"
-
-    @property
-    def server_key(self) -> Path:
-        return self.folder / "server.key"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "folder": str(self.folder),
-            "ca_cert": str(self.ca_cert),
-            "ca_key": str(self.ca_key),
-            "server_cert": str(self.server_cert),
-            "server_key": str(self.server_key),
-            "hosts": list(self.hosts),
-            "expires": self.expires.isoformat(timespec="seconds"),
-        }
-
-
-def make_certificates(
-    folder: Path,
-    hosts: Sequence[str] = DEFAULT_HOSTS,
-    *,
-    overwrite: bool = False,
-    days: int = 365,
-) -> Certificates:
-    """Make a certificate authority (EC P-256) and a server certificate it signs, valid for
-    ``hosts`` (DNS names or IP addresses) for ``days``; private keys are written 0600.
-
-    Raises :class:`ConfigError` for a host that is not a name or an address, or when keys are
-    already in ``folder`` (they may be in use: sites trust that CA) unless ``overwrite``.
-    """
-    names = _subject_alt_names(hosts)
-    folder = folder.resolve()
-    certs = Certificates(folder, tuple(hosts), dt.datetime.now(dt.UTC))
-    existing = [p for p in (certs.ca_key, certs.server_key) if p.exists()]
-    if existing and not overwrite:
-        raise ConfigError(
-            f"certificates exist already in {folder}",
-            hint="sites trust that CA; pass --force to replace it (then give every site the "
-            "new ca.crt)",
-        )
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    now = dt.datetime.now(dt.UTC)
-    start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "onshore federation CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    _write_private(certs.ca_key, ca_key)
-    _write_private(certs.server_key, server_key)
-    _write_atomically(certs.ca_cert, ca.public_bytes(serialization.Encoding.PEM))
-    _write_atomically(certs.server_cert, server.public_bytes(serialization.Encoding.PEM))
-    return Certificates(folder, tuple(hosts), end.replace(microsecond=0))
-
-
-def load_certificates(folder: Path) -> Certificates:
-    """The certificates :func:`make_certificates` left in ``folder``.
-
-    Raises :class:`FileSystemError` when ca.crt, server.pem or server.key is missing,
-    :class:`ConfigError` when the server certificate cannot be read.
-    """
-    folder = folder.resolve()
-    certs = Certificates(folder, (), dt.datetime.now(dt.UTC))
-    # The CA's key is not needed to serve, and is best kept elsewhere once certificates exist.
-    missing = [
-        p.name for p in (certs.ca_cert, certs.server_cert, certs.server_key) if not p.is_file()
-    ]
-    if missing:
-        raise FileSystemError(
-            f"{folder}: no {', '.join(missing)}",
-            hint="make them with onshore federation certs",
-        )
-    server = _read_certificate(certs.server_cert)
-    try:
-        san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        san = x509.SubjectAlternativeName([])
-    hosts = [*san.get_values_for_type(x509.DNSName)]
-    hosts += [str(a) for a in san.get_values_for_type(x509.IPAddress)]
-    return Certificates(folder, tuple(hosts), server.not_valid_after_utc)
-
-
-def _subject_alt_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
-    if not hosts:
-        raise ConfigError("a server certificate needs at least one host name or address")
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-            continue
-        except ValueError:
-            pass
-        if not re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9*]([A-Za-z0-9.-]*[A-Za-z0-9])?", host):
-            raise ConfigError(
-                f"{host!r} is not a host name or an IP address",
-                hint="give names as DNS names (superlink.example.com) without scheme or port",
-            )
-        names.append(x509.DNSName(host))
-    return names
-
-
-def _write_private(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    data = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    # Created 0600 so the key is never readable by others, not even between write and chmod.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(data)
-
-
-def _read_certificate(path: Path) -> x509.Certificate:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise FileSystemError(
-            f"cannot read the certificate {path}: {exc.strerror or exc}",
-            hint="copy ca.crt from the coordinator (onshore federation serve prints where it is)",
-        ) from exc
-    try:
-        return x509.load_pem_x509_certificate(data)
-    except ValueError as exc:
-        raise ConfigError(
-            f"{path} is not a PEM certificate: {exc}",
-            hint="give the coordinator's ca.crt, as onshore federation certs wrote it",
-        ) from exc
 
 
 # --- Processes ----------------------------------------------------------------------------------
@@ -299,8 +112,6 @@ class FlowerProcess:
     """Where this process's part of :attr:`log` begins."""
     site: str | None = None
     """The site a SuperNode serves."""
-    certificates: Certificates | None = None
-    """A SuperLink's certificates."""
     node_id: int | None = None
     """The id the SuperLink gave a SuperNode when it joined."""
 
@@ -334,9 +145,9 @@ class FlowerProcess:
                 raise ConfigError(
                     f"the SuperNode of {self.site} did not join the SuperLink at "
                     f"{self.address} within {timeout:g} s: {last}",
-                    hint="check that onshore federation serve runs there, that the address "
-                    "is one its certificate names, and that --root-certificates is the "
-                    f"coordinator's ca.crt; see {self.log}",
+                    hint="check that 'onshore federation serve' runs at the coordinator, that "
+                    "the address is one its certificate names, and that the coordinator "
+                    f"registered this site (its identity on file there); see {self.log}",
                 )
             else:
                 time.sleep(0.2)
@@ -353,7 +164,6 @@ class FlowerProcess:
             "address": self.address,
             "log": str(self.log),
             **({"site": self.site, "node_id": self.node_id} if self.site else {}),
-            **({"certificates": self.certificates.as_dict()} if self.certificates else {}),
         }
 
     def __enter__(self) -> FlowerProcess:
@@ -422,13 +232,19 @@ def find_flower(name: str) -> Path:
     return Path(found)
 
 
-def _environment(flwr_home: Path) -> dict[str, str]:
-    """What Flower's processes need: this Python's programs first on PATH (the SuperLink and
+def _environment(
+    flwr_home: Path, *, programs: Path | None = None, project: Project | None = None
+) -> dict[str, str]:
+    """What Flower's processes need: onshore's task programs (``programs``, see
+    :mod:`onshore.federation.runner`) then this Python's first on PATH (the SuperLink and
     SuperNodes start flower-superexec, flwr-serverapp and flwr-clientapp by name), a home of
-    their own, and no run-time installation of an app's dependencies (it would fetch another
-    torch)."""
+    their own, the party's folder, and no run-time installation of an app's dependencies (it
+    would fetch another torch)."""
     env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    first = [str(programs)] if programs is not None else []
+    env["PATH"] = os.pathsep.join([*first, str(Path(sys.executable).parent), env.get("PATH", "")])
+    if project is not None:
+        env["ONSHORE_PROJECT"] = str(project.root)
     env.update(
         FLWR_HOME=str(flwr_home),
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
@@ -583,130 +399,6 @@ def _split_address(address: str) -> tuple[str, int]:
     return match.group(1) or match.group(3), port
 
 
-# --- SuperLink and SuperNodes -------------------------------------------------------------------
-
-
-def serve(
-    project: Project,
-    host: str = "127.0.0.1",
-    port: int = DEFAULT_PORT,
-    certs_dir: Path | None = None,
-    *,
-    hosts: Sequence[str] | None = None,
-    timeout: float = 60.0,
-) -> FlowerProcess:
-    """Start a SuperLink for ``project``'s coordinator on ``host:port`` over TLS and return it
-    once the port accepts connections. Its certificates are in ``certs_dir`` (default:
-    ``<project>/federation/certs``), made there when absent, valid for ``hosts`` (default:
-    localhost, 127.0.0.1 and ``host`` when it is a name or an address other than a wildcard).
-
-    Raises :class:`ConfigError` when Flower is not installed, the certificate has expired, the
-    port is taken, or the SuperLink ends or stays silent at its start (with what it logged).
-    """
-    binary = find_flower("flower-superlink")
-    folder = (certs_dir or project.root / CERTS_DIR).resolve()
-    if any((folder / name).exists() for name in ("ca.crt", "ca.key", "server.key")):
-        certs = load_certificates(folder)
-        if certs.expires <= dt.datetime.now(dt.UTC):
-            raise ConfigError(
-                f"the SuperLink's certificate in {folder} expired on {certs.expires:%Y-%m-%d}",
-                hint="make new ones with onshore federation certs --force, and give every "
-                "site the new ca.crt",
-            )
-    else:
-        wanted = list(hosts or DEFAULT_HOSTS)
-        if not hosts and host not in _WILDCARDS and host not in wanted:
-            wanted.append(host)
-        certs = make_certificates(folder, wanted)
-    _check_port_free(host, port)
-    home = project.root / FLOWER_DIR / "superlink"
-    home.mkdir(parents=True, exist_ok=True)
-    log = project.root / LOGS_DIR / "superlink.log"
-    command = [
-        str(binary),
-        "--ssl-ca-certfile",
-        str(certs.ca_cert),
-        "--ssl-certfile",
-        str(certs.server_cert),
-        "--ssl-keyfile",
-        str(certs.server_key),
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--disable-runtime-dependency-installation",
-    ]
-    process, offset = _start(command, env=_environment(home), log=log, cwd=project.root)
-    link = FlowerProcess(
-        "superlink",
-        _join_address(host, port),
-        log,
-        process,
-        _probe(host, port),
-        offset,
-        certificates=certs,
-    )
-    link.wait_ready(timeout)
-    return link
-
-
-def join(
-    project: Project,
-    site_id: str,
-    superlink: str,
-    root_certificate: Path,
-    *,
-    port: int | None = None,
-    timeout: float | None = 60.0,
-) -> FlowerProcess:
-    """Start a SuperNode for ``site_id`` that connects to the SuperLink at ``superlink``
-    (``host:port``) over TLS, trusting ``root_certificate`` (the coordinator's ``ca.crt``), and
-    return it once the SuperLink has registered it (:attr:`FlowerProcess.node_id`). Its
-    ClientApps find the site and its project folder in the node config. ``port``: the
-    SuperNode's own API on loopback, for its ClientApps (default: a free one, so that SuperNodes
-    of several sites can share a machine). ``timeout=None`` returns at once;
-    :meth:`FlowerProcess.wait_ready` waits later.
-
-    Raises :class:`SiteNotFound` for a site ``project`` does not declare,
-    :class:`FileSystemError` or :class:`ConfigError` for a CA certificate that is missing or is
-    not one, :class:`ConfigError` for an address that is not ``host:port``, when Flower is not
-    installed, or when the SuperNode ends or has not joined within ``timeout`` (with what it
-    logged: an unreachable SuperLink, a certificate it does not trust).
-    """
-    project.site(site_id)
-    _split_address(superlink)
-    root_certificate = root_certificate.resolve()
-    _read_certificate(root_certificate)
-    root = str(project.root.resolve())
-    if "'" in root:  # the node config quotes it so
-        raise ConfigError(f"the project folder {root} has a quote in its name; rename it")
-    binary = find_flower("flower-supernode")
-    home = project.root / FLOWER_DIR / site_id
-    home.mkdir(parents=True, exist_ok=True)
-    log = project.root / LOGS_DIR / f"supernode-{site_id}.log"
-    api_port = port or _free_port("127.0.0.1")
-    command = [
-        str(binary),
-        "--root-certificates",
-        str(root_certificate),
-        "--superlink",
-        superlink,
-        "--node-config",
-        f"site='{site_id}' project='{root}'",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(api_port),
-    ]
-    process, offset = _start(command, env=_environment(home), log=log, cwd=project.root)
-    node = FlowerProcess(
-        "supernode", superlink, log, process, ("127.0.0.1", api_port), offset, site=site_id
-    )
-    if timeout is not None:
-        node.wait_ready(timeout)
-    return node
-
-
 def _join_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -752,45 +444,328 @@ def _raised(traceback: list[str]) -> str:
     return raised
 
 
+# --- SuperLink and SuperNodes -------------------------------------------------------------------
+
+
+def _coordinator(project: Project) -> LocalParty:
+    local = LocalParty.of(project)
+    if not project.is_coordinator:
+        raise NotAParty(
+            f"{project.root} is the folder of site {local.id}: the SuperLink runs at the "
+            "coordinator",
+            hint="run 'onshore federation serve' in the coordinator's folder, and "
+            "'onshore site join' here",
+        )
+    return local
+
+
+def _federation_address(project: Project) -> str:
+    """The SuperLink's address as sites reach it: ``[party] federation`` of the coordinator's
+    folder, else its endpoint's host on port 9092."""
+    local = LocalParty.of(project)
+    if local.settings.federation:
+        return local.settings.federation
+    host = local.settings.url.removeprefix("https://").rsplit(":", 1)[0]
+    return f"{host}:{DEFAULT_PORT}"
+
+
+def serve(
+    project: Project,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    timeout: float = 60.0,
+) -> FlowerProcess:
+    """Start the coordinator's SuperLink and return it once it listens and every site on file
+    is registered (:func:`register_sites`). It presents the coordinator's own TLS certificate
+    and admits only registered SuperNodes. ``host``/``port``: where it listens (default: the
+    federation address of the coordinator's identity; a name listens on every address).
+
+    Raises :class:`~onshore.errors.NotAParty` outside the coordinator's folder,
+    :class:`ConfigError` when Flower is not installed, the port is taken, or the SuperLink ends
+    or stays silent at its start (with what it logged).
+    """
+    local = _coordinator(project)
+    binary = find_flower("flower-superlink")
+    advertised_host, advertised_port = _split_address(_federation_address(project))
+    port = advertised_port if port is None else port
+    if host is None:
+        host = advertised_host if _is_address(advertised_host) else "0.0.0.0"
+    tls = local.tls
+    check_certificate(tls.cert.read_bytes(), str(tls.cert))
+    _check_port_free(host, port)
+    home = project.root / FLOWER_DIR / "superlink"
+    home.mkdir(parents=True, exist_ok=True)
+    log = project.root / LOGS_DIR / "superlink.log"
+    programs = write_programs(project.root / BIN_DIR, "coordinator")
+    command = [
+        str(binary),
+        "--ssl-ca-certfile",
+        str(tls.cert),
+        "--ssl-certfile",
+        str(tls.cert),
+        "--ssl-keyfile",
+        str(tls.key),
+        "--enable-supernode-auth",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--disable-runtime-dependency-installation",
+    ]
+    env = _environment(home, programs=programs, project=project)
+    process, offset = _start(command, env=env, log=log, cwd=project.root)
+    link = FlowerProcess(
+        "superlink", _join_address(host, port), log, process, _probe(host, port), offset
+    )
+    try:
+        link.wait_ready(timeout)
+        register_sites(project, f"{_probe(host, port)[0]}:{port}")
+    except BaseException:
+        link.stop()
+        raise
+    return link
+
+
+def _is_address(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _control_home(project: Project, address: str) -> Path:
+    """A FLWR_HOME whose default connection is the coordinator's SuperLink at ``address``."""
+    local = LocalParty.of(project)
+    home = project.root / FLOWER_DIR / "control"
+    _write_atomically(
+        home / "config.toml",
+        (
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+            f"[superlink.{CONNECTION}]\n"
+            f"address = {_toml_string(address)}\n"
+            f"root-certificates = {_toml_string(str(local.tls.cert))}\n"
+        ).encode(),
+    )
+    return home
+
+
+def register_sites(project: Project, address: str) -> dict[str, dict[str, Any]]:
+    """Register every site on file with the coordinator's SuperLink at ``address``: its
+    SuperNode key, from its identity. Writes :data:`NODES_FILE` (which node is which site) and
+    returns it. A site whose identity carries no SuperNode key is left out (it cannot join)."""
+    flwr = find_flower("flwr")
+    env = _environment(_control_home(project, address))
+    folder = project.root / FEDERATION_DIR / "nodes"
+    folder.mkdir(parents=True, exist_ok=True)
+    known = dict(_read_json(project.root / NODES_FILE) or {})
+    registered = {str(n.get("key")): n for n in _list_nodes(flwr, env, project)}
+    nodes: dict[str, dict[str, Any]] = {}
+    for peer in load_peers(project).sites():
+        if not peer.node_key:
+            continue
+        key_file = folder / f"{peer.id}.pub"
+        key_file.write_text(peer.node_key + "\n", encoding="ascii")
+        found = registered.get(_key_id(peer.node_key))
+        if found is not None:
+            node_id = int(found["node_id"])
+        else:
+            done = subprocess.run(
+                [str(flwr), "supernode", "register", str(key_file), CONNECTION, "--format", "json"],
+                env=env,
+                cwd=project.root,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            answer = _json_tail(done.stdout)
+            if done.returncode != 0 or not answer.get("success"):
+                previous = known.get(peer.id)
+                if previous is not None and previous.get("key") == _key_id(peer.node_key):
+                    node_id = int(previous["node_id"])
+                else:
+                    raise ConfigError(
+                        f"the SuperLink did not register {peer.id}'s SuperNode: "
+                        f"{(done.stderr or done.stdout).strip()[-300:]}",
+                        hint=f"see {project.root / LOGS_DIR / 'superlink.log'}",
+                    )
+            else:
+                node_id = int(answer["node-id"])
+        nodes[peer.id] = {"node_id": node_id, "key": _key_id(peer.node_key)}
+    _write_atomically(project.root / NODES_FILE, orjson.dumps(nodes, option=orjson.OPT_INDENT_2))
+    return nodes
+
+
+def _key_id(openssh: str) -> str:
+    """A SuperNode key as Flower lists it: its base64 body."""
+    parts = openssh.split()
+    return parts[1] if len(parts) > 1 else openssh
+
+
+def _json_tail(text: str) -> dict[str, Any]:
+    """The JSON object ``flwr ... --format json`` printed last."""
+    start = text.rfind("\n{")
+    start = 0 if start < 0 and text.startswith("{") else start
+    try:
+        value = orjson.loads(text[start:].strip()) if start >= 0 else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _list_nodes(flwr: Path, env: dict[str, str], project: Project) -> list[dict[str, Any]]:
+    """The SuperNodes the SuperLink knows, with their keys (empty when it cannot say)."""
+    done = subprocess.run(
+        [str(flwr), "supernode", "list", CONNECTION, "--format", "json"],
+        env=env,
+        cwd=project.root,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    answer = _json_tail(done.stdout)
+    nodes = answer.get("nodes") if isinstance(answer.get("nodes"), list) else []
+    out = []
+    for node in nodes or []:
+        if isinstance(node, dict) and "node-id" in node:
+            key = node.get("owner-public-key") or node.get("public-key") or ""
+            out.append({"node_id": node["node-id"], "key": _key_id(str(key))})
+    return out
+
+
+def node_sites(project: Project) -> dict[int, str]:
+    """Which registered SuperNode is which site (empty outside a coordinator that served)."""
+    nodes = _read_json(project.root / NODES_FILE) or {}
+    return {int(v["node_id"]): str(site) for site, v in nodes.items() if "node_id" in v}
+
+
+def join(
+    project: Project,
+    *,
+    superlink: str | None = None,
+    port: int | None = None,
+    timeout: float | None = 60.0,
+) -> FlowerProcess:
+    """Start this site's SuperNode: it connects to the coordinator's SuperLink (``superlink``,
+    default the federation address in the coordinator's identity) over TLS, trusting only the
+    coordinator's certificate, and authenticates with the site's SuperNode key; returns it once
+    the SuperLink has admitted it (:attr:`FlowerProcess.node_id`). Its ClientApps find the site
+    and its folder in the node config, and run only what :mod:`onshore.federation.runner`
+    allows. ``port``: the SuperNode's own API on loopback (default: a free one).
+    ``timeout=None`` returns at once; :meth:`FlowerProcess.wait_ready` waits later.
+
+    Raises :class:`~onshore.errors.NotAParty` outside a site's folder,
+    :class:`~onshore.errors.PeerNotFound` without the coordinator's identity on file,
+    :class:`ConfigError` when Flower is not installed, or when the SuperNode ends or has not
+    joined within ``timeout`` (with what it logged: an unreachable SuperLink, a certificate it
+    does not trust, a key the coordinator did not register).
+    """
+    local = LocalParty.of(project)
+    if project.is_coordinator:
+        raise NotAParty(
+            "the coordinator holds no data to train on",
+            hint="run 'onshore site join' in a site's folder",
+        )
+    coordinator = load_peers(project).coordinator
+    if coordinator is None:
+        from onshore.errors import PeerNotFound
+
+        raise PeerNotFound(
+            f"{project.root}: no coordinator among the peers on file",
+            hint="add the coordinator's identity with 'onshore party trust FILE'",
+        )
+    superlink = superlink or coordinator.federation
+    if not superlink:
+        raise ConfigError("the coordinator's identity names no SuperLink; pass --superlink")
+    _split_address(superlink)
+    root = str(project.root.resolve())
+    if "'" in root:  # the node config quotes it so
+        raise ConfigError(f"the party's folder {root} has a quote in its name; rename it")
+    key = local.keystore / NODE_KEY_FILE
+    if not key.is_file():
+        raise ConfigError(
+            f"{key} is missing: the site has no SuperNode key",
+            hint="restore the site's keystore",
+        )
+    binary = find_flower("flower-supernode")
+    home = project.root / FLOWER_DIR / "supernode"
+    home.mkdir(parents=True, exist_ok=True)
+    trusted = project.root / FEDERATION_DIR / "coordinator.crt"
+    _write_atomically(trusted, coordinator.tls_certificate.encode())
+    log = project.root / LOGS_DIR / "supernode.log"
+    api_port = port or _free_port("127.0.0.1")
+    programs = write_programs(project.root / BIN_DIR, "site")
+    command = [
+        str(binary),
+        "--root-certificates",
+        str(trusted),
+        "--superlink",
+        superlink,
+        "--auth-supernode-private-key",
+        str(key),
+        "--node-config",
+        f"site='{local.id}' project='{root}'",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(api_port),
+    ]
+    env = _environment(home, programs=programs, project=project)
+    process, offset = _start(command, env=env, log=log, cwd=project.root)
+    node = FlowerProcess(
+        "supernode", superlink, log, process, ("127.0.0.1", api_port), offset, site=local.id
+    )
+    if timeout is not None:
+        node.wait_ready(timeout)
+    return node
+
+
 # --- Runs -------------------------------------------------------------------------------------
 
 
 def run_deployed(
     project: Project,
     options: FederatedOptions,
-    superlink: str,
-    root_certificate: Path,
     *,
+    superlink: str | None = None,
     say: Callable[[str], None] = lambda _m: None,
     timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Train ``options.model`` across ``options.sites`` on the SuperLink at ``superlink``
-    (``host:port``, over TLS, trusting ``root_certificate``) and return the run's summary, as
-    :func:`~onshore.federation.run.run_federated` does in simulation.
+    """Train ``options.model`` across ``options.sites`` on the coordinator's SuperLink and
+    return the run's summary, as :func:`~onshore.federation.run.run_federated` does in
+    simulation. The run's options are signed with the coordinator's key: sites run nothing
+    else.
 
-    ``project`` is the coordinator's: the SuperLink runs on this machine with it (``onshore
-    federation serve``), since the ServerApp writes the summary to
-    ``<project>/runs/<run>/federated.json``, which is read back here. Each site's SuperNode
-    must have joined (``onshore site join``); the first round waits for all of them. A run
-    that finished earlier is read back. ``say`` hears of each round as the coordinator's
-    ledger records it. ``timeout``: seconds before the run is stopped (default: none).
+    ``project`` is the coordinator's folder: the SuperLink runs with it (``onshore federation
+    serve``), and the ServerApp writes the summary to ``<project>/runs/<run>/federated.json``,
+    which is read back here. ``superlink``: its address (default: the federation address of
+    the coordinator's identity). Each site's SuperNode should have joined (``onshore site
+    join``); the first round waits ``options.join_timeout`` for them, then goes on with those
+    that did. A run that finished earlier is read back. ``say`` hears of each round as the
+    coordinator's ledger records it. ``timeout``: seconds before the run is stopped.
 
-    Raises :class:`SiteNotFound` for a site the project does not declare, :class:`ConfigError`
-    for options that differ from an earlier run of that id, a bad address or CA certificate,
-    and :class:`TrainingError` when the run fails or ends without a summary (with the end of
-    Flower's log and where the rest is).
+    Raises :class:`~onshore.errors.NotAParty` outside the coordinator's folder,
+    :class:`ConfigError` for options that differ from an earlier run of that id or a bad
+    address, and :class:`TrainingError` when the run fails or ends without a summary (with the
+    end of Flower's log and where the rest is).
     """
-    for site in options.sites:
-        project.site(site)
+    local = _coordinator(project)
+    superlink = superlink or _federation_address(project)
     _split_address(superlink)
-    root_certificate = root_certificate.resolve()
-    _read_certificate(root_certificate)
     flwr = find_flower("flwr")
     options, done = prepare_run(project, options, say)
     if done is not None:
         return done
     folder = project.root / RUNS_DIR / options.run
-    app = write_app(folder / "app", options)
+    signature = sign_options(options.to_json(), local.keys())
+    app = write_app(folder / "app", options, signature)
     home = folder / "flower"
     _write_atomically(
         home / "config.toml",
@@ -798,7 +773,7 @@ def run_deployed(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n'
             f"[superlink.{CONNECTION}]\n"
             f"address = {_toml_string(superlink)}\n"
-            f"root-certificates = {_toml_string(str(root_certificate))}\n"
+            f"root-certificates = {_toml_string(str(local.tls.cert))}\n"
         ).encode(),
     )
     log = folder / "flower.log"
@@ -809,6 +784,10 @@ def run_deployed(
         f"federated run {options.run} on the SuperLink at {superlink}: "
         f"{len(options.sites)} sites, {options.rounds} rounds of {options.strategy}, "
         f"{options.model.name}" + (", DP-SGD at every site" if options.dp else ", without DP")
+    )
+    say(
+        f"sites have {options.join_timeout:g} s to connect before round 1, and each round "
+        f"{options.timeout:g} s to answer; a site that does not is left out and named"
     )
     env = _environment(home)
     command = [str(flwr), "run", str(app), CONNECTION, "--stream"]
@@ -846,8 +825,7 @@ def run_deployed(
         raise TrainingError(
             f"federated run {options.run} did not finish within {timeout:g} s; it was stopped "
             f"({_logged_reason(log, begun)})",
-            hint="check that every site's SuperNode has joined (the first round waits for all "
-            f"of them) and see {log}",
+            hint=f"check that the sites' SuperNodes joined (onshore site join) and see {log}",
         ) from None
     finally:
         reader.join(timeout=5.0)
@@ -858,15 +836,15 @@ def run_deployed(
         raise TrainingError(
             f"federated run {options.run} ended without a result: {_logged_reason(log, begun)}",
             hint=f"Flower's log is {log}, the SuperLink's {LOGS_DIR}/superlink.log in the "
-            f"coordinator's project; is onshore federation serve running at {superlink}? The "
+            f"coordinator's folder; is 'onshore federation serve' running at {superlink}? The "
             "rounds done so far are in the coordinator's ledger and the run's rounds.json",
         )
     return dict(summary)
 
 
-def write_app(folder: Path, options: FederatedOptions) -> Path:
-    """Write the Flower app a run submits: onshore's apps, and the run's options in its run
-    config. Returns ``folder``."""
+def write_app(folder: Path, options: FederatedOptions, signature: str = "") -> Path:
+    """Write the Flower app a run submits: onshore's apps, and the run's options and the
+    coordinator's ``signature`` of them in its run config. Returns ``folder``."""
     text = (
         "# Written by onshore for one federated run; `flwr run` builds it into a FAB.\n"
         "[build-system]\n"
@@ -885,6 +863,7 @@ def write_app(folder: Path, options: FederatedOptions) -> Path:
         'clientapp = "onshore.federation.apps:client_app"\n\n'
         "[tool.flwr.app.config]\n"
         f"{RUN_CONFIG_KEY} = {_toml_string(options.to_json())}\n"
+        f"{SIGNATURE_KEY} = {_toml_string(signature)}\n"
     )
     _write_atomically(folder / "pyproject.toml", text.encode())
     return folder
@@ -950,20 +929,18 @@ def _stop_run(flwr: Path, env: dict[str, str], cwd: Path, run_id: list[str]) -> 
 
 @contextlib.contextmanager
 def local_federation(
-    project: Project,
-    sites: Sequence[str],
-    *,
-    host: str = "127.0.0.1",
-    port: int | None = None,
+    coordinator: Project, sites: Sequence[Project], *, port: int | None = None
 ) -> Iterator[tuple[FlowerProcess, list[FlowerProcess]]]:
-    """A SuperLink and a SuperNode for each of ``sites``, all on this machine, stopped on exit
-    (SuperNodes first): what a drill or a test of the deployment needs."""
-    link = serve(project, host, port or _free_port(host))
+    """The coordinator's SuperLink and each site's SuperNode, each started in its own party's
+    folder on this machine, stopped on exit (SuperNodes first): what the demo, a drill or a
+    test of the deployment needs."""
+    address = _federation_address(coordinator)
+    host, advertised = _split_address(address)
+    link = serve(coordinator, port=port or advertised)
     nodes: list[FlowerProcess] = []
     try:
-        assert link.certificates is not None
         for site in sites:
-            nodes.append(join(project, site, link.address, link.certificates.ca_cert, timeout=None))
+            nodes.append(join(site, superlink=f"{host}:{port or advertised}", timeout=None))
         for node in nodes:
             node.wait_ready()
         yield link, nodes

@@ -14,12 +14,16 @@ from onshore.errors import ConfigError
 from onshore.model.dataset import DatasetConfig
 from onshore.model.nets import ModelSpec
 
-__all__ = ["RUN_CONFIG_KEY", "STRATEGIES", "FederatedOptions", "Strategy"]
+__all__ = ["RUN_CONFIG_KEY", "SIGNATURE_KEY", "STRATEGIES", "FederatedOptions", "Strategy"]
 
 Strategy = Literal["fedavg", "fedprox", "fedadam"]
 STRATEGIES: Final = ("fedavg", "fedprox", "fedadam")
 RUN_CONFIG_KEY: Final = "onshore-options"
 """The key of Flower's run config that holds :meth:`FederatedOptions.to_json`."""
+SIGNATURE_KEY: Final = "onshore-signature"
+"""The key of Flower's run config that holds the coordinator's signature over the options
+(:func:`onshore.federation.runner.sign_options`): a site runs only what its coordinator
+signed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +56,12 @@ class FederatedOptions:
     seed: int = 0
     purpose: str = "adas_training"
     """The purpose the sites' gates are asked about."""
-    timeout: float = 1800.0
+    timeout: float = 600.0
     """Seconds the coordinator waits for a round's replies before going on without the
-    missing sites."""
+    sites that did not answer (named in the run's refusals)."""
+    join_timeout: float = 120.0
+    """Seconds the coordinator waits, before the first round, for every site's SuperNode to
+    connect; the run then goes on with those that did, and names the others."""
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
 
     def __post_init__(self) -> None:
@@ -70,8 +77,8 @@ class FederatedOptions:
             raise ConfigError(
                 f"no strategy {self.strategy!r}", hint=f"strategies: {', '.join(STRATEGIES)}"
             )
-        if not self.timeout > 0 or not self.server_lr > 0:
-            raise ConfigError("timeout and server_lr must be positive")
+        if not self.timeout > 0 or not self.server_lr > 0 or not self.join_timeout > 0:
+            raise ConfigError("timeout, join_timeout and server_lr must be positive")
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -18,6 +18,7 @@ from onshore.errors import ConfigError, TrainingError
 from onshore.federation.apps import Mod, make_client_app, make_server_app
 from onshore.federation.options import FederatedOptions
 from onshore.model.local import RUNS_DIR, _read_json, _write_atomically
+from onshore.parties.identity import site_facts
 from onshore.settings import Project
 
 __all__ = ["flower_environment", "prepare_run", "run_federated"]
@@ -67,7 +68,7 @@ def prepare_run(
     to do). Raises :class:`ConfigError` for an unknown site or a run id already used with other
     options."""
     for site in options.sites:
-        project.site(site)
+        site_facts(project, site)
     options = FederatedOptions.from_dict(
         {**options.as_dict(), "project": str(project.root.resolve())}
     )

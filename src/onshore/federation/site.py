@@ -37,16 +37,17 @@ from onshore.federation.envelope import (
 )
 from onshore.federation.options import FederatedOptions
 from onshore.gate import Approval, Decision
-from onshore.ledger import Ledger, verify
+from onshore.gate.site import OpenSite
+from onshore.ledger import Ledger
 from onshore.model.dataset import SiteDataset, build_site_dataset
 from onshore.model.metrics import evaluate
 from onshore.model.nets import build_model, check_weights
 from onshore.model.train import DPConfig, PrivacyAccountant, train_local
-from onshore.rulebook.evaluate import DataItem, Recipient, TransferRequest
+from onshore.parties.identity import coordinator_of
+from onshore.rulebook.evaluate import DataItem, TransferRequest
 from onshore.settings import Project, load_project
 from onshore.sites.keystore import SiteKeys, load_keystore
 from onshore.store.site import SiteStore
-from onshore.transfer.run import site_gate
 
 __all__ = [
     "ErrorCode",
@@ -113,8 +114,8 @@ _BASELINES: dict[str, dict[str, float]] = {}
 key)."""
 
 
-_OPEN: dict[tuple[Path, str], SiteStore] = {}
-"""The store the outbound mod opened for the message in hand, which the handler shares."""
+_OPEN: dict[tuple[Path, str], OpenSite] = {}
+"""The site the outbound mod opened for the message in hand, which the handler shares."""
 
 
 @contextmanager
@@ -124,7 +125,7 @@ def _store(ref: SiteRef) -> Iterator[SiteStore]:
     found corrupted after Ray ended its workers.)"""
     shared = _OPEN.get((ref.project.root, ref.site))
     if shared is not None:
-        yield shared
+        yield shared.store
         return
     with SiteStore.open(ref.project, ref.site) as store:
         yield store
@@ -294,7 +295,8 @@ def evaluate_reply(msg: Message, context: Context, options: FederatedOptions) ->
             return _error(msg, ErrorCode.NO_DATA, f"{ref.site}: no test sample")
         accountant = load_accountant(store)
         run_accountant = load_accountant(store, options.run)
-    delta = ref.project.site(ref.site).privacy.delta
+    privacy = ref.project.site(ref.site).privacy
+    delta = privacy.delta
     model = build_model(options.model)
     model.load_state_dict(weights)
     metrics = evaluate(model, data.test)
@@ -312,6 +314,9 @@ def evaluate_reply(msg: Message, context: Context, options: FederatedOptions) ->
         "cv-miss-rate": baseline["miss_rate"],
         "epsilon": accountant.epsilon(delta),
         "epsilon-run": run_accountant.epsilon(delta),
+        # The site's budget, which only it knows, for the model card.
+        "delta": delta,
+        "budget-epsilon": privacy.epsilon,
     }
     return Message(RecordDict({METRICS: MetricRecord(values)}), reply_to=msg)
 
@@ -332,7 +337,7 @@ def model_parameters_assessment(
             "id": approval_id,
             "type": "cn_security_assessment",
             "origin": "CN",
-            "recipient": project.settings.coordinator.entity,
+            "recipient": coordinator_of(project).entity,
             "categories": ["model_parameters"],
             "purposes": [purpose],
             "max_subjects": max_subjects,
@@ -343,39 +348,32 @@ def model_parameters_assessment(
 
 
 def outbound_decision(
-    project: Project,
-    store: SiteStore,
-    ledger: Ledger,
+    site: OpenSite,
     category: str,
     subjects: int,
     purpose: str,
     *,
     day: date | None = None,
 ) -> tuple[Decision, TransferRequest]:
-    """The site's gate on sending the coordinator ``category`` (``model_parameters`` or
+    """The site's gate on sending its coordinator ``category`` (``model_parameters`` or
     ``aggregate_metrics``) derived from ``subjects`` vehicles' data: the decision the outbound
-    mod acts on, and what an operator can ask before a run."""
-    site = project.site(store.site)
-    coordinator = project.settings.coordinator
+    mod acts on, and what an operator can ask before a run (``onshore gate outbound``)."""
     item = DataItem(category=category, subjects=subjects, deid_state="anonymized")
-    recipient = Recipient(
-        name=coordinator.entity, country=coordinator.country, linked_to=tuple(coordinator.linked_to)
+    request = site.request(
+        site.coordinator(), (item,), purpose, day=day or datetime.now(UTC).date()
     )
-    request = TransferRequest(
-        origin=site.jurisdiction,
-        destination=coordinator.country,
-        recipient=recipient,
-        purpose=purpose,
-        date=day or datetime.now(UTC).date(),
-        data=(item,),
-    )
-    return site_gate(project, store, ledger).decide(request), request
+    return site.decide(request), request
 
 
-@contextmanager
-def _site_ledger(ref: SiteRef) -> Iterator[tuple[SiteStore, Ledger]]:
-    with _store(ref) as store:
-        yield store, Ledger.open(store.catalogue, _keys(ref))
+def _open(ref: SiteRef) -> OpenSite:
+    """The site for one message: its store, its keys (loaded once per process), its ledger."""
+    keys = _keys(ref)
+    store = SiteStore.open(ref.project, ref.site)
+    try:
+        return OpenSite(ref.project, store, keys, Ledger.open(store.catalogue, keys))
+    except BaseException:
+        store.close()
+        raise
 
 
 Next = Callable[[Message, Context], Message]
@@ -404,8 +402,8 @@ def govern(msg: Message, context: Context, call_next: Next, options: FederatedOp
         return _error(msg, ErrorCode.CHECK_FAILED, f"{ref.site} answers train and evaluate only")
     _FACTS.pop(str(kind), None)
     key = (ref.project.root, ref.site)
-    with SiteStore.open(ref.project, ref.site) as store:
-        _OPEN[key] = store
+    with _open(ref) as site:
+        _OPEN[key] = site
         try:
             try:
                 reply = call_next(msg, context)
@@ -413,7 +411,7 @@ def govern(msg: Message, context: Context, call_next: Next, options: FederatedOp
                 reply = _error(msg, ErrorCode.SITE_ERROR, f"{ref.site}: {exc}")
             facts = _FACTS.pop(str(kind), {})
             try:
-                return _let_go(msg, reply, ref, options, str(kind), facts)
+                return _let_go(msg, reply, site, options, str(kind), facts)
             except OnshoreError as exc:
                 # A ledger that does not verify, approvals that disagree with it: nothing
                 # leaves.
@@ -425,71 +423,71 @@ def govern(msg: Message, context: Context, call_next: Next, options: FederatedOp
 def _let_go(
     msg: Message,
     reply: Message,
-    ref: SiteRef,
+    site: OpenSite,
     options: FederatedOptions,
     kind: str,
     facts: dict[str, Any],
 ) -> Message:
     server_round = server_round_of(msg)
-    coordinator = ref.project.settings.coordinator
+    coordinator = site.coordinator()
+    ledger = site.ledger
     base: dict[str, Any] = {
         "run": options.run,
         "round": server_round,
         "kind": kind,
-        "from": ref.site,
+        "from": site.id,
         "to": coordinator.id,
         "destination": coordinator.country,
         "purpose": options.purpose,
         "date": datetime.now(UTC).date().isoformat(),
     }
-    with _site_ledger(ref) as (store, ledger):
-        if reply.has_error():
-            ledger.append(LEDGER_KIND, {**base, "sent": False, "reason": reply.error.reason})
-            return reply
-        try:
-            digest, size = check_content(reply.content, options.model, with_arrays=kind == "train")
-        except UpdateRefused as exc:
-            ledger.append(
-                LEDGER_KIND,
-                {**base, "sent": False, "reason": f"outgoing check failed: {exc}"},
-            )
-            return _error(msg, ErrorCode.CHECK_FAILED, f"{ref.site}: outgoing check failed: {exc}")
-        category = "model_parameters" if kind == "train" else "aggregate_metrics"
-        key = (ref.project.root, ref.site)
-        head = ledger.head()
-        if head is None or _VERIFIED.get(key) != head.hash:
-            verify(ledger, check_hashes=False).raise_for_problems()
-        decision, request = outbound_decision(
-            ref.project, store, ledger, category, int(facts.get("vehicles", 0)), options.purpose
+    if reply.has_error():
+        ledger.append(LEDGER_KIND, {**base, "sent": False, "reason": reply.error.reason})
+        return reply
+    try:
+        digest, size = check_content(reply.content, options.model, with_arrays=kind == "train")
+    except UpdateRefused as exc:
+        ledger.append(
+            LEDGER_KIND,
+            {**base, "sent": False, "reason": f"outgoing check failed: {exc}"},
         )
-        item, recipient = request.data[0], request.recipient
-        record = {
-            **base,
-            "recipient": recipient.model_dump(mode="json"),
-            "items": [item.model_dump(mode="json")],
-            "sha256": digest,
-            "bytes": size,
-            "decision": decision.as_dict(),
-            "sent": decision.allowed,
-        }
-        entry = ledger.append(LEDGER_KIND, record)
-        if head is not None and entry.prev_hash == head.hash:
-            _VERIFIED[key] = entry.hash  # on top of the chain just verified
-        if not decision.allowed:
-            return _error(
-                msg,
-                ErrorCode.GATE_DENIED,
-                f"{ref.site}: the gate denied {category} to {coordinator.entity}: "
-                f"{decision.reasons[0] if decision.reasons else 'denied'}",
-            )
+        return _error(msg, ErrorCode.CHECK_FAILED, f"{site.id}: outgoing check failed: {exc}")
+    category = "model_parameters" if kind == "train" else "aggregate_metrics"
+    key = (site.project.root, site.id)
+    head = ledger.head()
+    if head is None or _VERIFIED.get(key) != head.hash:
+        site.check_ledger()
+    decision, request = outbound_decision(
+        site, category, int(facts.get("vehicles", 0)), options.purpose
+    )
+    item, recipient = request.data[0], request.recipient
+    record = {
+        **base,
+        "recipient": recipient.model_dump(mode="json"),
+        "items": [item.model_dump(mode="json")],
+        "sha256": digest,
+        "bytes": size,
+        "decision": decision.as_dict(),
+        "sent": decision.allowed,
+    }
+    entry = ledger.append(LEDGER_KIND, record)
+    if head is not None and entry.prev_hash == head.hash:
+        _VERIFIED[key] = entry.hash  # on top of the chain just verified
+    if not decision.allowed:
+        return _error(
+            msg,
+            ErrorCode.GATE_DENIED,
+            f"{site.id}: the gate denied {category} to {coordinator.entity}: "
+            f"{decision.reasons[0] if decision.reasons else 'denied'}",
+        )
     statement = Statement(
         run=options.run,
         round=server_round,
         kind=kind,
-        site=ref.site,
+        site=site.id,
         sha256=digest,
         size=size,
-        ledger={"site": ref.site, "seq": entry.seq, "hash": entry.hash},
+        ledger={"site": site.id, "seq": entry.seq, "hash": entry.hash},
     )
-    seal(reply.content, statement, _keys(ref))
+    seal(reply.content, statement, site.keys)
     return reply

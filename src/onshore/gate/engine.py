@@ -7,9 +7,10 @@ earlier transfers, and returns a :class:`Decision`. Default deny: a transfer is 
 - the origin's rulebook finds it ``exempt``, or
 - it ``require``\\s a mechanism and one approval on file covers the whole of it (RULEBOOK.md,
   "How rules combine"): an approval of one of the mechanisms that satisfy every requiring rule,
-  not revoked, for the same origin and recipient, listing every category that needs a mechanism
-  and the purpose, valid on the transfer's date (never longer than its rulebook allows, e.g. 3
-  years for a CN security assessment, and only while the mechanism is in force), and whose
+  not revoked, for the same origin and recipient, listing every category in the transfer (those
+  exempt on their own included) and the purpose, valid on the transfer's date (never longer
+  than its rulebook allows, e.g. 3 years for a CN security assessment, and only while the
+  mechanism is in force), and whose
   ``max_subjects`` is at least the volume: each requiring rule's count in its window, this
   transfer included, and the subjects sent under the approval's scope since it became valid.
 
@@ -273,6 +274,7 @@ class _Need:
     book: Rulebook
     mechanisms: tuple[str, ...]
     categories: frozenset[str]
+    """Every category in the transfer: an approval must list them all."""
     volume: int
     """The largest requiring rule's count."""
     volume_rule: str
@@ -300,11 +302,15 @@ def _needs(evaluation: Evaluation, book: Rulebook) -> _Need:
                 volume_text = f"{requirement.rule} applies to {volume:,} subjects in this transfer"
     request = evaluation.request
     this = sum(item.subjects for item in request.data if item.category in categories)
+    # An approval covers a transfer only if it lists every category in it, those exempt on
+    # their own included (RULEBOOK.md, "How rules combine"): what the regulator approved is
+    # the whole of what was described to it.
+    present = {item.category for item in request.data}
     return _Need(
         request=request,
         book=book,
         mechanisms=evaluation.mechanisms,
-        categories=frozenset(categories),
+        categories=frozenset(categories | present),
         volume=max(volume, 0),
         volume_rule=volume_rule,
         volume_text=volume_text,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import BigInteger, Column, Engine, Index, MetaData, String, Table, Text, select
 from sqlalchemy.engine import Connection
@@ -198,6 +199,31 @@ class Ledger:
                 )
             ).first()
         return None if row is None else Entry(**row._mapping)
+
+    def last_peer_head(self, peer: str, *, conn: Connection | None = None) -> Head | None:
+        """The latest head of ``peer``'s ledger that this ledger recorded (in any entry's
+        ``peer_heads``), or None. By the hash chain, that one head vouches for the whole of
+        the peer's history up to it."""
+        query = (
+            select(entries_table.c.payload)
+            .where(
+                entries_table.c.site == self.site,
+                entries_table.c.payload.contains(f'"{PEER_HEADS_FIELD}"'),
+                entries_table.c.payload.contains(f'"site":"{peer}"'),
+            )
+            .order_by(entries_table.c.seq.desc())
+        )
+        with self._connect(conn) as c:
+            for (payload,) in c.execute(query):
+                try:
+                    records = orjson.loads(payload).get(PEER_HEADS_FIELD) or []
+                    heads = [Head.from_dict(r) for r in records if isinstance(r, dict)]
+                except (orjson.JSONDecodeError, AttributeError, LedgerError):
+                    continue
+                found = [h for h in heads if h.site == peer]
+                if found:
+                    return max(found, key=lambda h: h.seq)
+        return None
 
     def pinned_fingerprint(self, *, conn: Connection | None = None) -> str | None:
         """Fingerprint of the key the genesis entry pins, or None if it pins none (no genesis,

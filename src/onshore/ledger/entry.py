@@ -253,6 +253,20 @@ class Entry:
         """This entry as the head of its ledger, under the site key fingerprint ``key``."""
         return Head(self.site, self.seq, self.hash, key)
 
+    def stored(self) -> dict[str, Any]:
+        """The entry's fields exactly as stored (the payload as its canonical text): what a
+        party sends a peer who checks the entry's hash and signature itself."""
+        return {
+            "site": self.site,
+            "seq": self.seq,
+            "time": self.time,
+            "kind": self.kind,
+            "payload": self.payload,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+            "signature": self.signature,
+        }
+
     def as_dict(self) -> dict[str, Any]:
         """The entry with its payload parsed, as ``onshore ledger show --json`` prints it. A
         damaged payload that is not a JSON object is given as its stored text."""

@@ -550,8 +550,8 @@ def _approvals_problems(
     """Where the site's approvals table and its signed record of approvals differ."""
     # Imported here: the transfer package builds on the ledger, not the other way round.
     from onshore.gate import ApprovalRegistry
+    from onshore.gate.record import approvals_disagreement, recorded_approvals
     from onshore.rulebook.loader import project_rulebooks
-    from onshore.transfer.approvals import approvals_disagreement, recorded_approvals
 
     registry = ApprovalRegistry(store.catalogue, project_rulebooks(project))
     found = approvals_disagreement(registry.approvals(), recorded_approvals(ledger))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from onshore.errors import BundleInvalid
+from onshore.parties.identity import site_facts
 from onshore.release.lineage import LineageReport
 from onshore.settings import Project
 
@@ -104,7 +105,7 @@ def build_card(
     ]
     sites = []
     for site_id in trained_sites:
-        site = project.site(site_id)
+        site = site_facts(project, site_id)
         contribution = lineage.sites.get(site_id)
         # In federated training each site's operator runs the training on its own data and
         # hardware and sends the parameters the model is averaged from: it takes part in
@@ -120,7 +121,7 @@ def build_card(
                 "entity": site.entity,
                 "updates": contribution.updates if contribution else None,
                 "rounds": sorted(contribution.rounds) if contribution else [],
-                "accelerators": site.compute.accelerators,
+                "accelerators": site.accelerators,
             }
         )
     regions = {}
@@ -137,15 +138,15 @@ def build_card(
     epsilon = summary.get("epsilon") or {}
     delta = summary.get("delta") or {}
     privacy = {}
+    budgets = summary.get("budget_epsilon") or {}
     for site_id in summary.get("options", {}).get("sites", []):
-        site = project.site(site_id)
         region = (summary.get("regions") or {}).get(site_id) or {}
         privacy[site_id] = {
             "dp": bool(summary.get("dp")),
             "epsilon_this_run": epsilon.get(site_id),
             "epsilon_spent_in_all": region.get("epsilon_total"),
-            "delta": delta.get(site_id, site.privacy.delta),
-            "budget_epsilon": site.privacy.epsilon,
+            "delta": delta.get(site_id),
+            "budget_epsilon": budgets.get(site_id),
         }
     model = summary.get("model") or {}
     return {

@@ -43,7 +43,6 @@ from onshore.errors import (
     LicenceInvalid,
     OnshoreError,
 )
-from onshore.gate import ApprovalRegistry, Gate
 from onshore.ledger import Ledger
 from onshore.ledger.entry import canonical_json, public_key_hex
 from onshore.model.local import _write_atomically
@@ -59,12 +58,11 @@ from onshore.release.records import (
 )
 from onshore.release.restrictions import prohibitions
 from onshore.release.verify import OpenedRelease, open_release
-from onshore.rulebook.evaluate import Country, DataItem, Recipient, TransferRequest
-from onshore.rulebook.loader import Rulebooks, project_rulebooks
+from onshore.rulebook.evaluate import Country
+from onshore.rulebook.loader import project_rulebooks
 from onshore.rulebook.model import Name
 from onshore.settings import Project
 from onshore.sites.keystore import load_keystore
-from onshore.store import SiteStore
 
 __all__ = [
     "LICENCE_CONTEXT",
@@ -160,6 +158,13 @@ class LicenceTerms(_Model):
     expires: date
     """The last day the licence is valid."""
     issuer: Issuer
+    consents: tuple[dict[str, Any], ...] = ()
+    """Each contributing site's signed consent (:mod:`onshore.release.consent`): its own gate's
+    decision on these terms (all but this field), for every territory and purpose."""
+
+    def asked(self) -> dict[str, Any]:
+        """The terms the sites are asked to consent to: all of them but the consents."""
+        return self.model_dump(mode="json", exclude={"consents"})
 
     @model_validator(mode="after")
     def _dates(self) -> LicenceTerms:
@@ -301,28 +306,79 @@ class TerritoryDecision:
         }
 
 
-def _site_decision(
-    project: Project, site_id: str, request: TransferRequest, books: Rulebooks
-) -> dict[str, Any]:
-    """The gate's decision at ``site_id`` (its approvals, its ledger's history), or a denial
-    saying why the site could not be asked."""
-    from onshore.transfer.approvals import trusted_approvals
-    from onshore.transfer.run import ledger_history
+Ask = Callable[[str, dict[str, Any], int], dict[str, Any]]
+"""``ask(site, terms, subjects)``: the site's signed consent statement to ``terms``."""
 
-    try:
-        with SiteStore.open(project, site_id) as store:
-            ledger = Ledger.open(store.catalogue)
-            approvals = trusted_approvals(ApprovalRegistry(store.catalogue, books), ledger)
-            decision = Gate(books, approvals, history=ledger_history(ledger)).decide(request)
-            return decision.as_dict()
-    except OnshoreError as exc:
-        return {
-            "allowed": False,
-            "reasons": [
-                f"Denied by default: the approvals and ledger of {site_id} could not be read "
-                f"({exc.message})."
-            ],
+
+def _asker(project: Project) -> Ask:
+    """How a site is asked for its consent: its service, from the coordinator's folder; in a
+    lab project, its gate in this process (one operator holds every site there)."""
+    from onshore.release.consent import decide
+
+    if project.party is None:
+
+        def local(site_id: str, terms: dict[str, Any], subjects: int) -> dict[str, Any]:
+            from onshore.gate.site import OpenSite
+
+            with OpenSite.open(project, site_id) as site:
+                return decide(site, {"licence": terms, "subjects": subjects})
+
+        return local
+
+    from onshore.parties.own import peer_client
+
+    def remote(site_id: str, terms: dict[str, Any], subjects: int) -> dict[str, Any]:
+        with peer_client(project, site_id) as client:
+            return client.post(
+                "licence.consent",
+                "/v1/licences/consent",
+                {"licence": terms, "subjects": subjects},
+            ).body
+
+    return remote
+
+
+def _consent_decisions(
+    project: Project, site_id: str, consent: dict[str, Any] | None, why: str | None, digest: str
+) -> tuple[dict[tuple[str, str], dict[str, Any]], str | None]:
+    """The decisions a consent states, by (territory, purpose), once its signature is checked
+    against the site's key; or why it cannot be used."""
+    from onshore.release.consent import consent_problem
+
+    if consent is None:
+        return {}, why
+    key = _site_key(project, site_id)
+    problem = (
+        "its ledger key is not on file"
+        if key is None
+        else consent_problem(consent, key, site=site_id, terms_sha256=digest)
+    )
+    if problem is not None:
+        return {}, f"its answer is not a valid consent: {problem}"
+    decided = {}
+    for d in consent["statement"].get("decisions") or ():
+        decided[(str(d.get("territory")), str(d.get("purpose")))] = {
+            "allowed": bool(d.get("allowed")),
+            "reasons": [str(d.get("reason"))],
+            "approval": d.get("approval"),
+            "mechanisms": list(d.get("mechanisms") or ()),
+            "rulebook_versions": d.get("rulebook_versions"),
+            "consent": consent["statement"].get("entry"),
         }
+    return decided, None
+
+
+def _site_key(project: Project, site_id: str) -> Any:
+    """A site's ledger public key: its identity on file, or its keystore in a lab project."""
+    if project.party is not None:
+        from onshore.parties.identity import load_peers
+
+        peer = load_peers(project).get(site_id)
+        return None if peer is None else peer.key
+    try:
+        return load_keystore(project.keystore_path(project.site(site_id))).public_key
+    except OnshoreError:
+        return None
 
 
 def grant_licence(
@@ -391,7 +447,8 @@ def grant_licence(
             hint="territories are ISO 3166-1 codes or EU; purposes are lower-case names "
             "such as adas",
         ) from None
-    decisions = decide_territories(project, bundle, terms, opened, today)
+    decisions, consents = decide_territories(project, bundle, terms, opened, today)
+    terms = terms.model_copy(update={"consents": tuple(consents)})
     record = {
         "licence": terms.model_dump(mode="json"),
         "territories": [d.as_dict() for d in decisions],
@@ -442,16 +499,40 @@ def grant_licence(
 
 
 def decide_territories(
-    project: Project, bundle: Bundle, terms: LicenceTerms, opened: OpenedRelease, today: date
-) -> list[TerritoryDecision]:
-    """Each territory of ``terms`` decided: the gate at every site whose data trained the
-    model, for every purpose, and the software restrictions for the last model year."""
+    project: Project,
+    bundle: Bundle,
+    terms: LicenceTerms,
+    opened: OpenedRelease,
+    today: date,
+    *,
+    ask: Ask | None = None,
+) -> tuple[list[TerritoryDecision], list[dict[str, Any]]]:
+    """Each territory of ``terms`` decided: by the gate of every site whose data trained the
+    model, each asked for its signed consent (``ask``, default: its service), for every
+    purpose; and by the software restrictions for the last model year. Returns the decisions
+    and the consents received."""
+    from onshore.release.consent import terms_digest
+
+    ask = ask or _asker(project)
     books = project_rulebooks(project)
     card = bundle.card
     makers = parties(card)
     sites = [s["id"] for s in card.get("sites", []) if isinstance(s, Mapping)]
     contributions = opened.lineage.sites if opened.lineage is not None else {}
-    recipient_country = terms.licensee.country
+    asked = terms.asked()
+    digest = terms_digest(asked)
+    consents: list[dict[str, Any]] = []
+    by_site: dict[str, tuple[dict[tuple[str, str], dict[str, Any]], str | None]] = {}
+    for site_id in sites:
+        contribution = contributions.get(site_id)
+        consent, why = None, None
+        try:
+            consent = ask(site_id, asked, contribution.subjects if contribution else 0)
+        except OnshoreError as exc:
+            why = f"{site_id} was not asked: {exc.message}"
+        by_site[site_id] = _consent_decisions(project, site_id, consent, why, digest)
+        if consent is not None and by_site[site_id][1] is None:
+            consents.append(consent)
     out = []
     for territory in terms.territories:
         decision = TerritoryDecision(territory)
@@ -469,37 +550,33 @@ def decide_territories(
             )
             decision.prohibited.append({**hit.as_dict(), "reason": reason})
         for site_id in sites:
-            site = project.site(site_id)
-            contribution = contributions.get(site_id)
+            decided, why = by_site[site_id]
             for purpose in terms.purposes:
-                request = TransferRequest(
-                    origin=site.jurisdiction,
-                    destination=territory,
-                    recipient=Recipient(
-                        name=terms.licensee.name,
-                        country=recipient_country or territory,
-                        linked_to=terms.licensee.linked_to,
-                    ),
-                    purpose=purpose,
-                    date=today,
-                    data=(
-                        DataItem(
-                            category="model_parameters",
-                            subjects=contribution.subjects if contribution else 0,
-                            deid_state="anonymized",
-                        ),
-                    ),
-                )
+                found = decided.get((territory, purpose))
+                if found is None:
+                    found = {
+                        "allowed": False,
+                        "reasons": [f"Denied by default: {why or f'{site_id} did not decide it'}."],
+                    }
                 decision.decisions.append(
                     {
                         "site": site_id,
-                        "origin": site.jurisdiction,
+                        "origin": _origin(project, site_id),
                         "purpose": purpose,
-                        "decision": _site_decision(project, site_id, request, books),
+                        "decision": found,
                     }
                 )
         out.append(decision)
-    return out
+    return out, consents
+
+
+def _origin(project: Project, site_id: str) -> str | None:
+    from onshore.parties.identity import site_facts
+
+    try:
+        return site_facts(project, site_id).jurisdiction
+    except OnshoreError:
+        return None
 
 
 def revocation(ledger: Ledger, licence_id: str) -> dict[str, Any] | None:

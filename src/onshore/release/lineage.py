@@ -1,5 +1,6 @@
 """A release's lineage: the sites' ledger entries of every model update that went into it, and
-the checks that each is in its site's ledger as the site wrote it.
+the checks that each is in its site's ledger as the site wrote it (asked of each site's service
+from the coordinator's folder; read from the sites' ledgers in a lab project).
 
 Each update a site sent is a ``federated_update`` entry in that site's ledger (written by its
 outbound mod with the gate's decision); the coordinator's ``federated_run_finished`` entry lists
@@ -11,19 +12,31 @@ the entry says the update was a ``train`` reply of this run that the gate let go
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from onshore.errors import OnshoreError
-from onshore.ledger import Entry, Ledger, verify
+from onshore.errors import ConfigError, OnshoreError
+from onshore.ledger import Entry, verify
 from onshore.ledger.entry import SIGNATURE_CONTEXT, entry_digest, is_hex64
+from onshore.parties.identity import site_facts
 from onshore.release.records import reachable_ledger
 from onshore.settings import Project
 
-__all__ = ["UPDATE_KIND", "LineageReport", "SiteContribution", "check_lineage", "parse_links"]
+__all__ = [
+    "UPDATE_KIND",
+    "Fetch",
+    "Fetched",
+    "LineageReport",
+    "SiteContribution",
+    "check_lineage",
+    "local_fetch",
+    "parse_links",
+    "remote_fetch",
+]
 
 UPDATE_KIND: Final = "federated_update"
 """The kind of a site's ledger entry for an update it sent (see :mod:`onshore.federation`)."""
@@ -88,21 +101,76 @@ def parse_links(value: object, where: str) -> list[dict[str, Any]]:
     return links
 
 
-def _authentic(ledger: Ledger, entry: Entry) -> str | None:
-    """Why ``entry`` is not its site's own as stored, or None when it is."""
+def _authentic(key: Ed25519PublicKey | None, entry: Entry) -> str | None:
+    """Why ``entry`` is not its site's own as stored (under the site's ``key``), or None."""
     digest = entry_digest(
         entry.site, entry.seq, entry.time, entry.kind, entry.payload, entry.prev_hash
     )
     if digest.hex() != entry.hash:
         return "its hash does not recompute from its fields"
-    key = ledger.pinned_key()
     if key is None:
         return "its ledger's genesis pins no valid key"
     try:
         key.verify(bytes.fromhex(entry.signature), SIGNATURE_CONTEXT + digest)
     except (ValueError, InvalidSignature):
-        return "its signature does not verify under the key the ledger pins"
+        return "its signature does not verify under the site's ledger key"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What a site's ledger says of some of its entries."""
+
+    entries: Mapping[int, Entry | None]
+    key: Ed25519PublicKey | None
+    """The key the site's entries must be signed with."""
+    problem: str | None = None
+    """Why the site's ledger does not verify, if it does not."""
+
+
+Fetch = Callable[[str, list[int]], Fetched]
+"""``fetch(site, seqs)``: those entries of the site's ledger; raises when it cannot be reached."""
+
+
+def local_fetch(project: Project) -> Fetch:
+    """Entries read from the sites' ledgers in this project's folder (a lab project)."""
+
+    def fetch(site_id: str, seqs: list[int]) -> Fetched:
+        site = project.site(site_id)
+        with reachable_ledger(project, site) as (ledger, why):
+            if ledger is None:
+                raise ConfigError(why or f"{site_id}'s ledger cannot be reached")
+            report = verify(ledger, check_hashes=False)
+            problem = None if report.ok else report.problems[0].reason
+            return Fetched({s: ledger.entry(s) for s in seqs}, ledger.pinned_key(), problem)
+
+    return fetch
+
+
+def remote_fetch(project: Project) -> Fetch:
+    """Entries each site's service vouches for (a party's folder): nothing of theirs is read
+    here but what they send, signed."""
+    from onshore.parties.identity import load_peers
+    from onshore.parties.own import peer_client
+
+    def fetch(site_id: str, seqs: list[int]) -> Fetched:
+        peer = load_peers(project).get_peer(site_id)
+        with peer_client(project, site_id) as client:
+            body = client.post("ledger.vouch", "/v1/ledger/vouch", {"seqs": seqs}).body
+        found: dict[int, Entry | None] = {}
+        for seq, raw in zip(seqs, body.get("entries") or [], strict=False):
+            found[seq] = None
+            if isinstance(raw, dict):
+                try:
+                    entry = Entry(**raw)
+                except TypeError:
+                    continue
+                if entry.site == site_id and entry.seq == seq:
+                    found[seq] = entry
+        problem = body.get("problem")
+        return Fetched(found, peer.key, None if problem is None else str(problem))
+
+    return fetch
 
 
 def _link_problem(entry: Entry | None, link: Mapping[str, Any], run: str) -> str | None:
@@ -123,9 +191,19 @@ def _link_problem(entry: Entry | None, link: Mapping[str, Any], run: str) -> str
     return None
 
 
-def check_lineage(project: Project, run: str, links: Sequence[Mapping[str, Any]]) -> LineageReport:
-    """Check each link of a run's lineage against its site's ledger, where it can be reached.
-    Never raises for what it finds: each problem and each unreachable site is in the report."""
+def check_lineage(
+    project: Project,
+    run: str,
+    links: Sequence[Mapping[str, Any]],
+    *,
+    fetch: Fetch | None = None,
+) -> LineageReport:
+    """Check each link of a run's lineage against its site's ledger, where it can be reached:
+    in a party's folder each site's service vouches for its entries, in a lab project the
+    sites' ledgers are read (``fetch`` replaces either). Never raises for what it finds: each
+    problem and each unreachable site is in the report."""
+    if fetch is None:
+        fetch = remote_fetch(project) if project.party is not None else local_fetch(project)
     by_site: dict[str, list[Mapping[str, Any]]] = {}
     for link in links:
         by_site.setdefault(str(link["site"]), []).append(link)
@@ -136,45 +214,44 @@ def check_lineage(project: Project, run: str, links: Sequence[Mapping[str, Any]]
     sites: dict[str, SiteContribution] = {}
     for site_id, site_links in by_site.items():
         try:
-            site = project.site(site_id)
+            site_facts(project, site_id)
         except OnshoreError:
-            problems.append(f"{site_id}: the lineage names a site the project does not declare")
+            problems.append(f"{site_id}: the lineage names a site the project does not know")
             continue
-        with reachable_ledger(project, site) as (ledger, why):
-            if ledger is None:
-                unreachable.append(site_id)
-                notes.append(f"{site_id}: {len(site_links)} link(s) not checked: {why}")
+        try:
+            fetched = fetch(site_id, [int(link["seq"]) for link in site_links])
+        except OnshoreError as exc:
+            unreachable.append(site_id)
+            notes.append(f"{site_id}: {len(site_links)} link(s) not checked: {exc.message}")
+            continue
+        if fetched.problem is not None:
+            problems.append(
+                f"{site_id}: its ledger does not verify ({fetched.problem}); "
+                f"run 'onshore ledger verify' in {site_id}'s folder"
+            )
+        contribution = sites.setdefault(site_id, SiteContribution())
+        for link in site_links:
+            entry = fetched.entries.get(int(link["seq"]))
+            problem = _link_problem(entry, link, run)
+            if problem is None and entry is not None:
+                why_not = _authentic(fetched.key, entry)
+                if why_not is not None:
+                    problem = f"{site_id} entry {link['seq']}: {why_not}"
+            if problem is not None:
+                problems.append(problem)
                 continue
-            report = verify(ledger, check_hashes=False)
-            if not report.ok:
-                first = report.problems[0]
-                problems.append(
-                    f"{site_id}: its ledger does not verify ({first.reason}); "
-                    f"run 'onshore ledger verify --site {site_id}'"
-                )
-            contribution = sites.setdefault(site_id, SiteContribution())
-            for link in site_links:
-                entry = ledger.entry(int(link["seq"]))
-                problem = _link_problem(entry, link, run)
-                if problem is None and entry is not None:
-                    why_not = _authentic(ledger, entry)
-                    if why_not is not None:
-                        problem = f"{site_id} entry {link['seq']}: {why_not}"
-                if problem is not None:
-                    problems.append(problem)
-                    continue
-                assert entry is not None
-                checked += 1
-                data = entry.data
-                contribution.updates += 1
-                if isinstance(data.get("round"), int):
-                    contribution.rounds.add(data["round"])
-                for item in data.get("items") or ():
-                    subjects = item.get("subjects") if isinstance(item, Mapping) else None
-                    if isinstance(subjects, int):
-                        contribution.subjects = max(contribution.subjects, subjects)
-                versions = (data.get("decision") or {}).get("rulebook_versions") or {}
-                contribution.rulebook_versions.update({str(k): str(v) for k, v in versions.items()})
+            assert entry is not None
+            checked += 1
+            data = entry.data
+            contribution.updates += 1
+            if isinstance(data.get("round"), int):
+                contribution.rounds.add(data["round"])
+            for item in data.get("items") or ():
+                subjects = item.get("subjects") if isinstance(item, Mapping) else None
+                if isinstance(subjects, int):
+                    contribution.subjects = max(contribution.subjects, subjects)
+            versions = (data.get("decision") or {}).get("rulebook_versions") or {}
+            contribution.rulebook_versions.update({str(k): str(v) for k, v in versions.items()})
     return LineageReport(
         links=len(links),
         checked=checked,

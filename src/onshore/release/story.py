@@ -26,6 +26,7 @@ from onshore.errors import (
     UseProhibited,
 )
 from onshore.gate import Approval
+from onshore.gate.record import add_approval
 from onshore.release.bundle import read_bundle
 from onshore.release.card import parties
 from onshore.release.create import create_release
@@ -34,7 +35,6 @@ from onshore.release.load import DEFAULT_PURPOSE, load_model
 from onshore.release.records import find_bundle
 from onshore.release.verify import verify_bundle
 from onshore.settings import Project
-from onshore.transfer.approvals import add_approval
 
 __all__ = ["release_demo_story"]
 

@@ -122,10 +122,11 @@ class ObjectStore:
                 )
         return self._put_many(items)
 
-    def receive(self, items: Sequence[tuple[str, bytes]]) -> list[StoredObject]:
+    def receive(self, items: Sequence[tuple[str, bytes | Path]]) -> list[StoredObject]:
         """Write objects another site sent, under :data:`RECEIVED_DIR`, as :meth:`put_many`
-        writes. Only :mod:`onshore.transfer` calls this, after the gate allowed the transfer
-        and the sending site recorded it in its ledger."""
+        writes (a file from :meth:`incoming_file` is moved into place, not copied). Only
+        :mod:`onshore.transfer` calls this, after the sending site's gate allowed the transfer
+        and recorded it in its signed ledger, and after every object's hash was checked."""
         for path, _ in items:
             if not _received(path):
                 raise StoreError(f"{path}: received data must go under {RECEIVED_DIR}/")
@@ -168,6 +169,18 @@ class ObjectStore:
             raise StoreError(f"cannot sync store {self.url}: {exc}") from exc
         return stored
 
+    def incoming_file(self) -> Path:
+        """A fresh file to write an arriving object into: in the store's staging folder on a
+        local disk (so :meth:`receive` renames it into place), else in the system's temporary
+        folder. The caller deletes it if it is not received."""
+        if self._local:
+            return Path(self._staging_name())
+        import tempfile
+
+        fd, name = tempfile.mkstemp(prefix="onshore-incoming-", suffix=".part")
+        os.close(fd)
+        return Path(name)
+
     def _staging_name(self) -> str:
         staging = self._abs(STAGING_DIR)
         if staging not in self._made:
@@ -177,6 +190,12 @@ class ObjectStore:
 
     def _write_local(self, target: str, content: bytes | Path) -> None:
         """Write a local file aside, make it durable, then rename it into place."""
+        if isinstance(content, Path) and content.parent == Path(self._abs(STAGING_DIR)):
+            # An arriving object already written into staging: make it durable, move it.
+            with open(content, "rb") as f:
+                os.fdatasync(f.fileno())
+            os.replace(content, target)
+            return
         part = self._staging_name()
         try:
             with open(part, "wb") as f:

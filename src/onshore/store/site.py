@@ -40,6 +40,13 @@ class Residency:
         site = project.site(site_id)
         sites = project.settings.sites.values()
         peers = {s.id for s in sites if s.jurisdiction == site.jurisdiction}
+        if project.party is not None:
+            # A party knows the other sites by their identities: those under the same law.
+            from onshore.parties.identity import load_peers
+
+            peers |= {
+                p.id for p in load_peers(project).sites() if p.jurisdiction == site.jurisdiction
+            }
         return cls(site_id, site.jurisdiction, frozenset(peers))
 
     def allows(self, recorded_in: str) -> bool:
@@ -57,8 +64,10 @@ class SiteStore:
     residency: Residency
 
     @classmethod
-    def open(cls, project: Project, site_id: str) -> SiteStore:
-        """Open the store and catalogue that ``onshore.toml`` declares for ``site_id``."""
+    def open(cls, project: Project, site_id: str | None = None) -> SiteStore:
+        """Open the store and catalogue that ``onshore.toml`` declares for ``site_id`` (in a
+        party's folder, its own site; see :meth:`Project.site_for`)."""
+        site_id = project.site_for(site_id)
         site = project.site(site_id)
         return cls(
             site_id,

@@ -1,12 +1,15 @@
-"""Transfers between sites: the one code path that writes into another site's store.
+"""Transfers between sites: the one code path that moves data from one site's store into
+another's, each site a party of its own.
 
-:func:`transfer` resolves what would leave (:mod:`.selection`), has the gate decide, records the
-decision in both sites' ledgers, and only when allowed copies the data into the destination's
-store under ``received/`` (:meth:`~onshore.store.objects.ObjectStore.receive`, which nothing
-else calls) and its catalogue.
+:func:`transfer` runs at the origin (:mod:`.outbound`): it resolves what would leave
+(:mod:`.selection`), has the origin's gate decide, records the decision in the origin's ledger,
+and only when allowed sends the objects to the destination's service over mutual TLS. The
+destination's service receives them (:mod:`.inbound`, which alone calls
+:meth:`~onshore.store.objects.ObjectStore.receive`), checks each against the hash the origin
+signed, and records them in its own ledger.
 """
 
-from onshore.transfer.run import TransferReport, ledger_history, site_gate, transfer
+from onshore.transfer.outbound import TransferReport, transfer
 from onshore.transfer.selection import Dataset, Selection, StoredRef, resolve
 
 __all__ = [
@@ -14,8 +17,6 @@ __all__ = [
     "Selection",
     "StoredRef",
     "TransferReport",
-    "ledger_history",
     "resolve",
-    "site_gate",
     "transfer",
 ]

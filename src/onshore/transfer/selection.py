@@ -115,6 +115,11 @@ class Dataset:
     objects: list[StoredRef] = field(default_factory=list)
     clips: list[str] = field(default_factory=list)
     items: list[DataItem] = field(default_factory=list)
+    subjects: dict[str, set[str]] = field(default_factory=dict)
+    """Per category of :attr:`items`, who its subjects are: VINs for vehicle categories, each
+    person or plate seen in a clip's frames (``clip#n``) for the others. Never sent: the
+    origin keeps their keyed hashes, so that a person is counted once however often they
+    cross (:mod:`onshore.gate.crossings`)."""
     state: str = "raw"
     without_consent: int = 0
     """Selected clips whose driver did not consent to their data training models."""
@@ -160,27 +165,33 @@ def _labels(site: SiteStore, records: list[ClipRecord]) -> dict[str, tuple[Label
     return {found.clip_id: found.labels for found in label_clips(site, records)}
 
 
-def _items(found: Iterable[tuple[str, str, int, str]]) -> list[DataItem]:
-    """Data items from ``(category, vin, count, state)``: distinct vehicles for vehicle
-    categories, summed counts for person categories; the least de-identified state wins."""
-    vehicles: dict[str, set[str]] = defaultdict(set)
-    persons: dict[str, int] = defaultdict(int)
+def _items(
+    found: Iterable[tuple[str, str, str, int, str]],
+) -> tuple[list[DataItem], dict[str, set[str]]]:
+    """Data items, and their subjects, from ``(category, clip id, vin, count, state)``:
+    distinct vehicles for vehicle categories, summed counts for person categories (each
+    person seen in a clip's frames is one, an upper bound); the least de-identified state
+    wins."""
+    subjects: dict[str, set[str]] = defaultdict(set)
     states: dict[str, str] = {}
-    for category, vin, count, state in found:
-        vehicles[category].add(vin)
-        persons[category] += count
+    for category, clip_id, vin, count, state in found:
+        if CATEGORIES[category].subject == "vehicle":
+            subjects[category].add(vin)
+        else:
+            subjects[category].update(f"{clip_id}#{n}" for n in range(count))
         known = states.get(category, state)
         states[category] = min(known, state, key=_STATES.index)
-    items = []
-    for category in sorted(vehicles):
-        kind = CATEGORIES[category].subject
-        subjects = len(vehicles[category]) if kind == "vehicle" else persons[category]
-        items.append(
-            DataItem.model_validate(
-                {"category": category, "subjects": subjects, "deid_state": states[category]}
-            )
+    items = [
+        DataItem.model_validate(
+            {
+                "category": category,
+                "subjects": len(subjects[category]),
+                "deid_state": states[category],
+            }
         )
-    return items
+        for category in sorted(subjects)
+    ]
+    return items, dict(subjects)
 
 
 def _raw(site: SiteStore, records: list[ClipRecord], dataset: Dataset) -> None:
@@ -194,8 +205,8 @@ def _raw(site: SiteStore, records: list[ClipRecord], dataset: Dataset) -> None:
             f = frames[record.clip_id]
             dataset.objects.append(StoredRef(f.path, f.sha256, "frames"))
     by_id = {r.clip_id: r for r in records}
-    dataset.items = _items(
-        (label.category, by_id[clip_id].vin, label.count, "raw")
+    dataset.items, dataset.subjects = _items(
+        (label.category, clip_id, by_id[clip_id].vin, label.count, "raw")
         for clip_id, found in labels.items()
         for label in found
     )
@@ -249,6 +260,6 @@ def _deidentified(
             after = _after(label.category, profile)
             if after is None or (after.startswith("outside_video") and frames is None):
                 continue
-            found.append((after, record.vin, label.count, output.state))
-    dataset.items = _items(found)
+            found.append((after, record.clip_id, record.vin, label.count, output.state))
+    dataset.items, dataset.subjects = _items(found)
     dataset.state = min((outputs[r.clip_id].state for r in chosen), key=_STATES.index)

@@ -1,0 +1,108 @@
+"""Witnessing from this party's side: ask each peer for its head, and whether the heads each
+side holds of the other still hold (:mod:`onshore.ledger.witness` judges the answers).
+
+``onshore ledger witness`` does it and records the peers' heads; ``onshore ledger verify``
+does it without recording anything, to check the heads held; ``onshore party peers --check``
+to see who answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import httpx
+
+from onshore.errors import OnshoreError
+from onshore.ledger import Problem, VerifyReport
+from onshore.ledger.witness import judge, record_if_new
+from onshore.parties.client import PeerClient
+from onshore.parties.identity import LocalParty, load_peers
+from onshore.parties.own import own_ledger
+from onshore.settings import Project
+
+__all__ = ["verify_party", "witness_peers"]
+
+
+def witness_peers(
+    project: Project,
+    *,
+    record: bool,
+    only: list[str] | None = None,
+    http_for: Callable[[str], httpx.Client | None] = lambda _peer: None,
+) -> list[dict[str, Any]]:
+    """Exchange heads with every peer (or those in ``only``): for each, its head, the problems
+    its answer shows (:class:`~onshore.ledger.Problem` as dicts) and how many heads were
+    compared, or the error that kept it from answering. With ``record``, each side records the
+    other's head when it changed. ``http_for`` gives a client per peer (tests)."""
+    local = LocalParty.of(project)
+    out: list[dict[str, Any]] = []
+    with own_ledger(project) as (ledger, keys):
+        for peer in load_peers(project).values():
+            if only is not None and peer.id not in only:
+                continue
+            held = ledger.last_peer_head(peer.id)
+            row: dict[str, Any] = {
+                "peer": peer.id,
+                "held": None if held is None else held.as_dict(),
+            }
+            try:
+                with PeerClient(local, peer, keys, head=ledger.head, http=http_for(peer.id)) as c:
+                    answer = c.post(
+                        "ledger.witness",
+                        "/v1/witness",
+                        {"head_of_you": None if held is None else held.as_dict(), "record": record},
+                    )
+            except OnshoreError as exc:
+                row["error"] = exc.message
+                out.append(row)
+                continue
+            problems, compared = judge(ledger, peer.id, held, answer.body)
+            row["head"] = None if answer.head is None else answer.head.as_dict()
+            row["problems"] = [p.as_dict() for p in problems]
+            row["compared"] = compared
+            if record and answer.head is not None and not problems:
+                entry = record_if_new(ledger, answer.head)
+                row["recorded"] = None if entry is None else entry.seq
+            out.append(row)
+    return out
+
+
+def verify_party(
+    project: Project,
+    *,
+    check_hashes: bool = True,
+    witness: bool = True,
+    http_for: Callable[[str], httpx.Client | None] = lambda _peer: None,
+) -> VerifyReport:
+    """Verify this party's ledger fully (chain, signatures, pinned key; for a site also that
+    store and ledger agree and the approvals table matches its record), then, unless
+    ``witness`` is off, ask every peer whether the head held of it still holds and which head
+    of this party it holds (nothing is recorded). A peer that does not answer is a note."""
+    from onshore.ledger import verify, verify_site
+
+    local = LocalParty.of(project)
+    if project.is_coordinator:
+        with own_ledger(project) as (ledger, keys):
+            report = verify(ledger, current_key=keys.public_key)
+    else:
+        report = verify_site(project, local.id, check_hashes=check_hashes)
+    if not witness:
+        return replace(report, notes=(*report.notes, "peers not asked (--offline)"))
+    problems, notes, peers = list(report.problems), list(report.notes), []
+    compared = 0
+    for row in witness_peers(project, record=False, http_for=http_for):
+        if "error" in row:
+            notes.append(f"peer {row['peer']} not asked: {row['error']}")
+            continue
+        peers.append(row["peer"])
+        compared += int(row["compared"])
+        problems.extend(Problem(**p) for p in row["problems"])
+    return replace(
+        report,
+        peers=tuple(peers),
+        peer_heads=compared,
+        problems=tuple(problems),
+        notes=tuple(notes),
+    )

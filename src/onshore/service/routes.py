@@ -1,0 +1,240 @@
+"""The service's routes for transfers in: an offer, the objects streamed, the commit.
+
+The objects arrive as one stream: the bytes of each object the offer's answer asked for, one
+after the other, in that order. Each is written to a file as it arrives, hashed on the way,
+and stored only when its hash and size are the ones the origin's signed ``transfer_out`` lists;
+an object that does not match is dropped and the whole request refused (``hash``), after the
+rest of the body was read so that the sender hears why. A sender that stops mid-stream loses
+nothing it sent whole: the objects completed are kept, the one cut short is dropped, and a
+rerun sends only what is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+from typing import IO, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from onshore.errors import RequestRefused
+from onshore.ledger.witness import vouch
+from onshore.service.app import Incoming, PartyService
+from onshore.transfer import inbound
+
+__all__ = ["ledger", "licences", "transfers"]
+
+
+def _indices(text: str) -> list[int]:
+    try:
+        found = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise RequestRefused(
+            f"objects={text!r} is not a list of numbers", reason="malformed"
+        ) from None
+    if len(set(found)) != len(found):
+        raise RequestRefused("an object is asked for twice", reason="malformed")
+    return found
+
+
+class _Receiver:
+    """Splits the stream into the expected objects, hashing and writing each."""
+
+    def __init__(self, party: PartyService, incoming: Incoming, expected: list[inbound.Expected]):
+        self.site = party.require_site()
+        self.sender = incoming.sender
+        self.expected = expected
+        self.index = 0
+        self.file: IO[bytes] | None = None
+        self.path: Path | None = None
+        self.digest = hashlib.sha256()
+        self.left = 0
+        self.stored = 0
+        self.written = 0
+        self.bad: RequestRefused | None = None
+
+    def _open(self) -> None:
+        item = self.expected[self.index]
+        self.path = self.site.store.objects.incoming_file()
+        self.file = open(self.path, "wb")  # noqa: SIM115 - closed in _finish or discard
+        self.digest = hashlib.sha256()
+        self.left = item.bytes
+
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            self.path = None
+
+    async def feed(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            if self.bad is not None:
+                return  # read to the end, keep nothing more
+            if self.index >= len(self.expected):
+                self.bad = RequestRefused(
+                    "the body goes on past the objects it was to carry", reason="too_large"
+                )
+                return
+            if self.file is None:
+                self._open()
+            take = view[: self.left]
+            assert self.file is not None
+            self.file.write(take)
+            self.digest.update(take)
+            self.left -= len(take)
+            view = view[len(take) :]
+            if self.left == 0:
+                await self._finish()
+
+    async def _finish(self) -> None:
+        item = self.expected[self.index]
+        assert self.file is not None and self.path is not None
+        self.file.close()
+        self.file = None
+        if self.digest.hexdigest() != item.sha256:
+            self.discard()
+            self.bad = RequestRefused(
+                f"{item.path} arrived with sha256 {self.digest.hexdigest()[:16]}..., not "
+                f"{item.sha256[:16]}... as the origin signed: it was dropped",
+                reason="hash",
+            )
+            return
+        stored = await run_in_threadpool(
+            inbound.store_object, self.site, self.sender, item, self.path
+        )
+        self.path = None
+        self.stored += stored.written
+        self.written += stored.size if stored.written else 0
+        self.index += 1
+
+    async def close(self) -> None:
+        # Objects of no bytes need no chunk to complete.
+        while (
+            self.bad is None
+            and self.index < len(self.expected)
+            and self.expected[self.index].bytes == 0
+        ):
+            self._open()
+            await self._finish()
+
+
+def transfers(app: FastAPI, party: PartyService) -> None:
+    """Register the routes of a transfer in."""
+
+    @app.post("/v1/transfers/offer")
+    async def offer(request: Request) -> Response:
+        def work(incoming: Incoming) -> dict[str, Any]:
+            return inbound.offer(party.require_site(), incoming.sender, incoming.json())
+
+        return await party.handle(request, "transfer.offer", work)
+
+    @app.put("/v1/transfers/{transfer}/objects")
+    async def objects(transfer: str, request: Request) -> Response:
+        kind = "transfer.objects"
+        incoming: Incoming | None = None
+        receiver: _Receiver | None = None
+        try:
+            incoming = await party.receive(request, kind, streamed=True)
+            site = party.require_site()
+            indices = _indices(request.query_params.get("objects", ""))
+            expected = await run_in_threadpool(
+                inbound.expected, site, incoming.sender, transfer, indices
+            )
+            total = sum(e.bytes for e in expected)
+            declared = request.headers.get("content-length")
+            limit = party.local.settings.max_body_bytes
+            if total > limit or (
+                declared is not None and declared.isdigit() and int(declared) > limit
+            ):
+                raise RequestRefused(
+                    f"the objects are {total:,} bytes; at most {limit:,} are accepted in one "
+                    "request",
+                    reason="too_large",
+                )
+            if declared is not None and declared.isdigit() and int(declared) != total:
+                raise RequestRefused(
+                    f"the body is {int(declared):,} bytes, but the objects asked for are {total:,}",
+                    reason="too_large" if int(declared) > total else "incomplete",
+                )
+            receiver = _Receiver(party, incoming, expected)
+            async for chunk in request.stream():
+                await receiver.feed(chunk)
+            await receiver.close()
+            if receiver.bad is not None:
+                raise receiver.bad
+            if receiver.index < len(expected):
+                raise RequestRefused(
+                    f"the body ended after {receiver.index} of {len(expected)} objects",
+                    reason="incomplete",
+                )
+        except ClientDisconnect:
+            if receiver is not None:
+                receiver.discard()
+            done = receiver.index if receiver is not None else 0
+            refusal = RequestRefused(
+                f"the sender stopped mid-stream, after {done} whole object(s), which are kept",
+                reason="incomplete",
+            )
+            return await party.refuse(request, kind, refusal, incoming)
+        except RequestRefused as exc:
+            if receiver is not None:
+                receiver.discard()
+            return await party.refuse(request, kind, exc, incoming)
+        assert receiver is not None
+        return party.reply(
+            kind,
+            {"stored": receiver.stored, "bytes": receiver.written, "objects": len(expected)},
+            to=incoming.sender.id,
+            reply_to=incoming.stamp.id,
+        )
+
+    @app.post("/v1/transfers/{transfer}/commit")
+    async def commit(transfer: str, request: Request) -> Response:
+        def work(incoming: Incoming) -> dict[str, Any]:
+            body = incoming.json()
+            if body.get("transfer") != transfer:
+                raise RequestRefused("the commit names another transfer", reason="malformed")
+            return inbound.commit(
+                party.require_site(), incoming.sender, transfer, incoming.stamp.head
+            )
+
+        return await party.handle(request, "transfer.commit", work)
+
+
+def ledger(app: FastAPI, party: PartyService) -> None:
+    """Register the route a peer checks entries of this party's ledger through."""
+
+    @app.post("/v1/ledger/vouch")
+    async def vouch_for(request: Request) -> Response:
+        def work(incoming: Incoming) -> dict[str, Any]:
+            seqs = incoming.json().get("seqs")
+            if not isinstance(seqs, list):
+                raise RequestRefused("a vouch request lists seqs", reason="malformed")
+            return vouch(party.ledger, seqs, intact=party.chain_problem)
+
+        return await party.handle(request, "ledger.vouch", work)
+
+
+def licences(app: FastAPI, party: PartyService) -> None:
+    """Register the route the coordinator asks a site's consent to a licence through."""
+    from onshore.release.consent import decide
+
+    @app.post("/v1/licences/consent")
+    async def consent(request: Request) -> Response:
+        def work(incoming: Incoming) -> dict[str, Any]:
+            if incoming.sender.role != "coordinator":
+                raise RequestRefused(
+                    f"{incoming.sender.id} is not the coordinator, which alone grants licences",
+                    reason="untrusted",
+                )
+            return decide(party.require_site(), incoming.json())
+
+        return await party.handle(request, "licence.consent", work)
