@@ -52,12 +52,13 @@ configuration is changed. Retry code checks these markers, never message text.
     │   ├── IdentityInvalid          (terminal) an identity file is malformed or not self-signed
     │   ├── CertificateError         (terminal) a TLS certificate is missing, expired or for others
     │   └── RequestRefused           (terminal) a party refused a message, and says why (exit 20)
-    └── PeerUnreachable              (transient) a party's service did not answer (exit 19)
+    ├── PeerUnreachable              (transient) a party's service did not answer (exit 19)
+    └── DemoError                    (terminal) a step of ``onshore demo`` failed: which and why
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from onshore.gate.engine import Decision
@@ -75,6 +76,7 @@ __all__ = [
     "ClipError",
     "ConfigError",
     "DeidentifyError",
+    "DemoError",
     "FileSystemError",
     "GateError",
     "IdentityInvalid",
@@ -142,7 +144,7 @@ class OnshoreError(Exception):
         self.message = message
         self.hint = hint
 
-    def to_dict(self) -> dict[str, str | int | None]:
+    def to_dict(self) -> dict[str, Any]:
         """The error as the CLI prints it under ``--json``."""
         return {
             "error": self.code,
@@ -450,6 +452,11 @@ class LicenceDenied(LicenceError):
         super().__init__(message, hint=hint)
         self.decisions = decisions
 
+    def to_dict(self) -> dict[str, Any]:
+        """As the CLI prints it, with the refused territories' decisions (for scripts that put
+        the missing approvals on file)."""
+        return {**super().to_dict(), "territories": [d.as_dict() for d in self.decisions]}
+
 
 class LicenceRefused(LicenceError):
     """Loading a released model under a licence that does not cover this use: expired, not yet
@@ -536,7 +543,7 @@ class RequestRefused(PartyError):
         self.party = party
         """The party that refused."""
 
-    def to_dict(self) -> dict[str, str | int | None]:
+    def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "reason": self.reason, "refused_by": self.party or None}
 
 
@@ -547,6 +554,14 @@ class PeerUnreachable(OnshoreError, Transient):
 
     code = "peer_unreachable"
     exit_code = 19
+
+
+class DemoError(OnshoreError, Terminal):
+    """A step of ``onshore demo`` failed: the message names the command, the party's folder it
+    ran in and what it said; the processes the demo started are stopped."""
+
+    code = "demo"
+    exit_code = 1
 
 
 def _catalogue() -> dict[str, type[OnshoreError]]:

@@ -21,6 +21,7 @@ from onshore.cli import (
     ledger,
     party,
     project,
+    read,
     release,
     report,
     rulebook,
@@ -50,6 +51,7 @@ app.add_typer(ledger.app, name="ledger")
 store.register(app)
 deid.register(app)
 transfer.register(app)
+read.register(app)
 train.register(app)
 app.add_typer(federation.app, name="federation")
 app.add_typer(federation.site_app, name="site")

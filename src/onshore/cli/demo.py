@@ -16,9 +16,9 @@ __all__ = ["register"]
 
 
 def demo(
-    folder: Annotated[Path, typer.Option("--dir", help="Project folder to create.")] = Path(
-        "onshore-demo"
-    ),
+    folder: Annotated[
+        Path, typer.Option("--dir", help="Folder to make the parties' folders in.")
+    ] = Path("onshore-demo"),
     vehicles: Annotated[int, typer.Option(min=10, help="Vehicles in traffic per site.")] = 150,
     minutes: Annotated[float, typer.Option(min=0.5, help="Simulated minutes per site.")] = 6.0,
     seed: Annotated[int, typer.Option(help="Seed for every simulation.")] = 7,
@@ -28,13 +28,15 @@ def demo(
     ] = 100,
     as_json: JsonOption = False,
 ) -> None:
-    """The whole story on the embedded defaults: three sites, simulated fleets, ingest,
-    classification, de-identification, the gate, local and federated training, ledgers."""
+    """The whole story on the embedded defaults, each party (three sites and the coordinator)
+    its own process with its own folder on loopback: simulated fleets, ingest, classification,
+    de-identification, the gate, transfers and reads between the parties' services, local and
+    federated training, the release and its licence, reports and ledgers. Progress goes to
+    stderr, also with --json."""
     from onshore.demo import run_demo
 
     def say(message: str) -> None:
-        if not as_json:
-            err_console.print(f"[bold cyan]>[/] {message}")
+        err_console.print(f"[bold cyan]>[/] {message}")
 
     result = run_demo(
         folder,
@@ -47,12 +49,14 @@ def demo(
     )
 
     def render(d: dict[str, Any]) -> None:
+        console.print(_parties_table(d["parties"]))
         console.print(inventory_table(d["inventory"]))
         console.print(_found_table(d["classify"]))
         console.print(_removed_table(d["deidentify"]))
         if d["transfers"]:
             console.print(_gate_table(d["transfers"]))
             _print_denials(d["transfers"])
+        _print_reads(d.get("reads", []))
         if d["training"]:
             console.print(_training_table(d["training"]))
             _print_refusals(d["training"]["federated"])
@@ -64,7 +68,7 @@ def demo(
             "Ledgers: "
             + "; ".join(
                 f"{v['site']} {'verified' if v['ok'] else '[red]NOT verified[/]'} "
-                f"({v['entries']} entries, {v['peer_heads']} heads of other sites)"
+                f"({v['entries']} entries, {v['peer_heads']} heads checked with its peers)"
                 for v in d["ledgers"]
             )
         )
@@ -81,9 +85,16 @@ def _print_summary(d: dict[str, Any]) -> None:
     lines = [
         f"{clips} clips at {len(d['inventory'])} sites, classified and de-identified where "
         "they were recorded",
-        f"gate: {len(steps) - moved} transfers refused, {moved} allowed, each decision in both "
-        "sites' ledgers",
+        f"gate: {len(steps) - moved} transfers refused, {moved} allowed, each decided at its "
+        "origin and sent to the destination's service; both ledgers record what moved",
     ]
+    reads = d.get("reads", [])
+    if reads:
+        shown = sum(1 for r in reads if r["access"]["allowed"])
+        lines.append(
+            f"reads from abroad: {len(reads) - shown} withheld, {shown} shown, each decided by "
+            "the site's own gate"
+        )
     training = d.get("training")
     if training:
         fed = training["federated"]
@@ -99,16 +110,37 @@ def _print_summary(d: dict[str, Any]) -> None:
                 f"licensed to {release['licence']['licensee']} for "
                 f"{', '.join(release['licence']['territories'])}"
             )
-    lines.append(f"reports: {len(d.get('reports', []))} written under {d['project']}/reports")
+    lines.append(f"reports: {len(d.get('reports', []))} written, each in its site's folder")
     ok = all(v["ok"] for v in d["ledgers"])
     lines.append(f"ledgers: {'every one verified' if ok else '[red]NOT all verified[/]'}")
     console.print("[bold]Summary[/] (" + f"{d['seconds']:.0f} s)")
     for line in lines:
         console.print(f"  {line}")
     if d.get("console"):
+        console.print("The parties' services stopped with the demo. To look around, start them:")
+        for command in d["console"]["serve"].values():
+            console.print(f"  {command} &")
+        console.print(f"then open the coordinator's console: [bold]{d['console']['command']}[/]")
         console.print(
-            f"Open the console: [bold]{d['console']['command']}[/]  (then http://127.0.0.1:8765/;"
-            f" users and passwords in {d['console']['passwords']})"
+            f"  http://127.0.0.1:8765/ (users and passwords in {d['console']['passwords']})"
+        )
+
+
+def _parties_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table("party", "folder", "service", "pid", title="The parties, each its own process")
+    for r in rows:
+        table.add_row(r["party"], r["folder"], r["endpoint"], str(r["pid"]))
+    return table
+
+
+def _print_reads(reads: list[dict[str, Any]]) -> None:
+    for r in reads:
+        access = r["access"]
+        verdict = "[green]shown[/]" if access["allowed"] else "[red]withheld[/]"
+        reason = "" if access["allowed"] else f": {escape(access['decision']['reasons'][0])}"
+        console.print(
+            f"Read of {r['site']}'s clips by the coordinator ({escape(r['note'])}): {verdict}"
+            f" ({access['how']}){reason}"
         )
 
 

@@ -175,6 +175,35 @@ def check(
         raise typer.Exit(TransferDenied.exit_code)
 
 
+@gate_app.command()
+def outbound(
+    category: Annotated[
+        str,
+        typer.Option(
+            help="What would go to the coordinator: model_parameters or aggregate_metrics."
+        ),
+    ] = "model_parameters",
+    subjects: Annotated[int, typer.Option(min=0, help="Vehicles whose data it derives from.")] = 1,
+    purpose: Annotated[str, typer.Option(help="Why, e.g. adas_training.")] = "adas_training",
+    site: SiteOption = None,
+    project: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What this site's gate would decide about sending its coordinator a model update (or
+    metrics) before a federated run: the decision the outbound mod acts on, asked ahead.
+    Records nothing. Exits 10 when it would be denied."""
+    from onshore.federation.site import outbound_decision
+    from onshore.gate.site import OpenSite
+
+    proj = load_project(project)
+    with OpenSite.open(proj, proj.site_for(site)) as opened:
+        decision, request = outbound_decision(opened, category, subjects, purpose)
+    data = {**decision.as_dict(), "request": request.model_dump(mode="json")}
+    emit(data, as_json, _render_decision)
+    if not decision.allowed:
+        raise typer.Exit(TransferDenied.exit_code)
+
+
 # -- approvals -----------------------------------------------------------------------------------
 
 _OPTION = {

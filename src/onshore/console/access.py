@@ -1,61 +1,95 @@
-"""What a console user may see of a site, and the gate in front of rows read from abroad.
+"""What a console user may see of a site, and how the console asks for it.
 
-The console runs at the coordinator. A site operator sees their own site; an auditor sees
-everything, read-only; a coordinator engineer sees every site's metadata and aggregates (counts,
-labels, approvals and their deadlines, ledger status, training metrics that already crossed the
-gate), but the rows a site holds (its clips, its decisions, its reports) only as that site's
-gate allows. Such a read from another country is a transfer like any other: China counts a
-remote query from abroad as outbound, and so does the EU. The site's gate decides on what the
-page would show (the categories and the number of vehicles in it), towards the coordinator's
-entity and country, for the purpose ``remote_query``; the decision is a ``remote_read`` entry
-in the site's ledger whichever way it goes, and an allowed read counts towards the rule windows
-like any transfer.
+The console runs in one party's folder (the coordinator's, or a site's). A site operator sees
+their own site; an auditor and a coordinator engineer see every site. What the console shows of
+a site comes from the site itself (:mod:`onshore.reads`): the folder's own site it reads
+directly; another party's site it asks through that site's service, and that site's gate
+decides. A read from another country is a transfer like any other: China counts a remote query
+from abroad as outbound, and so does the EU. The site decides on what the page would show (the
+categories and subjects in it), towards the console's party, for the purpose ``remote_query``,
+and records it as a ``remote_read`` entry in its ledger whichever way it goes; the same page
+read again the same day is recorded once. No process of the console's party opens another
+party's catalogue.
+
+In a lab project (every site's data in one folder, on one machine) a coordinator engineer's
+reads go through each site's gate the same way, in this process; a site operator and an auditor
+read directly, as they would at the site.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
+import httpx
+
 from onshore.console.auth import Role, User
-from onshore.gate import Decision
-from onshore.ledger import Ledger
-from onshore.rulebook.evaluate import DataItem, Recipient, TransferRequest
+from onshore.reads import REMOTE_QUERY, compute, is_local, read
 from onshore.settings import Project
-from onshore.sites.keystore import load_keystore
-from onshore.store.site import SiteStore
-from onshore.transfer import site_gate
 
-__all__ = ["REMOTE_QUERY", "Forbidden", "RowAccess", "read_rows", "sees_site"]
+__all__ = [
+    "REMOTE_QUERY",
+    "Forbidden",
+    "HttpFor",
+    "RowAccess",
+    "SiteRead",
+    "all_sites",
+    "read_site",
+    "sees_site",
+]
 
-REMOTE_QUERY: Final = "remote_query"
-"""The purpose the gate is asked about when rows are read from another country."""
+HttpFor = Callable[[str], httpx.Client | None]
+"""A client for a site's service (tests drive the sites' apps in process); None: mutual TLS."""
+
+_NONE: Final[HttpFor] = lambda _site: None  # noqa: E731
 
 
 class Forbidden(Exception):
-    """The user's role never sees this (another site's rows for a site operator)."""
+    """The user's role never sees this (another site for a site operator)."""
 
 
 @dataclass(frozen=True, slots=True)
 class RowAccess:
-    """Whether the rows may be shown, and why."""
+    """Whether a site's data may be shown, and why."""
 
     allowed: bool
     how: str
     """``own site``, ``auditor``, ``same country`` or ``gate``."""
-    decision: Decision | None = None
+    decision: Mapping[str, Any] | None = None
+    """The site's gate decision, as it recorded it (gate reads only)."""
     ledger_seq: int | None = None
     """The ``remote_read`` entry in the site's ledger (gate reads only)."""
+    repeated: bool = False
+    """The same read was recorded earlier today, under that entry."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "allowed": self.allowed,
             "how": self.how,
-            "decision": None if self.decision is None else self.decision.as_dict(),
+            "decision": None if self.decision is None else dict(self.decision),
             "ledger_seq": self.ledger_seq,
+            "repeated": self.repeated,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class SiteRead:
+    """A view of a site, and whether and how it could be read."""
+
+    access: RowAccess
+    data: dict[str, Any] | None
+
+
+def all_sites(project: Project) -> list[str]:
+    """The sites the console knows: a lab project's, or this party's own and its peers'."""
+    if project.party is None:
+        return list(project.settings.sites)
+    from onshore.parties.identity import load_peers
+
+    own = [project.party.id] if project.party.id in project.settings.sites else []
+    return own + sorted(p.id for p in load_peers(project).sites())
 
 
 def sees_site(user: User, site_id: str) -> bool:
@@ -63,68 +97,42 @@ def sees_site(user: User, site_id: str) -> bool:
     return user.role is not Role.SITE_OPERATOR or user.site == site_id
 
 
-def reader_country(project: Project, user: User) -> str:
-    """Where the user reads from: a site operator at their site, everyone else at the
-    coordinator (the console's host)."""
-    if user.role is Role.SITE_OPERATOR and user.site is not None:
-        return project.site(user.site).location
-    return project.settings.coordinator.country
-
-
-def read_rows(
+def read_site(
     project: Project,
     user: User,
     site_id: str,
     view: str,
-    items: Sequence[DataItem],
+    params: Mapping[str, Any] | None = None,
     *,
-    rows: int,
+    http_for: HttpFor = _NONE,
     day: date | None = None,
-) -> RowAccess:
-    """Decide whether ``user`` may see ``rows`` rows of site ``site_id`` holding ``items`` on
-    the page ``view``; a read through the gate is recorded in the site's ledger. Raises
-    :class:`Forbidden` for a site operator asking for another site."""
+) -> SiteRead:
+    """Read ``view`` of ``site_id`` for ``user`` (see the module's description). Raises
+    :class:`Forbidden` for a site operator asking for another site,
+    :class:`~onshore.errors.PeerUnreachable` for a site whose service does not answer."""
+    from onshore.gate.site import OpenSite
+
     if not sees_site(user, site_id):
         raise Forbidden(f"{user.name} operates {user.site}, not {site_id}")
-    if user.role is Role.SITE_OPERATOR:
-        return RowAccess(True, "own site")
-    if user.role is Role.AUDITOR:
-        return RowAccess(True, "auditor")
-    site = project.site(site_id)
-    coordinator = project.settings.coordinator
-    if reader_country(project, user) == site.location:
-        return RowAccess(True, "same country")
-    request = TransferRequest(
-        origin=site.jurisdiction,
-        destination=coordinator.country,
-        recipient=Recipient(
-            name=coordinator.entity,
-            country=coordinator.country,
-            linked_to=tuple(coordinator.linked_to),
-        ),
-        purpose=REMOTE_QUERY,
-        date=day or datetime.now(UTC).date(),
-        data=tuple(items),
+    params = dict(params or {})
+    if is_local(project, site_id) and (
+        project.party is not None or user.role is not Role.COORDINATOR_ENGINEER
+    ):
+        how = "auditor" if user.role is Role.AUDITOR and project.party is None else "own site"
+        with OpenSite.open(project, site_id) as site:
+            data = compute(site, view, params, day or datetime.now(UTC).date()).as_json()
+        return SiteRead(RowAccess(True, how), data)
+    answer = read(
+        project, site_id, view, params, user=user.name, role=str(user.role), http=http_for(site_id)
     )
-    with SiteStore.open(project, site_id) as store:
-        ledger = Ledger.open(store.catalogue, load_keystore(project.keystore_path(site)))
-        decision = site_gate(project, store, ledger).decide(request)
-        entry = ledger.append(
-            "remote_read",
-            {
-                "reader": user.name,
-                "role": str(user.role),
-                "view": view,
-                "rows": rows,
-                "from": site_id,
-                "to": coordinator.id,
-                "destination": request.destination,
-                "recipient": request.recipient.model_dump(mode="json"),
-                "purpose": REMOTE_QUERY,
-                "date": request.date.isoformat(),
-                "items": [item.model_dump(mode="json") for item in items],
-                "decision": decision.as_dict(),
-                "allowed": decision.allowed,
-            },
-        )
-    return RowAccess(decision.allowed, "gate", decision, entry.seq)
+    access = answer["access"]
+    return SiteRead(
+        RowAccess(
+            bool(access["allowed"]),
+            str(access["how"]),
+            access.get("decision"),
+            access.get("ledger_seq"),
+            bool(access.get("repeated", False)),
+        ),
+        answer.get("data"),
+    )

@@ -17,11 +17,11 @@ from urllib.parse import parse_qs, quote
 import jinja2
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup
 
 from onshore.console import views
-from onshore.console.access import Forbidden
+from onshore.console.access import Forbidden, HttpFor
 from onshore.console.auth import SESSION_SECONDS, Role, Sessions, User, UserStore
 from onshore.errors import ConfigError, OnshoreError
 from onshore.settings import Project
@@ -73,9 +73,11 @@ def _headers(csp: str = _PAGE_CSP) -> dict[str, str]:
     }
 
 
-def create_app(project: Project) -> FastAPI:
+def create_app(project: Project, *, http_for: HttpFor | None = None) -> FastAPI:
     """The console for ``project``: users from ``console/users.sqlite``, sessions signed with
-    ``console/session.key`` (both made on first use)."""
+    ``console/session.key`` (both made on first use). ``http_for`` gives a client for a
+    site's service (tests drive the sites' apps in process); by default mutual TLS."""
+    reach: HttpFor = http_for or (lambda _site: None)
     users = UserStore(project)
     sessions = Sessions(project)
     app = FastAPI(title="onshore console", docs_url=None, redoc_url=None, openapi_url=None)
@@ -167,7 +169,9 @@ def create_app(project: Project) -> FastAPI:
     def overview(request: Request) -> Response:
         return guarded(
             request,
-            lambda u: page(request, "overview.html", u, data=views.overview(project, u)),
+            lambda u: page(
+                request, "overview.html", u, data=views.overview(project, u, http_for=reach)
+            ),
         )
 
     @app.get("/sites/{site_id}")
@@ -175,14 +179,20 @@ def create_app(project: Project) -> FastAPI:
         return guarded(
             request,
             lambda u: page(
-                request, "site.html", u, data=views.site_detail(project, u, site_id, page=page_no)
+                request,
+                "site.html",
+                u,
+                data=views.site_detail(project, u, site_id, page=page_no, http_for=reach),
             ),
         )
 
     @app.get("/approvals")
     def approvals(request: Request) -> Response:
         return guarded(
-            request, lambda u: page(request, "approvals.html", u, data=views.approvals(project, u))
+            request,
+            lambda u: page(
+                request, "approvals.html", u, data=views.approvals(project, u, http_for=reach)
+            ),
         )
 
     @app.get("/decisions")
@@ -209,6 +219,7 @@ def create_app(project: Project) -> FastAPI:
                     what=what or None,
                     text=q or None,
                     page=page_no,
+                    http_for=reach,
                 ),
             ),
         )
@@ -217,14 +228,21 @@ def create_app(project: Project) -> FastAPI:
     def ledger(request: Request) -> Response:
         return guarded(
             request,
-            lambda u: page(request, "ledger.html", u, data=views.ledgers(project, u), result=None),
+            lambda u: page(
+                request,
+                "ledger.html",
+                u,
+                data=views.ledgers(project, u, http_for=reach),
+                result=None,
+            ),
         )
 
     @app.post("/ledger/{name}/verify")
     def verify(request: Request, name: str) -> Response:
         def render(u: User) -> Response:
-            result = views.verify_ledger(project, u, name)
-            return page(request, "ledger.html", u, data=views.ledgers(project, u), result=result)
+            result = views.verify_ledger(project, u, name, http_for=reach)
+            data = views.ledgers(project, u, http_for=reach)
+            return page(request, "ledger.html", u, data=data, result=result)
 
         return guarded(request, render)
 
@@ -249,19 +267,24 @@ def create_app(project: Project) -> FastAPI:
     @app.get("/reports")
     def reports(request: Request) -> Response:
         return guarded(
-            request, lambda u: page(request, "reports.html", u, reports=views.reports(project, u))
+            request,
+            lambda u: page(
+                request, "reports.html", u, reports=views.reports(project, u, http_for=reach)
+            ),
         )
 
     @app.get("/reports/{site_id}/{name}")
     def report(request: Request, site_id: str, name: str) -> Response:
         def render(u: User) -> Response:
-            path, access = views.report_file(project, u, site_id, name)
-            if path is None:
+            found, access = views.report_file(project, u, site_id, name, http_for=reach)
+            if found is None:
                 return page(
                     request, "withheld.html", u, 403, site=site_id, view=name, access=access
                 )
-            kind = "application/pdf" if path.suffix == ".pdf" else "text/html; charset=utf-8"
-            return FileResponse(path, media_type=kind, headers=_headers(_REPORT_CSP))
+            content, kind = found
+            if kind == "text/html":
+                kind = "text/html; charset=utf-8"
+            return Response(content, media_type=kind, headers=_headers(_REPORT_CSP))
 
         return guarded(request, render)
 

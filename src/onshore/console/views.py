@@ -1,34 +1,42 @@
-"""What each console page shows, gathered from the project for one user.
+"""What each console page shows, gathered for one user.
 
-Every function takes the project and the signed-in user and returns plain data for a template;
-none writes anything but the ``remote_read`` entries :func:`~onshore.console.access.read_rows`
-makes. What a role may not see is left out here, not hidden in the page.
+Every function takes the project (the folder the console runs in) and the signed-in user and
+returns plain data for a template. What it shows of a site comes from the site
+(:func:`~onshore.console.access.read_site`): this folder's own site directly, another party's
+through its service and its gate, each read from abroad a ``remote_read`` entry in that site's
+ledger. The coordinator's runs, releases and licences are in its own folder. What a role may
+not see is left out here, not hidden in the page.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import base64
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
-from onshore.console.access import Forbidden, RowAccess, read_rows, sees_site
+from onshore.console.access import (
+    Forbidden,
+    HttpFor,
+    RowAccess,
+    SiteRead,
+    all_sites,
+    read_site,
+    sees_site,
+)
 from onshore.console.auth import Role, User
 from onshore.console.charts import line_chart
 from onshore.errors import OnshoreError
-from onshore.gate import WARN_DAYS, ApprovalRegistry
-from onshore.ledger import Ledger, verify_site
+from onshore.gate import WARN_DAYS
 from onshore.model.local import RUNS_DIR
+from onshore.parties.identity import coordinator_of
+from onshore.reads import PAGE_ROWS, REPORTS_DIR, is_local
 from onshore.release.bundle import read_bundle
 from onshore.release.licence import list_licences
 from onshore.release.records import RELEASES_DIR, coordinator_ledger, verify_coordinator
-from onshore.reports.build import flows
-from onshore.rulebook.evaluate import DataItem
-from onshore.rulebook.loader import project_rulebooks
 from onshore.settings import Project
-from onshore.store.site import SiteStore
 
 __all__ = [
     "PAGE_ROWS",
@@ -44,132 +52,93 @@ __all__ = [
     "runs",
     "site_detail",
     "verify_ledger",
+    "visible_sites",
 ]
 
-PAGE_ROWS: Final = 100
-"""Rows per page of a site's inventory and of the decisions."""
-
-REPORTS_DIR: Final = "reports"
-"""Where ``onshore demo`` and ``onshore report --out reports/<site>`` put a site's reports."""
-
-_ROW_CATEGORIES: Final = ("vehicle_id", "trajectory", "sensitive_area_geodata")
-"""What a row of the clip inventory holds: the VIN, positions and times (the bounding box), and
-positions inside a sensitive area where classification found them."""
+_LOCAL: Final[HttpFor] = lambda _site: None  # noqa: E731
 
 
 def visible_sites(project: Project, user: User) -> list[str]:
-    return [s for s in project.settings.sites if sees_site(user, s)]
+    return [s for s in all_sites(project) if sees_site(user, s)]
 
 
 def _check_site(project: Project, user: User, site_id: str) -> None:
-    project.site(site_id)  # an unknown site is a ConfigError naming the known ones
+    if site_id not in all_sites(project):
+        raise LookupError(f"no site {site_id!r} here; sites: {', '.join(all_sites(project))}")
     if not sees_site(user, site_id):
         raise Forbidden(f"{user.name} operates {user.site}, not {site_id}")
 
 
-def _approval_summary(statuses: list[dict[str, Any]]) -> dict[str, int]:
-    return dict(Counter(s["status"] for s in statuses))
+def _summary(
+    project: Project, user: User, site_id: str, http_for: HttpFor, today: date | None
+) -> dict[str, Any]:
+    """A site's aggregates, or why they could not be had (withheld, unreachable)."""
+    try:
+        found = read_site(project, user, site_id, "summary", http_for=http_for, day=today)
+    except OnshoreError as exc:
+        return {"id": site_id, "error": exc.message}
+    if found.data is None:
+        return {"id": site_id, "error": "withheld by the site's gate", "access": found.access}
+    return {**found.data, "access": found.access}
 
 
-def _site_summary(project: Project, store: SiteStore, today: date) -> dict[str, Any]:
-    site = project.site(store.site)
-    inventory = store.catalogue.inventory()
-    registry = ApprovalRegistry(store.catalogue, project_rulebooks(project))
-    statuses = [s.as_dict() for s in registry.statuses(today)]
-    head = Ledger.open(store.catalogue).head()
-    return {
-        "id": site.id,
-        "jurisdiction": site.jurisdiction,
-        "entity": site.entity,
-        "country": site.location,
-        "inventory": inventory,
-        "approvals": _approval_summary(statuses),
-        "ledger": {"entries": 0 if head is None else head.seq + 1, "head": head},
-    }
-
-
-def overview(project: Project, user: User, *, today: date | None = None) -> dict[str, Any]:
-    """The sites the user sees, with their inventory, labels, approvals and ledger heads; the
-    coordinator's runs, releases and licences in numbers."""
-    today = today or datetime.now(UTC).date()
-    sites = []
-    for site_id in visible_sites(project, user):
-        with SiteStore.open(project, site_id) as store:
-            sites.append(_site_summary(project, store, today))
+def overview(
+    project: Project, user: User, *, today: date | None = None, http_for: HttpFor = _LOCAL
+) -> dict[str, Any]:
+    """The sites the user sees, with their inventory, labels, approvals and ledger heads (each
+    asked of the site); the runs, releases and licences of this folder in numbers."""
+    sites = [_summary(project, user, s, http_for, today) for s in visible_sites(project, user)]
+    coordinator = coordinator_of(project)
     return {
         "sites": sites,
         "runs": len(runs(project, user)),
         "releases": len(_release_rows(project, user)),
-        "coordinator": project.settings.coordinator,
+        "coordinator": {"entity": coordinator.entity, "country": coordinator.country},
+        "party": project.party.id if project.party is not None else None,
     }
 
 
 def site_detail(
-    project: Project, user: User, site_id: str, *, page: int = 1, today: date | None = None
+    project: Project,
+    user: User,
+    site_id: str,
+    *,
+    page: int = 1,
+    today: date | None = None,
+    http_for: HttpFor = _LOCAL,
 ) -> dict[str, Any]:
     """One site: its aggregates for every role that sees it, and one page of its clips (the
     rows) where the user's role or the site's gate allows."""
     _check_site(project, user, site_id)
-    today = today or datetime.now(UTC).date()
-    with SiteStore.open(project, site_id) as store:
-        summary = _site_summary(project, store, today)
-        clips = store.catalogue.clips()
-        labels: dict[str, set[str]] = {}
-        for label in store.catalogue.labels():
-            labels.setdefault(label.clip_id, set()).add(label.category)
-    pages = max(1, -(-len(clips) // PAGE_ROWS))
-    page = min(max(1, page), pages)
-    shown = clips[(page - 1) * PAGE_ROWS : page * PAGE_ROWS]
-    vehicles = len({c.vin for c in shown})
-    found = set().union(*(labels.get(c.clip_id, set()) for c in shown)) if shown else set()
-    items = [
-        DataItem(category=category, subjects=vehicles)
-        for category in _ROW_CATEGORIES
-        if category in found or category in ("vehicle_id", "trajectory")
-    ]
-    access = read_rows(project, user, site_id, "inventory", items, rows=len(shown), day=today)
-    rows = [
-        {
-            "clip": c.clip_id,
-            "vin": c.vin,
-            "model": c.vehicle_model,
-            "trigger": c.trigger,
-            "start": c.start_time,
-            "seconds": round((c.end_time - c.start_time).total_seconds(), 1),
-            "rows": c.rows,
-            "bytes": c.bytes,
-            "consent": c.consent_training,
-            "simulated": c.simulated,
-            "bbox": (c.min_lat, c.min_lon, c.max_lat, c.max_lon),
-            "labels": sorted(labels.get(c.clip_id, ())),
-        }
-        for c in shown
-    ]
+    summary = _summary(project, user, site_id, http_for, today)
+    found = read_site(project, user, site_id, "clips", {"page": page}, http_for=http_for, day=today)
+    data = found.data or {}
     return {
         **summary,
-        "page": page,
-        "pages": pages,
-        "clips": len(clips),
-        "access": access,
-        "rows": rows if access.allowed else [],
+        "page": data.get("page", page),
+        "pages": data.get("pages", 1),
+        "clips": data.get("clips"),
+        "access": found.access,
+        "rows": data.get("rows", []) if found.access.allowed else [],
     }
 
 
-def approvals(project: Project, user: User, *, today: date | None = None) -> dict[str, Any]:
+def approvals(
+    project: Project, user: User, *, today: date | None = None, http_for: HttpFor = _LOCAL
+) -> dict[str, Any]:
     """Every approval on file at the sites the user sees, the ones coming due first."""
     today = today or datetime.now(UTC).date()
-    rows = []
-    rulebooks = project_rulebooks(project)
+    rows: list[dict[str, Any]] = []
+    unreachable = []
     for site_id in visible_sites(project, user):
-        with SiteStore.open(project, site_id) as store:
-            for status in ApprovalRegistry(store.catalogue, rulebooks).statuses(today):
-                row = {"site": site_id, **status.as_dict()}
-                due = status.renew_by or status.valid_until
-                row["days_left"] = None if due is None else (due - today).days
-                row["due"] = due
-                rows.append(row)
+        try:
+            found = read_site(project, user, site_id, "approvals", http_for=http_for, day=today)
+        except OnshoreError as exc:
+            unreachable.append({"site": site_id, "error": exc.message})
+            continue
+        rows.extend((found.data or {}).get("approvals", []))
     rows.sort(key=lambda r: (r["days_left"] is None, r["days_left"] or 0, r["site"], r["id"]))
-    return {"approvals": rows, "warn_days": WARN_DAYS, "today": today}
+    return {"approvals": rows, "warn_days": WARN_DAYS, "today": today, "unreachable": unreachable}
 
 
 def decisions(
@@ -182,52 +151,29 @@ def decisions(
     text: str | None = None,
     page: int = 1,
     today: date | None = None,
+    http_for: HttpFor = _LOCAL,
 ) -> dict[str, Any]:
     """The gates' decisions on everything that left or asked to leave the sites the user sees
-    (transfers, model updates, remote reads), newest first, filtered. Another jurisdiction's
-    decisions are rows of that site: for a coordinator engineer they go through its gate (as
-    aggregate metrics: counts and reasons, no person's data)."""
+    (transfers, model updates, remote reads), newest first, filtered. Each site answers with
+    its own, through its gate (as aggregate metrics: counts and reasons, no person's data)."""
     sites = [site] if site else visible_sites(project, user)
     found: list[dict[str, Any]] = []
     withheld: list[dict[str, Any]] = []
     for site_id in sites:
         _check_site(project, user, site_id)
-        with SiteStore.open(project, site_id) as store:
-            entries = Ledger.open(store.catalogue).entries()
-        site_flows = flows(site_id, entries)
-        access = read_rows(
-            project,
-            user,
-            site_id,
-            "decisions",
-            [DataItem(category="aggregate_metrics", subjects=0, deid_state="anonymized")],
-            rows=len(site_flows),
-            day=today,
-        )
-        if not access.allowed:
-            withheld.append({"site": site_id, "access": access})
+        try:
+            read = read_site(project, user, site_id, "decisions", http_for=http_for, day=today)
+        except OnshoreError as exc:
+            withheld.append(
+                {"site": site_id, "access": RowAccess(False, "unreachable"), "error": exc.message}
+            )
             continue
-        for flow in site_flows:
-            decision = flow.decision
-            row = {
-                "site": site_id,
-                "seq": flow.entry.seq,
-                "time": flow.entry.time,
-                "what": flow.what,
-                "allowed": flow.allowed,
-                "destination": flow.destination,
-                "recipient": flow.recipient,
-                "purpose": flow.purpose,
-                "categories": sorted({str(i.get("category")) for i in flow.items}),
-                "subjects": sum(int(i.get("subjects", 0)) for i in flow.items),
-                "reasons": list(decision.get("reasons", ()))
-                or [str(flow.entry.data["reason"])] * ("reason" in flow.entry.data),
-                "gated": bool(decision),
-                "rules": [r.get("id", "") for r in decision.get("rules", ())],
-                "approval": (decision.get("approval") or {}).get("id"),
-            }
-            if _matches(row, outcome, what, text):
-                found.append(row)
+        if not read.access.allowed or read.data is None:
+            withheld.append({"site": site_id, "access": read.access})
+            continue
+        found.extend(
+            row for row in read.data.get("decisions", []) if _matches(row, outcome, what, text)
+        )
     found.sort(key=lambda r: (r["time"], r["site"], r["seq"]), reverse=True)
     kinds = sorted({r["what"] for r in found} | {"transfer", "model_update", "remote_read"})
     pages = max(1, -(-len(found) // PAGE_ROWS))
@@ -260,15 +206,18 @@ def _matches(row: dict[str, Any], outcome: str | None, what: str | None, text: s
     return True
 
 
-def ledgers(project: Project, user: User) -> dict[str, Any]:
-    """Each visible ledger's length, head and pinned key (the coordinator's for the roles that
-    see it); verifying is on demand (:func:`verify_ledger`)."""
+def ledgers(project: Project, user: User, *, http_for: HttpFor = _LOCAL) -> dict[str, Any]:
+    """Each visible ledger's length, head and pinned key, as each site states it (the
+    coordinator's own for the roles that see it, when the console runs in its folder or a lab
+    project); verifying is on demand (:func:`verify_ledger`)."""
     rows = []
     for site_id in visible_sites(project, user):
-        with SiteStore.open(project, site_id) as store:
-            ledger = Ledger.open(store.catalogue)
-            rows.append(_ledger_row(site_id, ledger))
-    if user.role is not Role.SITE_OPERATOR:
+        summary = _summary(project, user, site_id, http_for, None)
+        empty = dict.fromkeys(("entries", "head", "last_kind", "last_time", "key"))
+        rows.append(
+            summary.get("ledger") or {**empty, "name": site_id, "error": summary.get("error")}
+        )
+    if user.role is not Role.SITE_OPERATOR and (project.party is None or project.is_coordinator):
         try:
             with coordinator_ledger(project) as ledger:
                 rows.append(_ledger_row(project.settings.coordinator.id, ledger))
@@ -277,7 +226,7 @@ def ledgers(project: Project, user: User) -> dict[str, Any]:
     return {"ledgers": rows}
 
 
-def _ledger_row(name: str, ledger: Ledger) -> dict[str, Any]:
+def _ledger_row(name: str, ledger: Any) -> dict[str, Any]:
     head = ledger.head()
     last = None if head is None else ledger.entry(head.seq)
     return {
@@ -290,15 +239,31 @@ def _ledger_row(name: str, ledger: Ledger) -> dict[str, Any]:
     }
 
 
-def verify_ledger(project: Project, user: User, name: str) -> dict[str, Any]:
-    """Verify one ledger now: a site's against its keystore, store and peers; the
-    coordinator's chain and signatures against its pinned key."""
-    if name == project.settings.coordinator.id:
+def verify_ledger(
+    project: Project, user: User, name: str, *, http_for: HttpFor = _LOCAL
+) -> dict[str, Any]:
+    """Verify one ledger now: the coordinator's chain and signatures against its pinned key (in
+    its folder), this folder's own site fully; another party's site verifies itself when asked
+    (its answer is the site's own report)."""
+    if name == project.settings.coordinator.id and (
+        project.party is None or project.is_coordinator
+    ):
         if user.role is Role.SITE_OPERATOR:
             raise Forbidden(f"{user.name} operates {user.site}, not the coordinator")
+        if project.party is not None:
+            from onshore.parties.witness import verify_party
+
+            return verify_party(project, check_hashes=False).as_dict()
         return verify_coordinator(project).as_dict()
     _check_site(project, user, name)
-    return verify_site(project, name).as_dict()
+    if project.party is not None and is_local(project, name):
+        from onshore.parties.witness import verify_party
+
+        return verify_party(project).as_dict()
+    found = read_site(project, user, name, "verify", http_for=http_for)
+    if found.data is None:
+        raise Forbidden(f"{name}'s gate withholds its verification from this party")
+    return found.data
 
 
 def _read_json(path: Path) -> Any:
@@ -475,41 +440,40 @@ _LICENCE_FIELDS: Final = (
 """What the licence table shows; a file that is not a valid licence has only some of them."""
 
 
-def reports(project: Project, user: User) -> list[dict[str, Any]]:
-    """The reports written under ``reports/<site>/`` for the sites the user sees."""
-    found = []
+def reports(project: Project, user: User, *, http_for: HttpFor = _LOCAL) -> list[dict[str, Any]]:
+    """The reports each site the user sees has written for its regulator (in its folder)."""
+    found: list[dict[str, Any]] = []
     for site_id in visible_sites(project, user):
-        folder = project.root / REPORTS_DIR / site_id
-        for path in sorted(folder.glob("*.html")) if folder.is_dir() else []:
-            pdf = path.with_suffix(".pdf")
-            found.append(
-                {
-                    "site": site_id,
-                    "kind": path.stem,
-                    "html": path.name,
-                    "pdf": pdf.name if pdf.exists() else None,
-                    "written": datetime.fromtimestamp(path.stat().st_mtime, UTC),
-                }
-            )
+        try:
+            read = read_site(project, user, site_id, "reports", http_for=http_for)
+        except OnshoreError:
+            continue
+        found.extend((read.data or {}).get("reports", []))
     return found
 
 
 def report_file(
-    project: Project, user: User, site_id: str, name: str, *, today: date | None = None
-) -> tuple[Path | None, RowAccess]:
-    """A report file of a site, if the user may open it. A report holds the site's map of
-    traces and its figures: for a coordinator engineer abroad, opening it is a read through
-    the site's gate."""
+    project: Project,
+    user: User,
+    site_id: str,
+    name: str,
+    *,
+    today: date | None = None,
+    http_for: HttpFor = _LOCAL,
+) -> tuple[tuple[bytes, str] | None, RowAccess]:
+    """A report of a site (its bytes and media type), if the user may open it. A report holds
+    the site's map of traces and its figures: read from abroad, it goes through the site's
+    gate. Raises :class:`LookupError` for a name that is not one of the site's reports."""
     _check_site(project, user, site_id)
-    folder = (project.root / REPORTS_DIR / site_id).resolve()
-    path = (folder / name).resolve()
-    if path.parent != folder or path.suffix not in (".html", ".pdf") or not path.is_file():
-        raise LookupError(f"no report {name!r} for site {site_id}")
-    with SiteStore.open(project, site_id) as store:
-        vehicles = int(store.catalogue.inventory()["vehicles"])
-    items = [
-        DataItem(category="trajectory", subjects=vehicles),
-        DataItem(category="aggregate_metrics", subjects=0, deid_state="anonymized"),
-    ]
-    access = read_rows(project, user, site_id, f"report {name}", items, rows=1, day=today)
-    return (path if access.allowed else None), access
+    try:
+        found: SiteRead = read_site(
+            project, user, site_id, "report", {"name": name}, http_for=http_for, day=today
+        )
+    except OnshoreError as exc:
+        if getattr(exc, "reason", None) == "not_found":
+            raise LookupError(exc.message) from None
+        raise
+    if found.data is None:
+        return None, found.access
+    content = base64.b64decode(found.data["content"])
+    return (content, str(found.data["media_type"])), found.access

@@ -54,6 +54,8 @@ class BundleReport:
     project: str | None = None
     """The project checked against, if one was reachable."""
     lineage: dict[str, Any] | None = None
+    parties: list[dict[str, Any]] = field(default_factory=list)
+    """Who made the model, as its card names them (the coordinator and each site's operator)."""
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -74,6 +76,7 @@ class BundleReport:
             "recorded": self.recorded,
             "project": self.project,
             "lineage": self.lineage,
+            "parties": list(self.parties),
             "problems": list(self.problems),
             "notes": list(self.notes),
         }
@@ -165,7 +168,7 @@ def open_release(
     coordinator_link: dict[str, Any] = {}
     try:
         card = bundle.card
-        parties(card)
+        report.parties = [p.as_dict() for p in parties(card)]
         architecture = card.get("architecture") or {}
         spec = ModelSpec(str(architecture.get("name")), dict(architecture.get("config") or {}))
         check_weights(spec, load_tensors(bundle.weights))

@@ -13,6 +13,8 @@ What a site answers:
 - ``POST /v1/witness``: the witness exchange of ledger heads (:mod:`onshore.ledger.witness`);
 - ``POST /v1/transfers/offer``, ``PUT /v1/transfers/{id}/objects``,
   ``POST /v1/transfers/{id}/commit``: a transfer in (:mod:`onshore.transfer.inbound`);
+- ``POST /v1/reads``: a view of the site, decided by its gate and recorded
+  (:mod:`onshore.reads`);
 - ``POST /v1/ledger/vouch``: entries of its ledger as stored, to check a lineage or receipt;
 - ``POST /v1/licences/consent``: its gate's decision on a licence, signed (the coordinator
   only; :mod:`onshore.release.consent`);
@@ -295,6 +297,7 @@ class PartyService:
             "clock": 401,
             "too_large": 413,
             "unknown_transfer": 404,
+            "not_found": 404,
         }.get(refusal.reason, 400)
         body = {
             "error": RequestRefused.code,
@@ -411,4 +414,5 @@ def create_app(project: Project, *, require_tls: bool = True) -> FastAPI:
     routes.transfers(app, party)
     routes.ledger(app, party)
     routes.licences(app, party)
+    routes.reads(app, party)
     return app

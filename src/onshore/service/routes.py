@@ -26,7 +26,7 @@ from onshore.ledger.witness import vouch
 from onshore.service.app import Incoming, PartyService
 from onshore.transfer import inbound
 
-__all__ = ["ledger", "licences", "transfers"]
+__all__ = ["ledger", "licences", "reads", "transfers"]
 
 
 def _indices(text: str) -> list[int]:
@@ -238,3 +238,31 @@ def licences(app: FastAPI, party: PartyService) -> None:
             return decide(party.require_site(), incoming.json())
 
         return await party.handle(request, "licence.consent", work)
+
+
+def reads(app: FastAPI, party: PartyService) -> None:
+    """Register the route another party reads this site through, behind its gate."""
+    from onshore.reads.gate import Reader, answer
+
+    @app.post("/v1/reads")
+    async def read(request: Request) -> Response:
+        def work(incoming: Incoming) -> dict[str, Any]:
+            body = incoming.json()
+            view, params = body.get("view"), body.get("params") or {}
+            if not isinstance(view, str) or not isinstance(params, dict):
+                raise RequestRefused("a read names a view and its params", reason="malformed")
+            sender = incoming.sender
+            reader = Reader(
+                sender.id,
+                sender.entity,
+                sender.country,
+                sender.linked_to,
+                user=str(body.get("user") or ""),
+                role=str(body.get("role") or ""),
+            )
+            try:
+                return answer(party.require_site(), reader, view, params)
+            except LookupError as exc:
+                raise RequestRefused(str(exc.args[0]), reason="not_found") from None
+
+        return await party.handle(request, "read", work)

@@ -18,7 +18,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -43,6 +43,56 @@ def _with_client_cert(app: Any, der: bytes | None) -> Any:
     return wrapped
 
 
+class _Handover(asyncio.Protocol):
+    """Stands between the TLS layer and uvicorn's protocol until the handshake is done: the
+    first bytes of a request may be decrypted in the same moment the handshake completes,
+    before uvicorn's protocol has its transport; they wait here, then go through in order."""
+
+    def __init__(self, inner: asyncio.Protocol) -> None:
+        self.inner = inner
+        self.ready = False
+        self.pending: list[bytes] = []
+        self.eof = False
+        self.lost: tuple[Exception | None] | None = None
+
+    def start(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+        self.ready = True
+        for data in self.pending:
+            self.inner.data_received(data)
+        self.pending.clear()
+        if self.eof:
+            self.inner.eof_received()
+        if self.lost is not None:
+            self.inner.connection_lost(self.lost[0])
+
+    def data_received(self, data: bytes) -> None:
+        if self.ready:
+            self.inner.data_received(data)
+        else:
+            self.pending.append(data)
+
+    def eof_received(self) -> bool | None:
+        if self.ready:
+            return self.inner.eof_received()
+        self.eof = True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.ready:
+            self.inner.connection_lost(exc)
+        else:
+            self.lost = (exc,)
+
+    def pause_writing(self) -> None:
+        if self.ready:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.ready:
+            self.inner.resume_writing()
+
+
 def _front(context: ssl.SSLContext, on_refused: Refused) -> type[asyncio.Protocol]:
     class _TlsFront(asyncio.Protocol):
         """Accepts a TCP connection, does the TLS handshake, then hands it to uvicorn."""
@@ -59,10 +109,10 @@ def _front(context: ssl.SSLContext, on_refused: Refused) -> type[asyncio.Protoco
             self.task: asyncio.Task[None] | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.Transport)
+            stream = cast(asyncio.Transport, transport)
             # Nothing is read until the handshake takes the connection over.
-            transport.pause_reading()
-            self.task = self.loop.create_task(self._upgrade(transport))
+            stream.pause_reading()
+            self.task = self.loop.create_task(self._upgrade(stream))
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self.task is not None and not self.task.done():
@@ -71,10 +121,11 @@ def _front(context: ssl.SSLContext, on_refused: Refused) -> type[asyncio.Protoco
         async def _upgrade(self, transport: asyncio.Transport) -> None:
             peer = transport.get_extra_info("peername")
             address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+            handover = _Handover(self.inner)
             try:
                 tls = await self.loop.start_tls(
                     transport,
-                    self.inner,
+                    handover,
                     context,
                     server_side=True,
                     ssl_handshake_timeout=_HANDSHAKE_TIMEOUT,
@@ -93,7 +144,7 @@ def _front(context: ssl.SSLContext, on_refused: Refused) -> type[asyncio.Protoco
             ssl_object = tls.get_extra_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
             self.inner.app = _with_client_cert(self.inner.app, der)
-            self.inner.connection_made(tls)
+            handover.start(tls)
 
     return _TlsFront
 
@@ -116,6 +167,9 @@ def run_server(
         host=host,
         port=port,
         http=_front(context, on_refused),
+        # asyncio's own loop: it honours a transport paused in connection_made (reading starts
+        # only after), which the handshake hand-over relies on; uvloop may read first.
+        loop="asyncio",
         lifespan="on",
         log_level=log_level,
         access_log=False,

@@ -1,0 +1,260 @@
+"""What a site shows of itself: each view a console page or a query asks of a site, computed at
+the site from its own store and ledger, with what the law calls the rows it holds.
+
+A view is plain JSON data, and a description of it for the gate: the data items its rows hold
+(categories and the number of subjects) and who those subjects are (for counting them once,
+:mod:`onshore.gate.crossings`). The same functions serve a read at the site itself and a read
+from another party through the site's service (:mod:`onshore.reads.gate`).
+
+Views: ``summary`` (inventory, labels, approvals by status, ledger head), ``approvals`` (every
+approval's status and deadlines), ``clips`` (one page of the inventory's rows: VINs, times,
+bounding boxes), ``decisions`` (the gate's decisions on what left or asked to leave),
+``reports`` (the report files written), ``report`` (one of them), ``verify`` (the site's own
+verification of its ledger).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from onshore.errors import ConfigError
+from onshore.gate import WARN_DAYS
+from onshore.gate.site import OpenSite
+from onshore.reports.build import flows
+from onshore.rulebook.evaluate import DataItem
+
+__all__ = ["PAGE_ROWS", "REPORTS_DIR", "VIEWS", "View", "compute"]
+
+PAGE_ROWS: Final = 100
+"""Rows per page of a site's inventory and of its decisions."""
+REPORTS_DIR: Final = "reports"
+"""Where a site's reports are written in its folder (``reports/<site>/``)."""
+_ROW_CATEGORIES: Final = ("vehicle_id", "trajectory", "sensitive_area_geodata")
+"""What a row of the clip inventory holds: the VIN, positions and times (the bounding box), and
+positions inside a sensitive area where classification found them."""
+
+
+@dataclass(slots=True)
+class View:
+    """A view of a site: its data, and what the gate is asked about its rows."""
+
+    data: dict[str, Any]
+    items: list[DataItem] = field(default_factory=list)
+    subjects: dict[str, set[str]] = field(default_factory=dict)
+    rows: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        """The data as it travels (dates and paths as text)."""
+        value = orjson.loads(orjson.dumps(self.data, default=_default))
+        assert isinstance(value, dict)
+        return value
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+_AGGREGATE: Final = DataItem(category="aggregate_metrics", subjects=0, deid_state="anonymized")
+
+
+def summary(site: OpenSite, _params: Mapping[str, Any], today: date) -> View:
+    """Counts and statuses: no person's data."""
+    settings = site.settings
+    statuses = [s.as_dict() for s in site.registry().statuses(today)]
+    head = site.ledger.head()
+    last = None if head is None else site.ledger.entry(head.seq)
+    data = {
+        "id": site.id,
+        "jurisdiction": settings.jurisdiction,
+        "entity": settings.entity,
+        "country": settings.location,
+        "inventory": site.store.catalogue.inventory(),
+        "approvals": dict(Counter(s["status"] for s in statuses)),
+        "ledger": {
+            "name": site.id,
+            "entries": 0 if head is None else head.seq + 1,
+            "head": None if head is None else head.hash,
+            "last_kind": None if last is None else last.kind,
+            "last_time": None if last is None else last.time,
+            "key": site.ledger.pinned_fingerprint(),
+        },
+    }
+    return View(data, [_AGGREGATE])
+
+
+def approvals(site: OpenSite, _params: Mapping[str, Any], today: date) -> View:
+    """Every approval on file with its deadlines (legal records, not personal data)."""
+    rows = []
+    for status in site.registry().statuses(today):
+        row = {"site": site.id, **status.as_dict()}
+        due = status.renew_by or status.valid_until
+        row["days_left"] = None if due is None else (due - today).days
+        row["due"] = due
+        rows.append(row)
+    return View({"approvals": rows, "warn_days": WARN_DAYS}, [_AGGREGATE])
+
+
+def clips(site: OpenSite, params: Mapping[str, Any], _today: date) -> View:
+    """One page of the site's clips: VINs, models, triggers, times and bounding boxes."""
+    catalogue = site.store.catalogue
+    records = catalogue.clips()
+    labels: dict[str, set[str]] = {}
+    for label in catalogue.labels():
+        labels.setdefault(label.clip_id, set()).add(label.category)
+    pages = max(1, -(-len(records) // PAGE_ROWS))
+    page = min(max(1, _int(params.get("page"), 1)), pages)
+    shown = records[(page - 1) * PAGE_ROWS : page * PAGE_ROWS]
+    vins = {c.vin for c in shown}
+    found = set().union(*(labels.get(c.clip_id, set()) for c in shown)) if shown else set()
+    categories = [
+        category
+        for category in _ROW_CATEGORIES
+        if category in found or category in ("vehicle_id", "trajectory")
+    ]
+    rows = [
+        {
+            "clip": c.clip_id,
+            "vin": c.vin,
+            "model": c.vehicle_model,
+            "trigger": c.trigger,
+            "start": c.start_time,
+            "seconds": round((c.end_time - c.start_time).total_seconds(), 1),
+            "rows": c.rows,
+            "bytes": c.bytes,
+            "consent": c.consent_training,
+            "simulated": c.simulated,
+            "bbox": (c.min_lat, c.min_lon, c.max_lat, c.max_lon),
+            "labels": sorted(labels.get(c.clip_id, ())),
+        }
+        for c in shown
+    ]
+    return View(
+        {"page": page, "pages": pages, "clips": len(records), "rows": rows},
+        [DataItem(category=c, subjects=len(vins)) for c in categories],
+        {c: set(vins) for c in categories},
+        len(rows),
+    )
+
+
+def decisions(site: OpenSite, _params: Mapping[str, Any], _today: date) -> View:
+    """The gate's decisions recorded in the site's ledger: counts and reasons, no person."""
+    rows = []
+    site_flows = flows(site.id, site.ledger.entries())
+    for flow in site_flows:
+        decision = flow.decision
+        rows.append(
+            {
+                "site": site.id,
+                "seq": flow.entry.seq,
+                "time": flow.entry.time,
+                "what": flow.what,
+                "allowed": flow.allowed,
+                "destination": flow.destination,
+                "recipient": flow.recipient,
+                "purpose": flow.purpose,
+                "categories": sorted({str(i.get("category")) for i in flow.items}),
+                "subjects": sum(int(i.get("subjects", 0)) for i in flow.items),
+                "reasons": list(decision.get("reasons", ()))
+                or [str(flow.entry.data["reason"])] * ("reason" in flow.entry.data),
+                "gated": bool(decision),
+                "rules": [r.get("id", "") for r in decision.get("rules", ())],
+                "approval": (decision.get("approval") or {}).get("id"),
+            }
+        )
+    return View({"decisions": rows}, [_AGGREGATE], rows=len(rows))
+
+
+def _reports_folder(site: OpenSite) -> Path:
+    return (site.project.root / REPORTS_DIR / site.id).resolve()
+
+
+def reports(site: OpenSite, _params: Mapping[str, Any], _today: date) -> View:
+    """The reports written for the site's regulator (file names and dates)."""
+    folder = _reports_folder(site)
+    found = []
+    for path in sorted(folder.glob("*.html")) if folder.is_dir() else []:
+        pdf = path.with_suffix(".pdf")
+        found.append(
+            {
+                "site": site.id,
+                "kind": path.stem,
+                "html": path.name,
+                "pdf": pdf.name if pdf.exists() else None,
+                "written": datetime.fromtimestamp(path.stat().st_mtime, UTC),
+            }
+        )
+    return View({"reports": found}, [_AGGREGATE])
+
+
+def report(site: OpenSite, params: Mapping[str, Any], _today: date) -> View:
+    """One report file: its figures and its map of the site's traces. Raises
+    :class:`LookupError` for a name that is not a report of the site."""
+    name = str(params.get("name", ""))
+    folder = _reports_folder(site)
+    path = (folder / name).resolve()
+    if path.parent != folder or path.suffix not in (".html", ".pdf") or not path.is_file():
+        raise LookupError(f"no report {name!r} for site {site.id}")
+    vins = {c.vin for c in site.store.catalogue.clips()}
+    return View(
+        {
+            "name": path.name,
+            "media_type": "application/pdf" if path.suffix == ".pdf" else "text/html",
+            "content": base64.b64encode(path.read_bytes()).decode(),
+        },
+        [DataItem(category="trajectory", subjects=len(vins)), _AGGREGATE],
+        {"trajectory": vins},
+        1,
+    )
+
+
+def verify(site: OpenSite, params: Mapping[str, Any], _today: date) -> View:
+    """The site's own check of its ledger (chain, signatures, store, approvals)."""
+    from onshore.ledger import verify_site
+
+    shallow = bool(params.get("shallow", True))
+    return View(
+        verify_site(site.project, site.id, check_hashes=not shallow).as_dict(), [_AGGREGATE]
+    )
+
+
+VIEWS: Final[dict[str, Callable[[OpenSite, Mapping[str, Any], date], View]]] = {
+    "summary": summary,
+    "approvals": approvals,
+    "clips": clips,
+    "decisions": decisions,
+    "reports": reports,
+    "report": report,
+    "verify": verify,
+}
+
+
+def compute(site: OpenSite, view: str, params: Mapping[str, Any], today: date) -> View:
+    """The view ``view`` of ``site``; raises :class:`ConfigError` for an unknown one."""
+    try:
+        make = VIEWS[view]
+    except KeyError:
+        raise ConfigError(
+            f"no view {view!r} of a site", hint=f"views: {', '.join(sorted(VIEWS))}"
+        ) from None
+    return make(site, params, today)
+
+
+def _int(value: object, default: int) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload,no-any-return]
+    except (TypeError, ValueError):
+        return default
