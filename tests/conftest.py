@@ -6,6 +6,7 @@ import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -149,3 +150,72 @@ def small_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:  
     work on copies, so the demo's folder stays as the demo left it)."""
     folder = tmp_path_factory.mktemp("demo") / "demo"
     return folder, run_demo_cli(folder)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+PARTIES = ("cn-shanghai", "eu-frankfurt", "us-oregon", "coordinator")
+
+
+def make_parties(root: Path, *, only: str | None = None) -> dict[str, Project]:
+    """The four parties of the three-regions example under ``root``, on loopback with free
+    ports, their identities exchanged (``only``: that party's folder alone)."""
+    from onshore.parties.init import Address, init_parties
+
+    addresses = {p: Address("127.0.0.1", free_port()) for p in PARTIES}
+    return init_parties(root, addresses=addresses, federation=f"127.0.0.1:{free_port()}", only=only)
+
+
+class Services:
+    """The parties' services driven in process (httpx through Starlette's test transport):
+    ``http(party)`` is a client for ``party``'s app, as a peer reaches it over the network."""
+
+    def __init__(self, parties: dict[str, Project]) -> None:
+        self.parties = parties
+        self._clients: dict[str, object] = {}
+
+    def http(self, party: str) -> Any:
+        from starlette.testclient import TestClient
+
+        from onshore.service.app import create_app
+
+        if party not in self._clients:
+            client = TestClient(
+                create_app(self.parties[party], require_tls=False), base_url="https://testserver"
+            )
+            client.__enter__()
+            self._clients[party] = client
+        return self._clients[party]
+
+    def restart(self, party: str) -> None:
+        """Stop ``party``'s app (its next request starts it afresh, as a restarted service)."""
+        client = self._clients.pop(party, None)
+        if client is not None:
+            client.__exit__(None, None, None)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        for party in list(self._clients):
+            self.restart(party)
+
+
+@pytest.fixture
+def parties(tmp_path: Path) -> dict[str, Project]:
+    """Four fresh party folders, identities exchanged."""
+    return make_parties(tmp_path / "parties")
+
+
+@pytest.fixture
+def services(parties: dict[str, Project]) -> Iterator[Services]:
+    """The parties' apps in process; closed after the test."""
+    found = Services(parties)
+    try:
+        yield found
+    finally:
+        found.close()

@@ -1,4 +1,6 @@
-"""The demo runs end to end on a small setting: three sites, each fleet in its own region."""
+"""The demo runs end to end on a small setting: three sites and a coordinator, each its own
+process with its own folder, each fleet in its own region, every crossing between their
+services."""
 
 from __future__ import annotations
 
@@ -21,12 +23,22 @@ CITY = {
 
 def test_demo_end_to_end(small_demo: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
     folder, first = small_demo
+    parties = {p["party"]: p for p in first["parties"]}
+    assert set(parties) == {*CITY, "coordinator"}
+    assert len({p["pid"] for p in parties.values()}) == 4, "each party its own process"
+    for party in parties:
+        keys = folder / party / "keys"
+        assert (keys / "ed25519.key").stat().st_mode & 0o077 == 0
+        assert sorted(p.stem for p in (folder / party / "peers").glob("*.json")) == sorted(
+            set(parties) - {party}
+        )
     inventories = {inv["site"]: inv for inv in first["inventory"]}
     assert set(inventories) == set(CITY)
     for report in first["ingest"]:
         assert report["quarantined"] == [] and report["clips"] > 0
-    project = load_project(folder)
     for site_id, ((lat0, lat1), (lon0, lon1)) in CITY.items():
+        project = load_project(folder / site_id)
+        assert list(project.settings.sites) == [site_id], "a site's folder holds only itself"
         inv = inventories[site_id]
         assert inv["clips"] > 0 and inv["vehicles"] > 0 and inv["rows"] >= 50 * inv["clips"]
         opened = SiteStore.open(project, site_id)
@@ -50,7 +62,8 @@ def test_demo_end_to_end(small_demo: tuple[Path, dict]) -> None:  # type: ignore
     assert all(all(c["held"] for c in d["checks"]) for d in first["deidentify"])
 
     _check_gate_story(first)
-    _check_training(first, project)
+    _check_reads(first, folder)
+    _check_training(first, load_project(folder / "cn-shanghai"))
     reports = {r["site"]: r for r in first["reports"]}
     assert {s: r["report"] for s, r in reports.items()} == {
         "cn-shanghai": "cn-annual",
@@ -67,17 +80,20 @@ def test_demo_end_to_end(small_demo: tuple[Path, dict]) -> None:  # type: ignore
         "coordinator-engineer",
         "auditor",
     }
-    assert console["command"] == f"onshore console --project {folder}"
-    users_file = Path(console["passwords"])
-    assert users_file.stat().st_mode & 0o077 == 0, "the passwords file is private"
-    assert len(users_file.read_text().splitlines()) == len(console["users"])
+    assert console["command"] == f"onshore console --project {folder / 'coordinator'}"
+    files = {u["passwords"] for u in console["users"]}
+    for users_file in map(Path, files):
+        assert users_file.stat().st_mode & 0o077 == 0, "the passwords file is private"
+    lines = sum(len(Path(f).read_text().splitlines()) for f in files)
+    assert lines == len(console["users"])
 
     again = run_demo_cli(folder)
     assert again["inventory"] == first["inventory"], "a rerun stores nothing twice"
     assert all(r["clips"] == 0 for r in again["ingest"])
     assert all(v["ok"] for v in again["ledgers"]), "every ledger verifies after a rerun"
     assert again["training"]["federated"]["regions"] == first["training"]["federated"]["regions"]
-    assert len(users_file.read_text().splitlines()) == len(console["users"]), "users kept"
+    again_lines = sum(len(Path(f).read_text().splitlines()) for f in files)
+    assert again_lines == len(console["users"]), "users kept"
 
 
 def _check_training(result: dict, project: Project) -> None:  # type: ignore[type-arg]
@@ -98,7 +114,7 @@ def _check_training(result: dict, project: Project) -> None:  # type: ignore[typ
     for site in tested:
         region = federated["regions"][site]
         assert region["ade"] > 0 and federated["bytes_crossed"][site] > 0
-    with SiteStore.open(project, "cn-shanghai") as site:
+    with SiteStore.open(project) as site:
         sent = [
             e.data["sent"]
             for e in Ledger.open(site.catalogue).entries(kind="federated_update")
@@ -111,8 +127,12 @@ def _check_training(result: dict, project: Project) -> None:  # type: ignore[typ
     release = result["training"]["release"]
     if release is not None:
         assert release["verify"]["valid"] is True
+        assert release["verify"]["lineage"]["checked"] == release["verify"]["lineage"]["links"]
         refused = [load for load in release["loads"] if not load["loaded"]]
         assert [load["territory"] for load in refused] == ["US"]
+        # Every site whose updates went into the model consented, signed, to the licence.
+        trained = {p["id"] for p in release["release"]["parties"] if p["role"] == "operator"}
+        assert set(release["licence"]["consents"]) == trained
 
 
 def _check_gate_story(result: dict) -> None:  # type: ignore[type-arg]
@@ -125,7 +145,9 @@ def _check_gate_story(result: dict) -> None:  # type: ignore[type-arg]
     assert any("cn.order7" in reason for reason in raw["decision"]["reasons"])
     assert steps[1]["status"] == "denied"  # the approval does not cover raw clips
     for step in steps:
-        assert set(step["ledger"]) >= {step["from"], step["to"]}
+        # Every decision is in the origin's ledger; what moved, in the destination's too.
+        moved = step["status"] == "transferred"
+        assert set(step["ledger"]) >= ({step["from"], step["to"]} if moved else {step["from"]})
     exported = [
         s for s in steps if s["from"] == "cn-shanghai" and s["dataset"]["source"] == "export"
     ]
@@ -133,3 +155,20 @@ def _check_gate_story(result: dict) -> None:  # type: ignore[type-arg]
         assert step["status"] == "transferred"
         assert step["decision"]["approval"]["id"] == "CAC-DEMO-2026-001"
     assert all(v["ok"] for v in result["ledgers"])
+
+
+def _check_reads(result: dict, folder: Path) -> None:  # type: ignore[type-arg]
+    """The coordinator reads each site's clips through the site's service: China's gate
+    withholds them until an assessment for remote queries is on file; a read from the site's
+    own country crosses no border; every read from abroad is in the site's ledger."""
+    reads = result["reads"]
+    first, second = reads[0], reads[1]
+    assert first["site"] == second["site"] == "cn-shanghai"
+    assert not first["access"]["allowed"] and first["access"]["how"] == "gate"
+    assert second["access"]["allowed"]
+    assert second["access"]["decision"]["approval"]["id"] == "CAC-DEMO-2026-003"
+    same = [r for r in reads if r["site"] == "eu-frankfurt"]
+    assert same and same[0]["access"]["how"] == "same country"
+    with SiteStore.open(load_project(folder / "cn-shanghai")) as site:
+        recorded = [e.seq for e in Ledger.open(site.catalogue).entries(kind="remote_read")]
+    assert first["access"]["ledger_seq"] in recorded and second["access"]["ledger_seq"] in recorded

@@ -1,7 +1,8 @@
-"""The federation across data centres: certificates onshore makes (a valid chain, the right
-names, private keys kept private, never overwritten unasked), clear refusals of bad input before
-anything starts, the CLI's serve and join stopping what they started, and a SuperLink and three
-SuperNodes as separate processes on loopback training two rounds over TLS."""
+"""The federation across data centres, each party from its own folder: the coordinator's
+SuperLink presents its own certificate and admits only the SuperNodes of the sites on file; a
+site's SuperNode trusts only its coordinator; a run carries the coordinator's signature and a
+site runs nothing else, nor any app but onshore's; a site that is gone is dropped and named; the
+serve and join commands stop what they started. Real processes on loopback, over TLS."""
 
 from __future__ import annotations
 
@@ -13,37 +14,36 @@ import ssl
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from cryptography import x509
-from typer.testing import CliRunner
 
-from conftest import make_clip
-from onshore.cli.app import app
+from conftest import make_clip, make_parties
 from onshore.clips.mcap import write_mcap
 from onshore.clips.schema import Clip
 from onshore.deidentify import deidentify_site, resolve_profile
-from onshore.errors import ConfigError, FileSystemError, SiteNotFound, TrainingError
+from onshore.errors import ConfigError, NotAParty, PeerNotFound
 from onshore.federation import deploy
 from onshore.federation.options import FederatedOptions
+from onshore.federation.runner import REFUSED_KIND, app_problem, options_problem, sign_options
 from onshore.ledger import Ledger, verify
 from onshore.model.nets import ModelSpec
+from onshore.parties.identity import LocalParty
 from onshore.settings import Project
 from onshore.sites import init_project
-from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
 from onshore.store.catalogue import Catalogue
 from onshore.store.ingest import ingest
 from test_federation import both_splits
 
 SITES = ("cn-shanghai", "eu-frankfurt", "us-oregon")
+COORD = "coordinator"
 PLACES = {
     "cn-shanghai": (31.23, 121.47),
     "eu-frankfurt": (50.11, 8.68),
     "us-oregon": (45.52, -122.68),
 }
-
-runner = CliRunner()
+Parties = dict[str, Project]
 
 
 def _flower() -> None:
@@ -51,33 +51,6 @@ def _flower() -> None:
         deploy.find_flower("flower-superlink")
     except ConfigError:
         pytest.skip("Flower's flower-superlink is not installed beside Python or on PATH")
-
-
-def _handshake(certs: deploy.Certificates, server_hostname: str) -> None:
-    """A TLS handshake in memory, as a SuperNode makes it: trusting only ca.crt, checking the
-    server's name."""
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(certs.server_cert, certs.server_key)
-    client_ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
-    wires = [ssl.MemoryBIO() for _ in range(4)]
-    client = client_ctx.wrap_bio(wires[0], wires[1], server_hostname=server_hostname)
-    server = server_ctx.wrap_bio(wires[2], wires[3], server_side=True)
-    done = {"client": False, "server": False}
-    for _ in range(10):
-        for name, end, out, into in (
-            ("client", client, wires[1], wires[2]),
-            ("server", server, wires[3], wires[0]),
-        ):
-            if not done[name]:
-                try:
-                    end.do_handshake()
-                    done[name] = True
-                except ssl.SSLWantReadError:
-                    pass
-            into.write(out.read())
-        if all(done.values()):
-            return
-    raise AssertionError("the handshake did not complete")
 
 
 def _group_members(group: int) -> list[int]:
@@ -93,194 +66,333 @@ def _group_members(group: int) -> list[int]:
     return members
 
 
-# --- Certificates ------------------------------------------------------------------------------
+def _coordinator_entries(project: Project, kind: str) -> list[dict[str, Any]]:
+    coordinator = project.settings.coordinator
+    catalogue = Catalogue(project.catalogue_url(coordinator), coordinator.id)
+    try:
+        return [e.data for e in Ledger.open(catalogue).entries(kind=kind)]
+    finally:
+        catalogue.close()
 
 
-def test_certificates_chain_names_and_private_keys(tmp_path: Path) -> None:
-    hosts = ["localhost", "127.0.0.1", "superlink.example.com"]
-    certs = deploy.make_certificates(tmp_path / "certs", hosts)
-    ca = x509.load_pem_x509_certificate(certs.ca_cert.read_bytes())
-    server = x509.load_pem_x509_certificate(certs.server_cert.read_bytes())
-    server.verify_directly_issued_by(ca)
-    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    assert not server.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.DNSName) == ["localhost", "superlink.example.com"]
-    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
-    for key in (certs.ca_key, certs.server_key):
-        assert key.stat().st_mode & 0o777 == 0o600
-    # What a SuperNode does: trust ca.crt alone, and check the name it dialled.
-    for name in hosts:
-        _handshake(certs, name)
-    with pytest.raises(ssl.SSLCertVerificationError):
-        _handshake(certs, "elsewhere.example.com")
-    other = deploy.make_certificates(tmp_path / "other")
-    with pytest.raises(ssl.SSLCertVerificationError):  # another federation's CA
-        _handshake(_mixed(certs, other, tmp_path / "mixed"), "localhost")
-    loaded = deploy.load_certificates(certs.folder)
-    assert loaded.hosts == ("localhost", "superlink.example.com", "127.0.0.1")
-    assert loaded.expires == certs.expires
+def _site_entries(project: Project, kind: str) -> list[dict[str, Any]]:
+    with SiteStore.open(project) as site:
+        return [e.data for e in Ledger.open(site.catalogue).entries(kind=kind)]
 
 
-def _mixed(
-    server: deploy.Certificates, ca: deploy.Certificates, folder: Path
-) -> deploy.Certificates:
-    """``server``'s certificate and key beside another federation's ca.crt."""
-    folder.mkdir()
-    mixed = deploy.Certificates(folder, server.hosts, server.expires)
-    mixed.server_cert.write_bytes(server.server_cert.read_bytes())
-    mixed.server_key.write_bytes(server.server_key.read_bytes())
-    mixed.ca_cert.write_bytes(ca.ca_cert.read_bytes())
-    return mixed
+# -- what a site runs ----------------------------------------------------------------------------
 
 
-def test_certificates_are_never_replaced_unasked(tmp_path: Path) -> None:
-    certs = deploy.make_certificates(tmp_path)
-    before = certs.ca_key.read_bytes(), certs.ca_cert.read_bytes()
-    with pytest.raises(ConfigError, match="exist already") as caught:
-        deploy.make_certificates(tmp_path)
-    assert caught.value.hint is not None and "--force" in caught.value.hint
-    assert (certs.ca_key.read_bytes(), certs.ca_cert.read_bytes()) == before
-    again = deploy.make_certificates(tmp_path, overwrite=True)
-    assert again.ca_key.read_bytes() != before[0]
-    assert again.ca_key.stat().st_mode & 0o777 == 0o600
+def _app(folder: Path, components: dict[str, str], files: dict[str, str] | None = None) -> Path:
+    folder.mkdir(parents=True)
+    lines = ["[tool.flwr.app.components]"] + [f'{k} = "{v}"' for k, v in components.items()]
+    (folder / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    (folder / ".info").mkdir()
+    (folder / ".info" / "CONTENT").write_text("x")
+    for name, text in (files or {}).items():
+        (folder / name).write_text(text)
+    return folder
 
 
-@pytest.mark.parametrize("hosts", [[], ["http://superlink"], ["superlink:9092"], ["a b"], [""]])
-def test_bad_hosts_are_refused(tmp_path: Path, hosts: list[str]) -> None:
-    with pytest.raises(ConfigError):
-        deploy.make_certificates(tmp_path, hosts)
-    assert not (tmp_path / "ca.key").exists()
-
-
-def test_missing_certificates_are_named(tmp_path: Path) -> None:
-    with pytest.raises(FileSystemError, match=r"ca\.crt.*server\.key") as caught:
-        deploy.load_certificates(tmp_path)
-    assert caught.value.hint is not None and "onshore federation certs" in caught.value.hint
-
-
-def test_certs_command(tmp_path: Path) -> None:
-    folder = tmp_path / "certs"
-    args = ["federation", "certs", "--certs", str(folder), "--hosts", "localhost,10.0.0.5"]
-    result = runner.invoke(app, [*args, "--hosts", "superlink.example.com", "--json"])
-    assert result.exit_code == 0, result.output
-    made = json.loads(result.stdout)
-    assert made["hosts"] == ["localhost", "10.0.0.5", "superlink.example.com"]
-    assert Path(made["ca_cert"]).is_file() and Path(made["server_key"]).is_file()
-    result = runner.invoke(app, [*args, "--json"])
-    assert isinstance(result.exception, ConfigError)
-
-
-# --- Bad input is refused before anything starts -----------------------------------------------
-
-
-def test_join_refuses_an_unknown_site_a_missing_ca_and_a_bad_address(
-    project: Project, tmp_path: Path
+def test_a_site_runs_only_onshore_s_apps_for_runs_its_coordinator_signed(
+    parties: Parties, tmp_path: Path
 ) -> None:
-    certs = deploy.make_certificates(tmp_path / "certs")
-    with pytest.raises(SiteNotFound, match="xx-nowhere") as unknown:
-        deploy.join(project, "xx-nowhere", "127.0.0.1:9092", certs.ca_cert)
-    assert unknown.value.hint is not None and "cn-shanghai" in unknown.value.hint
-    with pytest.raises(FileSystemError, match=r"ca\.crt") as missing:
-        deploy.join(project, "eu-frankfurt", "127.0.0.1:9092", tmp_path / "ca.crt")
-    assert missing.value.hint is not None and "onshore federation serve" in missing.value.hint
-    with pytest.raises(ConfigError, match="not a PEM certificate"):
-        deploy.join(project, "eu-frankfurt", "127.0.0.1:9092", certs.server_key)
-    for address in ("127.0.0.1", "https://127.0.0.1:9092", "127.0.0.1:0", "host:99999"):
-        with pytest.raises(ConfigError, match="not a SuperLink address"):
-            deploy.join(project, "eu-frankfurt", address, certs.ca_cert)
-    assert not (project.root / deploy.LOGS_DIR).exists(), "nothing was started"
-    options = FederatedOptions(run="r", sites=("eu-frankfurt", "xx-nowhere"))
-    with pytest.raises(SiteNotFound):
-        deploy.run_deployed(project, options, "127.0.0.1:9092", certs.ca_cert)
-    with pytest.raises(FileSystemError):
-        deploy.run_deployed(
-            project,
-            FederatedOptions(run="r2", sites=("eu-frankfurt",)),
-            "127.0.0.1:9092",
-            tmp_path / "nowhere.crt",
-        )
+    ours = {
+        "serverapp": "onshore.federation.apps:server_app",
+        "clientapp": "onshore.federation.apps:client_app",
+    }
+    assert app_problem(_app(tmp_path / "ours", ours)) is None
+    evil = _app(tmp_path / "evil", {"serverapp": "evil:app", "clientapp": "evil:app"})
+    assert "not onshore's" in str(app_problem(evil))
+    smuggled = _app(tmp_path / "smuggled", ours, {"onshore.py": "import os"})
+    assert "files of its own" in str(app_problem(smuggled))
+    options = FederatedOptions(run="r", sites=SITES).to_json()
+    keys = LocalParty.of(parties[COORD]).keys()
+    signed = {"onshore-options": options, "onshore-signature": sign_options(options, keys)}
+    assert options_problem(signed, keys.public_key) is None
+    stranger = LocalParty.of(parties[SITES[0]]).keys()
+    forged = {**signed, "onshore-signature": sign_options(options, stranger)}
+    assert "stranger's run" in str(options_problem(forged, keys.public_key))
+    changed = {**signed, "onshore-options": options.replace('"rounds":10', '"rounds":99')}
+    assert "stranger's run" in str(options_problem(changed, keys.public_key))
+    assert "not signed" in str(options_problem({"onshore-options": options}, keys.public_key))
+    assert "not an onshore run" in str(options_problem({}, keys.public_key))
 
 
-def test_site_join_command_reports_an_unknown_site(project: Project, tmp_path: Path) -> None:
-    certs = deploy.make_certificates(tmp_path / "certs")
-    args = ["site", "join", "xx-nowhere", "--superlink", "127.0.0.1:9092"]
-    result = runner.invoke(
-        app,
-        [*args, "--root-certificates", str(certs.ca_cert), "--project", str(project.root)],
-    )
-    assert isinstance(result.exception, SiteNotFound)
+def test_join_and_serve_refuse_what_is_not_their_party(parties: Parties, tmp_path: Path) -> None:
+    lab = init_project(tmp_path / "lab", "three-regions")
+    with pytest.raises(NotAParty):
+        deploy.join(lab, timeout=5)
+    with pytest.raises(NotAParty):
+        deploy.join(parties[COORD], timeout=5)
+    with pytest.raises(NotAParty, match="coordinator"):
+        deploy.serve(parties[SITES[0]])
+    lonely = make_parties(tmp_path / "lonely", only="us-oregon")["us-oregon"]
+    with pytest.raises(PeerNotFound, match="no coordinator"):
+        deploy.join(lonely, timeout=5)
+    with pytest.raises(ConfigError, match="not a SuperLink address"):
+        deploy.join(parties[SITES[0]], superlink="http://nowhere", timeout=5)
 
 
-def test_serve_refuses_a_port_in_use(project: Project) -> None:
+def test_serve_refuses_a_port_in_use(parties: Parties) -> None:
     _flower()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(ConfigError, match=f"cannot serve on 127.0.0.1:{port}") as caught:
-            deploy.serve(project, "127.0.0.1", port)
-    assert caught.value.hint is not None and "--port" in caught.value.hint
+        with pytest.raises(ConfigError, match="cannot serve"):
+            deploy.serve(parties[COORD], host="127.0.0.1", port=port)
+
+
+# -- a federation of real processes --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Parties:
+    """Four parties, each site holding a few vehicles' drives in its own region, ingested and
+    de-identified for training, with a train and a test split."""
+    root = tmp_path_factory.mktemp("deploy")
+    parties = make_parties(root / "parties")
+    for i, site_id in enumerate(SITES):
+        project = parties[site_id]
+        law = project.site(site_id).jurisdiction
+        uploads = root / "uploads" / site_id
+        uploads.mkdir(parents=True)
+        lat, lon = PLACES[site_id]
+        for seed in range(10 * i, 10 * i + 3):
+            # 140 s at 12 m/s: what is left once de-identification trims each trip's ends.
+            clip = make_clip(seed, steps=1400, lat0=lat, lon0=lon, recorded_in=law)
+            write_mcap(clip, uploads / f"clip-{seed}.mcap")
+        with SiteStore.open(project) as site:
+            assert ingest(site, [uploads]).quarantined == []
+            secret = LocalParty.of(project).keys().hmac_secret
+            deidentify_site(site, resolve_profile("training", {}), secret=secret)
+
+        def more(n: int, lat: float = lat, lon: float = lon, law: str = law) -> list[Clip]:
+            return [make_clip(500 + n, steps=1400, lat0=lat, lon0=lon, recorded_in=law)]
+
+        both_splits(project, site_id, more, root)
+    from datetime import date
+
+    from onshore.federation.site import model_parameters_assessment
+    from onshore.gate.record import add_approval
+
+    cn = parties["cn-shanghai"]
+    add_approval(
+        cn,
+        "cn-shanghai",
+        model_parameters_assessment(
+            cn, approval_id="CAC-MP", reference="CAC-SA-MP", valid_from=date(2026, 1, 1)
+        ),
+    )
+    return parties
+
+
+def _options(run: str, **changes: Any) -> FederatedOptions:
+    values: dict[str, Any] = {
+        "run": run,
+        "sites": SITES,
+        "model": ModelSpec("past_mlp"),
+        "rounds": 2,
+        "local_steps": 5,
+        "batch_size": 32,
+        "dp": True,
+        "join_timeout": 30.0,
+        "timeout": 60.0,
+    }
+    values.update(changes)
+    return FederatedOptions(**values)
 
 
 @pytest.mark.slow
-def test_a_run_that_cannot_reach_its_superlink_says_so(project: Project, tmp_path: Path) -> None:
+def test_three_sites_train_from_their_own_folders_over_tls(federation: Parties) -> None:
     _flower()
-    certs = deploy.make_certificates(tmp_path / "certs")
-    options = FederatedOptions(run="nowhere", sites=("eu-frankfurt",), model=ModelSpec("past_mlp"))
-    with socket.socket() as s:  # a port where nothing listens
-        s.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{s.getsockname()[1]}"
-    with pytest.raises(TrainingError, match="ended without a result") as caught:
-        deploy.run_deployed(project, options, address, certs.ca_cert, timeout=120)
-    assert "Connection to the SuperLink is unavailable" in caught.value.message
-    assert caught.value.hint is not None and f"serve running at {address}" in caught.value.hint
+    coordinator = federation[COORD]
+    said: list[str] = []
+    with deploy.local_federation(coordinator, [federation[s] for s in SITES]) as (link, nodes):
+        groups = [link.pid, *(n.pid for n in nodes)]
+        # Each site's SuperNode was registered by its key: the coordinator knows which is which.
+        assert {n.site: n.node_id for n in nodes} == {
+            site: node for node, site in deploy.node_sites(coordinator).items()
+        }
+        host, port = link.address.rsplit(":", 1)
+        # Only TLS is served, with the coordinator's own certificate.
+        cert = LocalParty.of(coordinator).tls.cert
+        with socket.create_connection((host, int(port))) as raw:
+            tls = ssl.create_default_context(cafile=str(cert))
+            with tls.wrap_socket(raw, server_hostname=host) as conn:
+                assert conn.version() is not None
+        with (
+            socket.create_connection((host, int(port))) as raw,
+            pytest.raises(ssl.SSLCertVerificationError),
+        ):
+            ssl.create_default_context().wrap_socket(raw, server_hostname=host)
+        summary = deploy.run_deployed(
+            coordinator, _options("deployed"), say=said.append, timeout=300
+        )
+    assert all(_group_members(group) == [] for group in groups), "a process was left running"
+    assert summary["run"] == "deployed" and summary["rounds"] == 2
+    assert set(summary["regions"]) == set(SITES)
+    for region in summary["regions"].values():
+        assert region["ade"] is not None and region["samples"] > 0
+    assert summary["refusals"] == []
+    assert all(summary["bytes_crossed"][s] > 0 for s in SITES)
+    assert summary["lineage"], "no update was used"
+    assert sum(line.startswith("round ") for line in said) == 4
+    rounds = json.loads((coordinator.root / "runs" / "deployed" / "rounds.json").read_text())
+    logged = _coordinator_entries(coordinator, "federated_round")
+    assert [(e["run"], e["round"], e["kind"]) for e in logged] == [
+        ("deployed", r["round"], r["kind"]) for r in rounds
+    ]
+    # Each site's updates are in its own ledger, each with its gate's decision.
+    for site in SITES:
+        updates = _site_entries(federation[site], "federated_update")
+        assert len([u for u in updates if u["run"] == "deployed"]) == 4
+    coord = coordinator.settings.coordinator
+    catalogue = Catalogue(coordinator.catalogue_url(coord), coord.id)
+    try:
+        assert verify(Ledger.open(catalogue)).ok
+    finally:
+        catalogue.close()
+    # A finished run is read back, not trained again.
+    again = deploy.run_deployed(coordinator, _options("deployed"), superlink="127.0.0.1:1")
+    assert again == summary
 
 
-# --- Separate processes on loopback ------------------------------------------------------------
+def _flwr_run(app: Path, coordinator: Project, link: deploy.FlowerProcess, home: Path) -> str:
+    """Submit ``app`` to the coordinator's SuperLink as anyone holding its public certificate
+    could; returns what ``flwr run`` printed."""
+    cert = LocalParty.of(coordinator).tls.cert
+    home.mkdir(parents=True)
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "x"\n\n[superlink.x]\n'
+        f'address = "{link.address}"\nroot-certificates = "{cert}"\n'
+    )
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    }
+    done = subprocess.run(
+        [str(deploy.find_flower("flwr")), "run", str(app), "x", "--stream"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    return done.stdout + done.stderr
+
+
+def _stranger_app(folder: Path, clientapp: str, options: str = "", signature: str = "") -> Path:
+    folder.mkdir(parents=True)
+    (folder / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n\n'
+        '[project]\nname = "stranger"\nversion = "1.0.0"\ndescription = "x"\n'
+        'license = "Apache-2.0"\ndependencies = []\n\n'
+        '[tool.flwr.app]\npublisher = "stranger"\n\n'
+        "[tool.flwr.app.components]\n"
+        f'serverapp = "{clientapp.split(":")[0]}:server"\n'
+        f'clientapp = "{clientapp}"\n\n'
+        "[tool.flwr.app.config]\n"
+        f"onshore-options = {json.dumps(options)}\n"
+        f"onshore-signature = {json.dumps(signature)}\n"
+    )
+    return folder
 
 
 @pytest.mark.slow
-def test_serve_and_join_commands_run_until_stopped(project: Project, tmp_path: Path) -> None:
-    """``onshore federation serve`` and ``onshore site join`` as a coordinator and a site run
-    them: each prints where things are, runs until interrupted, and leaves nothing behind; a
-    SuperNode that does not trust the federation's CA cannot join."""
+def test_a_stranger_s_app_and_an_unsigned_run_are_refused(
+    federation: Parties, tmp_path: Path
+) -> None:
+    """Anyone holding the coordinator's public certificate can submit a run with flwr run; the
+    coordinator's SuperLink runs only onshore's own ServerApp, and only for runs it signed:
+    both are refused there and recorded, and no site sends anything."""
     _flower()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    coordinator = federation[COORD]
+    before = {s: len(_site_entries(federation[s], "federated_update")) for s in SITES}
+    with deploy.local_federation(coordinator, [federation[s] for s in SITES]) as (link, _nodes):
+        evil = _stranger_app(tmp_path / "evil", "evil:app")
+        (evil / "evil.py").write_text(
+            "import os\nfrom flwr.serverapp import ServerApp\nfrom flwr.clientapp import "
+            "ClientApp\nserver = ServerApp()\napp = ClientApp()\n"
+        )
+        _flwr_run(evil, coordinator, link, tmp_path / "home-evil")
+        options = _options("strangers").to_json()
+        unsigned = _stranger_app(
+            tmp_path / "unsigned", "onshore.federation.apps:client_app", options
+        )
+        # The stranger names onshore's own apps, with options it made and no signature.
+        text = (
+            (unsigned / "pyproject.toml")
+            .read_text()
+            .replace(
+                'serverapp = "onshore.federation.apps:server"',
+                'serverapp = "onshore.federation.apps:server_app"',
+            )
+        )
+        (unsigned / "pyproject.toml").write_text(text)
+        _flwr_run(unsigned, coordinator, link, tmp_path / "home-unsigned")
+    refused = _coordinator_entries(coordinator, REFUSED_KIND)
+    reasons = " | ".join(str(r["reason"]) for r in refused)
+    assert "files of its own" in reasons, reasons
+    assert "not signed" in reasons, reasons
+    assert not (coordinator.root / "runs" / "strangers" / "federated.json").exists()
+    after = {s: len(_site_entries(federation[s], "federated_update")) for s in SITES}
+    assert after == before  # nothing left any site
+
+
+@pytest.mark.slow
+def test_a_site_that_is_gone_is_dropped_after_the_stated_timeout_and_named(
+    federation: Parties,
+) -> None:
+    _flower()
+    coordinator = federation[COORD]
+    with deploy.local_federation(coordinator, [federation[s] for s in SITES]) as (_link, nodes):
+        gone = next(n for n in nodes if n.site == "us-oregon")
+        os.killpg(gone.pid, signal.SIGKILL)
+        summary = deploy.run_deployed(
+            coordinator,
+            _options("gone", rounds=1, join_timeout=10.0, timeout=20.0),
+            timeout=300,
+        )
+    refusals = [r for r in summary["refusals"] if r.get("site") == "us-oregon"]
+    assert refusals, summary["refusals"]
+    assert {r["reason"] for r in refusals} <= {"no_reply", "not_connected"}
+    if any(r["reason"] == "no_reply" for r in refusals):
+        # The model went to it and nothing came back: those bytes crossed all the same.
+        assert summary["bytes_crossed"]["us-oregon"] > 0
+    assert {"cn-shanghai", "eu-frankfurt"} <= set(summary["regions"])
+
+
+@pytest.mark.slow
+def test_serve_and_join_commands_run_until_stopped(federation: Parties) -> None:
+    """``onshore federation serve`` and ``onshore site join`` as operators run them, each in
+    its own party's folder: each prints what it started, runs until interrupted, and leaves
+    nothing behind."""
+    _flower()
     cli = [sys.executable, "-m", "onshore"]
-    where = ["--project", str(project.root), "--json"]
+    coordinator, site = federation[COORD], federation["us-oregon"]
     serve = subprocess.Popen(
-        [*cli, "federation", "serve", "--port", str(port), *where],
+        [*cli, "federation", "serve", "--project", str(coordinator.root), "--json"],
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
     join = None
-    link: dict[str, object] = {}
-    node: dict[str, object] = {}
+    link: dict[str, Any] = {}
+    node: dict[str, Any] = {}
     try:
         link = _first_json(serve)
-        assert link["address"] == f"127.0.0.1:{port}"
-        assert link["join"]["us-oregon"] == (
-            f"onshore site join us-oregon --superlink 127.0.0.1:{port} --root-certificates ca.crt"
-        )
-        command = [*cli, "site", "join", "us-oregon", "--superlink", link["address"]]
+        assert set(link["sites"]) == set(SITES) and link["join"] == "onshore site join"
         join = subprocess.Popen(
-            [*command, "--root-certificates", link["ca_cert"], *where],
+            [*cli, "site", "join", "--project", str(site.root), "--json"],
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,
         )
         node = _first_json(join)
-        assert node["site"] == "us-oregon" and node["role"] == "supernode us-oregon"
-        assert f"Activated node_id={node['node_id']}" in Path(str(link["log"])).read_text()
-        # A SuperNode that trusts another CA is refused, and says why.
-        other = deploy.make_certificates(tmp_path / "other")
-        with pytest.raises(ConfigError, match="CERTIFICATE_VERIFY_FAILED") as refused:
-            deploy.join(project, "eu-frankfurt", str(link["address"]), other.ca_cert, timeout=30)
-        assert refused.value.hint is not None and "ca.crt" in refused.value.hint
+        assert node["site"] == "us-oregon" and node["node_id"] == link["sites"]["us-oregon"]
         join.send_signal(signal.SIGINT)
         assert join.wait(timeout=90) == 0  # stop: SIGTERM, 10 s, SIGKILL; slow when loaded
         assert _group_members(node["pid"]) == []
@@ -301,7 +413,7 @@ def test_serve_and_join_commands_run_until_stopped(project: Project, tmp_path: P
                 os.killpg(pid, signal.SIGKILL)
 
 
-def _first_json(process: subprocess.Popen[str]) -> dict[str, object]:
+def _first_json(process: subprocess.Popen[str]) -> dict[str, Any]:
     """The JSON document a command prints when it has started (it then runs on)."""
     assert process.stdout is not None
     text = ""
@@ -315,99 +427,45 @@ def _first_json(process: subprocess.Popen[str]) -> dict[str, object]:
             return data
 
 
-@pytest.fixture(scope="module")
-def sites_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    """A project whose three sites each hold three vehicles' drives in their own region,
-    ingested and de-identified for training."""
-    root = tmp_path_factory.mktemp("deploy")
-    project = init_project(root / "proj", "three-regions")
-    for i, site_id in enumerate(SITES):
-        law = project.site(site_id).jurisdiction
-        uploads = root / "uploads" / site_id
-        uploads.mkdir(parents=True)
-        lat, lon = PLACES[site_id]
-        for seed in range(10 * i, 10 * i + 3):
-            # 140 s at 12 m/s: what is left once de-identification trims each trip's ends.
-            clip = make_clip(seed, steps=1400, lat0=lat, lon0=lon, recorded_in=law)
-            write_mcap(clip, uploads / f"clip-{seed}.mcap")
-        with SiteStore.open(project, site_id) as site:
-            assert ingest(site, [uploads]).quarantined == []
-            secret = load_keystore(project.keystore_path(project.site(site_id))).hmac_secret
-            deidentify_site(site, resolve_profile("training", {}), secret=secret)
+def test_a_site_s_clientapp_process_refuses_and_records_foreign_apps_and_unsigned_runs(
+    parties: Parties, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``flwr-clientapp`` runs at a site (onshore's own program): a FAB carrying code or
+    naming other apps, or a run whose options the coordinator did not sign, gets an error
+    reply and a federated_run_refused entry in the site's ledger."""
+    from types import SimpleNamespace
 
-        def more(n: int, lat: float = lat, lon: float = lon, law: str = law) -> list[Clip]:
-            return [make_clip(500 + n, steps=1400, lat0=lat, lon0=lon, recorded_in=law)]
+    import flwr.common.config
+    from flwr.app import Message, MessageType, RecordDict
 
-        both_splits(project, site_id, more, root)
-    return project
+    from onshore.federation import runner
 
-
-@pytest.mark.slow
-def test_three_sites_train_two_rounds_over_tls(sites_project: Project) -> None:
-    _flower()
-    project = sites_project
-    options = FederatedOptions(
-        run="deployed",
-        sites=SITES,
-        model=ModelSpec("past_mlp"),
-        rounds=2,
-        local_steps=5,
-        batch_size=32,
-        dp=True,
+    site = parties["us-oregon"]
+    ours = {
+        "serverapp": "onshore.federation.apps:server_app",
+        "clientapp": "onshore.federation.apps:client_app",
+    }
+    folders = {
+        "evil": _app(tmp_path / "evil", ours, {"evil.py": "print('files')"}),
+        "ours": _app(tmp_path / "ours", ours),
+    }
+    monkeypatch.setattr(flwr.common.config, "get_project_dir", lambda _i, _v, h: folders[h])
+    load = runner._load_client_app_fn()
+    context = SimpleNamespace(
+        node_config={"site": "us-oregon", "project": str(site.root)},
+        run_id=42,
+        run_config={"onshore-options": FederatedOptions(run="r", sites=SITES).to_json()},
     )
-    said: list[str] = []
-    with deploy.local_federation(project, SITES) as (link, nodes):
-        assert link.certificates is not None
-        ca = link.certificates.ca_cert
-        groups = [link.pid, *(n.pid for n in nodes)]
-        host, port = link.address.rsplit(":", 1)
-        # Only TLS is served, and only to those who trust the federation's CA.
-        with socket.create_connection((host, int(port))) as raw:
-            tls = ssl.create_default_context(cafile=str(ca))
-            with tls.wrap_socket(raw, server_hostname=host) as conn:
-                assert conn.version() is not None
-        with (
-            socket.create_connection((host, int(port))) as raw,
-            pytest.raises(ssl.SSLCertVerificationError),
-        ):
-            ssl.create_default_context().wrap_socket(raw, server_hostname=host)
-        summary = deploy.run_deployed(
-            project, options, link.address, ca, say=said.append, timeout=300
-        )
-    assert all(_group_members(group) == [] for group in groups), "a process was left running"
+    from flwr.supercore.task_identity import TaskIdentity
 
-    assert summary["run"] == "deployed" and summary["rounds"] == 2
-    assert set(summary["regions"]) == set(SITES)
-    for region in summary["regions"].values():
-        assert region["ade"] is not None and region["samples"] > 0
-    rounds = json.loads((project.root / "runs" / "deployed" / "rounds.json").read_text())
-    assert [(r["round"], r["kind"]) for r in rounds] == [
-        (1, "train"),
-        (1, "evaluate"),
-        (2, "train"),
-        (2, "evaluate"),
-    ]
-    for record in rounds:  # every site answered every phase, over TLS, through its gate
-        answered = {a["site"] for a in record["accepted"]} | {r["site"] for r in record["refused"]}
-        assert answered == set(SITES), record
-    assert summary["lineage"], "no update was used"
-    assert sum(line.startswith("round ") for line in said) == 4
-
-    coordinator = project.settings.coordinator
-    catalogue = Catalogue(project.catalogue_url(coordinator), coordinator.id)
-    try:
-        ledger = Ledger.open(catalogue)
-        logged = [e.data for e in ledger.entries(kind="federated_round")]
-        assert [(e["run"], e["round"], e["kind"]) for e in logged] == [
-            ("deployed", r["round"], r["kind"]) for r in rounds
-        ]
-        seqs = summary["coordinator_ledger"]
-        assert ledger.entry(seqs["started"]).kind == "federated_run_started"  # type: ignore[union-attr]
-        assert ledger.entry(seqs["finished"]).kind == "federated_run_finished"  # type: ignore[union-attr]
-        assert verify(ledger).ok
-    finally:
-        catalogue.close()
-
-    # A finished run is read back, not trained again.
-    again = deploy.run_deployed(project, options, "127.0.0.1:1", ca)
-    assert again == summary
+    # What Flower's task loop sets before it asks for the app.
+    monkeypatch.setattr(TaskIdentity, "_run_id", 42)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 7)
+    message = Message(RecordDict(), dst_node_id=1, message_type=MessageType.TRAIN)
+    for fab in ("evil", "ours"):
+        reply = load("onshore.onshore-federation", "1.0.0", fab)(message, context)
+        assert reply.has_error() and "refused" in reply.error.reason
+    reasons = [str(e["reason"]) for e in _site_entries(site, REFUSED_KIND)]
+    assert len(reasons) == 2
+    assert "files of its own" in reasons[0] and "not signed" in reasons[1]

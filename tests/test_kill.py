@@ -139,3 +139,152 @@ def test_two_ingests_into_one_site_at_once(project: Project, tmp_path: Path) -> 
     finally:
         opened.close()
     assert all(path.exists() for path in shared), "good files are never moved"
+
+
+# -- a transfer between two parties' processes, killed at random points --------------------------
+
+
+def _serve(project: Project, log: Path) -> subprocess.Popen[bytes]:
+    """The party's service as a process of its own; returns once it listens."""
+    import json
+
+    with open(log, "ab") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "onshore", "serve", "--project", str(project.root), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line, log.read_text()
+    assert json.loads(line)["party"] == project.root.name
+    return process
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+    process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+def _ledger(project: Project, kind: str) -> list[dict[str, object]]:
+    from onshore.ledger import Ledger
+
+    with SiteStore.open(project) as site:
+        return [e.data for e in Ledger.open(site.catalogue).entries(kind=kind)]
+
+
+def test_a_transfer_killed_anywhere_at_either_end_completes_exactly_once(tmp_path: Path) -> None:
+    """SIGKILL the origin's transfer, then the destination's service, at random moments;
+    rerun: for each transfer one transfer_out, one transfer_in and one receipt, every object
+    received once, nothing partial left, and both ledgers verify (with each other)."""
+    from conftest import make_parties
+    from onshore.gate import Approval
+    from onshore.gate.record import add_approval
+    from onshore.parties.witness import verify_party
+    from onshore.store.objects import RECEIVED_DIR
+
+    parties = make_parties(tmp_path / "parties")
+    eu, us = parties["eu-frankfurt"], parties["us-oregon"]
+    paths = write_clips(tmp_path / "up", 40, steps=3000, recorded_in="eu-frankfurt")
+    with SiteStore.open(eu) as site:
+        from onshore.store.ingest import ingest
+
+        assert ingest(site, paths).quarantined == []
+    add_approval(
+        eu,
+        "eu-frankfurt",
+        Approval.model_validate(
+            {
+                "id": "SCC-1",
+                "type": "eu_scc",
+                "origin": "EU",
+                "recipient": "Onshore Mobility Inc.",
+                "categories": [
+                    "vehicle_id",
+                    "trajectory",
+                    "vehicle_flow",
+                    "sensitive_area_geodata",
+                ],
+                "purposes": ["adas_training"],
+                "valid_from": "2026-01-01",
+                "reference": "SCC-2026-1",
+            }
+        ),
+    )
+    log = tmp_path / "us.log"
+    server = _serve(us, log)
+    draw = random.Random(13)
+
+    def command(day: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "onshore",
+            "transfer",
+            "--project",
+            str(eu.root),
+            "--to",
+            "us-oregon",
+            "--dataset",
+            "raw",
+            "--purpose",
+            "adas_training",
+            "--date",
+            day,
+            "--json",
+        ]
+
+    def check(day: str) -> None:
+        (out,) = [e for e in _ledger(eu, "transfer_out") if e["date"] == day]
+        transfer_id = out["transfer"]
+        assert [e["transfer"] for e in _ledger(us, "transfer_in")].count(transfer_id) == 1
+        assert [e["transfer"] for e in _ledger(eu, "transfer_confirmed")].count(transfer_id) == 1
+        with SiteStore.open(us) as site:
+            received = list(site.objects.find(RECEIVED_DIR))
+        sent = [str(o["path"]) for o in out["sent"]]  # type: ignore[union-attr]
+        assert sorted(received) == sorted(f"{RECEIVED_DIR}/eu-frankfurt/{p}" for p in sent)
+
+    try:
+        for trial, victim in enumerate(["origin"] * 3 + ["destination"] * 3):
+            day = f"2026-11-{trial + 10:02d}"
+            origin = subprocess.Popen(
+                command(day), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            time.sleep(draw.uniform(0.3, 3.0))
+            if victim == "origin":
+                _kill(origin)
+            else:
+                _kill(server)
+                origin.wait(120)
+                server = _serve(us, log)  # restarted: it cleans what the killed one left
+            done = subprocess.run(command(day), capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, (trial, victim, done.stdout, done.stderr)
+            check(day)
+        with SiteStore.open(us) as site:
+            assert site.objects.staging_leftovers() == []
+    finally:
+        _stop(server)
+    servers = [_serve(us, log), _serve(eu, tmp_path / "eu.log")]
+    try:
+        for project, peer in ((eu, "us-oregon"), (us, "eu-frankfurt")):
+            report = verify_party(project)
+            assert report.ok, report.as_dict()["problems"]
+            assert peer in report.peers and report.peer_heads >= 1, report.notes
+    finally:
+        for process in servers:
+            _stop(process)

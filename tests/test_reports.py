@@ -12,18 +12,17 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import write_clips
+from conftest import Services, make_parties, write_clips
 from onshore.deidentify import deidentify_site, resolve_profile
 from onshore.gate import Approval
+from onshore.gate.record import add_approval
 from onshore.ledger import Ledger
 from onshore.reports import REPORT_KINDS, build_report, write_report
 from onshore.settings import Project
-from onshore.sites import init_project
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
 from onshore.store.ingest import ingest
 from onshore.transfer import transfer
-from onshore.gate.record import add_approval
 
 CN, US = "cn-shanghai", "us-oregon"
 DAY = date(2026, 11, 29)
@@ -52,11 +51,13 @@ ZONE = {
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    """A CN site with four de-identified clips, one approved transfer to the US and one denied."""
+    """The CN site's folder, with four de-identified clips, one transfer to the US site's
+    service approved and one denied (the US site's app runs in process)."""
     root = tmp_path_factory.mktemp("reports")
-    project = init_project(root / "proj", "three-regions")
+    parties = make_parties(root / "parties")
+    project = parties[CN]
     paths = write_clips(root / "up", 4, steps=1500)
-    with SiteStore.open(project, CN) as site:
+    with SiteStore.open(project) as site:
         site.keep_reference_zones(orjson.dumps(ZONE))
         ingest(site, paths)
         secret = load_keystore(project.keystore_path(project.site(CN))).hmac_secret
@@ -75,9 +76,14 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
         }
     )
     add_approval(project, CN, approval)
-    assert transfer(project, CN, US, "raw", "adas_training", day=DAY).status == "denied"
-    sent = transfer(project, CN, US, "export", "adas_training", day=DAY)
-    assert sent.status == "transferred", sent.decision.reasons
+    services = Services(parties)
+    try:
+        http = services.http(US)
+        assert transfer(project, US, "raw", "adas_training", day=DAY, http=http).status == "denied"
+        sent = transfer(project, US, "export", "adas_training", day=DAY, http=http)
+        assert sent.status == "transferred", sent.decision.reasons
+    finally:
+        services.close()
     return project
 
 

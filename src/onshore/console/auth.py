@@ -123,12 +123,19 @@ class UserStore:
                 f"user name {name!r}: use 1 to 64 lower-case letters, digits and . _ - @"
             )
         if role is Role.SITE_OPERATOR:
+            # The sites this console knows: a lab project's, or this party's own and its peers'.
+            from onshore.console.access import all_sites
+
+            known = all_sites(self.project)
             if site is None:
                 raise ConfigError(
                     f"user {name}: a site operator needs --site",
-                    hint=f"sites: {', '.join(self.project.settings.sites)}",
+                    hint=f"sites: {', '.join(known)}",
                 )
-            self.project.site(site)  # raises for an unknown site, naming the known ones
+            if site not in known:
+                raise ConfigError(
+                    f"user {name}: no site {site!r}", hint=f"sites: {', '.join(known)}"
+                )
         elif site is not None:
             raise ConfigError(f"user {name}: only a site operator has a --site (role {role})")
         if len(password) < 12:

@@ -22,6 +22,7 @@ saying why.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import stat
 import sys
@@ -183,9 +184,10 @@ def _load_client_app_fn(*_args: Any, **_kwargs: Any) -> Any:
 
 def clientapp_main() -> None:
     """``flwr-clientapp`` at a site: Flower's task loop, with onshore loading the app."""
-    import flwr.supernode.runtime.run_clientapp as runtime
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 
+    # The module, not the function of the same name its package exports.
+    runtime = importlib.import_module("flwr.supernode.runtime.run_clientapp")
     runtime.get_load_client_app_fn = _load_client_app_fn  # type: ignore[attr-defined]
     flwr_clientapp()
 
@@ -220,10 +222,11 @@ def _run_server_app(
 
 def serverapp_main() -> None:
     """``flwr-serverapp`` at the coordinator: Flower's loop, with onshore's ServerApp only."""
-    import flwr.superlink.runtime.run_serverapp as runtime
     from flwr.superlink.cli.flwr_serverapp import flwr_serverapp
 
-    runtime.run_ = _run_server_app  # type: ignore[attr-defined, assignment]
+    # The module, not the function of the same name its package exports.
+    runtime = importlib.import_module("flwr.superlink.runtime.run_serverapp")
+    runtime.run_ = _run_server_app  # type: ignore[attr-defined]
     flwr_serverapp()
 
 

@@ -67,6 +67,8 @@ class PeerClient:
         self._keys = keys
         self._head = head
         self._skew = float(local.settings.clock_skew_seconds)
+        self._owned = http is None
+        """A client given to it is its caller's to close."""
         if http is None:
             try:
                 context = client_context(local.tls, peer.tls_certificate)
@@ -80,7 +82,8 @@ class PeerClient:
         self._http = http
 
     def close(self) -> None:
-        self._http.close()
+        if self._owned:
+            self._http.close()
 
     def __enter__(self) -> PeerClient:
         return self

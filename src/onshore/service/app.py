@@ -214,7 +214,7 @@ class PartyService:
         chain = tls.get("client_cert_chain") or []
         return der_fingerprint(chain[0]) if chain else ""
 
-    async def receive(self, request: Request, kind: str, *, streamed: bool = False) -> Incoming:
+    async def admit(self, request: Request, kind: str, *, streamed: bool = False) -> Incoming:
         """Check the request's stamp; raises :class:`RequestRefused`."""
         tls = self.tls_peer(request)
         if tls is None and self.require_tls:
@@ -251,7 +251,7 @@ class PartyService:
         the ledger), and answer it signed; a refusal or an error is answered and recorded."""
         incoming: Incoming | None = None
         try:
-            incoming = await self.receive(request, kind, streamed=streamed)
+            incoming = await self.admit(request, kind, streamed=streamed)
             result = await run_in_threadpool(work, incoming)
         except RequestRefused as exc:
             return await self.refuse(request, kind, exc, incoming)
@@ -398,7 +398,7 @@ def create_app(project: Project, *, require_tls: bool = True) -> FastAPI:
     async def probe(request: Request) -> Response:
         incoming: Incoming | None = None
         try:
-            incoming = await party.receive(request, "probe", streamed=True)
+            incoming = await party.admit(request, "probe", streamed=True)
             size = 0
             async for chunk in request.stream():
                 size += len(chunk)

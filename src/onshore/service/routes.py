@@ -142,7 +142,7 @@ def transfers(app: FastAPI, party: PartyService) -> None:
         incoming: Incoming | None = None
         receiver: _Receiver | None = None
         try:
-            incoming = await party.receive(request, kind, streamed=True)
+            incoming = await party.admit(request, kind, streamed=True)
             site = party.require_site()
             indices = _indices(request.query_params.get("objects", ""))
             expected = await run_in_threadpool(
