@@ -9,6 +9,7 @@ import random
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from onshore.classify import classify_clip, classify_site
+from onshore.classify import classify_clip, classify_site, label_clips
 from onshore.classify.zones import Zones, parse_zones
 from onshore.cli.app import app
 from onshore.clips.geo import haversine
@@ -153,6 +154,30 @@ def test_subjects_are_counted_per_window(site: SiteStore, tmp_path: Path) -> Non
     edge = classify_site(site, as_of=date(2026, 11, 28))
     assert edge["windows"]["trailing_12_months"]["vehicles"]["trajectory"] == 3
     assert site.catalogue.inventory()["labels"]["trajectory"] == 3
+
+
+def test_labels_are_found_once_per_clip_and_zones(site: SiteStore, tmp_path: Path) -> None:
+    clips = drive(3, clips=2)
+    _ingest(site, tmp_path, clips)
+    lat, lon = clips[0].table["lat"][50].as_py(), clips[0].table["lon"][50].as_py()
+    near = parse_zones(zone_around(lat, lon, 30), "near")
+    records = site.catalogue.clips()
+    fresh = {c.clip_id: c.labels for c in label_clips(site, records, zones=near)}
+    # The second pass reads no clip: its labels come from the cache, and are the same.
+    with patch("onshore.classify._read", side_effect=AssertionError("read again")):
+        cached = {c.clip_id: c.labels for c in label_clips(site, records, zones=near)}
+    assert cached == fresh
+    assert any(x.category == "sensitive_area_geodata" for x in fresh[clips[0].meta.clip_id])
+    # Other zones (or the same ones widened) are another key: labelled afresh, not from cache.
+    for other in (Zones(()), near.buffered(500)):
+        relabelled = {c.clip_id: c.labels for c in label_clips(site, records, zones=other)}
+        expected = {c.meta.clip_id: tuple(classify_clip(c, other)) for c in clips}
+        assert relabelled == expected
+    assert not any(
+        x.category == "sensitive_area_geodata"
+        for labels in label_clips(site, records, zones=Zones(()))
+        for x in labels.labels
+    )
 
 
 def test_profiles_are_checked() -> None:

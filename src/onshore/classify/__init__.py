@@ -13,14 +13,18 @@ see :mod:`onshore.deidentify.video`). Outside frames with a face or plate found 
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+from sqlalchemy import Column, MetaData, String, Table, Text, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from onshore.classify.zones import Zones, load_zones
 from onshore.clips.schema import Clip
@@ -217,24 +221,114 @@ def label_clips(
     gate classifies when data would leave."""
     zones = load_zones(site.objects) if zones is None else zones
     frames = {f.clip_id: f for f in site.catalogue.frames([r.clip_id for r in records])}
+    keys = {r.clip_id: _cache_key(r.sha256, zones) for r in records}
+    cache = _LabelCache(site, list(keys.values()))
     found: list[ClipLabels] = []
     for n, record in enumerate(records, start=1):
         scan = None
         if record.clip_id in frames:
             scan = scan_frames(site.objects, frames[record.clip_id])
+        # A clip is content-addressed: its labels are those of its bytes under these zones,
+        # found once (the slow part: reading every position) and kept.
+        key = keys[record.clip_id]
+        labels = cache.get(key, record.clip_id)
+        if labels is None:
+            labels = classify_clip(_read(site, record), zones, None)
+            cache.put(key, labels)
+        if scan is not None:
+            labels = (*labels, *frame_labels(scan))
         found.append(
             ClipLabels(
                 record.clip_id,
                 record.vin,
                 record.start_time,
-                classify_clip(_read(site, record), zones, scan),
+                labels,
                 persons=None if scan is None else scan.tracks("face"),
                 plates=None if scan is None else scan.tracks("plate"),
             )
         )
         if on_clip is not None:
             on_clip(n, len(records))
+    cache.flush()
     return found
+
+
+CLASSIFIER_VERSION: Final = "1"
+"""Bumped whenever :func:`classify_clip` would label the same bytes otherwise: cached labels of
+another version are not used."""
+
+_cache_metadata = MetaData()
+_cache_table: Final = Table(
+    "clip_labels_cache",
+    _cache_metadata,
+    Column("site", String(64), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("labels", Text, nullable=False),
+)
+"""Labels of a clip's positions and objects (not its frames, whose detections have a cache of
+their own), keyed by the classifier's version, the clip object's hash and the zones' hash."""
+
+
+def _cache_key(clip_sha256: str, zones: Zones) -> str:
+    text = f"{CLASSIFIER_VERSION}\x00{clip_sha256}\x00{zones.digest}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class _LabelCache:
+    """The labels found before, by :func:`_cache_key`, in the site's catalogue database."""
+
+    def __init__(self, site: SiteStore, keys: Sequence[str]) -> None:
+        self.site = site.site
+        self.engine = site.catalogue.engine
+        for attempt in range(5):
+            try:
+                _cache_metadata.create_all(self.engine)
+                break
+            except (OperationalError, IntegrityError):  # another process made it meanwhile
+                if attempt == 4:
+                    raise
+        self.known: dict[str, str] = {}
+        unique = sorted(set(keys))
+        with self.engine.connect() as conn:
+            for start in range(0, len(unique), 500):
+                chunk = unique[start : start + 500]
+                self.known.update(
+                    (row.key, row.labels)
+                    for row in conn.execute(
+                        select(_cache_table.c.key, _cache_table.c.labels).where(
+                            _cache_table.c.site == self.site, _cache_table.c.key.in_(chunk)
+                        )
+                    )
+                )
+        self.new: dict[str, str] = {}
+
+    def get(self, key: str, clip_id: str) -> tuple[LabelRecord, ...] | None:
+        text = self.known.get(key)
+        if text is None:
+            return None
+        return tuple(LabelRecord(clip_id, str(c), int(n), str(e)) for c, n, e in orjson.loads(text))
+
+    def put(self, key: str, labels: tuple[LabelRecord, ...]) -> None:
+        text = orjson.dumps([(x.category, x.count, x.evidence) for x in labels]).decode()
+        self.known[key] = self.new[key] = text
+
+    def flush(self) -> None:
+        if not self.new:
+            return
+        rows = [{"site": self.site, "key": k, "labels": v} for k, v in self.new.items()]
+        with self.engine.begin() as conn:
+            existing = set(
+                conn.execute(
+                    select(_cache_table.c.key).where(
+                        _cache_table.c.site == self.site,
+                        _cache_table.c.key.in_([r["key"] for r in rows]),
+                    )
+                ).scalars()
+            )
+            fresh = [r for r in rows if r["key"] not in existing]
+            if fresh:
+                conn.execute(_cache_table.insert(), fresh)
+        self.new.clear()
 
 
 def _read(site: SiteStore, record: ClipRecord) -> Clip:

@@ -8,6 +8,7 @@ around its own centroid and turned back into longitude and latitude.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,9 @@ class Zones:
     """A site's sensitive areas, empty when the site has none on file."""
 
     zones: tuple[Zone, ...]
+    digest: str = ""
+    """SHA-256 of the GeoJSON they were read from ("" for none): what labels found with them
+    are keyed by."""
 
     def __bool__(self) -> bool:
         return bool(self.zones)
@@ -54,7 +58,10 @@ class Zones:
         if metres <= 0:
             return self
         return Zones(
-            tuple(Zone(z.id, z.name, z.kind, _buffer_metres(z.polygon, metres)) for z in self.zones)
+            tuple(
+                Zone(z.id, z.name, z.kind, _buffer_metres(z.polygon, metres)) for z in self.zones
+            ),
+            f"{self.digest}+{metres}",
         )
 
 
@@ -99,7 +106,7 @@ def parse_zones(data: bytes, where: str) -> Zones:
                 polygon=polygon,
             )
         )
-    return Zones(tuple(zones))
+    return Zones(tuple(zones), hashlib.sha256(data).hexdigest())
 
 
 def load_zones(store: ObjectStore) -> Zones:
