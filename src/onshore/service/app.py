@@ -18,7 +18,8 @@ What a site answers:
 - ``POST /v1/ledger/vouch``: entries of its ledger as stored, to check a lineage or receipt;
 - ``POST /v1/licences/consent``: its gate's decision on a licence, signed (the coordinator
   only; :mod:`onshore.release.consent`);
-- ``POST /v1/probe``: a body read and dropped, to measure the link (``bench/transfer.py``).
+- ``PUT /v1/probe``: a body copied to a file and dropped, to measure the link against a plain
+  copy (``bench/transfer.py``).
 
 Tests drive the app in process (``create_app(..., require_tls=False)``); the server presents
 the client's certificate in the scope, and then the app requires it.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -394,14 +396,18 @@ def create_app(project: Project, *, require_tls: bool = True) -> FastAPI:
 
         return await party.handle(request, "ledger.witness", work)
 
-    @app.post("/v1/probe")
+    @app.put("/v1/probe")
     async def probe(request: Request) -> Response:
         incoming: Incoming | None = None
         try:
             incoming = await party.admit(request, "probe", streamed=True)
             size = 0
-            async for chunk in request.stream():
-                size += len(chunk)
+            # A plain copy: each chunk written to a file as it comes (no hash, no sync), the
+            # file dropped at the end.
+            with tempfile.TemporaryFile(dir=party.local.project.root) as copy:
+                async for chunk in request.stream():
+                    copy.write(chunk)
+                    size += len(chunk)
         except RequestRefused as exc:
             return await party.refuse(request, "probe", exc, incoming)
         except ClientDisconnect:

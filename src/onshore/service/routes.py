@@ -11,8 +11,11 @@ rerun sends only what is missing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import os
+import queue
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,6 +31,11 @@ from onshore.transfer import inbound
 
 __all__ = ["ledger", "licences", "reads", "transfers"]
 
+_HANDOVER = 1 << 20
+"""Bytes gathered off the socket before the writer thread gets them."""
+_QUEUED = 16
+"""Hand-overs the socket may run ahead of the disk by, per request."""
+
 
 def _indices(text: str) -> list[int]:
     try:
@@ -42,88 +50,148 @@ def _indices(text: str) -> list[int]:
 
 
 class _Receiver:
-    """Splits the stream into the expected objects, hashing and writing each."""
+    """Splits the stream into the expected objects, on a thread of its own so that writing,
+    hashing and syncing each object's file never holds up the event loop that reads the
+    socket. The loop hands chunks over through a bounded queue; the objects that arrived whole
+    and matched are stored together at the end (:meth:`finish`)."""
+
+    _END = b""
 
     def __init__(self, party: PartyService, incoming: Incoming, expected: list[inbound.Expected]):
         self.site = party.require_site()
         self.sender = incoming.sender
         self.expected = expected
         self.index = 0
-        self.file: IO[bytes] | None = None
-        self.path: Path | None = None
-        self.digest = hashlib.sha256()
-        self.left = 0
-        self.stored = 0
-        self.written = 0
+        self.arrived: list[tuple[inbound.Expected, Path]] = []
         self.bad: RequestRefused | None = None
-
-    def _open(self) -> None:
-        item = self.expected[self.index]
-        self.path = self.site.store.objects.incoming_file()
-        self.file = open(self.path, "wb")  # noqa: SIM115 - closed in _finish or discard
-        self.digest = hashlib.sha256()
-        self.left = item.bytes
-
-    def discard(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-        if self.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-            self.path = None
+        self.finished = False
+        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=_QUEUED)
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        self._file: IO[bytes] | None = None
+        self._path: Path | None = None
+        self._digest = hashlib.sha256()
+        self._left = 0
+        self._worker = asyncio.ensure_future(asyncio.to_thread(self._work))
 
     async def feed(self, chunk: bytes) -> None:
+        """Take a chunk off the socket; the writer gets them gathered to :data:`_HANDOVER`
+        bytes, so that it works (and the two threads meet) once per megabyte, not per TLS
+        record."""
+        if not chunk:
+            return
+        self._held.append(chunk)
+        self._held_bytes += len(chunk)
+        if self._held_bytes >= _HANDOVER:
+            await self._hand_over()
+
+    async def _hand_over(self) -> None:
+        if not self._held:
+            return
+        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        self._held, self._held_bytes = [], 0
+        try:
+            self._queue.put_nowait(data)
+        except queue.Full:
+            await asyncio.to_thread(self._queue.put, data)
+
+    async def finish(self) -> tuple[int, int]:
+        """Wait for the writer, then store what arrived whole: ``(objects stored, bytes)``.
+        Called also when the sender went away mid-stream: the objects it sent whole are kept,
+        the one cut short is dropped."""
+        self.finished = True
+        await self._hand_over()
+        await self.feed_end()
+        await self._worker
+        stored = await run_in_threadpool(
+            inbound.store_objects, self.site, self.sender, self.arrived
+        )
+        self.arrived = []
+        written = [s for s in stored if s.written]
+        return len(written), sum(s.size for s in written)
+
+    async def feed_end(self) -> None:
+        if not self._worker.done():
+            await asyncio.to_thread(self._queue.put, self._END)
+
+    def abandon(self) -> None:
+        """Stop the writer without waiting (the request was cancelled): what it holds is
+        dropped, and the files that arrived whole stay in staging, for the store to sweep."""
+        if self.finished:
+            return
+        self.finished = True
+        self.bad = self.bad or RequestRefused("the request was cancelled", reason="incomplete")
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+        self._queue.put_nowait(self._END)
+
+    def _work(self) -> None:
+        try:
+            while (chunk := self._queue.get()) is not self._END:
+                self._take(chunk)
+            # Objects of no bytes need no chunk to complete.
+            while (
+                self.bad is None
+                and self.index < len(self.expected)
+                and self.expected[self.index].bytes == 0
+            ):
+                self._open()
+                self._close()
+        finally:
+            self._discard()
+
+    def _take(self, chunk: bytes) -> None:
         view = memoryview(chunk)
-        while view:
-            if self.bad is not None:
-                return  # read to the end, keep nothing more
+        while view and self.bad is None:  # once bad, read to the end and keep nothing more
             if self.index >= len(self.expected):
                 self.bad = RequestRefused(
                     "the body goes on past the objects it was to carry", reason="too_large"
                 )
                 return
-            if self.file is None:
+            if self._file is None:
                 self._open()
-            take = view[: self.left]
-            assert self.file is not None
-            self.file.write(take)
-            self.digest.update(take)
-            self.left -= len(take)
+            take = view[: self._left]
+            assert self._file is not None
+            self._file.write(take)
+            self._digest.update(take)
+            self._left -= len(take)
             view = view[len(take) :]
-            if self.left == 0:
-                await self._finish()
+            if self._left == 0:
+                self._close()
 
-    async def _finish(self) -> None:
+    def _open(self) -> None:
+        self._path = self.site.store.objects.incoming_file()
+        self._file = open(self._path, "wb")  # noqa: SIM115 - closed in _close or _discard
+        self._digest = hashlib.sha256()
+        self._left = self.expected[self.index].bytes
+
+    def _close(self) -> None:
         item = self.expected[self.index]
-        assert self.file is not None and self.path is not None
-        self.file.close()
-        self.file = None
-        if self.digest.hexdigest() != item.sha256:
-            self.discard()
+        assert self._file is not None and self._path is not None
+        if self._digest.hexdigest() != item.sha256:
             self.bad = RequestRefused(
-                f"{item.path} arrived with sha256 {self.digest.hexdigest()[:16]}..., not "
+                f"{item.path} arrived with sha256 {self._digest.hexdigest()[:16]}..., not "
                 f"{item.sha256[:16]}... as the origin signed: it was dropped",
                 reason="hash",
             )
+            self._discard()
             return
-        stored = await run_in_threadpool(
-            inbound.store_object, self.site, self.sender, item, self.path
-        )
-        self.path = None
-        self.stored += stored.written
-        self.written += stored.size if stored.written else 0
+        self._file.flush()
+        os.fdatasync(self._file.fileno())
+        self._file.close()
+        self.arrived.append((item, self._path))
+        self._file, self._path = None, None
         self.index += 1
 
-    async def close(self) -> None:
-        # Objects of no bytes need no chunk to complete.
-        while (
-            self.bad is None
-            and self.index < len(self.expected)
-            and self.expected[self.index].bytes == 0
-        ):
-            self._open()
-            await self._finish()
+    def _discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()
+            self._path = None
 
 
 def transfers(app: FastAPI, party: PartyService) -> None:
@@ -167,7 +235,7 @@ def transfers(app: FastAPI, party: PartyService) -> None:
             receiver = _Receiver(party, incoming, expected)
             async for chunk in request.stream():
                 await receiver.feed(chunk)
-            await receiver.close()
+            stored, written = await receiver.finish()
             if receiver.bad is not None:
                 raise receiver.bad
             if receiver.index < len(expected):
@@ -177,7 +245,7 @@ def transfers(app: FastAPI, party: PartyService) -> None:
                 )
         except ClientDisconnect:
             if receiver is not None:
-                receiver.discard()
+                await receiver.finish()
             done = receiver.index if receiver is not None else 0
             refusal = RequestRefused(
                 f"the sender stopped mid-stream, after {done} whole object(s), which are kept",
@@ -185,13 +253,16 @@ def transfers(app: FastAPI, party: PartyService) -> None:
             )
             return await party.refuse(request, kind, refusal, incoming)
         except RequestRefused as exc:
-            if receiver is not None:
-                receiver.discard()
+            if receiver is not None and not receiver.finished:
+                await receiver.finish()
             return await party.refuse(request, kind, exc, incoming)
-        assert receiver is not None
+        except BaseException:
+            if receiver is not None:
+                receiver.abandon()
+            raise
         return party.reply(
             kind,
-            {"stored": receiver.stored, "bytes": receiver.written, "objects": len(expected)},
+            {"stored": stored, "bytes": written, "objects": len(expected)},
             to=incoming.sender.id,
             reply_to=incoming.stamp.id,
         )

@@ -122,17 +122,22 @@ class ObjectStore:
                 )
         return self._put_many(items)
 
-    def receive(self, items: Sequence[tuple[str, bytes | Path]]) -> list[StoredObject]:
+    def receive(
+        self, items: Sequence[tuple[str, bytes | Path]], *, synced: bool = False
+    ) -> list[StoredObject]:
         """Write objects another site sent, under :data:`RECEIVED_DIR`, as :meth:`put_many`
         writes (a file from :meth:`incoming_file` is moved into place, not copied). Only
         :mod:`onshore.transfer` calls this, after the sending site's gate allowed the transfer
-        and recorded it in its signed ledger, and after every object's hash was checked."""
+        and recorded it in its signed ledger, and after every object's hash was checked.
+        ``synced``: the caller made the files from :meth:`incoming_file` durable already."""
         for path, _ in items:
             if not _received(path):
                 raise StoreError(f"{path}: received data must go under {RECEIVED_DIR}/")
-        return self._put_many(list(items))
+        return self._put_many(list(items), synced=synced)
 
-    def _put_many(self, items: Sequence[tuple[str, bytes | Path]]) -> list[StoredObject]:
+    def _put_many(
+        self, items: Sequence[tuple[str, bytes | Path]], *, synced: bool = False
+    ) -> list[StoredObject]:
         stored, folders = [], set()
         for path, content in items:
             size = len(content) if isinstance(content, bytes) else content.stat().st_size
@@ -146,7 +151,7 @@ class ObjectStore:
                     self._fs.makedirs(parent, exist_ok=True)
                     self._made.add(parent)
                 if self._local:
-                    self._write_local(target, content)
+                    self._write_local(target, content, synced=synced)
                     folders.add(parent)
                 elif isinstance(content, bytes):
                     self._fs.pipe_file(target, content)
@@ -188,12 +193,13 @@ class ObjectStore:
             self._made.add(staging)
         return f"{staging}/{os.getpid()}-{uuid.uuid4().hex}.part"
 
-    def _write_local(self, target: str, content: bytes | Path) -> None:
+    def _write_local(self, target: str, content: bytes | Path, *, synced: bool = False) -> None:
         """Write a local file aside, make it durable, then rename it into place."""
         if isinstance(content, Path) and content.parent == Path(self._abs(STAGING_DIR)):
             # An arriving object already written into staging: make it durable, move it.
-            with open(content, "rb") as f:
-                os.fdatasync(f.fileno())
+            if not synced:
+                with open(content, "rb") as f:
+                    os.fdatasync(f.fileno())
             os.replace(content, target)
             return
         part = self._staging_name()

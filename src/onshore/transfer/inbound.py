@@ -49,7 +49,7 @@ __all__ = [
     "offer",
     "received_path",
     "received_table",
-    "store_object",
+    "store_objects",
 ]
 
 _metadata = MetaData()
@@ -226,11 +226,17 @@ def expected(
     return out
 
 
-def store_object(site: OpenSite, sender: Identity, item: Expected, file: Path) -> StoredObject:
-    """Store an object whose bytes (in ``file``, from :meth:`ObjectStore.incoming_file`) the
-    service checked against ``item``'s hash and size."""
-    (stored,) = site.store.objects.receive([(item.target(sender.id), file)])
-    return stored
+def store_objects(
+    site: OpenSite, sender: Identity, arrived: Sequence[tuple[Expected, Path]]
+) -> list[StoredObject]:
+    """Store objects whose bytes (each in a file from :meth:`ObjectStore.incoming_file`, made
+    durable) the service checked against their hashes and sizes: moved into place under
+    ``received/<origin>/``, each folder synced once for the lot."""
+    if not arrived:
+        return []
+    return site.store.objects.receive(
+        [(item.target(sender.id), file) for item, file in arrived], synced=True
+    )
 
 
 def commit(

@@ -27,7 +27,10 @@ counting its own subjects twice) and completes it if still allowed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
@@ -333,13 +336,49 @@ def _deliver(
 
 
 def _chunks(site: OpenSite, objects: list[dict[str, Any]]) -> Iterator[bytes]:
-    """The objects' bytes in order, each checked against its hash before it is sent."""
-    for obj in objects:
-        data = site.store.objects.read(str(obj["path"]))
-        if hashlib.sha256(data).hexdigest() != obj["sha256"] or len(data) != obj["bytes"]:
-            raise ConfigError(
-                f"{site.id}: {obj['path']} no longer has the hash the transfer recorded",
-                hint=f"run 'onshore store verify --site {site.id} --deep'",
-            )
-        for start in range(0, len(data), CHUNK):
-            yield data[start : start + CHUNK]
+    """The objects' bytes in order, each checked against its hash before it is sent. A thread
+    reads and hashes ahead (hashing lets go of the GIL), so the next object is ready while
+    this one is on the wire; a changed object stops the stream (the destination then drops
+    what it got of it)."""
+    ahead: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=16)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for obj in objects:
+                data = site.store.objects.read(str(obj["path"]))
+                if hashlib.sha256(data).hexdigest() != obj["sha256"] or len(data) != obj["bytes"]:
+                    raise ConfigError(
+                        f"{site.id}: {obj['path']} no longer has the hash the transfer recorded",
+                        hint=f"run 'onshore store verify --site {site.id} --deep'",
+                    )
+                view = memoryview(data)
+                for start in range(0, len(data), CHUNK):
+                    while not stop.is_set():
+                        try:
+                            ahead.put(bytes(view[start : start + CHUNK]), timeout=0.5)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            ahead.put(None)
+        except BaseException as exc:  # handed to the sender, which raises it
+            ahead.put(exc)
+
+    reader = threading.Thread(target=read, name="transfer-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = ahead.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                ahead.get_nowait()
+        reader.join(timeout=5)
