@@ -10,7 +10,7 @@ per round beside the model's size, and epsilon per site at delta 1e-5.
 The runs work on a copy of the project (they write ledgers and spend privacy budgets), to which
 a CN security assessment for ``model_parameters`` is added so that every site takes part.
 
-    python bench/federation.py --project /tmp/demo          # a project `onshore demo` made
+    python bench/federation.py --project /tmp/lab           # a lab `onshore lab` made
     python bench/federation.py --vehicles 250 --minutes 10  # simulates one first
 """
 
@@ -30,11 +30,11 @@ import orjson
 from onshore.federation import FederatedOptions, run_federated
 from onshore.federation.centralized import train_centralized
 from onshore.federation.site import model_parameters_assessment
+from onshore.gate.record import add_approval
 from onshore.model import build_model, build_site_dataset, evaluate, train_local
 from onshore.model.nets import ModelSpec
 from onshore.settings import Project, load_project
 from onshore.store import SiteStore
-from onshore.gate.record import add_approval
 
 AIM_CENTRAL = 1.05
 
@@ -111,11 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.project is not None:
             source = args.project
         else:
-            from onshore.demo import run_demo
+            from onshore.lab import build_lab
 
-            source = Path(scratch) / "demo"
+            source = Path(scratch) / "lab"
             say(f"simulating {args.vehicles} vehicles for {args.minutes:g} min per site")
-            run_demo(source, vehicles=args.vehicles, minutes=args.minutes, say=say)
+            build_lab(source, vehicles=args.vehicles, minutes=args.minutes, say=say)
         copy = Path(scratch) / "project"
         shutil.copytree(source, copy, ignore=shutil.ignore_patterns("runs", "uploads"))
         project = load_project(copy)

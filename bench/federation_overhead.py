@@ -21,7 +21,7 @@ between, so Ray's start-up and the first round's imports count for neither. Each
 governed run writes ledgers and spends privacy budgets), to which a CN security assessment for
 ``model_parameters`` is added so that every site's update is used in both.
 
-    python bench/federation_overhead.py --project /tmp/demo     # a project `onshore demo` made
+    python bench/federation_overhead.py --project /tmp/lab      # a lab `onshore lab` made
     python bench/federation_overhead.py                         # simulates one first (~4 min)
 """
 
@@ -66,6 +66,7 @@ from onshore.federation.site import (
     server_round_of,
     site_of,
 )
+from onshore.gate.record import add_approval
 from onshore.ledger import Ledger
 from onshore.model import (
     DPConfig,
@@ -79,7 +80,6 @@ from onshore.model.nets import ModelSpec
 from onshore.settings import Project, load_project
 from onshore.store import SiteStore
 from onshore.store.catalogue import Catalogue
-from onshore.gate.record import add_approval
 
 AIM: Final = 1.15
 Say = Callable[[str], None]
@@ -507,12 +507,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="onshore-bench-overhead-") as scratch:
         source = args.project
         if source is None:
-            from onshore.demo import run_demo
+            from onshore.lab import build_lab
 
             say(f"simulating {args.vehicles} vehicles for {args.minutes:g} min per site")
-            source = Path(scratch) / "demo"
-            # rounds=0: the demo trains nothing, so the sites' privacy budgets are whole.
-            run_demo(source, vehicles=args.vehicles, minutes=args.minutes, rounds=0, say=say)
+            source = Path(scratch) / "lab"
+            # A lab trains nothing, so the sites' privacy budgets are whole.
+            build_lab(source, vehicles=args.vehicles, minutes=args.minutes, say=say)
         report = measure(source, args, Path(scratch), say)
     if args.json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())

@@ -8,7 +8,7 @@ under DP-SGD, each model's ADE over constant velocity's, and training samples pe
 (DP-SGD against plain training of the same model, measured in the same run). Last, each site's
 object-encoder model on every other site's test split: what the federation must beat.
 
-    python bench/model.py --project /tmp/demo          # a project `onshore demo` made
+    python bench/model.py --project /tmp/lab           # a lab `onshore lab` made
     python bench/model.py --vehicles 400 --minutes 15  # simulates one first (~15 min)
 """
 
@@ -82,11 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.project is not None:
             project = load_project(args.project)
         else:
-            from onshore.demo import run_demo
+            from onshore.lab import build_lab
 
             say(f"simulating {args.vehicles} vehicles for {args.minutes:g} min per site")
-            run_demo(Path(scratch) / "demo", vehicles=args.vehicles, minutes=args.minutes, say=say)
-            project = load_project(Path(scratch) / "demo")
+            project, _ = build_lab(
+                Path(scratch) / "lab", vehicles=args.vehicles, minutes=args.minutes, say=say
+            )
         report = _measure(project, args, say)
     if args.json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())

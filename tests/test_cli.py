@@ -136,6 +136,29 @@ def test_fleet_simulate_in_a_project_stores_the_site_zones(tmp_path: Path) -> No
     assert len(left) == other["clips"] + 1 and "mine.mcap" in left, "earlier clips are gone"
 
 
+def test_lab_holds_every_site_and_sends_nothing_across_a_border(tmp_path: Path) -> None:
+    lab = tmp_path / "lab"
+    made = _json(["lab", str(lab), "--vehicles", "15", "--minutes", "1"])
+    assert isinstance(made, dict)
+    sites = {s["site"]: s for s in made["sites"]}
+    assert set(sites) == {"cn-shanghai", "eu-frankfurt", "us-oregon"}
+    for site, done in sites.items():
+        assert done["clips"] > 0 and "trajectory" in done["categories"], site
+        # Every clip went through both profiles (short trips may be trimmed away whole).
+        assert set(done["deidentified"]) == {"training", "export"}, site
+        assert {p["clips_in"] for p in done["deidentified"].values()} == {done["clips"]}, site
+    denied = runner.invoke(
+        app,
+        [
+            *("transfer", "-p", str(lab), "--from", "eu-frankfurt", "--to", "us-oregon"),
+            *("--dataset", "raw", "--purpose", "adas_training", "--json"),
+        ],
+    )
+    assert denied.exit_code != 0
+    assert getattr(denied.exception, "code", None) == "party.not_a_party"
+    assert getattr(denied.exception, "exit_code", None) == 18
+
+
 def test_fleet_simulate_needs_a_site_or_a_region(tmp_path: Path) -> None:
     result = runner.invoke(app, ["fleet", "simulate", "--out", str(tmp_path), "--json"])
     assert result.exit_code != 0

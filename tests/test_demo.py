@@ -131,7 +131,7 @@ def _check_training(result: dict, project: Project) -> None:  # type: ignore[typ
         refused = [load for load in release["loads"] if not load["loaded"]]
         assert [load["territory"] for load in refused] == ["US"]
         # Every site whose updates went into the model consented, signed, to the licence.
-        trained = {p["id"] for p in release["release"]["parties"] if p["role"] == "operator"}
+        trained = {p["party"] for p in release["release"]["parties"] if p["role"] == "operator"}
         assert set(release["licence"]["consents"]) == trained
 
 

@@ -118,9 +118,11 @@ def _print_summary(d: dict[str, Any]) -> None:
         console.print(f"  {line}")
     if d.get("console"):
         console.print("The parties' services stopped with the demo. To look around, start them:")
+        # Commands to copy and paste: printed whole, never wrapped.
         for command in d["console"]["serve"].values():
-            console.print(f"  {command} &")
-        console.print(f"then open the coordinator's console: [bold]{d['console']['command']}[/]")
+            console.print(f"  {command} &", soft_wrap=True)
+        console.print("then open the coordinator's console:")
+        console.print(f"  {d['console']['command']}", soft_wrap=True)
         console.print(
             f"  http://127.0.0.1:8765/ (users and passwords in {d['console']['passwords']})"
         )

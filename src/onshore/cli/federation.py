@@ -71,9 +71,9 @@ def serve(
             registered = ", ".join(f"{s} (node {n})" for s, n in d["sites"].items())
             console.print(f"Registered SuperNodes: {registered or 'none'}")
             console.print("In each site's folder, run:")
-            console.print(f"  {d['join']}")
+            console.print(f"  {d['join']}", soft_wrap=True)
             console.print("Then, in this folder, train:")
-            console.print(f"  {d['train']}")
+            console.print(f"  {d['train']}", soft_wrap=True)
             console.print("Ctrl-C stops the SuperLink.")
 
         signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited ignored

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from onshore.cli.output import JsonOption, ProjectOption, console, emit
+from onshore.cli.output import JsonOption, ProjectOption, console, emit, err_console
 from onshore.errors import ConfigError
 from onshore.settings import load_project
 from onshore.sites import EXAMPLES, describe_sites, init_project
@@ -74,7 +74,10 @@ def init(
         console.print(f"Created {d['config']} with {len(d['sites'])} sites:")
         for site in d["sites"]:
             console.print(f"  {site['id']:<14} {site['jurisdiction']}  {site['entity']}")
-        console.print(f"Next: onshore fleet simulate --project {d['project']} --site SITE ...")
+        console.print(
+            f"Next: onshore fleet simulate --project {d['project']} --site SITE ...",
+            soft_wrap=True,
+        )
 
     emit(data, as_json, render)
 
@@ -150,6 +153,57 @@ def sites(project: ProjectOption = None, as_json: JsonOption = False) -> None:
     emit(rows, as_json, render)
 
 
+def lab(
+    folder: Annotated[Path, typer.Argument(help="Folder of the lab project (made or reused).")],
+    vehicles: Annotated[int, typer.Option(min=10, help="Vehicles in traffic per site.")] = 150,
+    minutes: Annotated[float, typer.Option(min=0.5, help="Simulated minutes per site.")] = 6.0,
+    seed: Annotated[int, typer.Option(help="Seed for every simulation.")] = 7,
+    as_json: JsonOption = False,
+) -> None:
+    """Make a lab project: every site's simulated fleet in one folder, ingested, classified and
+    de-identified, for Flower's Simulation Engine, the centralised counterfactual and the
+    benchmarks. A lab holds every site's keys, so nothing in it crosses a border: parties do
+    that (onshore init --parties)."""
+    from onshore.lab import build_lab
+
+    project, done = build_lab(
+        folder, vehicles=vehicles, minutes=minutes, seed=seed, say=lambda m: err_console.print(m)
+    )
+    deidentified: dict[str, dict[str, Any]] = {}
+    for run in done["deidentify"]:
+        deidentified.setdefault(run["site"], {})[run["profile"]] = {
+            k: run[k] for k in ("clips_in", "clips", "rows_in", "rows")
+        }
+    data = {
+        "project": str(project.root),
+        "sites": [
+            {
+                "site": inv["site"],
+                "clips": inv["clips"],
+                "vehicles": inv["vehicles"],
+                "categories": sorted(c["categories"]),
+                "deidentified": deidentified.get(inv["site"], {}),
+            }
+            for inv, c in zip(done["inventory"], done["classify"], strict=True)
+        ],
+    }
+
+    def render(d: dict[str, Any]) -> None:
+        for site in d["sites"]:
+            outputs = ", ".join(
+                f"{name} {out['clips']} of {out['clips_in']}"
+                for name, out in site["deidentified"].items()
+            )
+            console.print(
+                f"{site['site']}: {site['clips']} clips, {site['vehicles']} vehicles; "
+                f"de-identified clips kept: {outputs}"
+            )
+        console.print(f"Lab project in {d['project']}")
+
+    emit(data, as_json, render)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(init)
     app.command()(sites)
+    app.command()(lab)

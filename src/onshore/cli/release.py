@@ -77,9 +77,11 @@ def _optional_project(path: Path | None) -> Project | None:
 
 
 def _say(as_json: bool) -> Callable[[str], None]:
+    """Progress on stderr, with --json too (stdout keeps the one JSON document)."""
+    del as_json
+
     def say(message: str) -> None:
-        if not as_json:
-            err_console.print(f"[bold cyan]>[/] {message}")
+        err_console.print(f"[bold cyan]>[/] {message}")
 
     return say
 

@@ -63,11 +63,10 @@ def transfer(
     if recipient is not None:
         peer = load_peers(proj).get_peer(destination)
         who = Recipient(name=recipient, country=peer.country, linked_to=peer.linked_to)
-    say = (
-        (lambda m: err_console.print(f"[dim]{m}[/]"))
-        if not as_json
-        else (lambda m: err_console.print(m))
-    )
+
+    def say(message: str) -> None:
+        err_console.print(f"[bold cyan]>[/] {message}")  # stderr, with --json too
+
     report = run_transfer(
         proj,
         destination,
