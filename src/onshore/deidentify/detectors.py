@@ -22,6 +22,8 @@ loaded on first use and kept for the life of the process.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import importlib.util
 import inspect
 import re
@@ -590,6 +592,16 @@ def _centerface(threads: int, precision: Precision = "int8") -> _CenterFace:
 @cache
 def _plate_ssd(threads: int) -> _PlateSSD:
     return _PlateSSD(threads)
+
+
+@atexit.register
+def _release() -> None:
+    """Drop the sessions while the interpreter still runs, so that onnxruntime joins its
+    threads then and not during the process's static teardown (where a session left alive
+    once aborted a finished run: "terminate called without an active exception")."""
+    _centerface.cache_clear()
+    _plate_ssd.cache_clear()
+    gc.collect()
 
 
 def warm_up(config: DetectorConfig = DEFAULT) -> None:
