@@ -1,22 +1,34 @@
 """The console in a real browser: Debian's headless Chromium, driven by Playwright, against
-``onshore console`` served as a user starts it. Each role signs in, follows the main pages and
-finds what it may see and not what it may not; the reports open (the HTML in the browser, the
-PDF's first page turned into an image)."""
+``onshore console`` served as a user starts it, in the coordinator's folder of a copy of the small
+demo, with each site's service (``onshore serve``) running as its own process, reached over
+mutual TLS. Each role signs in, follows the main pages and finds what it may see and not what
+it may not: the site operator in their site's own console, the engineer and the auditor at the
+coordinator, where China's rows are withheld by China's gate; the reports open (the HTML in the
+browser, the PDF's first page turned into an image)."""
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from onshore.settings import load_project
-from test_console import CN, EU, PASSWORD, US, make_users
+from test_console import (
+    CN,
+    COORD,
+    EU,
+    PASSWORD,
+    SITES,
+    US,
+    copy_demo,
+    make_users,
+    revoke_remote_queries,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [
@@ -36,36 +48,93 @@ if not CHROMIUM.exists():
 from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
 
 
+class Processes:
+    """Processes this module started (``onshore serve``, ``onshore console``), started side by
+    side and each waited for until it prints the line that says it listens; stopped by PID
+    with SIGINT, in reverse."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: dict[str, subprocess.Popen[str]] = {}
+
+    def start(self, name: str, args: list[str]) -> None:
+        """Start ``onshore ARGS`` (its stderr in ``NAME.log``)."""
+        with open(self.logs / f"{name}.log", "w") as err:
+            self.started[name] = subprocess.Popen(
+                [sys.executable, "-m", "onshore", *args],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
+
+    def ready(self, name: str, accept: Callable[[str], bool]) -> str:
+        """The first line ``name`` prints, once ``accept`` says it listens."""
+        stdout = self.started[name].stdout
+        assert stdout is not None
+        line = stdout.readline()
+        assert accept(line), f"{name}: {line!r}\n{(self.logs / f'{name}.log').read_text()}"
+        return line
+
+    def stop(self) -> None:
+        for process in reversed(self.started.values()):
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process in reversed(self.started.values()):
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+        self.started.clear()
+
+
+def _listens(party: str) -> Callable[[str], bool]:
+    """Whether a line is ``onshore serve --json`` saying that ``party``'s service listens."""
+
+    def accept(line: str) -> bool:
+        try:
+            return bool(json.loads(line).get("party") == party)
+        except ValueError:
+            return False
+
+    return accept
+
+
+def _url(line: str) -> str:
+    """The URL in ``onshore console``'s first line."""
+    return line.split(" at ")[1].split()[0].rstrip("/")
+
+
 @pytest.fixture(scope="module")
-def console_url(
+def consoles(
     small_demo: tuple[Path, dict],  # type: ignore[type-arg]
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[str]:
-    """``onshore console --port 0`` on a copy of the small demo's project; stopped by PID."""
-    folder = tmp_path_factory.mktemp("browser") / "demo"
-    shutil.copytree(small_demo[0], folder)
-    make_users(load_project(folder))
-    server = subprocess.Popen(
-        [sys.executable, "-m", "onshore", "console", "--port", "0", "-p", str(folder)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+) -> Iterator[dict[str, str]]:
+    """A copy of the small demo with each site's service running, and two consoles: the
+    coordinator's (``COORD``) and China's own (``CN``); their URLs."""
+    root = tmp_path_factory.mktemp("browser")
+    folder = root / "demo"
+    parties = copy_demo(small_demo, folder)
+    revoke_remote_queries(parties[CN])  # the engineer's read of China's rows has no approval
+    make_users(folder)
+    processes = Processes(root)
     try:
-        assert server.stdout is not None
-        line = server.stdout.readline()
-        assert "http://127.0.0.1:" in line, server.stderr.read() if server.stderr else line
-        yield line.split(" at ")[1].split()[0].rstrip("/")
+        for site in SITES:
+            processes.start(site, ["serve", "--project", str(folder / site), "--json"])
+        for party in (COORD, CN):
+            processes.start(
+                f"console-{party}", ["console", "--port", "0", "-p", str(folder / party)]
+            )
+        for site in SITES:
+            processes.ready(site, _listens(site))
+        yield {
+            party: _url(processes.ready(f"console-{party}", lambda line: " at http://" in line))
+            for party in (COORD, CN)
+        }
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        for stream in (server.stdout, server.stderr):
-            if stream is not None:
-                stream.close()
+        processes.stop()
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +165,11 @@ def site_cards(page: Page) -> set[str]:
     return {card.get_attribute("id") or "" for card in page.query_selector_all("article.site")}
 
 
-def test_wrong_password_stays_on_the_sign_in_page(browser: Browser, console_url: str) -> None:
+def test_wrong_password_stays_on_the_sign_in_page(
+    browser: Browser, consoles: dict[str, str]
+) -> None:
     page = browser.new_page()
-    page.goto(f"{console_url}/login")
+    page.goto(f"{consoles[COORD]}/login")
     page.fill("#username", "eng")
     page.fill("#password", "not the password")
     page.click("#sign-in")
@@ -107,13 +178,16 @@ def test_wrong_password_stays_on_the_sign_in_page(browser: Browser, console_url:
     page.close()
 
 
-def test_site_operator(browser: Browser, console_url: str) -> None:
-    page = sign_in(browser, console_url, "op-cn")
+def test_site_operator_in_the_site_s_own_console(
+    browser: Browser, consoles: dict[str, str]
+) -> None:
+    url = consoles[CN]
+    page = sign_in(browser, url, "op-cn")
     assert site_cards(page) == {f"site-{CN}"}
     page.click(f"#site-{CN} h2 a")
     assert page.query_selector_all("#clips tr.clip"), "their own clips"
     assert page.query_selector(".access") is None, "no gate between an operator and their site"
-    page.goto(f"{console_url}/sites/{US}")
+    page.goto(f"{url}/sites/{US}")
     assert "Not for your role" in page.inner_text("h1")
     nav(page, "Decisions")
     shown = {row.get_attribute("data-site") for row in page.query_selector_all("tr.decision")}
@@ -122,26 +196,31 @@ def test_site_operator(browser: Browser, console_url: str) -> None:
     assert [r.get_attribute("data-name") for r in page.query_selector_all("tr.ledger")] == [CN]
     page.click(f"#verify-{CN}")
     assert page.get_attribute("#verify-result", "data-ok") == "true"
+    # The other sites' services answered the witness over mutual TLS.
+    assert all(site in page.inner_text("#verify-result") for site in (EU, US))
     nav(page, "Reports")
     assert {r.get_attribute("data-site") for r in page.query_selector_all("tr.report")} == {CN}
     page.click("#sign-out")
-    assert page.url.startswith(f"{console_url}/login")
-    page.goto(f"{console_url}/")
-    assert page.url.startswith(f"{console_url}/login"), "signed out means signed out"
+    assert page.url.startswith(f"{url}/login")
+    page.goto(f"{url}/")
+    assert page.url.startswith(f"{url}/login"), "signed out means signed out"
     page.close()
 
 
-def test_coordinator_engineer(browser: Browser, console_url: str) -> None:
-    page = sign_in(browser, console_url, "eng")
+def test_coordinator_engineer(browser: Browser, consoles: dict[str, str]) -> None:
+    url = consoles[COORD]
+    page = sign_in(browser, url, "eng")
     assert site_cards(page) == {f"site-{CN}", f"site-{EU}", f"site-{US}"}
     page.click(f"#site-{CN} h2 a")
     withheld = page.query_selector(".access.denied")
     assert withheld is not None and "cn_security_assessment" in withheld.inner_text()
+    assert page.get_attribute(".access", "data-allowed") == "false"
     assert not page.query_selector_all("#clips tr.clip")
-    page.goto(f"{console_url}/sites/{US}")
+    assert page.inner_text("#clip-count").isdigit(), "the aggregates stay"
+    page.goto(f"{url}/sites/{US}")
     assert page.get_attribute(".access", "data-allowed") == "true"
     assert page.query_selector_all("#clips tr.clip")
-    page.goto(f"{console_url}/sites/{EU}")
+    page.goto(f"{url}/sites/{EU}")
     assert page.query_selector(".access") is None and page.query_selector_all("#clips tr.clip")
     nav(page, "Decisions")
     page.select_option("select[name=outcome]", "denied")
@@ -156,16 +235,23 @@ def test_coordinator_engineer(browser: Browser, console_url: str) -> None:
     page.close()
 
 
-def test_auditor_and_the_reports(browser: Browser, console_url: str, tmp_path: Path) -> None:
+def test_auditor_and_the_reports(
+    browser: Browser, consoles: dict[str, str], tmp_path: Path
+) -> None:
     import pymupdf
 
-    page = sign_in(browser, console_url, "aud")
+    url = consoles[COORD]
+    page = sign_in(browser, url, "aud")
     assert "read-only" in page.inner_text("footer")
-    for site in (CN, EU, US):
-        page.goto(f"{console_url}/sites/{site}")
+    assert site_cards(page) == {f"site-{CN}", f"site-{EU}", f"site-{US}"}
+    # At the coordinator, in Germany, an auditor's read of Chinese rows is an export too.
+    page.goto(f"{url}/sites/{CN}")
+    assert page.get_attribute(".access", "data-allowed") == "false"
+    for site in (EU, US):
+        page.goto(f"{url}/sites/{site}")
         assert page.query_selector_all("#clips tr.clip"), site
     nav(page, "Approvals")
-    assert page.query_selector_all("tr.approval"), "the demo put approvals on file"
+    assert page.query_selector_all(f"tr.approval[data-site='{CN}']"), "the demo's approvals"
     nav(page, "Training")
     page.click("text=demo-federated")
     assert page.query_selector_all("figure.chart svg polyline.series"), "curves per region"
@@ -174,17 +260,18 @@ def test_auditor_and_the_reports(browser: Browser, console_url: str, tmp_path: P
     nav(page, "Ledger")
     page.click("#verify-coordinator")
     assert page.get_attribute("#verify-result", "data-ok") == "true"
+    assert all(site in page.inner_text("#verify-result") for site in SITES), "peers asked"
 
     nav(page, "Reports")
     links = page.query_selector_all("tr.report a.html")
     assert len(links) == 3
-    page.click(f"tr.report[data-site='{CN}'] a.html")
+    page.click(f"tr.report[data-site='{EU}'] a.html")
     body = page.inner_text("body")
-    assert "cn-shanghai" in body and page.query_selector("table") is not None
+    assert EU in body and page.query_selector("table") is not None
     # The PDF, fetched with the auditor's session, rendered to an image that is not blank.
     page.go_back()
     href = page.get_attribute(f"tr.report[data-site='{US}'] a.pdf", "href")
-    pdf = page.request.get(f"{console_url}{href}")
+    pdf = page.request.get(f"{url}{href}")
     assert pdf.ok and pdf.headers["content-type"] == "application/pdf"
     document = pymupdf.open(stream=pdf.body(), filetype="pdf")
     pixmap = document[0].get_pixmap(dpi=60)

@@ -45,6 +45,7 @@ from onshore.federation.envelope import (
 from onshore.federation.faults import Fault, drill
 from onshore.federation.site import ErrorCode, load_accountant
 from onshore.gate import Approval
+from onshore.gate.record import add_approval
 from onshore.ledger import Ledger, verify
 from onshore.model.nets import ModelSpec, build_model
 from onshore.settings import Project, load_project
@@ -53,7 +54,6 @@ from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
 from onshore.store.catalogue import Catalogue
 from onshore.store.ingest import ingest
-from onshore.gate.record import add_approval
 
 SPEC = ModelSpec("past_mlp")
 REGIONS = {

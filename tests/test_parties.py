@@ -504,7 +504,7 @@ def test_over_real_tls_strangers_expired_certificates_and_impostors_are_refused(
             assert client.post("ledger.witness", "/v1/witness", {"record": False}).head
         # A stranger (another federation's party) is refused at the TLS layer.
         other = make_parties(tmp_path / "other", only=EU)[EU]
-        with pytest.raises(PeerUnreachable, match="closed the connection|did not answer"):
+        with pytest.raises(PeerUnreachable, match=r"closed the connection|did not answer"):
             stranger_peer = peer
             with PeerClient(
                 LocalParty.of(other), stranger_peer, LocalParty.of(other).keys()

@@ -37,6 +37,7 @@ from onshore.errors import (
 )
 from onshore.federation import run_federated
 from onshore.gate import Approval
+from onshore.gate.record import add_approval
 from onshore.ledger.entry import canonical_json
 from onshore.model import OBJECT_FEATURES, PAST_FEATURES
 from onshore.model.nets import ModelSpec, build_model
@@ -59,7 +60,6 @@ from onshore.sites import init_project
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
 from onshore.store.ingest import ingest
-from onshore.gate.record import add_approval
 from test_federation import REGIONS, both_splits, cn_model_approval, drive, options
 
 RUN = "rel"

@@ -26,6 +26,7 @@ from typing import Any, Final
 import httpx
 
 from onshore.console.auth import Role, User
+from onshore.errors import OnshoreError, PeerUnreachable
 from onshore.reads import REMOTE_QUERY, compute, is_local, read
 from onshore.settings import Project
 
@@ -56,13 +57,22 @@ class RowAccess:
 
     allowed: bool
     how: str
-    """``own site``, ``auditor``, ``same country`` or ``gate``."""
+    """``own site``, ``auditor``, ``same country`` or ``gate``; ``unreachable`` (the site's
+    service did not answer) or ``refused`` (it answered no, e.g. its gate will not decide)."""
     decision: Mapping[str, Any] | None = None
     """The site's gate decision, as it recorded it (gate reads only)."""
     ledger_seq: int | None = None
     """The ``remote_read`` entry in the site's ledger (gate reads only)."""
     repeated: bool = False
     """The same read was recorded earlier today, under that entry."""
+    why: str | None = None
+    """Why the site could not be read (``unreachable`` and ``refused`` only)."""
+
+    @classmethod
+    def failed(cls, exc: OnshoreError) -> RowAccess:
+        """The access of a read that got no answer: the site did not answer, or refused."""
+        how = "unreachable" if isinstance(exc, PeerUnreachable) else "refused"
+        return cls(False, how, why=exc.message)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +81,7 @@ class RowAccess:
             "decision": None if self.decision is None else dict(self.decision),
             "ledger_seq": self.ledger_seq,
             "repeated": self.repeated,
+            "why": self.why,
         }
 
 

@@ -269,7 +269,7 @@ def create_app(project: Project, *, http_for: HttpFor | None = None) -> FastAPI:
         return guarded(
             request,
             lambda u: page(
-                request, "reports.html", u, reports=views.reports(project, u, http_for=reach)
+                request, "reports.html", u, data=views.reports(project, u, http_for=reach)
             ),
         )
 

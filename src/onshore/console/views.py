@@ -30,12 +30,8 @@ from onshore.console.auth import Role, User
 from onshore.console.charts import line_chart
 from onshore.errors import OnshoreError
 from onshore.gate import WARN_DAYS
-from onshore.model.local import RUNS_DIR
 from onshore.parties.identity import coordinator_of
 from onshore.reads import PAGE_ROWS, REPORTS_DIR, is_local
-from onshore.release.bundle import read_bundle
-from onshore.release.licence import list_licences
-from onshore.release.records import RELEASES_DIR, coordinator_ledger, verify_coordinator
 from onshore.settings import Project
 
 __all__ = [
@@ -56,6 +52,9 @@ __all__ = [
 ]
 
 _LOCAL: Final[HttpFor] = lambda _site: None  # noqa: E731
+
+# The coordinator's runs, releases and licences are imported where a page needs them: they
+# import the model (PyTorch, Opacus), which signing in and ``onshore console users`` do not.
 
 
 def visible_sites(project: Project, user: User) -> list[str]:
@@ -79,7 +78,7 @@ def _summary(
         return {"id": site_id, "error": exc.message}
     if found.data is None:
         return {"id": site_id, "error": "withheld by the site's gate", "access": found.access}
-    return {**found.data, "access": found.access}
+    return {**found.data, "error": None, "access": found.access}
 
 
 def overview(
@@ -126,19 +125,20 @@ def site_detail(
 def approvals(
     project: Project, user: User, *, today: date | None = None, http_for: HttpFor = _LOCAL
 ) -> dict[str, Any]:
-    """Every approval on file at the sites the user sees, the ones coming due first."""
+    """Every approval on file at the sites the user sees, the ones coming due first, and the
+    sites that could not say (their service did not answer, or refused)."""
     today = today or datetime.now(UTC).date()
     rows: list[dict[str, Any]] = []
-    unreachable = []
+    failed: list[dict[str, Any]] = []
     for site_id in visible_sites(project, user):
         try:
             found = read_site(project, user, site_id, "approvals", http_for=http_for, day=today)
         except OnshoreError as exc:
-            unreachable.append({"site": site_id, "error": exc.message})
+            failed.append({"site": site_id, "access": RowAccess.failed(exc)})
             continue
         rows.extend((found.data or {}).get("approvals", []))
     rows.sort(key=lambda r: (r["days_left"] is None, r["days_left"] or 0, r["site"], r["id"]))
-    return {"approvals": rows, "warn_days": WARN_DAYS, "today": today, "unreachable": unreachable}
+    return {"approvals": rows, "warn_days": WARN_DAYS, "today": today, "failed": failed}
 
 
 def decisions(
@@ -164,9 +164,7 @@ def decisions(
         try:
             read = read_site(project, user, site_id, "decisions", http_for=http_for, day=today)
         except OnshoreError as exc:
-            withheld.append(
-                {"site": site_id, "access": RowAccess(False, "unreachable"), "error": exc.message}
-            )
+            withheld.append({"site": site_id, "access": RowAccess.failed(exc)})
             continue
         if not read.access.allowed or read.data is None:
             withheld.append({"site": site_id, "access": read.access})
@@ -218,6 +216,8 @@ def ledgers(project: Project, user: User, *, http_for: HttpFor = _LOCAL) -> dict
             summary.get("ledger") or {**empty, "name": site_id, "error": summary.get("error")}
         )
     if user.role is not Role.SITE_OPERATOR and (project.party is None or project.is_coordinator):
+        from onshore.release.records import coordinator_ledger
+
         try:
             with coordinator_ledger(project) as ledger:
                 rows.append(_ledger_row(project.settings.coordinator.id, ledger))
@@ -253,13 +253,15 @@ def verify_ledger(
         if project.party is not None:
             from onshore.parties.witness import verify_party
 
-            return verify_party(project, check_hashes=False).as_dict()
+            return verify_party(project, check_hashes=False, http_for=http_for).as_dict()
+        from onshore.release.records import verify_coordinator
+
         return verify_coordinator(project).as_dict()
     _check_site(project, user, name)
     if project.party is not None and is_local(project, name):
         from onshore.parties.witness import verify_party
 
-        return verify_party(project).as_dict()
+        return verify_party(project, http_for=http_for).as_dict()
     found = read_site(project, user, name, "verify", http_for=http_for)
     if found.data is None:
         raise Forbidden(f"{name}'s gate withholds its verification from this party")
@@ -276,6 +278,8 @@ def _read_json(path: Path) -> Any:
 def runs(project: Project, user: User) -> list[dict[str, Any]]:
     """Training runs under ``runs/``, newest first: federated and local, with the per-region
     figures of the regions the user sees."""
+    from onshore.model.local import RUNS_DIR
+
     folder = project.root / RUNS_DIR
     found = []
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
@@ -314,6 +318,8 @@ def run_detail(project: Project, user: User, run: str) -> dict[str, Any]:
     """One run: per-region figures, and for a federated run the per-round curves of each
     visible region (ADE against the constant-velocity baseline, privacy spent) and what each
     round accepted and refused."""
+    from onshore.model.local import RUNS_DIR
+
     folder = project.root / RUNS_DIR
     found = _run_row(folder / run, user) if run not in ("", ".", "..") and "/" not in run else None
     if found is None:
@@ -384,6 +390,8 @@ def run_detail(project: Project, user: User, run: str) -> dict[str, Any]:
 def releases(project: Project, user: User) -> dict[str, Any]:
     """Every release bundle with its card's essentials (a site operator sees the releases their
     site's data trained), and the licences granted for them."""
+    from onshore.release.licence import list_licences
+
     rows = _release_rows(project, user)
     versions = {r["version"] for r in rows}
     try:
@@ -398,6 +406,9 @@ def releases(project: Project, user: User) -> dict[str, Any]:
 
 
 def _release_rows(project: Project, user: User) -> list[dict[str, Any]]:
+    from onshore.release.bundle import read_bundle
+    from onshore.release.records import RELEASES_DIR
+
     folder = project.root / RELEASES_DIR
     rows: list[dict[str, Any]] = []
     for path in sorted(folder.glob("*/*.onshore")) if folder.is_dir() else []:
@@ -440,16 +451,19 @@ _LICENCE_FIELDS: Final = (
 """What the licence table shows; a file that is not a valid licence has only some of them."""
 
 
-def reports(project: Project, user: User, *, http_for: HttpFor = _LOCAL) -> list[dict[str, Any]]:
-    """The reports each site the user sees has written for its regulator (in its folder)."""
+def reports(project: Project, user: User, *, http_for: HttpFor = _LOCAL) -> dict[str, Any]:
+    """The reports each site the user sees has written for its regulator (in its folder), and
+    the sites that could not say (their service did not answer, or refused)."""
     found: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
     for site_id in visible_sites(project, user):
         try:
             read = read_site(project, user, site_id, "reports", http_for=http_for)
-        except OnshoreError:
+        except OnshoreError as exc:
+            failed.append({"site": site_id, "access": RowAccess.failed(exc)})
             continue
         found.extend((read.data or {}).get("reports", []))
-    return found
+    return {"reports": found, "failed": failed}
 
 
 def report_file(

@@ -433,7 +433,12 @@ def verify(
         extra.extend(p for p in other.problems if p.check in {"peer_head", "key"})
     unchecked = {h.site for _, h in recorded} - set(checked_peers) - {ledger.site}
     if unchecked:
-        notes.append(f"heads recorded of {', '.join(sorted(unchecked))} not compared: no ledger")
+        # A party's folder holds only its own ledger: its verify asks the peers over the
+        # network instead (onshore.parties.witness).
+        notes.append(
+            f"heads recorded of {', '.join(sorted(unchecked))} not compared here: their "
+            "ledgers are not at hand (onshore ledger verify, without --offline, asks them)"
+        )
     listed = received = 0
     if objects is not None:
         listed, received = _check_store(chain, objects, check_hashes)

@@ -86,6 +86,7 @@ def answer(
     # What the gate decides on may change within a day (an approval added or revoked): the
     # same read under other approvals is decided again.
     on_file = sorted((a.id, a.revoked) for a in site.approvals())
+    decided = {k: v for k, v in data.items() if k not in computed.volatile}
     digest = hashlib.sha256(
         canonical_json(
             {
@@ -95,7 +96,7 @@ def answer(
                 "role": reader.role,
                 "view": view,
                 "params": dict(params),
-                "data": hashlib.sha256(canonical_json(data).encode()).hexdigest(),
+                "data": hashlib.sha256(canonical_json(decided).encode()).hexdigest(),
             }
         ).encode()
     ).hexdigest()

@@ -50,6 +50,10 @@ class View:
     items: list[DataItem] = field(default_factory=list)
     subjects: dict[str, set[str]] = field(default_factory=dict)
     rows: int = 0
+    volatile: frozenset[str] = frozenset()
+    """Keys of ``data`` that change with every read and carry nothing the gate decides on (the
+    site's own ledger head, which each recorded read moves): left out when a read is matched
+    with an earlier one of the same day."""
 
     def as_json(self) -> dict[str, Any]:
         """The data as it travels (dates and paths as text)."""
@@ -93,7 +97,7 @@ def summary(site: OpenSite, _params: Mapping[str, Any], today: date) -> View:
             "key": site.ledger.pinned_fingerprint(),
         },
     }
-    return View(data, [_AGGREGATE])
+    return View(data, [_AGGREGATE], volatile=frozenset({"ledger"}))
 
 
 def approvals(site: OpenSite, _params: Mapping[str, Any], today: date) -> View:
