@@ -599,9 +599,10 @@ def _release() -> None:
     """Drop the sessions while the interpreter still runs, so that onnxruntime joins its
     threads then and not during the process's static teardown (where a session left alive
     once aborted a finished run: "terminate called without an active exception")."""
-    _centerface.cache_clear()
-    _plate_ssd.cache_clear()
-    gc.collect()
+    if _centerface.cache_info().currsize or _plate_ssd.cache_info().currsize:
+        _centerface.cache_clear()
+        _plate_ssd.cache_clear()
+        gc.collect()
 
 
 def warm_up(config: DetectorConfig = DEFAULT) -> None:

@@ -55,8 +55,6 @@ class _Receiver:
     socket. The loop hands chunks over through a bounded queue; the objects that arrived whole
     and matched are stored together at the end (:meth:`finish`)."""
 
-    _END = b""
-
     def __init__(self, party: PartyService, incoming: Incoming, expected: list[inbound.Expected]):
         self.site = party.require_site()
         self.sender = incoming.sender
@@ -65,7 +63,7 @@ class _Receiver:
         self.arrived: list[tuple[inbound.Expected, Path]] = []
         self.bad: RequestRefused | None = None
         self.finished = False
-        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=_QUEUED)
+        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=_QUEUED)
         self._held: list[bytes] = []
         self._held_bytes = 0
         self._file: IO[bytes] | None = None
@@ -88,8 +86,7 @@ class _Receiver:
     async def _hand_over(self) -> None:
         if not self._held:
             return
-        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
-        self._held, self._held_bytes = [], 0
+        data, self._held, self._held_bytes = self._held, [], 0
         try:
             self._queue.put_nowait(data)
         except queue.Full:
@@ -112,7 +109,7 @@ class _Receiver:
 
     async def feed_end(self) -> None:
         if not self._worker.done():
-            await asyncio.to_thread(self._queue.put, self._END)
+            await asyncio.to_thread(self._queue.put, None)
 
     def abandon(self) -> None:
         """Stop the writer without waiting (the request was cancelled): what it holds is
@@ -124,12 +121,13 @@ class _Receiver:
         with contextlib.suppress(queue.Empty):
             while True:
                 self._queue.get_nowait()
-        self._queue.put_nowait(self._END)
+        self._queue.put_nowait(None)
 
     def _work(self) -> None:
         try:
-            while (chunk := self._queue.get()) is not self._END:
-                self._take(chunk)
+            while (chunks := self._queue.get()) is not None:
+                for chunk in chunks:
+                    self._take(chunk)
             # Objects of no bytes need no chunk to complete.
             while (
                 self.bad is None

@@ -335,12 +335,12 @@ def _deliver(
     report.status = "transferred"
 
 
-def _chunks(site: OpenSite, objects: list[dict[str, Any]]) -> Iterator[bytes]:
+def _chunks(site: OpenSite, objects: list[dict[str, Any]]) -> Iterator[bytes | memoryview]:
     """The objects' bytes in order, each checked against its hash before it is sent. A thread
     reads and hashes ahead (hashing lets go of the GIL), so the next object is ready while
     this one is on the wire; a changed object stops the stream (the destination then drops
     what it got of it)."""
-    ahead: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=16)
+    ahead: queue.Queue[bytes | memoryview | BaseException | None] = queue.Queue(maxsize=16)
     stop = threading.Event()
 
     def read() -> None:
@@ -356,7 +356,7 @@ def _chunks(site: OpenSite, objects: list[dict[str, Any]]) -> Iterator[bytes]:
                 for start in range(0, len(data), CHUNK):
                     while not stop.is_set():
                         try:
-                            ahead.put(bytes(view[start : start + CHUNK]), timeout=0.5)
+                            ahead.put(view[start : start + CHUNK], timeout=0.5)
                             break
                         except queue.Full:
                             continue
