@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -219,3 +223,32 @@ def services(parties: dict[str, Project]) -> Iterator[Services]:
         yield found
     finally:
         found.close()
+
+
+def serve_party(project: Project, log: Path) -> subprocess.Popen[bytes]:
+    """The party's service (``onshore serve``) as a process of its own, with real TLS; returns
+    once it listens. Its stderr goes to ``log`` (appended: a restart keeps what came before)."""
+    with open(log, "ab") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "onshore", "serve", "--project", str(project.root), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line, log.read_text()
+    assert json.loads(line)["party"] == project.party.id  # type: ignore[union-attr]
+    return process
+
+
+def stop_party(process: subprocess.Popen[bytes]) -> None:
+    """SIGINT (requests in flight finish), then SIGKILL if it has not stopped in 30 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from conftest import write_clips
+from conftest import serve_party, stop_party, write_clips
 from onshore.settings import Project
 from onshore.sites import init_project
 from onshore.store import SiteStore
@@ -144,39 +144,10 @@ def test_two_ingests_into_one_site_at_once(project: Project, tmp_path: Path) -> 
 # -- a transfer between two parties' processes, killed at random points --------------------------
 
 
-def _serve(project: Project, log: Path) -> subprocess.Popen[bytes]:
-    """The party's service as a process of its own; returns once it listens."""
-    import json
-
-    with open(log, "ab") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "onshore", "serve", "--project", str(project.root), "--json"],
-            stdout=subprocess.PIPE,
-            stderr=err,
-        )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    assert line, log.read_text()
-    assert json.loads(line)["party"] == project.root.name
-    return process
-
-
 def _kill(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGKILL)
     process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
     if process.stdout is not None:
         process.stdout.close()
 
@@ -227,7 +198,7 @@ def test_a_transfer_killed_anywhere_at_either_end_completes_exactly_once(tmp_pat
         ),
     )
     log = tmp_path / "us.log"
-    server = _serve(us, log)
+    server = serve_party(us, log)
     draw = random.Random(13)
 
     def command(day: str) -> list[str]:
@@ -271,15 +242,15 @@ def test_a_transfer_killed_anywhere_at_either_end_completes_exactly_once(tmp_pat
             else:
                 _kill(server)
                 origin.wait(120)
-                server = _serve(us, log)  # restarted: it cleans what the killed one left
+                server = serve_party(us, log)  # restarted: it cleans what the killed one left
             done = subprocess.run(command(day), capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, (trial, victim, done.stdout, done.stderr)
             check(day)
         with SiteStore.open(us) as site:
             assert site.objects.staging_leftovers() == []
     finally:
-        _stop(server)
-    servers = [_serve(us, log), _serve(eu, tmp_path / "eu.log")]
+        stop_party(server)
+    servers = [serve_party(us, log), serve_party(eu, tmp_path / "eu.log")]
     try:
         for project, peer in ((eu, "us-oregon"), (us, "eu-frankfurt")):
             report = verify_party(project)
@@ -287,4 +258,4 @@ def test_a_transfer_killed_anywhere_at_either_end_completes_exactly_once(tmp_pat
             assert peer in report.peers and report.peer_heads >= 1, report.notes
     finally:
         for process in servers:
-            _stop(process)
+            stop_party(process)

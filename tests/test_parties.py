@@ -8,11 +8,8 @@ counted once. In-process apps for the message checks, real processes over TLS fo
 from __future__ import annotations
 
 import datetime as dt
-import json
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import Services, make_parties, write_clips
+from conftest import Services, make_parties, serve_party, stop_party, write_clips
 from onshore.deidentify import deidentify_site, resolve_profile
 from onshore.errors import (
     ConfigError,
@@ -417,31 +414,6 @@ def test_a_read_from_abroad_is_decided_by_the_site_recorded_once_a_day_and_count
 # -- real processes, real TLS ------------------------------------------------------------------
 
 
-def _serve(project: Project, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "onshore", "serve", "--project", str(project.root), "--json"],
-            stdout=subprocess.PIPE,
-            stderr=err,
-        )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    assert line, log.read_text()
-    assert json.loads(line)["party"] == project.party.id  # type: ignore[union-attr]
-    return process
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(2)
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
-
-
 def _expired_certificate(key_pem: bytes, name: str) -> bytes:
     key = serialization.load_pem_private_key(key_pem, password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
@@ -493,7 +465,7 @@ def test_over_real_tls_strangers_expired_certificates_and_impostors_are_refused(
     parties: Parties, tmp_path: Path
 ) -> None:
     us = parties[US]
-    server = _serve(us, tmp_path / "us.log")
+    server = serve_party(us, tmp_path / "us.log")
     try:
         peer = load_peers(parties[EU])[US]
         host, port = "127.0.0.1", int(peer.endpoint.rsplit(":", 1)[1])
@@ -543,7 +515,7 @@ def test_over_real_tls_strangers_expired_certificates_and_impostors_are_refused(
         _exchange(context, host, port, head.encode() + b"x" * 1000, answer=False)
         time.sleep(1.0)
     finally:
-        _stop(server)
+        stop_party(server)
     reasons = _refused(us)
     assert "untrusted" in reasons
     assert any(r in ("unknown_transfer", "incomplete") for r in reasons), reasons

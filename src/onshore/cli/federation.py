@@ -79,13 +79,12 @@ def serve(
         signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited ignored
         emit(data, as_json, render)
         sys.stdout.flush()
+        deploy.foreground(link)
+    except KeyboardInterrupt:  # Ctrl-C: before foreground took over the signals, or in it
+        link.stop()
     except BaseException:
         link.stop()
         raise
-    try:
-        deploy.foreground(link)
-    except KeyboardInterrupt:  # interrupted before foreground took over the signals
-        link.stop()
     if not as_json:
         err_console.print("SuperLink stopped")
 
@@ -135,12 +134,11 @@ def join(
         signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited ignored
         emit({**node.as_dict(), "project": str(proj.root)}, as_json, render)
         sys.stdout.flush()
+        deploy.foreground(node)
+    except KeyboardInterrupt:  # Ctrl-C: before foreground took over the signals, or in it
+        node.stop()
     except BaseException:
         node.stop()
         raise
-    try:
-        deploy.foreground(node)
-    except KeyboardInterrupt:  # interrupted before foreground took over the signals
-        node.stop()
     if not as_json:
         err_console.print("SuperNode stopped")
