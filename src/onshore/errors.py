@@ -36,6 +36,7 @@ configuration is changed. Retry code checks these markers, never message text.
     ├── FileSystemError              (terminal) a local file or folder cannot be read or written
     ├── StoreError                   (transient) the site's object store failed
     ├── CatalogueError               (transient) the site's catalogue database failed
+    ├── ComputeError                 (transient) the site's Ray cluster failed or a worker was lost
     ├── ReleaseError                 (terminal) a model release cannot be made or found as asked
     │   ├── NotReleasable            (terminal) a run that is not a finished, recorded federation
     │   ├── ReleaseExists            (terminal) that version is already released
@@ -74,6 +75,7 @@ __all__ = [
     "CertificateError",
     "ClipConflict",
     "ClipError",
+    "ComputeError",
     "ConfigError",
     "DeidentifyError",
     "DemoError",
@@ -364,6 +366,14 @@ class CatalogueError(OnshoreError, Transient):
 
     code = "catalogue"
     exit_code = 7
+
+
+class ComputeError(OnshoreError, Transient):
+    """The engine running a site's batch stages failed: the Ray cluster at ``RAY_ADDRESS`` did
+    not answer, or a worker was lost and its work could not be retried. Nothing the stage had
+    not committed is visible; rerun it."""
+
+    code = "compute"
 
 
 class ResidencyError(ClipError):

@@ -77,6 +77,11 @@ class ComputeProfile(_Model):
     """Work per unit time relative to a reference site; export rules cap some sites' hardware."""
     accelerators: str = ""
     """Free text: the accelerators the site has, e.g. ``8x H20`` (for the model card)."""
+    workers: int = Field(default=1, ge=1, le=4096)
+    """Worker processes for the site's batch stages (ingest, classify, de-identify, training
+    samples). 1 runs them in the command's own process; more run them on a local Ray instance
+    of that many CPUs. With ``RAY_ADDRESS`` set, they run on that Ray cluster instead, on this
+    many workers (see :mod:`onshore.sites.compute`)."""
 
 
 class PrivacySettings(_Model):

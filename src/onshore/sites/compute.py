@@ -1,0 +1,259 @@
+"""The engine that runs a site's batch stages: in the command's own process, or on Ray Data.
+
+A stage (ingest, classify, de-identify, training samples) is written once, as a *worker*: a
+callable built once per worker process from the stage's settings (the store to read and write,
+the profile, the zones), called with a batch of work items and returning one result per item.
+The stage's driver hands its items to :meth:`Engine.map`, consumes the results as they come, and
+alone writes the catalogue. Workers only write content-addressed objects to the store, which a
+rerun finds there and adopts, so a stage that dies halfway leaves nothing visible and a rerun
+reaches the same catalogue.
+
+Which engine runs the workers is the site's compute setting (``[sites.X.compute] workers``), not
+the stage's:
+
+- ``workers = 1`` (the default) and no ``RAY_ADDRESS``: the command's own process;
+- ``workers = N`` > 1: a local Ray instance of N CPUs (``ray.init(num_cpus=N)``), the items
+  streamed through ``Dataset.map_batches`` on a pool of N actors (one detector session each);
+- ``RAY_ADDRESS`` set: the same Dataset on that Ray cluster, on N actors.
+
+Actors ask for a little less than a CPU each, so that Ray Data's own tasks always find room: a
+Dataset whose actors hold every CPU waits for ever. A worker process that dies is restarted
+and its batch retried a few times (its writes are idempotent); past that the stage fails with
+:class:`~onshore.errors.ComputeError` and nothing it did is in the catalogue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+import pyarrow as pa
+
+from onshore.errors import ComputeError, OnshoreError
+from onshore.settings import ComputeProfile
+
+__all__ = ["ACTOR_CPUS", "Engine", "ray_temp_dir"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+Worker = Callable[[list[T]], list[R]]
+"""A stage's work: one result per item of the batch, in order."""
+
+ACTOR_CPUS: Final = 0.9
+"""CPUs each Ray actor reserves: less than one, so that a pool of N actors on N CPUs leaves Ray
+Data's tasks room to run (a Dataset whose actors hold every CPU hangs)."""
+_RETRIES: Final = 3
+"""Times a lost worker process is restarted, and its batch retried, before the stage fails."""
+_OBJECT_STORE_BYTES: Final = 512 * 2**20
+"""Ray's shared-memory object store on a local instance: items and results are small records
+(the objects themselves go to the site's store), so a modest store keeps memory flat."""
+
+
+_RAY_ENVIRONMENT: Final = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_enable_metrics_collection": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    "RAY_DEDUP_LOGS": "0",
+    # Ray's C++ core logs a warning per actor pool at error level (bounded restarts with
+    # constructor arguments in its object store); real failures still raise.
+    "RAY_BACKEND_LOG_LEVEL": "fatal",
+}
+
+
+def ray_temp_dir() -> Path:
+    """A short, private folder for Ray's sockets and logs (Unix socket paths are limited to
+    about 100 bytes, which a deep temporary folder exceeds)."""
+    folder = Path(tempfile.gettempdir()) / f"onshore-ray-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder
+
+
+@dataclass
+class Engine:
+    """Runs a stage's workers as the site's compute settings say; a context manager that
+    starts Ray on first use (when it is needed) and stops what it started."""
+
+    workers: int = 1
+    address: str | None = None
+    """A Ray cluster to run on (``RAY_ADDRESS``); None for a local one or none at all."""
+    _started: bool = False
+
+    @classmethod
+    def for_site(cls, compute: ComputeProfile) -> Engine:
+        """The engine of a site with ``compute``; ``RAY_ADDRESS`` in the environment sends
+        its stages to that cluster."""
+        return cls(compute.workers, os.environ.get("RAY_ADDRESS") or None)
+
+    @property
+    def uses_ray(self) -> bool:
+        return self.address is not None or self.workers > 1
+
+    def describe(self) -> dict[str, Any]:
+        """What runs the stages, for ``--json`` output and progress lines."""
+        if not self.uses_ray:
+            return {"engine": "inline", "workers": 1}
+        where = "cluster" if self.address is not None else "local"
+        return {"engine": "ray", "ray": where, "workers": self.workers}
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the Ray instance this engine started (a cluster is only disconnected from)."""
+        if self._started:
+            import ray
+
+            self._started = False
+            ray.shutdown()
+
+    def map(
+        self,
+        make: Callable[..., Worker[T, R]],
+        args: tuple[Any, ...],
+        items: Sequence[T],
+        *,
+        batch_size: int,
+    ) -> Iterator[R]:
+        """The results of ``make(*args)`` over ``items``, in batches of ``batch_size``, in the
+        items' order. ``make`` and ``args`` must pickle (they travel to Ray's workers); each
+        worker process builds one worker and keeps it for every batch it gets."""
+        if not items:
+            return
+        if not self.uses_ray:
+            work = make(*args)
+            for start in range(0, len(items), batch_size):
+                yield from work(list(items[start : start + batch_size]))
+            return
+        yield from self._map_ray(make, args, items, batch_size)
+
+    def _map_ray(
+        self,
+        make: Callable[..., Worker[T, R]],
+        args: tuple[Any, ...],
+        items: Sequence[T],
+        batch_size: int,
+    ) -> Iterator[R]:
+        import ray
+        import ray.data
+
+        self._start()
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.execution_options.preserve_order = True
+        context.print_on_execution_start = False
+        payload = pickle.dumps((make, args))
+        rows = [{"item": pickle.dumps(item)} for item in items]
+        blocks = max(1, min(len(rows), -(-len(rows) // batch_size)))
+        dataset = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
+            _RayBatch,
+            fn_constructor_args=(payload,),
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=min(self.workers, blocks)),
+            num_cpus=ACTOR_CPUS,
+            max_restarts=_RETRIES,
+            max_task_retries=_RETRIES,
+        )
+        try:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+                assert isinstance(batch, pa.Table)
+                for data in batch.column("result").to_pylist():
+                    result = pickle.loads(data)
+                    if isinstance(result, _Failed):
+                        raise result.error
+                    yield result
+        except OnshoreError:
+            raise
+        except Exception as exc:
+            raise _unwrap(exc) from exc
+
+    def _start(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        # Ray's failures reach the caller as exceptions; its logs would repeat them, with
+        # tracebacks from other processes, on the user's terminal.
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        for key, value in _RAY_ENVIRONMENT.items():
+            os.environ.setdefault(key, value)
+        try:
+            if self.address is not None:
+                ray.init(
+                    address=self.address,
+                    log_to_driver=False,
+                    configure_logging=False,
+                    namespace="onshore",
+                )
+            else:
+                os.environ.setdefault("RAY_TMPDIR", str(ray_temp_dir()))
+                ray.init(
+                    num_cpus=self.workers,
+                    include_dashboard=False,
+                    object_store_memory=_OBJECT_STORE_BYTES,
+                    log_to_driver=False,
+                    configure_logging=False,
+                    namespace="onshore",
+                )
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
+            raise ComputeError(
+                f"cannot start {where}: {exc}",
+                hint="check RAY_ADDRESS and that the cluster is up"
+                if self.address
+                else "set [compute] workers = 1 to run in this process",
+            ) from exc
+        self._started = True
+
+
+class _RayBatch:
+    """One Ray actor's worker: built once from the pickled ``(make, args)``, then called with
+    batches of pickled items."""
+
+    def __init__(self, payload: bytes) -> None:
+        make, args = pickle.loads(payload)
+        self._work = make(*args)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        items = [pickle.loads(item) for item in batch.column("item").to_pylist()]
+        try:
+            results = self._work(items)
+        except OnshoreError as exc:
+            # Handed to the driver as it is (Ray would wrap it in its own exceptions, with a
+            # traceback from another process in the message).
+            return pa.table({"result": [pickle.dumps(_Failed(exc))]})
+        return pa.table({"result": pa.array([pickle.dumps(r) for r in results], pa.binary())})
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """A worker's onshore error, travelling as a result."""
+
+    error: OnshoreError
+
+
+def _unwrap(exc: BaseException) -> ComputeError:
+    """What Ray raised, as a :class:`ComputeError` that says what Ray said (a worker's own
+    onshore errors reach the driver as results, see :class:`_Failed`)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return ComputeError(
+        f"a batch stage failed on Ray: {lines[-1] if lines else type(exc).__name__}",
+        hint="nothing it did is in the catalogue; rerun it",
+    )
