@@ -23,9 +23,26 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-__all__ = ["JsonOption", "ProjectOption", "console", "emit", "err_console", "progress_bar"]
+__all__ = [
+    "JsonOption",
+    "ProjectOption",
+    "WorkersOption",
+    "console",
+    "emit",
+    "err_console",
+    "progress_bar",
+]
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        "-w",
+        help="Worker processes (on Ray when more than 1; default: the site's compute workers). "
+        "With RAY_ADDRESS set, the work runs on that Ray cluster.",
+    ),
+]
 ProjectOption = Annotated[
     Path | None,
     typer.Option(

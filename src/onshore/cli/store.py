@@ -8,7 +8,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from onshore.cli.output import JsonOption, ProjectOption, console, emit, err_console, progress_bar
+from onshore.cli.output import (
+    JsonOption,
+    ProjectOption,
+    WorkersOption,
+    console,
+    emit,
+    err_console,
+    progress_bar,
+)
 from onshore.settings import load_project
 from onshore.store import SiteStore
 
@@ -31,21 +39,25 @@ def ingest(
     keep_bad: Annotated[
         bool, typer.Option("--keep-bad", help="Copy bad files to quarantine but keep the source.")
     ] = False,
+    workers: WorkersOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Ingest fleet uploads into the site's store and catalogue; bad files go to quarantine."""
+    from onshore.sites.compute import Engine
     from onshore.store.ingest import ingest as run_ingest
 
     proj = load_project(project)
     site = proj.site_for(site)
     with (
         SiteStore.open(proj, site) as opened,
-        progress_bar(f"ingest {site}", None, unit="bytes") as bar,
+        Engine.for_site(proj.site(site).compute, workers) as engine,
+        progress_bar(f"ingest {site}{engine.label()}", None, unit="bytes") as bar,
     ):
         task = bar.task_ids[0]
         report = run_ingest(
             opened,
             paths,
+            engine=engine,
             on_start=lambda total: bar.update(task, total=total),
             on_file=lambda _p, n: bar.advance(task, n),
             remove_quarantined_source=not keep_bad,
@@ -63,7 +75,7 @@ def ingest(
         if d["ignored"]:
             err_console.print(f"ignored {len(d['ignored'])} file(s) that are not uploads")
 
-    emit(report.as_dict(), as_json, render)
+    emit({**report.as_dict(), "compute": engine.describe()}, as_json, render)
 
 
 def inventory(

@@ -24,6 +24,7 @@ and its batch retried a few times (its writes are idempotent); past that the sta
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -36,7 +37,7 @@ from typing import Any, Final, TypeVar
 
 import pyarrow as pa
 
-from onshore.errors import ComputeError, OnshoreError
+from onshore.errors import ComputeError, ConfigError, OnshoreError
 from onshore.settings import ComputeProfile
 
 __all__ = ["ACTOR_CPUS", "Engine", "ray_temp_dir"]
@@ -62,7 +63,7 @@ _RAY_ENVIRONMENT: Final = {
     "RAY_enable_metrics_collection": "0",
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
     "RAY_DEDUP_LOGS": "0",
-    # Ray's C++ core logs a warning per actor pool at error level (bounded restarts with
+    # Ray's C++ core logs a warning per actor pool at error level (restarts allowed with
     # constructor arguments in its object store); real failures still raise.
     "RAY_BACKEND_LOG_LEVEL": "fatal",
 }
@@ -87,10 +88,12 @@ class Engine:
     _started: bool = False
 
     @classmethod
-    def for_site(cls, compute: ComputeProfile) -> Engine:
-        """The engine of a site with ``compute``; ``RAY_ADDRESS`` in the environment sends
-        its stages to that cluster."""
-        return cls(compute.workers, os.environ.get("RAY_ADDRESS") or None)
+    def for_site(cls, compute: ComputeProfile, workers: int | None = None) -> Engine:
+        """The engine of a site with ``compute`` (``workers``, when given, instead of its
+        setting); ``RAY_ADDRESS`` in the environment sends its stages to that cluster."""
+        if workers is not None and workers < 1:
+            raise ConfigError(f"--workers {workers}: at least 1")
+        return cls(workers or compute.workers, os.environ.get("RAY_ADDRESS") or None)
 
     @property
     def uses_ray(self) -> bool:
@@ -102,6 +105,13 @@ class Engine:
             return {"engine": "inline", "workers": 1}
         where = "cluster" if self.address is not None else "local"
         return {"engine": "ray", "ray": where, "workers": self.workers}
+
+    def label(self) -> str:
+        """A suffix for progress lines: empty in this process, else where the work runs."""
+        if not self.uses_ray:
+            return ""
+        where = f"Ray cluster {self.address}" if self.address is not None else "Ray"
+        return f" ({where}, {self.workers} workers)"
 
     def __enter__(self) -> Engine:
         return self
@@ -195,23 +205,8 @@ class Engine:
         for key, value in _RAY_ENVIRONMENT.items():
             os.environ.setdefault(key, value)
         try:
-            if self.address is not None:
-                ray.init(
-                    address=self.address,
-                    log_to_driver=False,
-                    configure_logging=False,
-                    namespace="onshore",
-                )
-            else:
-                os.environ.setdefault("RAY_TMPDIR", str(ray_temp_dir()))
-                ray.init(
-                    num_cpus=self.workers,
-                    include_dashboard=False,
-                    object_store_memory=_OBJECT_STORE_BYTES,
-                    log_to_driver=False,
-                    configure_logging=False,
-                    namespace="onshore",
-                )
+            with _stderr_silenced():
+                self._init(ray)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
             raise ComputeError(
@@ -221,6 +216,44 @@ class Engine:
                 else "set [compute] workers = 1 to run in this process",
             ) from exc
         self._started = True
+
+    def _init(self, ray: Any) -> None:
+        if self.address is not None:
+            ray.init(
+                address=self.address,
+                log_to_driver=False,
+                configure_logging=False,
+                namespace="onshore",
+            )
+            return
+        os.environ.setdefault("RAY_TMPDIR", str(ray_temp_dir()))
+        ray.init(
+            num_cpus=self.workers,
+            include_dashboard=False,
+            object_store_memory=_OBJECT_STORE_BYTES,
+            log_to_driver=False,
+            configure_logging=False,
+            namespace="onshore",
+        )
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Send this process's standard error to /dev/null while Ray starts: its C++ core prints
+    a line about its log level there, which the ``--json`` output of a command should not carry
+    (whatever goes wrong is raised as an exception all the same)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class _RayBatch:

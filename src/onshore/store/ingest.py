@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,6 +40,7 @@ from onshore.errors import (
     ResidencyError,
     UnreadableFile,
 )
+from onshore.sites.compute import Engine
 from onshore.store.catalogue import ClipRecord, FileRecord, FramesRecord
 from onshore.store.objects import ObjectStore, sha256
 from onshore.store.site import Residency, SiteStore
@@ -235,41 +236,100 @@ def _frames_record(clip_id: str, frames: pa.Table) -> tuple[bytes, FramesRecord]
 
 @dataclass(slots=True)
 class _Prepared:
-    """One input file decoded, checked and encoded for the store (or the reason it cannot be)."""
+    """One input file read, decoded, checked and its objects stored (or why it could not be)."""
 
     path: Path
     size: int
-    digest: str
-    objects: list[bytes] = field(default_factory=list)
+    digest: str = ""
     records: list[ClipRecord] = field(default_factory=list)
-    frames: list[tuple[bytes, FramesRecord]] = field(default_factory=list)
-    """Each clip's camera frames, for the clips that have some."""
+    frames: list[FramesRecord] = field(default_factory=list)
+    """The camera frames of the clips that have some."""
+    written: set[str] = field(default_factory=set)
+    """Paths of the objects this file's worker wrote (rather than found in the store)."""
     error: ClipError | None = None
+    status: str = "new"
+    """``new``; ``known`` (ingested before); ``too_large`` (not read); ``unreadable``
+    (``problem`` says why)."""
+    problem: str = ""
 
-    def stored(self) -> list[tuple[str, bytes]]:
-        """Every object this file puts into the store: its clips, then their frames."""
-        clips = [(r.path, data) for data, r in zip(self.objects, self.records, strict=True)]
-        return clips + [(r.path, data) for data, r in self.frames]
+    def paths(self) -> list[str]:
+        """Every object of this file in the store: its clips', then their frames'."""
+        return [r.path for r in self.records] + [r.path for r in self.frames]
 
 
-def _prepare(path: Path, data: bytes, digest: str, residency: Residency) -> _Prepared:
+@dataclass(slots=True)
+class _Encoded:
+    """A prepared file with the bytes of its objects, before they are stored."""
+
+    prepared: _Prepared
+    objects: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def _prepare(path: Path, data: bytes, digest: str, residency: Residency) -> _Encoded:
     """The CPU-heavy part of ingest: decode, check, encode; no I/O."""
-    prepared = _Prepared(path, len(data), digest)
+    encoded = _Encoded(_Prepared(path, len(data), digest))
+    frames: list[tuple[str, bytes]] = []
     try:
         for clip in decode_file(path, data, residency):
             parquet = clip_to_parquet(clip)
-            prepared.objects.append(parquet)
-            prepared.records.append(_record(clip, sha256(parquet), len(parquet), digest))
+            record = _record(clip, sha256(parquet), len(parquet), digest)
+            encoded.prepared.records.append(record)
+            encoded.objects.append((record.path, parquet))
             if clip.frames is not None and clip.frames.num_rows:
-                prepared.frames.append(_frames_record(clip.meta.clip_id, clip.frames))
+                frames_data, frames_record = _frames_record(clip.meta.clip_id, clip.frames)
+                encoded.prepared.frames.append(frames_record)
+                frames.append((frames_record.path, frames_data))
     except ClipError as exc:
-        return _Prepared(path, len(data), digest, error=exc)
-    return prepared
+        return _Encoded(_Prepared(path, len(data), digest, error=exc))
+    encoded.objects += frames
+    return encoded
+
+
+class _IngestFiles:
+    """The worker of ingest (see :mod:`onshore.sites.compute`): reads, hashes, decodes and
+    checks a batch of files and stores their objects, with one write for the batch. It never
+    touches the catalogue: the driver registers what it returns, and objects it stored that
+    were never registered (the driver died) are adopted by the rerun, being named by content.
+    """
+
+    def __init__(self, store: ObjectStore, residency: Residency, known: frozenset[str]) -> None:
+        self.store, self.residency, self.known = store, residency, known
+
+    def __call__(self, files: list[Path]) -> list[_Prepared]:
+        out: list[_Prepared] = []
+        pending: list[_Encoded] = []
+        for path in files:
+            try:
+                size = path.stat().st_size
+                if size > MAX_FILE_BYTES:
+                    out.append(_Prepared(path, size, status="too_large"))
+                    continue
+                data = path.read_bytes()
+            except OSError as exc:
+                problem = exc.strerror or str(exc)
+                out.append(_Prepared(path, 0, status="unreadable", problem=problem))
+                continue
+            digest = sha256(data)
+            if digest in self.known:
+                out.append(_Prepared(path, len(data), digest, status="known"))
+                continue
+            encoded = _prepare(path, data, digest, self.residency)
+            out.append(encoded.prepared)
+            if encoded.prepared.error is None:
+                pending.append(encoded)
+        objects = [obj for encoded in pending for obj in encoded.objects]
+        written = {stored.path for stored in self.store.put_many(objects) if stored.written}
+        for encoded in pending:
+            encoded.prepared.written = {p for p in encoded.prepared.paths() if p in written}
+            written -= encoded.prepared.written  # a second copy in this batch wrote nothing
+        return out
 
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _BATCH_FILES: Final = 64
 """Files registered per catalogue transaction."""
+_WORKER_FILES: Final = 16
+"""Files a worker reads, checks and stores at a time (their objects in one write)."""
 _BATCH_SECONDS: Final = 1.0
 """Longest a prepared file waits before its batch is committed."""
 MAX_FILE_BYTES: Final = 512 * 1024 * 1024
@@ -280,6 +340,7 @@ def ingest(
     site: SiteStore,
     paths: Iterable[Path],
     *,
+    engine: Engine | None = None,
     on_start: Callable[[int], None] | None = None,
     on_file: Callable[[Path, int], None] | None = None,
     remove_quarantined_source: bool = True,
@@ -294,6 +355,9 @@ def ingest(
     ``remove_quarantined_source`` is false), recorded in the catalogue, and listed in the
     report; the run goes on. A file that cannot be read, or that was recorded in another
     region, is reported and left where it is.
+
+    ``engine``'s workers read, decode and check the files and store their objects (in this
+    process by default, on Ray with more workers); this process registers them.
     """
     files, ignored = scan_inputs(paths)
     if on_start is not None:
@@ -302,8 +366,13 @@ def ingest(
     run.report.ignored = [str(p) for p in ignored]
     started = time.perf_counter()
     site.objects.clean_staging()
-    known = site.catalogue.ingested_files()
-    run.consume(_prepare(*job, site.residency) for job in run.jobs(files, known))
+    known = frozenset(site.catalogue.ingested_files())
+    engine = engine or Engine()
+    worker = (site.objects, site.residency, known)
+    try:
+        run.consume(engine.map(_IngestFiles, worker, files, batch_size=_WORKER_FILES))
+    finally:
+        run.drop_unregistered()
     run.report.seconds = time.perf_counter() - started
     return run.report
 
@@ -323,31 +392,29 @@ class _Run:
         self.report = IngestReport(site=site.site)
         self.batch: list[_Prepared] = []
         self.batch_started = 0.0
-
-    def jobs(self, files: list[Path], known: set[str]) -> Iterator[tuple[Path, bytes, str]]:
-        """Read and hash each file; yield those the catalogue does not have yet."""
-        for path in files:
-            self.report.files += 1
-            try:
-                size = path.stat().st_size
-                if size > MAX_FILE_BYTES:
-                    self._quarantine_unread(path, size)
-                    continue
-                data = path.read_bytes()
-            except OSError as exc:
-                self._unreadable(path, exc)
-                continue
-            digest = sha256(data)
-            self.report.bytes += len(data)
-            if digest in known:
-                self.report.already_ingested += 1
-                self.on_file(path, len(data))
-                continue
-            known.add(digest)  # the same content twice in one run is ingested once
-            yield path, data, digest
+        self.registered: set[str] = set()
+        """Objects of the files this run registered."""
+        self.unregistered: set[str] = set()
+        """Objects written for files this run quarantined (conflicts found after storing)."""
 
     def consume(self, prepared: Iterable[_Prepared]) -> None:
+        seen: set[str] = set()
         for item in prepared:
+            self.report.files += 1
+            if item.status == "too_large":
+                self._quarantine_unread(item.path, item.size)
+                continue
+            if item.status == "unreadable":
+                reason = f"{item.path}: cannot be read ({item.problem}); left where it is"
+                self._report_left(item.path, FileSystemError(reason))
+                continue
+            self.report.bytes += item.size
+            if item.status == "known" or item.digest in seen:
+                # The same content twice in one run is ingested once.
+                self.report.already_ingested += 1
+                self.on_file(item.path, item.size)
+                continue
+            seen.add(item.digest)
             if isinstance(item.error, ResidencyError):
                 # Another region's data: not a byte of it is written here, not even to
                 # quarantine, and the upload stays where it is for its own site to ingest.
@@ -367,17 +434,15 @@ class _Run:
         self.flush()
 
     def flush(self) -> None:
-        """Store the batch's objects, then register the batch in one transaction."""
+        """Register the batch (its objects are stored already) in one transaction."""
         batch, self.batch = self.batch, []
         accepted = self._without_conflicts(batch)
         if not accepted:
             return
-        stored = self.store.put_many([obj for p in accepted for obj in p.stored()])
-        written = {obj.path for obj in stored if obj.written}
         try:
             new = set(
                 self.catalogue.register_many(
-                    [_entry(p) for p in accepted], [r for p in accepted for _, r in p.frames]
+                    [_entry(p) for p in accepted], [r for p in accepted for r in p.frames]
                 )
             )
         except ClipConflict:
@@ -386,31 +451,22 @@ class _Run:
             new, registered = set(), []
             for item in accepted:
                 try:
-                    new.update(
-                        self.catalogue.register_many([_entry(item)], [r for _, r in item.frames])
-                    )
+                    new.update(self.catalogue.register_many([_entry(item)], item.frames))
                 except ClipConflict as exc:
-                    # Its objects are its own (a clip's and its frames' hashes cover the
-                    # clip's id), so nothing else refers to them.
-                    for path, _ in item.stored():
-                        if path in written:
-                            self.store.delete(path)
-                            written.discard(path)
                     self.quarantine(item, exc)
                 else:
                     registered.append(item)
             accepted = registered
         for item in accepted:
-            for _, frames in item.frames:
-                if frames.path in written:
+            self.registered.update(item.paths())
+            for frames in item.frames:
+                if frames.path in item.written:
                     self.report.stored_bytes += frames.bytes
-                    written.discard(frames.path)
                 if frames.clip_id in new:
                     self.report.frames += frames.frames
             for record in item.records:
-                if record.path in written:
+                if record.path in item.written:
                     self.report.stored_bytes += record.bytes
-                    written.discard(record.path)  # a second copy in this batch is a duplicate
                 else:
                     self.report.duplicate_clips += 1
                 if record.clip_id in new:
@@ -418,6 +474,16 @@ class _Run:
                     self.report.rows += record.rows
                     new.discard(record.clip_id)
             self.on_file(item.path, item.size)
+
+    def drop_unregistered(self) -> None:
+        """Delete the objects that workers wrote for files this run quarantined, unless a
+        registered clip refers to them (the same clip in a file that was accepted)."""
+        orphans = self.unregistered - self.registered
+        if orphans:
+            orphans -= self.catalogue.stored_paths(sorted(orphans))
+        for path in sorted(orphans):
+            self.store.delete(path)
+        self.unregistered.clear()
 
     def _without_conflicts(self, batch: list[_Prepared]) -> list[_Prepared]:
         """The batch less the files reusing a clip id (catalogued or earlier in the batch) for
@@ -466,6 +532,7 @@ class _Run:
     def quarantine(self, item: _Prepared, exc: ClipError) -> None:
         """Move a bad file into the store's quarantine with its reason; record it."""
         reason = str(exc)
+        self.unregistered.update(item.written)
         try:
             where = self.store.quarantine_file(
                 item.path,
