@@ -468,6 +468,21 @@ class Catalogue:
                 found.update({r.clip_id: r.sha256 for r in rows})
         return found
 
+    def stored_paths(self, paths: Sequence[str]) -> set[str]:
+        """Those of ``paths`` that a catalogued clip or frames object is stored at."""
+        found: set[str] = set()
+        with self._tx() as conn:
+            for table in (_clips, _frames):
+                for part in _batches(sorted(set(paths))):
+                    found.update(
+                        conn.execute(
+                            select(table.c.path).where(
+                                table.c.site == self.site, table.c.path.in_(part)
+                            )
+                        ).scalars()
+                    )
+        return found
+
     def ingested_files(self) -> set[str]:
         """Content hashes of every file already ingested (quarantined ones may be retried)."""
         with self._tx() as conn:
