@@ -193,6 +193,12 @@ class Engine:
         except Exception as exc:
             raise _unwrap(exc) from exc
 
+    def start(self) -> None:
+        """Start (or connect to) Ray now rather than at the first :meth:`map`; nothing to do
+        in this process's own engine."""
+        if self.uses_ray:
+            self._start()
+
     def _start(self) -> None:
         import ray
 

@@ -62,6 +62,8 @@ SCHEMA_VERSION: Final = 1
 default (see :func:`_add_missing_columns`) is not one: an older onshore's inserts get the
 default."""
 _RETRIES: Final = 5
+_CONNECT_TIMEOUT_S: Final = 10
+"""Seconds to wait for a PostgreSQL server to accept a connection."""
 _R = TypeVar("_R", "FileRecord", "ClipRecord", "LabelRecord", "DeidentifiedRecord", "FramesRecord")
 
 _metadata = MetaData()
@@ -325,7 +327,25 @@ class Catalogue:
             self._engine = self._connect(url, parsed.get_backend_name())
         except (SQLAlchemyError, ModuleNotFoundError) as exc:
             raise CatalogueError(f"cannot open catalogue {self.url}: {exc}") from exc
+        self._reach(parsed.password)
         self._create_schema()
+
+    def _reach(self, password: str | None) -> None:
+        """Connect once, so that a database that cannot be reached is said to be so, in the
+        seconds of the connect timeout (and the pool keeps the connection for what follows)."""
+        try:
+            with self._engine.connect():
+                pass
+        except (OperationalError, ModuleNotFoundError) as exc:
+            self._engine.dispose()
+            why = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            if password:
+                why = why.replace(password, "***")
+            raise CatalogueError(
+                f"cannot reach catalogue {self.url}: {why}",
+                hint="check that the database server is up and reachable from here, and the "
+                "catalogue URL in onshore.toml",
+            ) from None
 
     def _create_schema(self) -> None:
         """Create the tables on first use and refuse a catalogue a newer onshore wrote."""
@@ -359,6 +379,12 @@ class Catalogue:
 
     @staticmethod
     def _connect(url: str, backend: str) -> Engine:
+        if backend == "postgresql":
+            # libpq waits for ever on a host that drops packets; a catalogue that does not
+            # answer in seconds is reported, not waited for.
+            return create_engine(
+                url, pool_pre_ping=True, connect_args={"connect_timeout": _CONNECT_TIMEOUT_S}
+            )
         if backend != "sqlite":
             return create_engine(url, pool_pre_ping=True)
         engine = create_engine(url, connect_args={"timeout": 60})

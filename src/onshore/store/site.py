@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from onshore.settings import Project
+from onshore.sites.keystore import load_s3_credentials
 from onshore.store.catalogue import Catalogue
 from onshore.store.objects import (
     CLIPS_DIR,
@@ -66,12 +67,23 @@ class SiteStore:
     @classmethod
     def open(cls, project: Project, site_id: str | None = None) -> SiteStore:
         """Open the store and catalogue that ``onshore.toml`` declares for ``site_id`` (in a
-        party's folder, its own site; see :meth:`Project.site_for`)."""
+        party's folder, its own site; see :meth:`Project.site_for`).
+
+        An ``s3://`` store signs with the S3 credentials in the site's keystore when it keeps
+        some, else with the environment's (``AWS_ACCESS_KEY_ID``...). Raises
+        :class:`~onshore.errors.KeystoreError` when the keystore's are exposed or malformed,
+        :class:`~onshore.errors.CatalogueError` when the catalogue cannot be reached; the
+        store's first operation raises :class:`~onshore.errors.StoreError` if it cannot.
+        """
         site_id = project.site_for(site_id)
         site = project.site(site_id)
+        url = project.store_url(site)
+        credentials = None
+        if ObjectStore.is_s3(url):
+            credentials = load_s3_credentials(project.keystore_path(site))
         return cls(
             site_id,
-            ObjectStore(project.store_url(site)),
+            ObjectStore(url, credentials=credentials),
             Catalogue(project.catalogue_url(site), site_id),
             Residency.of(project, site_id),
         )
