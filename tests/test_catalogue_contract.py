@@ -185,6 +185,27 @@ def test_bad_urls_say_what_is_wrong(tmp_path: Path) -> None:
         Catalogue(f"sqlite:///{tmp_path}/missing/dir/c.sqlite", "s")
 
 
+def test_an_unreachable_catalogue_is_said_promptly_without_its_password() -> None:
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    password = f"pw-{uuid.uuid4().hex}"
+    url = f"postgresql+psycopg://onshore:{password}@127.0.0.1:{port}/onshore"
+    started = time.monotonic()
+    with pytest.raises(CatalogueError) as caught:
+        Catalogue(url, "s")
+    assert time.monotonic() - started < 15
+    error = caught.value
+    assert error.message.startswith(
+        f"cannot reach catalogue postgresql+psycopg://onshore:***@127.0.0.1:{port}/onshore"
+    )
+    assert "refused" in error.message.lower() and "database server" in (error.hint or "")
+    assert password not in str(error) and password not in repr(error.to_dict())
+
+
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     from sqlalchemy import create_engine, text
 

@@ -1,7 +1,11 @@
-"""``onshore ingest``, ``onshore inventory`` and ``onshore store verify``."""
+"""``onshore ingest``, ``onshore inventory``, ``onshore store verify`` and
+``onshore store credentials``."""
 
 from __future__ import annotations
 
+import getpass
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,8 +21,10 @@ from onshore.cli.output import (
     err_console,
     progress_bar,
 )
-from onshore.settings import load_project
-from onshore.store import SiteStore
+from onshore.errors import ConfigError
+from onshore.settings import load_project, redact_url
+from onshore.sites.keystore import S3Credentials, Secret, save_s3_credentials
+from onshore.store import ObjectStore, SiteStore
 
 __all__ = ["register"]
 
@@ -131,7 +137,11 @@ def verify(
 ) -> None:
     """Check that the site's store and catalogue agree; exit 1 if they do not."""
     with SiteStore.open(load_project(project), site) as opened:
-        report = opened.check(deep=deep)
+        report = {
+            **opened.check(deep=deep),
+            "store": opened.objects.url,
+            "credentials": opened.objects.credentials_source,
+        }
 
     def render(d: dict[str, Any]) -> None:
         if d["ok"]:
@@ -144,6 +154,80 @@ def verify(
     emit(report, as_json, render)
     if not report["ok"]:
         raise typer.Exit(1)
+
+
+@store_app.command()
+def credentials(
+    access_key_id: Annotated[
+        str, typer.Option("--access-key-id", help="The S3 access key's id (not secret).")
+    ],
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option("--endpoint-url", help="The S3 service's URL, when it is not AWS's S3."),
+    ] = None,
+    region: Annotated[
+        str | None, typer.Option("--region", help="The region requests are signed for.")
+    ] = None,
+    secret_from_env: Annotated[
+        bool,
+        typer.Option(
+            "--secret-from-env",
+            help="Take the secret from AWS_SECRET_ACCESS_KEY instead of standard input.",
+        ),
+    ] = False,
+    site: SiteOption = None,
+    project: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Keep the site's S3 keys in its keystore (owner-only), where its store finds them before
+    the environment's. The secret is read from standard input (prompted for, unechoed, on a
+    terminal) or from AWS_SECRET_ACCESS_KEY: never from the command line, which shells keep."""
+    proj = load_project(project)
+    site_id = proj.site_for(site)
+    settings = proj.site(site_id)
+    secret = _read_secret(secret_from_env)
+    if not access_key_id.strip():
+        raise ConfigError("--access-key-id is empty")
+    found = S3Credentials(
+        access_key_id.strip(), Secret(secret.encode()), endpoint_url=endpoint_url, region=region
+    )
+    path = save_s3_credentials(proj.keystore_path(settings), found)
+    store = proj.store_url(settings)
+    report = {
+        "site": site_id,
+        "file": path,
+        **found.public(),
+        "store": redact_url(store),
+        "store_is_s3": ObjectStore.is_s3(store),
+    }
+
+    def render(d: dict[str, Any]) -> None:
+        console.print(f"{d['site']}: S3 key {d['access_key_id']} kept in {d['file']}")
+        if not d["store_is_s3"]:
+            err_console.print(f"[yellow]note[/]: the site's store {d['store']} is not s3://")
+
+    emit(report, as_json, render)
+
+
+def _read_secret(from_env: bool) -> str:
+    """The secret access key: from AWS_SECRET_ACCESS_KEY, a prompt on a terminal, or the first
+    line of standard input."""
+    if from_env:
+        secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+        where = "AWS_SECRET_ACCESS_KEY"
+    elif sys.stdin.isatty():
+        secret = getpass.getpass("S3 secret access key: ")
+        where = "the prompt"
+    else:
+        secret = sys.stdin.readline()
+        where = "standard input"
+    secret = secret.strip()
+    if not secret:
+        raise ConfigError(
+            f"no S3 secret access key in {where}",
+            hint="e.g. 'onshore store credentials --access-key-id ID < secret-file'",
+        )
+    return secret
 
 
 def register(app: typer.Typer) -> None:

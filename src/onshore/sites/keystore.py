@@ -193,7 +193,8 @@ def save_s3_credentials(folder: Path, credentials: S3Credentials) -> Path:
             f"no keystore in {folder}",
             hint="the site's keystore is made by 'onshore init'; check [sites.X] keystore",
         )
-    body = {**credentials.public(), "secret_access_key": credentials.secret_access_key.reveal()}
+    secret = credentials.secret_access_key.reveal().decode()
+    body = {**credentials.public(), "secret_access_key": secret}
     data = json.dumps({k: v for k, v in body.items() if v is not None}, indent=2).encode()
     target = folder / S3_FILE
     part = folder / f".{S3_FILE}.{secrets.token_hex(8)}.part"

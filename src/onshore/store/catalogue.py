@@ -35,7 +35,7 @@ from sqlalchemy import (
     inspect,
     select,
 )
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     IntegrityError,
@@ -327,20 +327,23 @@ class Catalogue:
             self._engine = self._connect(url, parsed.get_backend_name())
         except (SQLAlchemyError, ModuleNotFoundError) as exc:
             raise CatalogueError(f"cannot open catalogue {self.url}: {exc}") from exc
-        self._reach(parsed.password)
+        self._reach(parsed)
         self._create_schema()
 
-    def _reach(self, password: str | None) -> None:
-        """Connect once, so that a database that cannot be reached is said to be so, in the
-        seconds of the connect timeout (and the pool keeps the connection for what follows)."""
+    def _reach(self, parsed: URL) -> None:
+        """Connect once, so that a database that cannot be reached is said to be so, within
+        the connect timeout (the pool keeps the connection for what follows)."""
         try:
             with self._engine.connect():
                 pass
-        except (OperationalError, ModuleNotFoundError) as exc:
+        except OperationalError as exc:
             self._engine.dispose()
-            why = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            if password:
-                why = why.replace(password, "***")
+            why = (str(exc.orig or exc).strip().splitlines() or ["no reason given"])[0]
+            if parsed.password:
+                why = why.replace(str(parsed.password), "***")
+            if parsed.get_backend_name() == "sqlite":
+                raise CatalogueError(f"cannot open catalogue {self.url}: {why}") from None
+            # Not chained: the driver's error is summed up above, and only that is vetted.
             raise CatalogueError(
                 f"cannot reach catalogue {self.url}: {why}",
                 hint="check that the database server is up and reachable from here, and the "

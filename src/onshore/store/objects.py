@@ -151,8 +151,14 @@ class ObjectStore:
         credentials given; nothing for other stores."""
         if not self._s3:
             return {}
-        # A listing cached by one process would hide objects that another wrote since.
-        options: dict[str, Any] = {"config_kwargs": _S3_CONFIG, "use_listings_cache": False}
+        options: dict[str, Any] = {
+            "config_kwargs": _S3_CONFIG,
+            # A listing cached by one process would hide objects that another wrote since.
+            "use_listings_cache": False,
+            # fsspec's cache of filesystems keys them by these options, not by the AWS_*
+            # environment: each store resolves its own credentials when it is opened.
+            "skip_instance_cache": True,
+        }
         creds = self._credentials
         if creds is not None:
             options["key"] = creds.access_key_id
@@ -255,7 +261,8 @@ class ObjectStore:
                 hint="create it, or correct the store URL in onshore.toml",
             )
         elif code is not None:
-            error = StoreError(f"{where}: the store answered HTTP {status} {code}: {text}")
+            answered = f"HTTP {status} {code}" if status else code
+            error = StoreError(f"{where}: the store answered {answered}: {text}")
         elif unreachable is not None:
             endpoint, why = unreachable
             error = StoreError(
@@ -269,10 +276,12 @@ class ObjectStore:
             )
         elif isinstance(exc, OSError | TimeoutError) or _from_s3_client(exc):
             error = StoreError(f"{where}: {exc}")
-        if error is not None and self._credentials is not None:
-            # No message above holds the secret; made sure of, as a server's text is in some.
-            secret = self._credentials.secret_access_key.reveal().decode()
-            if secret in str(error):
+        # No message above holds a secret; made sure of, as some hold a server's or a library's.
+        secrets = [os.environ.get("AWS_SECRET_ACCESS_KEY", "")]
+        if self._credentials is not None:
+            secrets.append(self._credentials.secret_access_key.reveal().decode())
+        for secret in filter(None, secrets):
+            if error is not None and secret in str(error):
                 error = StoreError(error.message.replace(secret, "***"), hint=error.hint)
         return error
 
@@ -511,6 +520,22 @@ _CREDENTIALS_HINT: Final = {
 }
 
 
+_UNREACHABLE: Final = {
+    "EndpointConnectionError": "the connection failed",
+    "ConnectTimeoutError": "the connection timed out",
+    "ReadTimeoutError": "no answer in time",
+    "ConnectionClosedError": "the connection was closed",
+    "ProxyConnectionError": "the proxy could not be reached",
+    "ClientConnectorError": "the connection failed",
+    "ClientConnectorDNSError": "the host name does not resolve",
+    "ServerTimeoutError": "no answer in time",
+    "ConnectionRefusedError": "the connection was refused",
+    "gaierror": "the host name does not resolve",
+}
+"""What each error class (by name: botocore's, aiohttp's, the socket's) says of a service that
+could not be reached."""
+
+
 def _causes(exc: BaseException) -> Iterator[BaseException]:
     """``exc`` and what it was raised from (s3fs raises botocore's errors as ``OSError``)."""
     seen: set[int] = set()
@@ -540,28 +565,22 @@ def _client_error(exc: BaseException) -> tuple[str | None, int | None, str]:
 
 def _unreachable(exc: BaseException) -> tuple[str | None, str] | None:
     """(endpoint, why) when ``exc`` says the S3 service could not be reached or did not
-    answer in time; None otherwise."""
-    reasons = {
-        "EndpointConnectionError": "the connection failed",
-        "ConnectTimeoutError": "the connection timed out",
-        "ReadTimeoutError": "no answer in time",
-        "ConnectionClosedError": "the connection was closed",
-        "ProxyConnectionError": "the proxy could not be reached",
-        "ClientConnectorError": "the connection failed",
-        "ServerTimeoutError": "no answer in time",
-        "ConnectionRefusedError": "the connection was refused",
-        "gaierror": "the host name does not resolve",
-    }
+    answer in time; None otherwise. ``why`` is the most precise cause found (botocore's error
+    wraps aiohttp's, which wraps the socket's)."""
+    endpoint, why = None, None
     for cause in _causes(exc):
-        for cls in type(cause).__mro__:
-            if cls.__name__ in reasons:
-                url = getattr(cause, "kwargs", {}).get("endpoint_url")
-                endpoint = None
-                if isinstance(url, str):
-                    parts = urlsplit(url)
-                    endpoint = redact_url(f"{parts.scheme}://{parts.netloc}")
-                return endpoint, reasons[cls.__name__]
-    return None
+        found = next(
+            (_UNREACHABLE[c.__name__] for c in type(cause).__mro__ if c.__name__ in _UNREACHABLE),
+            None,
+        )
+        if found is None:
+            continue
+        why = found
+        url = getattr(cause, "kwargs", {}).get("endpoint_url")
+        if endpoint is None and isinstance(url, str):
+            parts = urlsplit(url)
+            endpoint = redact_url(f"{parts.scheme}://{parts.netloc}")
+    return None if why is None else (endpoint, why)
 
 
 def _from_s3_client(exc: BaseException) -> bool:
