@@ -29,6 +29,7 @@ import logging
 import os
 import pickle
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,7 +164,10 @@ class Engine:
         import ray.data
 
         self._start()
-        context = ray.data.DataContext.get_current()
+        with warnings.catch_warnings():
+            # Ray Data's own defaults set an option it deprecates (use_push_based_shuffle).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.execution_options.preserve_order = True
         context.print_on_execution_start = False
