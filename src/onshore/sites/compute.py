@@ -160,6 +160,7 @@ class Engine:
         items: Sequence[T],
         batch_size: int,
     ) -> Iterator[R]:
+        _quiet_ray_data()
         import ray
         import ray.data
 
@@ -245,6 +246,36 @@ class Engine:
             configure_logging=False,
             namespace="onshore",
         )
+
+
+_RAY_DATA_LOGGING: Final = """\
+# Ray Data's log, for onshore: to the Ray session's ray-data.log only. The command says what
+# went wrong itself; Ray Data's console lines would land in its --json output's terminal.
+version: 1
+disable_existing_loggers: false
+formatters:
+  ray: {format: "%(asctime)s %(levelname)s %(filename)s:%(lineno)s -- %(message)s"}
+handlers:
+  file:
+    class: ray.data._internal.logging.SessionFileHandler
+    formatter: ray
+    filename: ray-data.log
+loggers:
+  ray.data: {level: INFO, handlers: [file], propagate: false}
+"""
+
+
+def _quiet_ray_data() -> None:
+    """Point Ray Data's logging (``RAY_DATA_LOGGING_CONFIG``) at a configuration that logs to
+    its file only, unless the user chose one; before ``ray.data`` is imported."""
+    if "RAY_DATA_LOGGING_CONFIG" in os.environ:
+        return
+    path = ray_temp_dir() / "ray-data-logging.yaml"
+    if not path.exists() or path.read_text() != _RAY_DATA_LOGGING:
+        part = path.with_suffix(f".{os.getpid()}.part")
+        part.write_text(_RAY_DATA_LOGGING)
+        part.replace(path)
+    os.environ["RAY_DATA_LOGGING_CONFIG"] = str(path)
 
 
 @contextlib.contextmanager
