@@ -8,18 +8,20 @@ when a keyed pseudonym is the only link left, ``raw`` otherwise.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, Final
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numpy.typing import NDArray
 
 from onshore.classify.zones import Zones
 from onshore.clips.vin import is_valid_vin
 
-__all__ = ["MAX_LOCAL_EXTENT_M", "Check", "run_checks", "state_of"]
+__all__ = ["MAX_LOCAL_EXTENT_M", "Check", "run_checks", "run_checks_by_part", "state_of"]
 
 MAX_LOCAL_EXTENT_M: Final = 50_000.0
 """Clip-local coordinates never reach this far from their origin; absolute ones (metres in a
@@ -37,7 +39,11 @@ class Check:
     detail: str
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict, which deep-copies: a check is made for every output.
+        return {"name": self.name, "held": self.held, "detail": self.detail}
+
+
+_NO_FRAMES: Final = Check("no_unmasked_face_or_plate", True, "no camera frames in these clips")
 
 
 def _strings(table: pa.Table) -> Iterable[bytes]:
@@ -49,10 +55,39 @@ def _strings(table: pa.Table) -> Iterable[bytes]:
 
 
 def _no_raw_vin(table: pa.Table, metadata: bytes, raw_vins: set[str]) -> Check:
-    texts = [metadata, *_strings(table)]
-    known = [v for v in raw_vins if any(v.encode() in text for text in texts)]
+    return _vin_check([metadata, *_strings(table)], _VinSearch(raw_vins))
+
+
+class _VinSearch:
+    """This site's raw VINs, ready to be looked for in texts. A site has thousands of vehicles
+    and a text a few hundred bytes: past a few dozen VINs, each window of a text is looked up
+    in a set of the VINs of its length rather than each VIN searched for in the text."""
+
+    _SCAN_UP_TO = 64
+    """VINs searched for one by one; more are looked up by window (equal cost near 64)."""
+
+    def __init__(self, raw_vins: Iterable[str]) -> None:
+        self._vins = {vin.encode() for vin in raw_vins}
+        self._by_length: dict[int, set[bytes]] = {}
+        for vin in self._vins:
+            self._by_length.setdefault(len(vin), set()).add(vin)
+
+    def found(self, texts: Sequence[bytes]) -> int:
+        """How many of the VINs occur, anywhere, in any of ``texts``."""
+        if len(self._vins) <= self._SCAN_UP_TO:
+            return sum(any(vin in text for text in texts) for vin in self._vins)
+        seen: set[bytes] = set()
+        for length, vins in self._by_length.items():
+            for text in texts:
+                windows = {text[i : i + length] for i in range(len(text) - length + 1)}
+                seen |= vins & windows
+        return len(seen)
+
+
+def _vin_check(texts: Sequence[bytes], search: _VinSearch) -> Check:
+    known = search.found(texts)
     if known:
-        return Check("no_raw_vin", False, f"{len(known)} raw VIN(s) of this site's vehicles found")
+        return Check("no_raw_vin", False, f"{known} raw VIN(s) of this site's vehicles found")
     patterned = {
         m.group().decode()
         for text in texts
@@ -117,7 +152,7 @@ def run_checks(
         _no_zone(table, zones),
         _no_absolute_coordinates(table),
         _no_absolute_timestamp(table),
-        frames or Check("no_unmasked_face_or_plate", True, "no camera frames in these clips"),
+        frames or _NO_FRAMES,
     ]
 
 
@@ -129,3 +164,121 @@ def state_of(checks: list[Check], *, identifier_left: bool) -> str:
     if identifier_left or not all(held.values()):
         return "pseudonymized"
     return "anonymized"
+
+
+def run_checks_by_part(
+    table: pa.Table,
+    offsets: Sequence[int],
+    metadata: Sequence[bytes],
+    *,
+    raw_vins: set[str] | frozenset[str],
+    zones: Zones,
+    frames: Sequence[Check | None],
+) -> list[list[Check]]:
+    """:func:`run_checks` of each part of ``table``, rows ``offsets[i]`` to ``offsets[i + 1]``,
+    with its own ``metadata[i]`` and ``frames[i]``: the same checks, each column read once for
+    all parts rather than once per part."""
+    parts = len(offsets) - 1
+    if len(metadata) != parts or len(frames) != parts:
+        raise ValueError(f"{parts} parts, {len(metadata)} metadata, {len(frames)} frames checks")
+    bounds = list(pairwise(offsets))
+    search = _VinSearch(raw_vins)
+    strings = _strings_by_part(table, bounds)
+    vin = [_vin_check([metadata[i], *strings[i]], search) for i in range(parts)]
+    zone = _by_part_zone(table, bounds, zones)
+    coordinates = _by_part_coordinates(table, bounds)
+    timestamp = _by_part_timestamp(table, bounds)
+    return [
+        [
+            vin[i],
+            zone[i],
+            coordinates[i],
+            timestamp[i],
+            frames[i] or _NO_FRAMES,
+        ]
+        for i in range(parts)
+    ]
+
+
+def _strings_by_part(table: pa.Table, bounds: list[tuple[int, int]]) -> list[list[bytes]]:
+    """Per part, the distinct values of each string column (as :func:`_strings` yields them)."""
+    out: list[list[bytes]] = [[] for _ in bounds]
+    for column in table.columns:
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            continue
+        encoded = pc.dictionary_encode(column.combine_chunks())
+        codes = encoded.indices.fill_null(-1).to_numpy()
+        values = [None if v is None else v.encode() for v in encoded.dictionary.to_pylist()]
+        for part, (start, end) in zip(out, bounds, strict=True):
+            for code in np.unique(codes[start:end]).tolist():
+                value = values[code] if code >= 0 else None
+                if value is not None:
+                    part.append(value)
+    return out
+
+
+def _reduce(
+    ufunc: np.ufunc, values: NDArray[np.float64], bounds: list[tuple[int, int]]
+) -> list[float]:
+    """``ufunc`` reduced over each non-empty part (NaN for an empty one, never read)."""
+    starts = [start for start, end in bounds if end > start]
+    reduced = iter(ufunc.reduceat(values, starts).tolist() if starts else [])
+    return [next(reduced) if end > start else float("nan") for start, end in bounds]
+
+
+def _by_part_zone(table: pa.Table, bounds: list[tuple[int, int]], zones: Zones) -> list[Check]:
+    if "lat" not in table.column_names:
+        return [_no_zone(table.slice(0, 0), zones) for _ in bounds]
+    inside = zones.inside(table["lon"].to_numpy(), table["lat"].to_numpy()).any(axis=0)
+    counts = np.r_[0, np.cumsum(inside)]
+    return [
+        Check(
+            "no_position_in_zone",
+            bool(counts[end] == counts[start]),
+            f"{int(counts[end] - counts[start])} of {end - start} positions inside "
+            f"{len(zones.zones)} zone(s)",
+        )
+        for start, end in bounds
+    ]
+
+
+def _by_part_coordinates(table: pa.Table, bounds: list[tuple[int, int]]) -> list[Check]:
+    if {"lat", "lon"} & set(table.column_names) or "x" not in table.column_names:
+        return [_no_absolute_coordinates(table.slice(start, end - start)) for start, end in bounds]
+    x = _reduce(np.maximum, np.abs(table["x"].to_numpy()), bounds)
+    y = _reduce(np.maximum, np.abs(table["y"].to_numpy()), bounds)
+    out = []
+    for (start, end), x_max, y_max in zip(bounds, x, y, strict=True):
+        if end == start:
+            out.append(Check("no_absolute_coordinate", True, "no coordinates"))
+            continue
+        extent = float(max(x_max, y_max))
+        out.append(
+            Check(
+                "no_absolute_coordinate",
+                extent < MAX_LOCAL_EXTENT_M,
+                f"clip-local coordinates, largest offset {extent:,.0f} m",
+            )
+        )
+    return out
+
+
+def _by_part_timestamp(table: pa.Table, bounds: list[tuple[int, int]]) -> list[Check]:
+    if any(pa.types.is_timestamp(f.type) for f in table.schema) or "t" not in table.column_names:
+        return [_no_absolute_timestamp(table.slice(start, end - start)) for start, end in bounds]
+    t = table["t"].to_numpy()
+    low = _reduce(np.minimum, t, bounds)
+    high = _reduce(np.maximum, t, bounds)
+    out = []
+    for (start, end), t_min, t_max in zip(bounds, low, high, strict=True):
+        if end == start:
+            out.append(Check("no_absolute_timestamp", True, "no times"))
+            continue
+        out.append(
+            Check(
+                "no_absolute_timestamp",
+                bool(t_min >= 0 and t_max < 86_400),
+                f"relative time, 0 to {t_max:.1f} s",
+            )
+        )
+    return out

@@ -53,6 +53,7 @@ class Output:
     """One vehicle's clips after a profile: the table, per-clip facts, and what was removed."""
 
     table: pa.Table
+    """The kept rows, grouped by clip in the order of :attr:`clips`."""
     clips: list[dict[str, Any]]
     """Per output clip: ``clip_id`` (raw, stays in the catalogue), ``output_id``, ``rows``,
     ``rows_in``, and ``kept_us``, the raw times (µs) of the rows kept, in order (for the clip's
@@ -123,9 +124,12 @@ def deidentify_vehicle(
     *,
     secret: bytes,
     zones: Zones,
+    grown: Zones | None = None,
 ) -> Output:
     """Apply ``profile``'s trajectory transforms to one vehicle's clips (any order).
 
+    ``grown``: ``zones`` already grown by the profile's ``drop_zones`` buffer, for a caller that
+    de-identifies many vehicles (growing the zones costs more than testing one vehicle's points).
     Returns the de-identified rows of every clip that keeps at least one row.
     """
     clips = sorted(clips, key=lambda c: (c.table["time"][0].value, c.meta.clip_id))
@@ -139,7 +143,9 @@ def deidentify_vehicle(
     removed: dict[str, int] = {}
 
     if (step := profile.step("drop_zones")) is not None:
-        inside = zones.buffered(step.params["buffer_m"]).inside(lon, lat).any(axis=0)
+        if grown is None:
+            grown = zones.buffered(step.params["buffer_m"])
+        inside = grown.inside(lon, lat).any(axis=0)
         removed["drop_zones"] = int((inside & keep).sum())
         keep &= ~inside
     if (step := profile.step("trim_ends")) is not None:

