@@ -9,21 +9,28 @@ where clips carry camera frames, the persons and plates seen in them (as tracks:
 see :mod:`onshore.deidentify.video`). Outside frames with a face or plate found are
 ``outside_video_identifiable``, without one ``outside_video_masked``; cabin frames are
 ``cabin_video``.
+
+Classifying a site is a batch stage of its engine (:mod:`onshore.sites.compute`): workers read
+and label the clips and scan their frames; this process alone uses the catalogue (the labels
+found before, kept by the clip's and the zones' hashes, and the run's labels, stored in one
+transaction at its end). Clips stream by: what is kept as they pass is counts, the sets of
+vehicles, and the labels to store, so memory grows with the labels, not with the positions.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import Column, MetaData, String, Table, Text, select
+from sqlalchemy import Column, MetaData, Select, String, Table, Text, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from onshore.classify.zones import Zones, load_zones
@@ -31,7 +38,9 @@ from onshore.clips.schema import Clip
 from onshore.clips.tabular import read_parquet
 from onshore.deidentify.video import FrameScan, scan_frames
 from onshore.rulebook.model import Rulebook
-from onshore.store.catalogue import ClipRecord, LabelRecord
+from onshore.sites.compute import Engine
+from onshore.store.catalogue import ClipRecord, FramesRecord, LabelRecord
+from onshore.store.objects import ObjectStore
 from onshore.store.site import SiteStore
 
 __all__ = [
@@ -168,40 +177,50 @@ def frame_labels(scan: FrameScan) -> list[LabelRecord]:
     return labels
 
 
-def _window_start(kind: str, as_of: date) -> date:
-    if kind == "calendar_year":
-        return date(as_of.year, 1, 1)
-    return as_of - timedelta(days=365)
-
-
 def classify_site(
     site: SiteStore,
     *,
     as_of: date | None = None,
     rulebook: Rulebook | None = None,
     on_clip: Callable[[int, int], None] | None = None,
+    engine: Engine | None = None,
+    clip_labels: bool = True,
 ) -> dict[str, Any]:
     """Label every clip of ``site``, store the labels in its catalogue and return a summary:
     per category the clips, the amount (``count``) and the distinct vehicles, with the legal
     classes ``rulebook`` (the site's jurisdiction's) puts raw data of that category in; per
     counting window (calendar year, trailing 12 months, both ending ``as_of``, default today)
-    the distinct vehicles with each category; and ``clip_labels``, each clip's categories with
-    their counts and evidence."""
+    the distinct vehicles with each category; and, with ``clip_labels``, each clip's categories
+    with their counts and evidence (``clip_labels``: the one part of the summary that grows with
+    the site).
+
+    ``engine``'s workers read and label the clips and scan their frames (in this process by
+    default); this process looks up and keeps the labels found before, counts, and stores the
+    labels, all of them in one transaction once every clip is labelled: a run that fails
+    leaves the labels as they were.
+    """
     as_of = as_of or datetime.now(UTC).date()
     zones = load_zones(site.objects)
     records = site.catalogue.clips()
-    found = label_clips(site, records, zones=zones, on_clip=on_clip)
-    site.catalogue.replace_labels(
-        [r.clip_id for r in records], [label for c in found for label in c.labels]
-    )
-    summary = _summary(site.site, as_of, zones, found)
-    summary["clip_labels"] = {
-        clip.clip_id: [
-            {"category": label.category, "count": label.count, "evidence": label.evidence}
-            for label in clip.labels
-        ]
-        for clip in found
-    }
+    clip_ids = [r.clip_id for r in records]
+    stream = _labelled(site, records, zones, engine or Engine(), on_clip)
+    del records  # the stream's until it ends: only the labels are kept for the write
+    tally = _Tally(as_of)
+    labels: list[LabelRecord] = []
+    detail: dict[str, list[dict[str, Any]]] = {}
+    for found in stream:
+        tally.add(found)
+        labels.extend(found.labels)
+        if clip_labels:
+            detail[found.clip_id] = [
+                {"category": label.category, "count": label.count, "evidence": label.evidence}
+                for label in found.labels
+            ]
+    site.catalogue.replace_labels(clip_ids, labels)
+    del labels
+    summary = tally.summary(site.site, zones)
+    if clip_labels:
+        summary["clip_labels"] = detail
     if rulebook is not None:
         summary["rulebook"] = {"jurisdiction": rulebook.jurisdiction, "version": rulebook.version}
         for name, entry in summary["categories"].items():
@@ -215,42 +234,130 @@ def label_clips(
     *,
     zones: Zones | None = None,
     on_clip: Callable[[int, int], None] | None = None,
+    engine: Engine | None = None,
 ) -> list[ClipLabels]:
     """Classify the clips of ``records`` as they are stored now (their frames' detections
     from the cache), without storing the labels: what ``classify_site`` stores, and what the
-    gate classifies when data would leave."""
+    gate classifies when data would leave. ``engine`` runs the work as in
+    :func:`classify_site`."""
     zones = load_zones(site.objects) if zones is None else zones
+    return list(_labelled(site, records, zones, engine or Engine(), on_clip))
+
+
+_CHUNK: Final = 500
+"""Clips whose cached labels are looked up (and new labels kept) per catalogue query."""
+_WORKER_CLIPS: Final = 32
+"""Clips a worker labels at a time."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    """One clip for a worker: its object to label, unless its labels are cached, and its
+    frames to scan, if it has some."""
+
+    path: str | None
+    frames: FramesRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """What a worker found in one clip."""
+
+    labels: tuple[LabelRecord, ...] | None
+    """The labels of its positions and objects; None when it was not asked (cached)."""
+    video: tuple[LabelRecord, ...] = ()
+    persons: int | None = None
+    plates: int | None = None
+
+
+_NOTHING: Final = _Found(None)
+"""What a clip that needs no worker gets from one."""
+
+
+class _LabelClips:
+    """The worker of classification (see :mod:`onshore.sites.compute`): labels a batch of
+    clips and scans their frames. Its only writes are the frames' detections, objects of the
+    store keyed by the frames' hash; the labels go back to the driver, which alone keeps
+    them."""
+
+    def __init__(self, store: ObjectStore, zones: Zones) -> None:
+        self.store, self.zones = store, zones
+
+    def __call__(self, items: list[_Work]) -> list[_Found]:
+        out = []
+        for item in items:
+            labels = None
+            if item.path is not None:
+                labels = classify_clip(_read(self.store, item.path), self.zones)
+            if item.frames is None:
+                out.append(_Found(labels))
+                continue
+            scan = scan_frames(self.store, item.frames)
+            out.append(
+                _Found(labels, tuple(frame_labels(scan)), scan.tracks("face"), scan.tracks("plate"))
+            )
+        return out
+
+
+def _labelled(
+    site: SiteStore,
+    records: Sequence[ClipRecord],
+    zones: Zones,
+    engine: Engine,
+    on_clip: Callable[[int, int], None] | None,
+) -> Iterator[ClipLabels]:
+    """The labels of ``records``, in their order, as they are found: a clip's object is read
+    only when its labels under ``zones`` are not cached, and its frames are always scanned
+    (from their own cache of detections)."""
     frames = {f.clip_id: f for f in site.catalogue.frames([r.clip_id for r in records])}
-    keys = {r.clip_id: _cache_key(r.sha256, zones) for r in records}
-    cache = _LabelCache(site, list(keys.values()))
-    found: list[ClipLabels] = []
-    for n, record in enumerate(records, start=1):
-        scan = None
-        if record.clip_id in frames:
-            scan = scan_frames(site.objects, frames[record.clip_id])
-        # A clip is content-addressed: its labels are those of its bytes under these zones,
-        # found once (the slow part: reading every position) and kept.
-        key = keys[record.clip_id]
-        labels = cache.get(key, record.clip_id)
-        if labels is None:
-            labels = classify_clip(_read(site, record), zones, None)
-            cache.put(key, labels)
-        if scan is not None:
-            labels = (*labels, *frame_labels(scan))
-        found.append(
-            ClipLabels(
+    cache = _LabelCache(site)
+    # First which clips need a worker, so that one pass of the engine does them all; then,
+    # a chunk at a time, the cached labels and the workers' results, in the clips' order.
+    cached = bytearray(len(records))
+    work: list[_Work] = []
+    for start, chunk, keys in _chunks(records, zones):
+        known = cache.known(keys)
+        for i, (record, key) in enumerate(zip(chunk, keys, strict=True)):
+            cached[start + i] = key in known
+            scan = frames.get(record.clip_id)
+            if key not in known or scan is not None:
+                work.append(_Work(None if key in known else record.path, scan))
+    results = engine.map(_LabelClips, (site.objects, zones), work, batch_size=_WORKER_CLIPS)
+    del work
+    for start, chunk, keys in _chunks(records, zones):
+        texts = cache.lookup([k for i, k in enumerate(keys) if cached[start + i]])
+        for i, (record, key) in enumerate(zip(chunk, keys, strict=True)):
+            # A clip is content-addressed: its labels are those of its bytes under these
+            # zones, found once (the slow part: reading every position) and kept.
+            labels = _LabelCache.labels(texts.get(key), record.clip_id)
+            found = _NOTHING
+            if not cached[start + i] or record.clip_id in frames:
+                found = next(results)
+            if found.labels is not None:
+                labels = found.labels
+                cache.put(key, labels)
+            elif labels is None:  # cached when the run began, gone since
+                labels = classify_clip(_read(site.objects, record.path), zones)
+                cache.put(key, labels)
+            yield ClipLabels(
                 record.clip_id,
                 record.vin,
                 record.start_time,
-                labels,
-                persons=None if scan is None else scan.tracks("face"),
-                plates=None if scan is None else scan.tracks("plate"),
+                (*labels, *found.video),
+                persons=found.persons,
+                plates=found.plates,
             )
-        )
-        if on_clip is not None:
-            on_clip(n, len(records))
+            if on_clip is not None:
+                on_clip(start + i + 1, len(records))
     cache.flush()
-    return found
+
+
+def _chunks(
+    records: Sequence[ClipRecord], zones: Zones
+) -> Iterator[tuple[int, Sequence[ClipRecord], list[str]]]:
+    for start in range(0, len(records), _CHUNK):
+        chunk = records[start : start + _CHUNK]
+        yield start, chunk, [_cache_key(r.sha256, zones) for r in chunk]
 
 
 CLASSIFIER_VERSION: Final = "1"
@@ -275,9 +382,11 @@ def _cache_key(clip_sha256: str, zones: Zones) -> str:
 
 
 class _LabelCache:
-    """The labels found before, by :func:`_cache_key`, in the site's catalogue database."""
+    """The labels found before, by :func:`_cache_key`, in the site's catalogue database:
+    looked up a chunk of clips at a time, new ones written every :data:`_CHUNK` (a cached
+    entry is a fact about bytes, true whether or not the run that found it finishes)."""
 
-    def __init__(self, site: SiteStore, keys: Sequence[str]) -> None:
+    def __init__(self, site: SiteStore) -> None:
         self.site = site.site
         self.engine = site.catalogue.engine
         for attempt in range(5):
@@ -287,103 +396,134 @@ class _LabelCache:
             except (OperationalError, IntegrityError):  # another process made it meanwhile
                 if attempt == 4:
                     raise
-        self.known: dict[str, str] = {}
-        unique = sorted(set(keys))
-        with self.engine.connect() as conn:
-            for start in range(0, len(unique), 500):
-                chunk = unique[start : start + 500]
-                self.known.update(
-                    (row.key, row.labels)
-                    for row in conn.execute(
-                        select(_cache_table.c.key, _cache_table.c.labels).where(
-                            _cache_table.c.site == self.site, _cache_table.c.key.in_(chunk)
-                        )
-                    )
-                )
         self.new: dict[str, str] = {}
 
-    def get(self, key: str, clip_id: str) -> tuple[LabelRecord, ...] | None:
-        text = self.known.get(key)
+    def known(self, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` that have labels."""
+        with self.engine.connect() as conn:
+            return set(conn.execute(self._where(select(_cache_table.c.key), keys)).scalars())
+
+    def lookup(self, keys: Sequence[str]) -> dict[str, str]:
+        """The labels of those of ``keys`` that have some, as stored."""
+        if not keys:
+            return {}
+        query = self._where(select(_cache_table.c.key, _cache_table.c.labels), keys)
+        with self.engine.connect() as conn:
+            return {row.key: row.labels for row in conn.execute(query)}
+
+    def _where(self, query: Select[Any], keys: Sequence[str]) -> Select[Any]:
+        return query.where(_cache_table.c.site == self.site, _cache_table.c.key.in_(keys))
+
+    @staticmethod
+    def labels(text: str | None, clip_id: str) -> tuple[LabelRecord, ...] | None:
         if text is None:
             return None
-        return tuple(LabelRecord(clip_id, str(c), int(n), str(e)) for c, n, e in orjson.loads(text))
+        return tuple(
+            LabelRecord(clip_id, sys.intern(str(c)), int(n), str(e))
+            for c, n, e in orjson.loads(text)
+        )
 
     def put(self, key: str, labels: tuple[LabelRecord, ...]) -> None:
-        text = orjson.dumps([(x.category, x.count, x.evidence) for x in labels]).decode()
-        self.known[key] = self.new[key] = text
+        self.new[key] = orjson.dumps([(x.category, x.count, x.evidence) for x in labels]).decode()
+        if len(self.new) >= _CHUNK:
+            self.flush()
 
     def flush(self) -> None:
         if not self.new:
             return
         rows = [{"site": self.site, "key": k, "labels": v} for k, v in self.new.items()]
         with self.engine.begin() as conn:
-            existing = set(
-                conn.execute(
-                    select(_cache_table.c.key).where(
-                        _cache_table.c.site == self.site,
-                        _cache_table.c.key.in_([r["key"] for r in rows]),
-                    )
-                ).scalars()
-            )
+            query = self._where(select(_cache_table.c.key), list(self.new))
+            existing = set(conn.execute(query).scalars())
             fresh = [r for r in rows if r["key"] not in existing]
             if fresh:
                 conn.execute(_cache_table.insert(), fresh)
         self.new.clear()
 
 
-def _read(site: SiteStore, record: ClipRecord) -> Clip:
-    (clip,) = read_parquet(site.objects.read(record.path), record.path)
+def _read(store: ObjectStore, path: str) -> Clip:
+    (clip,) = read_parquet(store.read(path), path)
     return clip
 
 
-def _summary(site: str, as_of: date, zones: Zones, found: list[ClipLabels]) -> dict[str, Any]:
-    categories: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"clips": 0, "count": 0, "vehicles": set()}
-    )
-    windows: dict[str, dict[str, set[str]]] = {
-        "calendar_year": defaultdict(set),
-        "trailing_12_months": defaultdict(set),
-    }
-    starts = {kind: _window_start(kind, as_of) for kind in windows}
-    seen = {kind: {"persons": 0, "plates": 0} for kind in windows}
-    for clip in found:
+_WINDOWS: Final = ("calendar_year", "trailing_12_months")
+
+
+def _window_start(kind: str, as_of: date) -> date:
+    if kind == "calendar_year":
+        return date(as_of.year, 1, 1)
+    return as_of - timedelta(days=365)
+
+
+class _Tally:
+    """The summary's counts, added to as clips are labelled: only the sets of distinct
+    vehicles grow with the site, and those by the fleet, not by its data."""
+
+    def __init__(self, as_of: date) -> None:
+        self.as_of = as_of
+        self.starts = {kind: _window_start(kind, as_of) for kind in _WINDOWS}
+        self.clips = self.filmed = 0
+        self.vehicles: set[str] = set()
+        self.categories: dict[str, _Category] = defaultdict(_Category)
+        self.windows: dict[str, dict[str, set[str]]] = {k: defaultdict(set) for k in _WINDOWS}
+        self.seen = {kind: {"persons": 0, "plates": 0} for kind in _WINDOWS}
+        self.persons = self.plates = 0
+
+    def add(self, clip: ClipLabels) -> None:
+        self.clips += 1
+        self.vehicles.add(clip.vin)
         day = clip.start.astimezone(UTC).date()
+        inside = [kind for kind in _WINDOWS if self.starts[kind] <= day <= self.as_of]
         for label in clip.labels:
-            entry = categories[label.category]
-            entry["clips"] += 1
-            entry["count"] += label.count
-            entry["vehicles"].add(clip.vin)
-            for kind, subjects in windows.items():
-                if starts[kind] <= day <= as_of:
-                    subjects[label.category].add(clip.vin)
-        for kind in windows:
-            if starts[kind] <= day <= as_of:
-                seen[kind]["persons"] += clip.persons or 0
-                seen[kind]["plates"] += clip.plates or 0
-    vehicles = {clip.vin for clip in found}
-    filmed = [clip for clip in found if clip.persons is not None]
-    # Persons are counted only where frames exist: without frames the count is unknown, not 0.
-    persons = sum(clip.persons or 0 for clip in filmed) if filmed else None
-    plates = sum(clip.plates or 0 for clip in filmed) if filmed else None
-    return {
-        "site": site,
-        "as_of": as_of.isoformat(),
-        "clips": len(found),
-        "clips_with_frames": len(filmed),
-        "zones": len(zones.zones),
-        "subjects": {"vehicles": len(vehicles), "persons": persons, "plates": plates},
-        "categories": {
-            name: {"clips": e["clips"], "count": e["count"], "vehicles": len(e["vehicles"])}
-            for name, e in sorted(categories.items())
-        },
-        "windows": {
-            kind: {
-                "from": starts[kind].isoformat(),
-                "to": as_of.isoformat(),
-                "vehicles": {cat: len(v) for cat, v in sorted(subjects.items())},
-                "persons": seen[kind]["persons"] if filmed else None,
-                "plates": seen[kind]["plates"] if filmed else None,
-            }
-            for kind, subjects in windows.items()
-        },
-    }
+            entry = self.categories[label.category]
+            entry.clips += 1
+            entry.count += label.count
+            entry.vehicles.add(clip.vin)
+            for kind in inside:
+                self.windows[kind][label.category].add(clip.vin)
+        if clip.persons is None:
+            return
+        # Persons are counted only where frames exist: without frames the count is unknown,
+        # not 0.
+        self.filmed += 1
+        self.persons += clip.persons
+        self.plates += clip.plates or 0
+        for kind in inside:
+            self.seen[kind]["persons"] += clip.persons
+            self.seen[kind]["plates"] += clip.plates or 0
+
+    def summary(self, site: str, zones: Zones) -> dict[str, Any]:
+        filmed = self.filmed > 0
+        return {
+            "site": site,
+            "as_of": self.as_of.isoformat(),
+            "clips": self.clips,
+            "clips_with_frames": self.filmed,
+            "zones": len(zones.zones),
+            "subjects": {
+                "vehicles": len(self.vehicles),
+                "persons": self.persons if filmed else None,
+                "plates": self.plates if filmed else None,
+            },
+            "categories": {
+                name: {"clips": e.clips, "count": e.count, "vehicles": len(e.vehicles)}
+                for name, e in sorted(self.categories.items())
+            },
+            "windows": {
+                kind: {
+                    "from": self.starts[kind].isoformat(),
+                    "to": self.as_of.isoformat(),
+                    "vehicles": {cat: len(v) for cat, v in sorted(subjects.items())},
+                    "persons": self.seen[kind]["persons"] if filmed else None,
+                    "plates": self.seen[kind]["plates"] if filmed else None,
+                }
+                for kind, subjects in self.windows.items()
+            },
+        }
+
+
+@dataclass(slots=True)
+class _Category:
+    clips: int = 0
+    count: int = 0
+    vehicles: set[str] = field(default_factory=set)

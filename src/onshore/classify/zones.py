@@ -34,6 +34,16 @@ class Zone:
     polygon: Any
     """A shapely polygon in WGS-84 longitude and latitude."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A zone travels to a stage's workers; shapely pickles a polygon without its prepared
+        # index, without which every point test is many times slower.
+        return (_prepared_zone, (self.id, self.name, self.kind, self.polygon))
+
+
+def _prepared_zone(zone_id: str, name: str, kind: str, polygon: Any) -> Zone:
+    shapely.prepare(polygon)
+    return Zone(zone_id, name, kind, polygon)
+
 
 @dataclass(frozen=True, slots=True)
 class Zones:

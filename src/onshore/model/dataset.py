@@ -13,8 +13,10 @@ sensitive areas or at trip ends leave gaps in time, and no window spans one. The
 train and test is by vehicle (the output's keyed vehicle pseudonym, hashed), so no vehicle is on
 both sides, and both stay at the site.
 
-Windows, frames and the nearest objects are found with NumPy over every row of the site at
-once; no Python loop runs per sample. The built arrays are cached in the site's store under
+Windows, frames and the nearest objects are found with NumPy over the rows of a batch of
+outputs at once, by the site's engine's workers (:mod:`onshore.sites.compute`); no Python loop
+runs per sample, and the windows are those, in the same order, that all rows at once would
+give. The built arrays are cached in the site's store under
 ``derived/forecasting/``, keyed by the hash of the outputs read, their consent and the
 configuration, so a rerun on unchanged data reads one object.
 """
@@ -23,8 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Final
 
 import numpy as np
@@ -35,7 +38,9 @@ from numpy.typing import NDArray
 
 from onshore.clips.schema import CLASS_ARRAY, OBJECT_CLASSES
 from onshore.deidentify.run import read_output
+from onshore.sites.compute import Engine
 from onshore.store.catalogue import DeidentifiedRecord
+from onshore.store.objects import ObjectStore
 from onshore.store.site import SiteStore
 
 __all__ = [
@@ -136,6 +141,27 @@ class Samples:
             self.past[index], self.objects[index], self.object_mask[index], self.future[index]
         )
 
+    def slice(self, start: int, stop: int) -> Samples:
+        """The samples from ``start`` up to ``stop`` (views of these arrays)."""
+        return Samples(
+            self.past[start:stop],
+            self.objects[start:stop],
+            self.object_mask[start:stop],
+            self.future[start:stop],
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[Samples], config: DatasetConfig) -> Samples:
+        """The samples of ``parts``, one after the other."""
+        if not parts:
+            return Samples.empty(config)
+        return Samples(
+            np.concatenate([p.past for p in parts]),
+            np.concatenate([p.objects for p in parts]),
+            np.concatenate([p.object_mask for p in parts]),
+            np.concatenate([p.future for p in parts]),
+        )
+
     @staticmethod
     def empty(config: DatasetConfig) -> Samples:
         return Samples(
@@ -171,14 +197,20 @@ def _fraction(vehicle: str) -> float:
 
 
 def build_site_dataset(
-    site: SiteStore, config: DatasetConfig | None = None, *, cache: bool = True
+    site: SiteStore,
+    config: DatasetConfig | None = None,
+    *,
+    cache: bool = True,
+    engine: Engine | None = None,
 ) -> SiteDataset:
     """The forecasting samples of ``site``, from its de-identified outputs of
     ``config.profile`` whose clips the driver consented to training.
 
     Reads the cached arrays when the outputs, their consent and ``config`` are unchanged since
-    they were built, else builds them and caches them in the site's store. Returns the dataset,
-    possibly with no samples; training refuses an empty one with :class:`NoTrainingData`.
+    they were built, else builds them and caches them in the site's store: ``engine``'s workers
+    read the outputs and cut their windows (in this process by default), this process splits
+    them by vehicle. Returns the dataset, possibly with no samples; training refuses an empty
+    one with :class:`NoTrainingData`.
     """
     config = config or DatasetConfig()
     records = [r for r in site.catalogue.deidentified(config.profile) if r.state != "raw"]
@@ -189,13 +221,22 @@ def build_site_dataset(
         train, test, info = _load(site.objects.read(path))
         return SiteDataset(site.site, config, train, test, {**info, "cache": key, "cached": True})
     consented: dict[str, set[str]] = {}
+    rows: dict[str, int] = defaultdict(int)
     for record in records:
         if record.consent_training:
             consented.setdefault(record.path, set()).add(record.output_id)
-    outputs = [(path, site.objects.read(path)) for path in sorted({r.path for r in records})]
-    train, test, info = samples_from_outputs(
-        ((data, consented.get(path, set())) for path, data in outputs), config
+            rows[record.path] += record.rows
+    # Each output's place among the rows of all, as the catalogue counts them: the stride
+    # counts from the first row of all (see _placed for when an output disagrees).
+    outputs: list[_Output] = []
+    offset = 0
+    for output in sorted({r.path for r in records}):
+        outputs.append(_Output(output, frozenset(consented.get(output, ())), offset))
+        offset += rows[output]
+    cuts = (engine or Engine()).map(
+        _CutOutputs, (site.objects, config), outputs, batch_size=_WORKER_OUTPUTS
     )
+    train, test, info = _split(_placed(cuts, outputs, site.objects, config), config)
     info["clips_in_catalogue"] = len(records)
     if cache:
         site.objects.put(path, _dump(train, test, info))
@@ -215,24 +256,104 @@ def samples_from_outputs(
     consented; every other row is dropped before any window is cut. Returns the two splits and
     counts of what was used.
     """
-    tables: list[pa.Table] = []
+    kept = [_kept(data, allowed) for data, allowed in outputs]
+    offsets = np.cumsum([0] + [k.table.num_rows for k in kept])[:-1]
+    pieces = _cut([k.table for k in kept], offsets.tolist(), config)
+    return _split((k.cut(samples) for k, samples in zip(kept, pieces, strict=True)), config)
+
+
+_WORKER_OUTPUTS: Final = 64
+"""Outputs a worker reads and cuts at a time (their windows found with NumPy at once)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Output:
+    """One de-identified output for a worker: where it is stored, which of its clips the
+    catalogue lets train, and how many rows of the outputs before it are kept."""
+
+    path: str
+    allowed: frozenset[str]
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Cut:
+    """The samples of one output, and what was used of it."""
+
+    rows: int
+    """Rows kept (of clips that may train)."""
+    used: frozenset[str]
+    refused: frozenset[str]
+    """Clips of the output whose driver did not consent, by the catalogue or the output."""
+    vehicle: str
+    samples: Samples
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """The rows of one output that may train, before any window is cut."""
+
+    table: pa.Table
+    used: frozenset[str]
+    refused: frozenset[str]
+    vehicle: str
+
+    def cut(self, samples: Samples) -> _Cut:
+        return _Cut(self.table.num_rows, self.used, self.refused, self.vehicle, samples)
+
+
+def _kept(data: bytes, allowed: Set[str]) -> _Kept:
+    table, record = read_output(data)
+    facts = record.get("clips", {})
+    ok = {c for c in allowed if facts.get(c, {}).get("consent_training") is True}
+    clips = set(table["clip"].unique().to_pylist())
+    table = table.filter(pc.is_in(table["clip"], pa.array(sorted(ok), pa.string())))
+    vehicle = record.get("vehicle") or hashlib.sha256(data).hexdigest()
+    return _Kept(table, frozenset(clips & ok), frozenset(clips - ok), vehicle)
+
+
+class _CutOutputs:
+    """The worker of dataset building (see :mod:`onshore.sites.compute`): reads a batch of
+    outputs, keeps their consented rows and cuts their windows. It writes nothing."""
+
+    def __init__(self, store: ObjectStore, config: DatasetConfig) -> None:
+        self.store, self.config = store, config
+
+    def __call__(self, outputs: list[_Output]) -> list[_Cut]:
+        kept = [_kept(self.store.read(o.path), o.allowed) for o in outputs]
+        pieces = _cut([k.table for k in kept], [o.offset for o in outputs], self.config)
+        return [k.cut(samples) for k, samples in zip(kept, pieces, strict=True)]
+
+
+def _placed(
+    cuts: Iterable[_Cut], outputs: Sequence[_Output], store: ObjectStore, config: DatasetConfig
+) -> Iterator[_Cut]:
+    """``cuts``, each checked to have been cut at its true place among the kept rows: an
+    output that keeps other rows than the catalogue says (its own record refuses a clip the
+    catalogue lets train) moves the stride's count for the outputs after it, which are then
+    cut again here."""
+    offset = 0
+    for output, cut in zip(outputs, cuts, strict=True):
+        if (output.offset - offset) % config.stride:
+            (cut,) = _CutOutputs(store, config)([replace(output, offset=offset)])
+        offset += cut.rows
+        yield cut
+
+
+def _split(cuts: Iterable[_Cut], config: DatasetConfig) -> tuple[Samples, Samples, dict[str, Any]]:
+    """The samples of ``cuts`` (in order) split by vehicle, and counts of what was used."""
     vehicles: list[str] = []
+    pieces: list[Samples] = []
     used: set[str] = set()
     refused: set[str] = set()
-    for data, allowed in outputs:
-        table, record = read_output(data)
-        facts = record.get("clips", {})
-        ok = {c for c in allowed if facts.get(c, {}).get("consent_training") is True}
-        clips = set(table["clip"].unique().to_pylist())
-        used |= clips & ok
-        refused |= clips - ok
-        table = table.filter(pc.is_in(table["clip"], pa.array(sorted(ok), pa.string())))
-        if table.num_rows == 0:
-            continue
-        vehicle = record.get("vehicle") or hashlib.sha256(data).hexdigest()
-        index = np.full(table.num_rows, len(vehicles), dtype=np.int64)
-        tables.append(table.append_column("vehicle", pa.array(index)))
-        vehicles.append(vehicle)
+    rows = 0
+    for cut in cuts:
+        used |= cut.used
+        refused |= cut.refused
+        if cut.rows:
+            vehicles.append(cut.vehicle)
+            pieces.append(cut.samples)
+            rows += cut.rows
     fraction = np.array([_fraction(v) for v in vehicles])
     in_test = fraction < config.test_share
     if len(vehicles) >= 2 and not in_test.any():
@@ -248,22 +369,46 @@ def samples_from_outputs(
         "vehicles_train": int((~in_test).sum()),
         "vehicles_test": int(in_test.sum()),
     }
-    if not tables:
+    if not pieces:
         info.update(rows=0, windows=0, train=0, test=0)
         return Samples.empty(config), Samples.empty(config), info
-    samples, vehicle = _windows(pa.concat_tables(tables).combine_chunks(), config)
-    test_mask = in_test[vehicle]
-    info.update(
-        rows=sum(t.num_rows for t in tables),
-        windows=len(samples),
-        train=int((~test_mask).sum()),
-        test=int(test_mask.sum()),
-    )
-    return samples.take(~test_mask), samples.take(test_mask), info
+    train = Samples.concat([p for p, t in zip(pieces, in_test, strict=True) if not t], config)
+    test = Samples.concat([p for p, t in zip(pieces, in_test, strict=True) if t], config)
+    info.update(rows=rows, windows=len(train) + len(test), train=len(train), test=len(test))
+    return train, test, info
 
 
-def _windows(table: pa.Table, config: DatasetConfig) -> tuple[Samples, NDArray[np.intp]]:
-    """Every window of ``table`` (rows of many clips and vehicles), and each one's vehicle."""
+def _cut(
+    tables: Sequence[pa.Table], offsets: Sequence[int], config: DatasetConfig
+) -> list[Samples]:
+    """The windows of each of ``tables`` (the kept rows of one output each, no clip in two),
+    the stride counted from the first row of all: table ``i`` has ``offsets[i]`` rows before
+    it."""
+    pieces = [Samples.empty(config)] * len(tables)
+    index = [i for i, table in enumerate(tables) if table.num_rows]
+    if not index:
+        return pieces
+    combined = pa.concat_tables(
+        [
+            tables[i].append_column("vehicle", pa.array(np.full(tables[i].num_rows, n)))
+            for n, i in enumerate(index)
+        ]
+    ).combine_chunks()
+    samples, vehicle = _windows(combined, config, np.array([offsets[i] for i in index]))
+    # A clip's windows come together and in the order of the clips' first rows, so each
+    # table's are one run.
+    bounds = np.searchsorted(vehicle, np.arange(len(index) + 1))
+    for n, i in enumerate(index):
+        pieces[i] = samples.slice(int(bounds[n]), int(bounds[n + 1]))
+    return pieces
+
+
+def _windows(
+    table: pa.Table, config: DatasetConfig, offsets: NDArray[np.int64]
+) -> tuple[Samples, NDArray[np.intp]]:
+    """Every window of ``table`` (rows of many clips and vehicles; ``vehicle`` numbers the
+    outputs they come from, in order), and each one's vehicle. ``offsets[v]``: rows before
+    output ``v``'s, where the stride counts from."""
     clip = pc.dictionary_encode(table["clip"].combine_chunks()).indices.to_numpy()
     t = table["t"].to_numpy()
     order = np.lexsort((t, clip))
@@ -278,7 +423,13 @@ def _windows(table: pa.Table, config: DatasetConfig) -> tuple[Samples, NDArray[n
     run = np.concatenate(([0], np.cumsum(good)))
     starts = np.arange(n - width + 1)
     starts = starts[(run[starts + width - 1] - run[starts] == width - 1)]
-    starts = starts[starts % config.stride == 0]
+    if config.stride > 1:
+        # Sorted, each output's rows are one run, in order: a row's place among all rows is
+        # its output's offset plus its place in that run.
+        owner = table["vehicle"].to_numpy()[order]
+        counts = np.bincount(owner, minlength=len(offsets))
+        shift = (offsets - (np.cumsum(counts) - counts))[owner]
+        starts = starts[(starts + shift[starts]) % config.stride == 0]
     if len(starts) == 0:
         return Samples.empty(config), np.zeros(0, np.intp)
     rows = order[starts[:, None] + np.arange(width)]  # (N, width) indices into table
