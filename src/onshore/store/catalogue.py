@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import (
@@ -271,6 +272,10 @@ def _by_profile(rows: Sequence[Any]) -> dict[str, dict[str, int]]:
     for profile, state, n in rows:
         out.setdefault(profile, {})[state] = int(n)
     return out
+
+
+_INSERT_ROWS: Final = 1000
+"""Rows inserted per statement where a write streams its rows."""
 
 
 def _batches(values: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
@@ -636,18 +641,21 @@ class Catalogue:
         if rows:
             conn.execute(_vehicles.insert(), rows)
 
-    def replace_labels(self, clip_ids: Sequence[str], labels: Sequence[LabelRecord]) -> None:
-        """Set the labels of ``clip_ids`` to ``labels`` (their earlier labels go), atomically."""
+    def replace_labels(self, clip_ids: Sequence[str], labels: Iterable[LabelRecord]) -> None:
+        """Set the labels of ``clip_ids`` to ``labels`` (their earlier labels go), atomically.
+        ``labels`` are inserted a batch at a time in that one transaction, so a stage's labels
+        need not all be rows in memory at once."""
         now = datetime.now(UTC)
         with self._tx() as conn:
             for part in _batches(list(clip_ids)):
                 conn.execute(
                     _labels.delete().where(_labels.c.site == self.site, _labels.c.clip_id.in_(part))
                 )
-            if labels:
+            pending = iter(labels)
+            while batch := list(islice(pending, _INSERT_ROWS)):
                 conn.execute(
                     _labels.insert(),
-                    [{**_fields(r), "site": self.site, "classified_at": now} for r in labels],
+                    [{**_fields(r), "site": self.site, "classified_at": now} for r in batch],
                 )
 
     def labels(self) -> list[LabelRecord]:
