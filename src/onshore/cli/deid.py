@@ -13,6 +13,7 @@ from rich.table import Table
 from onshore.cli.output import (
     JsonOption,
     ProjectOption,
+    WorkersOption,
     console,
     emit,
     err_console,
@@ -20,6 +21,7 @@ from onshore.cli.output import (
 )
 from onshore.cli.store import SiteOption
 from onshore.settings import load_project
+from onshore.sites.compute import Engine
 from onshore.store import SiteStore
 
 __all__ = ["register"]
@@ -35,6 +37,7 @@ def classify(
     evidence: Annotated[
         bool, typer.Option("--evidence", help="Also print every clip's labels and evidence.")
     ] = False,
+    workers: WorkersOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Label every clip of the site with its data categories and evidence; count subjects.
@@ -52,13 +55,16 @@ def classify(
     book = project_rulebooks(proj).for_origin(proj.site(site).jurisdiction)
     with (
         SiteStore.open(proj, site) as opened,
-        progress_bar(f"classify {site}", None, unit="clips") as bar,
+        Engine.for_site(proj.site(site).compute, workers) as engine,
+        progress_bar(f"classify {site}{engine.label()}", None, unit="clips") as bar,
     ):
         task = bar.task_ids[0]
         summary = classify_site(
             opened,
             as_of=day,
             rulebook=book,
+            engine=engine,
+            clip_labels=evidence or as_json,
             on_clip=lambda n, total: bar.update(task, completed=n, total=total),
         )
 
@@ -105,7 +111,7 @@ def classify(
             for name, c in d["categories"].items():
                 console.print(f"  {name}: {', '.join(c['legal_classes']) or 'no legal class'}")
 
-    emit(summary, as_json, render)
+    emit({**summary, "compute": engine.describe()}, as_json, render)
 
 
 def deidentify(
@@ -114,6 +120,7 @@ def deidentify(
     ],
     site: SiteOption = None,
     project: ProjectOption = None,
+    workers: WorkersOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Write a de-identified version of the site's clips into its own store, with the checks
@@ -127,13 +134,17 @@ def deidentify(
     keys = load_keystore(proj.keystore_path(proj.site(site)))
     with (
         SiteStore.open(proj, site) as opened,
-        progress_bar(f"deidentify {site} ({profile})", None, unit="vehicles") as bar,
+        Engine.for_site(proj.site(site).compute, workers) as engine,
+        progress_bar(
+            f"deidentify {site} ({profile}){engine.label()}", None, unit="vehicles"
+        ) as bar,
     ):
         task = bar.task_ids[0]
         summary = deidentify_site(
             opened,
             chosen,
             secret=keys.hmac_secret,
+            engine=engine,
             on_vehicle=lambda n, total: bar.update(task, completed=n, total=total),
         )
 
@@ -157,7 +168,7 @@ def deidentify(
             mark = "[green]held[/]" if check["held"] else "[red]failed[/]"
             console.print(f"  {mark} {check['name']}: {check['detail']}")
 
-    emit(summary, as_json, render)
+    emit({**summary, "compute": engine.describe()}, as_json, render)
 
 
 def register(app: typer.Typer) -> None:
