@@ -329,7 +329,7 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _BATCH_FILES: Final = 64
 """Files registered per catalogue transaction."""
 _WORKER_FILES: Final = 16
-"""Files a worker reads, checks and stores at a time (their objects in one write)."""
+"""Files a Ray worker reads, checks and stores at a time (their objects in one write)."""
 _BATCH_SECONDS: Final = 1.0
 """Longest a prepared file waits before its batch is committed."""
 MAX_FILE_BYTES: Final = 512 * 1024 * 1024
@@ -369,8 +369,11 @@ def ingest(
     known = frozenset(site.catalogue.ingested_files())
     engine = engine or Engine()
     worker = (site.objects, site.residency, known)
+    # In this process, a worker's batch is a catalogue batch (one sync of each folder for the
+    # lot); on Ray, smaller batches keep every worker busy.
+    batch = _WORKER_FILES if engine.uses_ray else _BATCH_FILES
     try:
-        run.consume(engine.map(_IngestFiles, worker, files, batch_size=_WORKER_FILES))
+        run.consume(engine.map(_IngestFiles, worker, files, batch_size=batch))
     finally:
         run.drop_unregistered()
     run.report.seconds = time.perf_counter() - started
