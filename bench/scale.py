@@ -439,7 +439,7 @@ def _stage(
         elif stage == "classify":
             summary = classify_site(site, engine=engine, clip_labels=False)
             seconds = time.perf_counter() - started
-            counts = {"clips": len(summary["clip_labels"])}
+            counts = {"clips": summary["clips"]}
         else:
             summary = deidentify_site(
                 site, BUILTIN_PROFILES["training"], secret=secret, engine=engine
