@@ -450,3 +450,15 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield server
     finally:
         _stop_weed(process)
+
+
+@pytest.fixture(scope="session")
+def ray_engine() -> Iterator[Any]:
+    """One local Ray instance of two workers for the whole session: tests that run stages on
+    Ray in this process share it rather than starting and stopping Ray each (an engine made
+    while it runs uses it and leaves it running)."""
+    from onshore.sites.compute import Engine
+
+    with Engine(workers=2) as engine:
+        engine.start()
+        yield engine

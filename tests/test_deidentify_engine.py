@@ -3,6 +3,7 @@ per-part checks equal to the checks of each part alone."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import asdict, replace
 from itertools import pairwise
@@ -57,7 +58,9 @@ def _stored(site: SiteStore) -> set[str]:
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 @pytest.mark.filterwarnings("ignore:subprocess .* is still running:ResourceWarning")
 @pytest.mark.filterwarnings("ignore:Exception ignored in. <function Popen.__del__")
-def test_ray_engine_reaches_the_inline_catalogue(project: Project, tmp_path: Path) -> None:
+def test_ray_engine_reaches_the_inline_catalogue(
+    project: Project, tmp_path: Path, ray_engine: Engine
+) -> None:
     settings_ = project.site(SITE)
     result = simulate_site(
         settings_, vehicles=30, minutes=2, seed=3, out=tmp_path / "uploads", camera_share=0.15
@@ -76,7 +79,7 @@ def test_ray_engine_reaches_the_inline_catalogue(project: Project, tmp_path: Pat
         # The Ray workers detect nothing again (the detections are cached) but check the
         # masked frames again, in their own processes.
         shutil.rmtree(Path(project.store_url(settings_)) / CHECKS_DIR)
-        with Engine(workers=2) as engine:
+        with contextlib.nullcontext(ray_engine) as engine:
             on_ray = deidentify_site(site, profile, secret=secret, engine=engine)
             again = sorted(site.catalogue.deidentified("training"), key=lambda r: r.clip_id)
             assert _stored(site) == stored

@@ -135,7 +135,11 @@ def _env() -> dict[str, str]:
 
 
 def test_a_site_on_s3_postgresql_and_ray_runs_uploads_to_samples_and_a_rerun_changes_nothing(
-    s3_server: S3Server, fresh_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3_server: S3Server,
+    fresh_database: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ray_engine: Engine,
 ) -> None:
     project = _project(
         tmp_path / "proj",
@@ -145,13 +149,23 @@ def test_a_site_on_s3_postgresql_and_ray_runs_uploads_to_samples_and_a_rerun_cha
     )
     for name in [name for name in os.environ if name.startswith("AWS_")]:
         monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     env = _env()
+    # The site's S3 keys in its keystore, as an operator keeps them: the secret from stdin.
+    keys = ["--access-key-id", s3_server.key, "--endpoint-url", s3_server.endpoint]
+    where = ["--region", "us-east-1", "--site", SITE, "--project", str(project.root)]
+    kept = subprocess.run(
+        [sys.executable, "-m", "onshore", "store", "credentials", *keys, *where, "--json"],
+        input=s3_server.secret + "\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert kept.returncode == 0, kept.stderr
+    assert s3_server.secret not in kept.stdout + kept.stderr
     uploads = _uploads(project, tmp_path / "uploads")
     first = _pipeline(project, uploads, env)
     for stage in first.values():
@@ -167,8 +181,8 @@ def test_a_site_on_s3_postgresql_and_ray_runs_uploads_to_samples_and_a_rerun_cha
     assert not list((tmp_path / "proj" / "sites" / SITE).glob("**/*.parquet")), "all in S3"
 
     # Training samples, built by the site's workers from what the pipeline stored.
-    with SiteStore.open(project, SITE) as site, Engine(workers=2) as engine:
-        samples = build_site_dataset(site, engine=engine, cache=False)
+    with SiteStore.open(project, SITE) as site:
+        samples = build_site_dataset(site, engine=ray_engine, cache=False)
         inline = build_site_dataset(site, cache=False)
     assert len(samples.train) + len(samples.test) > 0
     assert (samples.train.past == inline.train.past).all()

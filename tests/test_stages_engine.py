@@ -6,7 +6,6 @@ once, even where the catalogue miscounts an output's rows."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date
 
@@ -90,10 +89,9 @@ def stages(tmp_path_factory: pytest.TempPathFactory, clips: list[Clip]) -> Proje
 
 
 @pytest.fixture(scope="module")
-def engine() -> Iterator[Engine]:
-    """One local Ray instance of two workers for the module's tests."""
-    with Engine(workers=2) as engine:
-        yield engine
+def engine(ray_engine: Engine) -> Engine:
+    """The session's local Ray of two workers."""
+    return ray_engine
 
 
 @pytest.mark.slow
