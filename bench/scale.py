@@ -14,7 +14,8 @@ without adding to it).
 
 For each size and worker count a fresh project ingests the uploads, classifies and
 de-identifies them (``training`` profile), each stage in a fresh child process: the child
-starts its engine (Ray, for more than one worker) before the clock starts, so the figure is
+starts its engine (Ray, with one actor per worker: one worker too, so that 2 against 1 compares
+Ray with Ray, each actor held to one thread) before the clock starts, so the figure is
 the stage's throughput and not Ray's start-up. Memory is the proportional set size (PSS, with
 RSS beside it) summed over the child and every process below it, Ray's included, sampled every
 0.2 s from ``/proc``; shared pages (Ray's object store) count once. The reference writes the
@@ -427,7 +428,7 @@ def _stage(
 ) -> dict[str, Any]:
     project = load_project(project_dir)
     secret = load_keystore(project.keystore_path(project.site(site_id))).hmac_secret
-    with Engine(workers=workers) as engine, SiteStore.open(project, site_id) as site:
+    with Engine(workers=workers, ray=True) as engine, SiteStore.open(project, site_id) as site:
         engine.start()
         started = time.perf_counter()
         if stage == "ingest":

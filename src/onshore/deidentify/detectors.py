@@ -26,6 +26,7 @@ import atexit
 import gc
 import importlib.util
 import inspect
+import os
 import re
 import tempfile
 from collections.abc import Sequence
@@ -235,12 +236,20 @@ def _nms(boxes: NDArray[np.float32], scores: NDArray[np.float32], iou: float) ->
     return sorted(order.tolist(), key=lambda i: -float(scores[i]))
 
 
+def _given_threads() -> int:
+    """The threads this process was given (``OMP_NUM_THREADS``), or 0 for all cores."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() else 0
+
+
 def _session(model: bytes, threads: int) -> Any:
     """An onnxruntime session on the CPU with ``threads`` threads for each operator (0: all)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    # Automatic means all cores, unless the process was given fewer (a Ray actor of one CPU
+    # has OMP_NUM_THREADS=1): a pool of one-thread workers, one per core, must not oversubscribe.
+    options.intra_op_num_threads = threads or _given_threads()
     # One operator at a time: the graphs are chains, and a worker per core wants one thread.
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -86,6 +86,8 @@ class Engine:
     workers: int = 1
     address: str | None = None
     """A Ray cluster to run on (``RAY_ADDRESS``); None for a local one or none at all."""
+    ray: bool = False
+    """Run on Ray even with one worker (to compare one Ray worker with more)."""
     _started: bool = False
 
     @classmethod
@@ -98,7 +100,7 @@ class Engine:
 
     @property
     def uses_ray(self) -> bool:
-        return self.address is not None or self.workers > 1
+        return self.ray or self.address is not None or self.workers > 1
 
     def describe(self) -> dict[str, Any]:
         """What runs the stages, for ``--json`` output and progress lines."""
@@ -302,6 +304,9 @@ class _RayBatch:
     batches of pickled items."""
 
     def __init__(self, payload: bytes) -> None:
+        # One CPU's worth of threads: N actors on N CPUs must not each use every core.
+        pa.set_cpu_count(1)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
         make, args = pickle.loads(payload)
         self._work = make(*args)
 
