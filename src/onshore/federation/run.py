@@ -6,10 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,6 +18,7 @@ from onshore.federation.options import FederatedOptions
 from onshore.model.local import RUNS_DIR, _read_json, _write_atomically
 from onshore.parties.identity import site_facts
 from onshore.settings import Project
+from onshore.sites.compute import RAY_ENVIRONMENT, ray_temp_dir
 
 __all__ = ["flower_environment", "prepare_run", "run_federated"]
 
@@ -28,16 +27,11 @@ __all__ = ["flower_environment", "prepare_run", "run_federated"]
 def flower_environment() -> Iterator[None]:
     """What Flower and Ray need here: no run-time installation of the app's dependencies (it
     would fetch a CUDA build of torch), Ray's files in a short private folder, quiet logs."""
-    folder = Path(tempfile.gettempdir()) / f"onshore-ray-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
     wanted = {
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "RAY_TMPDIR": str(folder),
-        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-        "RAY_DEDUP_LOGS": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_TMPDIR": str(ray_temp_dir()),
+        **RAY_ENVIRONMENT,
         "FLWR_TELEMETRY_ENABLED": "0",
-        "RAY_enable_metrics_collection": "0",
         "TOKENIZERS_PARALLELISM": "false",
     }
     saved = {k: os.environ.get(k) for k in wanted}

@@ -41,7 +41,7 @@ import pyarrow as pa
 from onshore.errors import ComputeError, ConfigError, OnshoreError
 from onshore.settings import ComputeProfile
 
-__all__ = ["ACTOR_CPUS", "Engine", "ray_temp_dir"]
+__all__ = ["ACTOR_CPUS", "RAY_ENVIRONMENT", "Engine", "ray_temp_dir"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -59,11 +59,16 @@ _OBJECT_STORE_BYTES: Final = 512 * 2**20
 (the objects themselves go to the site's store), so a modest store keeps memory flat."""
 
 
-_RAY_ENVIRONMENT: Final = {
+RAY_ENVIRONMENT: Final = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_enable_metrics_collection": "0",
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
     "RAY_DEDUP_LOGS": "0",
+}
+"""What every Ray onshore starts runs with: no usage reports or metrics, no warning about
+accelerators it does not use, every log line kept (the Flower simulation's Ray too)."""
+_STAGE_ENVIRONMENT: Final = {
+    **RAY_ENVIRONMENT,
     # Ray's C++ core logs a warning per actor pool at error level (restarts allowed with
     # constructor arguments in its object store); real failures still raise.
     "RAY_BACKEND_LOG_LEVEL": "fatal",
@@ -215,7 +220,7 @@ class Engine:
         # tracebacks from other processes, on the user's terminal.
         for name in ("ray", "ray.data"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
-        for key, value in _RAY_ENVIRONMENT.items():
+        for key, value in _STAGE_ENVIRONMENT.items():
             os.environ.setdefault(key, value)
         try:
             with _stderr_silenced():
