@@ -306,8 +306,7 @@ class _IngestFiles:
                     continue
                 data = path.read_bytes()
             except OSError as exc:
-                problem = exc.strerror or str(exc)
-                out.append(_Prepared(path, 0, status="unreadable", problem=problem))
+                out.append(_Prepared(path, 0, status="unreadable", problem=_problem(exc)))
                 continue
             digest = sha256(data)
             if digest in self.known:
@@ -408,8 +407,7 @@ class _Run:
                 self._quarantine_unread(item.path, item.size)
                 continue
             if item.status == "unreadable":
-                reason = f"{item.path}: cannot be read ({item.problem}); left where it is"
-                self._report_left(item.path, FileSystemError(reason))
+                self._unreadable(item.path, item.problem)
                 continue
             self.report.bytes += item.size
             if item.status == "known" or item.digest in seen:
@@ -548,7 +546,7 @@ class _Run:
                 },
             )
         except OSError as error:
-            self._unreadable(item.path, error)
+            self._unreadable(item.path, _problem(error))
             return
         self.catalogue.record_quarantine(
             FileRecord(
@@ -582,9 +580,9 @@ class _Run:
         )
         self.quarantine(_Prepared(path, size, digest), error)
 
-    def _unreadable(self, path: Path, exc: OSError) -> None:
+    def _unreadable(self, path: Path, problem: str) -> None:
         """A file that cannot even be read is reported and left where it is."""
-        reason = f"{path}: cannot be read ({exc.strerror or exc}); left where it is"
+        reason = f"{path}: cannot be read ({problem}); left where it is"
         self._report_left(path, FileSystemError(reason))
 
     def _report_left(self, path: Path, exc: OnshoreError) -> None:
@@ -622,6 +620,11 @@ def _elsewhere(
             if apart:
                 return record, other
     return None
+
+
+def _problem(exc: OSError) -> str:
+    """What an operating system error says, in words."""
+    return exc.strerror or str(exc)
 
 
 def _size(path: Path) -> int:
