@@ -105,7 +105,7 @@ def deidentify_site(
     ]
     work = (site.objects, site.site, profile, secret.reveal(), frozenset(by_vehicle))
     batch = max(1, min(_BATCH_VEHICLES, -(-len(vehicles) // (4 * engine.workers))))
-    total = _Totals()
+    total = _Done()
     results = engine.map(_DeidentifyVehicles, work, vehicles, batch_size=batch)
     for n, done in enumerate(results, start=1):
         total.add(done)
@@ -147,7 +147,8 @@ class _Vehicle:
 @dataclass(slots=True)
 class _Done:
     """What a worker hands back for one vehicle, its objects stored: everything the driver
-    needs for the catalogue and the summary, and no rows."""
+    needs for the catalogue and the summary, and no rows. The driver adds them up, in the
+    vehicles' order, into one more."""
 
     records: list[DeidentifiedRecord] = field(default_factory=list)
     removed: dict[str, int] = field(default_factory=dict)
@@ -158,22 +159,10 @@ class _Done:
     worst: dict[str, tuple[Check, int]] = field(default_factory=dict)
     """Per check, the one the summary shows: see :func:`_keep_worst`."""
 
-
-class _Totals:
-    """The driver's sums over every vehicle's :class:`_Done`, in the vehicles' order."""
-
-    def __init__(self) -> None:
-        self.records: list[DeidentifiedRecord] = []
-        self.removed: dict[str, int] = defaultdict(int)
-        self.frames = _FramesTally()
-        self.states: list[str] = []
-        self.rows_in = self.rows_out = 0
-        self.worst: dict[str, tuple[Check, int]] = {}
-
     def add(self, done: _Done) -> None:
         self.records.extend(done.records)
         for name, count in done.removed.items():
-            self.removed[name] += count
+            self.removed[name] = self.removed.get(name, 0) + count
         self.frames.merge(done.frames)
         self.states.extend(done.states)
         self.rows_in += done.rows_in
