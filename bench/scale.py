@@ -674,6 +674,9 @@ def main() -> None:
     parser.add_argument(
         "--driving-hours", type=float, default=1.5, help="per vehicle and day, projected"
     )
+    parser.add_argument(
+        "--prepare", action="store_true", help="only make the uploads (with --keep), then stop"
+    )
     parser.add_argument("--json", action="store_true")
     for private in ("--_child", "--_result", "--_files", "--_project", "--_workers"):
         kind = int if private == "--_workers" else str if private == "--_child" else Path
@@ -686,6 +689,8 @@ def main() -> None:
     workers = sorted({int(w) for w in args.workers.split(",")})
     if not 0 < args.small < args.positions or workers[0] < 1:
         raise SystemExit("need 0 < --small < --positions and workers of at least 1")
+    if args.prepare and args.keep is None:
+        raise SystemExit("--prepare makes uploads to keep: give --keep DIR")
     _become_subreaper()
     scratch = Path(tempfile.mkdtemp(prefix="onshore-bench-scale-"))
     started = time.perf_counter()
@@ -698,6 +703,9 @@ def main() -> None:
             "large": math.ceil(args.positions / uploads.positions),
         }
         uploads = _uploads(args, copies["large"], scratch)
+        if args.prepare:
+            print(f"{args.keep or args.uploads}: {copies['large']} copies ready", file=sys.stderr)
+            return
         sizes = {
             label: _run_size(args, uploads, count, scratch, workers)
             for label, count in copies.items()
