@@ -21,6 +21,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,6 +71,8 @@ briefly failing request is still retried."""
 _S3FS_RETRIES: Final = 2
 """Times s3fs itself retries a timed-out or throttled call, on top of botocore (its default,
 5, multiplies every timeout)."""
+_WRITERS: Final = 8
+"""Objects of one :meth:`ObjectStore.put_many` written at once."""
 _REFUSED: Final = frozenset(
     {
         "403",
@@ -336,13 +339,15 @@ class ObjectStore:
     def _put_many(
         self, items: Sequence[tuple[str, bytes | Path]], *, synced: bool = False
     ) -> list[StoredObject]:
-        stored, folders = [], set()
+        stored: list[StoredObject] = []
+        writes: dict[str, tuple[str, bytes | Path]] = {}
         for path, content in items:
             size = len(content) if isinstance(content, bytes) else content.stat().st_size
             target = self._abs(path)
             source = None if isinstance(content, bytes) else content
             with self._failures(f"write {path} to", source=source):
-                if self._fs.exists(target):
+                if target in writes or self._fs.exists(target):
+                    # There already, or a second copy in this call: written once.
                     stored.append(StoredObject(path, size, written=False))
                     continue
                 parent = target.rsplit("/", 1)[0]
@@ -350,23 +355,50 @@ class ObjectStore:
                 if parent not in self._made and not self._s3:
                     self._fs.makedirs(parent, exist_ok=True)
                     self._made.add(parent)
+            writes[target] = (path, content)
+            stored.append(StoredObject(path, size, written=True))
+        self._write_all(list(writes.items()), synced=synced)
+        return stored
+
+    def _write_all(
+        self, writes: list[tuple[str, tuple[str, bytes | Path]]], *, synced: bool
+    ) -> None:
+        """Write each ``(target, (path, content))``, several at once: a local disk merges the
+        syncs of concurrent writes into fewer journal commits, and S3 takes parallel uploads.
+        When this returns every object is durable (on a local disk, its folder synced too)."""
+        if not writes:
+            return
+
+        def write(target: str, path: str, content: bytes | Path) -> None:
+            source = None if isinstance(content, bytes) else content
+            with self._translated(f"write {path} to", source=source):
                 if self._local:
                     self._write_local(target, content, synced=synced)
-                    folders.add(parent)
                 elif isinstance(content, bytes):
                     self._fs.pipe_file(target, content)
                 else:
                     self._fs.put_file(str(content), target)
-            stored.append(StoredObject(path, size, written=True))
+
+        if self._local:
+            self._staging_name()  # the staging folder, made once, before the threads
+        if len(writes) == 1:
+            ((target, (path, content)),) = writes
+            write(target, path, content)
+        else:
+            with ThreadPoolExecutor(min(_WRITERS, len(writes))) as pool:
+                done = [pool.submit(write, t, p, c) for t, (p, c) in writes]
+                for future in done:
+                    future.result()
+        if not self._local:
+            return
         with self._failures("sync"):
-            for folder in sorted(folders):
+            for folder in sorted({target.rsplit("/", 1)[0] for target, _ in writes}):
                 # The rename is durable only once its folder is: before the catalogue says so.
                 dir_fd = os.open(folder, os.O_RDONLY)
                 try:
                     os.fsync(dir_fd)
                 finally:
                     os.close(dir_fd)
-        return stored
 
     def incoming_file(self) -> Path:
         """A fresh file to write an arriving object into: in the store's staging folder on a
