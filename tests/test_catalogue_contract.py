@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -378,3 +379,21 @@ def test_many_processes_may_open_a_new_catalogue_at_once(tmp_path: Path) -> None
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_clip_pages_list_every_clip_once_in_order(catalogue: Catalogue) -> None:
+    # Two vehicles, clips out of order and two starting at once (the clip id breaks the tie);
+    # pages of two, so every page boundary falls inside a run of equal keys somewhere.
+    vins = ("LSVAB12C2SS140891", "1FAHP3F21CL123456")
+    clips = [_clip(n, vin=vins[n % 2]) for n in (5, 1, 4, 2, 3, 6, 7)]
+    clips.append(replace(_clip(8, vin=vins[0]), start_time=clips[0].start_time))
+    catalogue.register(_file(1, len(clips)), clips)
+    assert catalogue.clip_count() == len(clips)
+    assert catalogue.clip_vins() == frozenset(vins)
+    by_time = [c for page in catalogue.clip_pages(size=2) for c in page]
+    assert by_time == catalogue.clips()
+    order = [c.clip_id for c in by_time]
+    assert order == [f"clip-{n}" for n in (1, 2, 3, 4, 5, 8, 6, 7)]
+    by_vin = [c for page in catalogue.clip_pages(by="vin", size=3) for c in page]
+    assert by_vin == sorted(by_time, key=lambda c: (c.vin, c.start_time, c.clip_id))
+    assert all(len(page) <= 3 for page in catalogue.clip_pages(by="vin", size=3))

@@ -22,6 +22,7 @@ from onshore.clips.mcap import write_mcap
 from onshore.clips.schema import Clip
 from onshore.deidentify import BUILTIN_PROFILES, deidentify_site, resolve_profile
 from onshore.deidentify.checks import Check, run_checks, run_checks_by_part
+from onshore.deidentify.run import _vehicles
 from onshore.deidentify.video import CHECKS_DIR
 from onshore.errors import DeidentifyError
 from onshore.fleet import simulate_site
@@ -59,7 +60,7 @@ def _stored(site: SiteStore) -> set[str]:
 @pytest.mark.filterwarnings("ignore:subprocess .* is still running:ResourceWarning")
 @pytest.mark.filterwarnings("ignore:Exception ignored in. <function Popen.__del__")
 def test_ray_engine_reaches_the_inline_catalogue(
-    project: Project, tmp_path: Path, ray_engine: Engine
+    project: Project, tmp_path: Path, ray_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings_ = project.site(SITE)
     result = simulate_site(
@@ -79,6 +80,15 @@ def test_ray_engine_reaches_the_inline_catalogue(
         # The Ray workers detect nothing again (the detections are cached) but check the
         # masked frames again, in their own processes.
         shutil.rmtree(Path(project.store_url(settings_)) / CHECKS_DIR)
+        # On Ray, the vehicles stream from pages of a few clips (a vehicle's clips straddle
+        # pages) through several Datasets of a few vehicles each.
+        monkeypatch.setattr("onshore.store.catalogue._PAGE_ROWS", 7)
+        monkeypatch.setattr("onshore.sites.compute.RAY_WINDOW", 8)
+        vehicles = list(_vehicles(site, site.catalogue.clip_vins()))
+        assert len({v.clips[0].vin for v in vehicles}) == len(vehicles) == inline["vehicles"]
+        assert [c for v in vehicles for c in v.clips] == sorted(
+            site.catalogue.clips(), key=lambda c: (c.vin, c.start_time, c.clip_id)
+        )
         with contextlib.nullcontext(ray_engine) as engine:
             on_ray = deidentify_site(site, profile, secret=secret, engine=engine)
             again = sorted(site.catalogue.deidentified("training"), key=lambda r: r.clip_id)

@@ -6,6 +6,7 @@ once, even where the catalogue miscounts an output's rows."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date
 
@@ -29,7 +30,7 @@ from onshore.model.dataset import (
 )
 from onshore.settings import Project
 from onshore.sites import init_project
-from onshore.sites.compute import Engine
+from onshore.sites.compute import Engine, Spill
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
 from onshore.store.ingest import ingest
@@ -99,6 +100,9 @@ def test_classification_on_ray_is_that_of_one_process(
     stages: Project, clips: list[Clip], engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("onshore.classify._WORKER_CLIPS", 2)  # work for both workers
+    # The clips stream from pages of a few, through more than one Dataset.
+    monkeypatch.setattr("onshore.store.catalogue._PAGE_ROWS", 4)
+    monkeypatch.setattr("onshore.sites.compute.RAY_WINDOW", 5)
     with SiteStore.open(stages, SITE) as site:
         assert not list(site.objects.find(DETECTIONS_DIR))
         # First on Ray, nothing cached: the workers read every clip and run the detectors.
@@ -201,3 +205,33 @@ def test_the_stride_counts_from_the_first_row_when_the_catalogue_miscounts(
             site.catalogue.replace_deidentified("training", records)
         _assert_same(built, _all_at_once(site, config))
         assert len(built.train) + len(built.test) > 0
+
+
+class _Doubled:
+    """A worker that doubles its items."""
+
+    def __call__(self, items: list[int]) -> list[int]:
+        return [2 * item for item in items]
+
+
+def test_the_engine_takes_items_as_the_work_needs_them() -> None:
+    taken: list[int] = []
+
+    def items() -> Iterator[int]:
+        for i in range(10):
+            taken.append(i)
+            yield i
+
+    results = Engine().map(_Doubled, (), items(), batch_size=3)
+    assert next(results) == 0 and taken == [0, 1, 2], "one batch taken, not every item"
+    assert list(results) == [2 * i for i in range(1, 10)]
+
+
+def test_a_spill_gives_back_what_it_was_given_in_order() -> None:
+    records = [(i, f"clip-{i}") for i in range(4_500)]  # more than one spilled batch
+    with Spill[tuple[int, str]]() as spill:
+        spill.extend(records[:10])
+        spill.add(records[10])
+        spill.extend(records[11:])
+        assert spill.count == len(records)
+        assert list(spill) == records

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
@@ -38,7 +38,7 @@ from onshore.clips.schema import Clip
 from onshore.clips.tabular import read_parquet
 from onshore.deidentify.video import FrameScan, scan_frames
 from onshore.rulebook.model import Rulebook
-from onshore.sites.compute import Engine
+from onshore.sites.compute import Engine, Spill
 from onshore.store.catalogue import ClipRecord, FramesRecord, LabelRecord
 from onshore.store.objects import ObjectStore
 from onshore.store.site import SiteStore
@@ -201,23 +201,23 @@ def classify_site(
     """
     as_of = as_of or datetime.now(UTC).date()
     zones = load_zones(site.objects)
-    records = site.catalogue.clips()
-    clip_ids = [r.clip_id for r in records]
-    stream = _labelled(site, records, zones, engine or Engine(), on_clip)
-    del records  # the stream's until it ends: only the labels are kept for the write
+    total = site.catalogue.clip_count()
+    stream = _labelled(site, site.catalogue.clip_pages(), total, zones, engine or Engine(), on_clip)
     tally = _Tally(as_of)
-    labels: list[LabelRecord] = []
     detail: dict[str, list[dict[str, Any]]] = {}
-    for found in stream:
-        tally.add(found)
-        labels.extend(found.labels)
-        if clip_labels:
-            detail[found.clip_id] = [
-                {"category": label.category, "count": label.count, "evidence": label.evidence}
-                for label in found.labels
-            ]
-    site.catalogue.replace_labels(clip_ids, labels)
-    del labels
+    # Kept on disk until the one transaction that stores them: a site's labels would grow
+    # the driver's memory with the site.
+    with Spill[str]() as clip_ids, Spill[LabelRecord]() as labels:
+        for found in stream:
+            tally.add(found)
+            clip_ids.add(found.clip_id)
+            labels.extend(found.labels)
+            if clip_labels:
+                detail[found.clip_id] = [
+                    {"category": label.category, "count": label.count, "evidence": label.evidence}
+                    for label in found.labels
+                ]
+        site.catalogue.replace_labels(clip_ids, labels)
     summary = tally.summary(site.site, zones)
     if clip_labels:
         summary["clip_labels"] = detail
@@ -241,7 +241,7 @@ def label_clips(
     gate classifies when data would leave. ``engine`` runs the work as in
     :func:`classify_site`."""
     zones = load_zones(site.objects) if zones is None else zones
-    return list(_labelled(site, records, zones, engine or Engine(), on_clip))
+    return list(_labelled(site, [records], len(records), zones, engine or Engine(), on_clip))
 
 
 _CHUNK: Final = 500
@@ -299,65 +299,101 @@ class _LabelClips:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A clip on its way through :func:`_labelled`: what is needed to finish it."""
+
+    clip_id: str
+    vin: str
+    start_time: datetime
+    path: str
+    key: str
+    cached: str | None
+    """Its labels as the cache held them when its chunk was looked up."""
+    worker: bool
+    """Whether a worker's result is on its way."""
+
+
 def _labelled(
     site: SiteStore,
-    records: Sequence[ClipRecord],
+    pages: Iterable[Sequence[ClipRecord]],
+    total: int,
     zones: Zones,
     engine: Engine,
     on_clip: Callable[[int, int], None] | None,
 ) -> Iterator[ClipLabels]:
-    """The labels of ``records``, in their order, as they are found: a clip's object is read
-    only when its labels under ``zones`` are not cached, and its frames are always scanned
-    (from their own cache of detections)."""
-    frames = {f.clip_id: f for f in site.catalogue.frames([r.clip_id for r in records])}
+    """The labels of the clips of ``pages`` (``total`` of them), in their order, as they are
+    found: a clip's object is read only when its labels under ``zones`` are not cached, and its
+    frames are always scanned (from their own cache of detections).
+
+    The clips stream through: a chunk's cached labels and frames are looked up as the engine
+    asks for more work, and a clip is let go once its labels are out, so that memory does not
+    grow with the site."""
     cache = _LabelCache(site)
-    # First which clips need a worker, so that one pass of the engine does them all; then,
-    # a chunk at a time, the cached labels and the workers' results, in the clips' order.
-    cached = bytearray(len(records))
-    work: list[_Work] = []
-    for start, chunk, keys in _chunks(records, zones):
-        known = cache.known(keys)
-        for i, (record, key) in enumerate(zip(chunk, keys, strict=True)):
-            cached[start + i] = key in known
-            scan = frames.get(record.clip_id)
-            if key not in known or scan is not None:
-                work.append(_Work(None if key in known else record.path, scan))
-    results = engine.map(_LabelClips, (site.objects, zones), work, batch_size=_WORKER_CLIPS)
-    del work
-    for start, chunk, keys in _chunks(records, zones):
-        texts = cache.lookup([k for i, k in enumerate(keys) if cached[start + i]])
-        for i, (record, key) in enumerate(zip(chunk, keys, strict=True)):
-            # A clip is content-addressed: its labels are those of its bytes under these
-            # zones, found once (the slow part: reading every position) and kept.
-            labels = _LabelCache.labels(texts.get(key), record.clip_id)
-            found = _NOTHING
-            if not cached[start + i] or record.clip_id in frames:
-                found = next(results)
-            if found.labels is not None:
-                labels = found.labels
-                cache.put(key, labels)
-            elif labels is None:  # cached when the run began, gone since
-                labels = classify_clip(_read(site.objects, record.path), zones)
-                cache.put(key, labels)
-            yield ClipLabels(
-                record.clip_id,
-                record.vin,
-                record.start_time,
-                (*labels, *found.video),
-                persons=found.persons,
-                plates=found.plates,
-            )
+    pending: deque[_Pending] = deque()
+
+    def work() -> Iterator[_Work]:
+        for page in pages:
+            for start in range(0, len(page), _CHUNK):
+                chunk = page[start : start + _CHUNK]
+                keys = [_cache_key(r.sha256, zones) for r in chunk]
+                texts = cache.lookup(keys)
+                frames = {f.clip_id: f for f in site.catalogue.frames([r.clip_id for r in chunk])}
+                for record, key in zip(chunk, keys, strict=True):
+                    text, scan = texts.get(key), frames.get(record.clip_id)
+                    needed = text is None or scan is not None
+                    pending.append(
+                        _Pending(
+                            record.clip_id,
+                            record.vin,
+                            record.start_time,
+                            record.path,
+                            key,
+                            text,
+                            needed,
+                        )
+                    )
+                    if needed:
+                        yield _Work(None if text is not None else record.path, scan)
+
+    def finish(clip: _Pending, found: _Found) -> ClipLabels:
+        # A clip is content-addressed: its labels are those of its bytes under these zones,
+        # found once (the slow part: reading every position) and kept.
+        labels = found.labels
+        if labels is not None:
+            cache.put(clip.key, labels)
+        else:
+            labels = _LabelCache.labels(clip.cached, clip.clip_id)
+            assert labels is not None, "a worker is asked for every clip without cached labels"
+        return ClipLabels(
+            clip.clip_id,
+            clip.vin,
+            clip.start_time,
+            (*labels, *found.video),
+            persons=found.persons,
+            plates=found.plates,
+        )
+
+    done = 0
+    results = engine.map(_LabelClips, (site.objects, zones), work(), batch_size=_WORKER_CLIPS)
+    for found in results:
+        # This result is the next clip's that asked for a worker; those before it had their
+        # labels cached and no frames.
+        while True:
+            clip = pending.popleft()
+            done += 1
+            yield finish(clip, found if clip.worker else _NOTHING)
             if on_clip is not None:
-                on_clip(start + i + 1, len(records))
+                on_clip(done, total)
+            if clip.worker:
+                break
+    while pending:  # cached clips after the last that needed a worker
+        clip = pending.popleft()
+        done += 1
+        yield finish(clip, _NOTHING)
+        if on_clip is not None:
+            on_clip(done, total)
     cache.flush()
-
-
-def _chunks(
-    records: Sequence[ClipRecord], zones: Zones
-) -> Iterator[tuple[int, Sequence[ClipRecord], list[str]]]:
-    for start in range(0, len(records), _CHUNK):
-        chunk = records[start : start + _CHUNK]
-        yield start, chunk, [_cache_key(r.sha256, zones) for r in chunk]
 
 
 CLASSIFIER_VERSION: Final = "1"

@@ -20,7 +20,7 @@ halfway leaves the catalogue as it was, and a rerun adopts the objects already s
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -39,7 +39,7 @@ from onshore.deidentify.profiles import Profile
 from onshore.deidentify.trajectory import deidentify_vehicle
 from onshore.deidentify.video import CheckMemo, FramesOutput, deidentify_frames, scan_frames
 from onshore.errors import DeidentifyError
-from onshore.sites.compute import Engine
+from onshore.sites.compute import Engine, Spill
 from onshore.sites.keystore import Secret
 from onshore.store.catalogue import ClipRecord, DeidentifiedRecord, FramesRecord
 from onshore.store.objects import ObjectStore, sha256
@@ -95,32 +95,29 @@ def deidentify_site(
     was. Raises :class:`~onshore.errors.ComputeError` when the engine fails.
     """
     engine = engine if engine is not None else Engine()
-    frames_of = {f.clip_id: f for f in site.catalogue.frames()}
-    by_vehicle: dict[str, list[ClipRecord]] = defaultdict(list)
-    for record in site.catalogue.clips():
-        by_vehicle[record.vin].append(record)
-    vehicles = [
-        _Vehicle(tuple(clips), tuple(frames_of[c.clip_id] for c in clips if c.clip_id in frames_of))
-        for _vin, clips in sorted(by_vehicle.items())
-    ]
-    work = (site.objects, site.site, profile, secret.reveal(), frozenset(by_vehicle))
-    batch = max(1, min(_BATCH_VEHICLES, -(-len(vehicles) // (4 * engine.workers))))
+    vins = site.catalogue.clip_vins()
+    work = (site.objects, site.site, profile, secret.reveal(), vins)
+    batch = max(1, min(_BATCH_VEHICLES, -(-len(vins) // (4 * engine.workers))))
     total = _Done()
-    results = engine.map(_DeidentifyVehicles, work, vehicles, batch_size=batch)
-    for n, done in enumerate(results, start=1):
-        total.add(done)
-        if on_vehicle is not None:
-            on_vehicle(n, len(vehicles))
-    site.catalogue.replace_deidentified(profile.name, total.records)
-    _collect_garbage(site, profile.name, total.referenced())
+    # The records go to disk until the one transaction that stores them, and the vehicles
+    # stream from the catalogue a page at a time: neither grows the driver with the site.
+    with Spill[DeidentifiedRecord]() as records:
+        results = engine.map(_DeidentifyVehicles, work, _vehicles(site, vins), batch_size=batch)
+        for n, done in enumerate(results, start=1):
+            total.add(done)
+            records.extend(done.records)
+            if on_vehicle is not None:
+                on_vehicle(n, len(vins))
+        site.catalogue.replace_deidentified(profile.name, records)
+        _collect_garbage(site, profile.name, total.referenced)
     state = min(total.states, key=_STATES.index) if total.states else "anonymized"
     return {
         "site": site.site,
         "profile": profile.name,
         "transforms": [step.as_dict() for step in profile.ordered()],
-        "vehicles": len(vehicles),
-        "clips": len(total.records),
-        "clips_in": sum(len(v.clips) for v in vehicles),
+        "vehicles": len(vins),
+        "clips": total.outputs,
+        "clips_in": total.clips_in,
         "rows_in": total.rows_in,
         "rows": total.rows_out,
         "removed": dict(total.removed),
@@ -144,40 +141,64 @@ class _Vehicle:
     frames: tuple[FramesRecord, ...]
 
 
+def _vehicles(site: SiteStore, vins: frozenset[str]) -> Iterator[_Vehicle]:
+    """The site's vehicles of ``vins`` in VIN order, each with its clips (oldest first) and
+    their frames, read from the catalogue a page at a time. (A vehicle first catalogued since
+    ``vins`` were read waits for the next run: its VIN is not among those the checks look
+    for.)"""
+    clips: list[ClipRecord] = []
+    frames: list[FramesRecord] = []
+    for page in site.catalogue.clip_pages(by="vin"):
+        page = [r for r in page if r.vin in vins]
+        frames_of = {f.clip_id: f for f in site.catalogue.frames([r.clip_id for r in page])}
+        for record in page:
+            if clips and record.vin != clips[0].vin:
+                yield _Vehicle(tuple(clips), tuple(frames))
+                clips, frames = [], []
+            clips.append(record)
+            if record.clip_id in frames_of:
+                frames.append(frames_of[record.clip_id])
+    if clips:
+        yield _Vehicle(tuple(clips), tuple(frames))
+
+
 @dataclass(slots=True)
 class _Done:
     """What a worker hands back for one vehicle, its objects stored: everything the driver
     needs for the catalogue and the summary, and no rows. The driver adds them up, in the
-    vehicles' order, into one more."""
+    vehicles' order, into one more, which keeps the counts and the objects referred to but not
+    the records (the driver keeps those aside for the catalogue)."""
 
     records: list[DeidentifiedRecord] = field(default_factory=list)
+    clips_in: int = 0
     removed: dict[str, int] = field(default_factory=dict)
     frames: _FramesTally = field(default_factory=lambda: _FramesTally())
-    states: list[str] = field(default_factory=list)
+    states: set[str] = field(default_factory=set)
     rows_in: int = 0
     rows_out: int = 0
     worst: dict[str, tuple[Check, int]] = field(default_factory=dict)
     """Per check, the one the summary shows: see :func:`_keep_worst`."""
+    outputs: int = 0
+    """Records added up (in the driver's total)."""
+    referenced: set[str] = field(default_factory=set)
+    """Every object the records added up refer to: outputs and their frames."""
 
     def add(self, done: _Done) -> None:
-        self.records.extend(done.records)
+        self.outputs += len(done.records)
+        self.clips_in += done.clips_in
+        for output in done.records:
+            self.referenced.add(output.path)
+            frames = orjson.loads(output.detail).get("frames")
+            if frames is not None:
+                self.referenced.add(frames["path"])
         for name, count in done.removed.items():
             self.removed[name] = self.removed.get(name, 0) + count
         self.frames.merge(done.frames)
-        self.states.extend(done.states)
+        self.states |= done.states
         self.rows_in += done.rows_in
         self.rows_out += done.rows_out
         for check, rows in done.worst.values():
             _keep_worst(self.worst, check, rows)
-
-    def referenced(self) -> set[str]:
-        """Every object the records refer to: outputs and their frames."""
-        paths = {r.path for r in self.records}
-        for output in self.records:
-            frames = orjson.loads(output.detail).get("frames")
-            if frames is not None:
-                paths.add(frames["path"])
-        return paths
 
 
 def _keep_worst(worst: dict[str, tuple[Check, int]], check: Check, rows: int) -> None:
@@ -239,7 +260,7 @@ class _DeidentifyVehicles:
         frames_of = {f.clip_id: f for f in vehicle.frames}
         video = {v.table_id: v for v in self._frames(out.clips, frames_of)}
         writes.extend(self._memo.take())
-        done = _Done(removed=dict(out.removed))
+        done = _Done(clips_in=len(vehicle.clips), removed=dict(out.removed))
         done.frames.add(list(video.values()))
         source = {r.clip_id: r.sha256 for r in vehicle.clips}
         meta = {c.meta.clip_id: c.meta for c in clips}
@@ -296,7 +317,7 @@ class _DeidentifyVehicles:
             table = table.replace_schema_metadata({DEID_KEY: orjson.dumps(clip_facts)})
             path, data = _parquet(f"{OUTPUT_DIR}/{profile.name}", table, _TRAJECTORY_PARQUET)
             writes.append((path, data))
-            done.states.append(state)
+            done.states.add(state)
             for check in checks:
                 _keep_worst(done.worst, check, table.num_rows)
             done.records.append(

@@ -30,18 +30,19 @@ import os
 import pickle
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import pyarrow as pa
 
 from onshore.errors import ComputeError, ConfigError, OnshoreError
 from onshore.settings import ComputeProfile
 
-__all__ = ["ACTOR_CPUS", "RAY_ENVIRONMENT", "Engine", "ray_temp_dir"]
+__all__ = ["ACTOR_CPUS", "RAY_ENVIRONMENT", "RAY_WINDOW", "Engine", "Spill", "ray_temp_dir"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -52,6 +53,9 @@ Worker = Callable[[list[T]], list[R]]
 ACTOR_CPUS: Final = 0.9
 """CPUs each Ray actor reserves: less than one, so that a pool of N actors on N CPUs leaves Ray
 Data's tasks room to run (a Dataset whose actors hold every CPU hangs)."""
+RAY_WINDOW: Final = 20_000
+"""Items one Ray Dataset of :meth:`Engine.map` takes: a stage over more runs one Dataset per
+window (a fresh actor pool each, a few seconds), so its driver holds at most a window."""
 _RETRIES: Final = 3
 """Times a lost worker process is restarted, and its batch retried, before the stage fails."""
 _OBJECT_STORE_BYTES: Final = 512 * 2**20
@@ -73,6 +77,56 @@ _STAGE_ENVIRONMENT: Final = {
     # constructor arguments in its object store); real failures still raise.
     "RAY_BACKEND_LOG_LEVEL": "fatal",
 }
+
+
+class Spill(Generic[T]):
+    """Records a stage's driver keeps until its one catalogue transaction, in a temporary
+    file rather than in memory (a site's worth of labels or outputs would grow with the site):
+    appended in order, read back once in that order. A context manager; the file, unlinked
+    from the start, goes when it is closed (or the process ends)."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile(prefix="onshore-spill-")  # noqa: SIM115 (closed by close())
+        self._buffer: list[T] = []
+        self.count = 0
+
+    def add(self, record: T) -> None:
+        self._buffer.append(record)
+        self.count += 1
+        if len(self._buffer) >= _SPILL_RECORDS:
+            self._flush()
+
+    def extend(self, records: Iterable[T]) -> None:
+        for record in records:
+            self.add(record)
+
+    def _flush(self) -> None:
+        if self._buffer:
+            pickle.dump(self._buffer, self._file, protocol=pickle.HIGHEST_PROTOCOL)
+            self._buffer = []
+
+    def __iter__(self) -> Iterator[T]:
+        self._flush()
+        self._file.seek(0)
+        while True:
+            try:
+                records: list[T] = pickle.load(self._file)
+            except EOFError:
+                return
+            yield from records
+
+    def __enter__(self) -> Spill[T]:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._buffer = []
+        self._file.close()
+
+
+_SPILL_RECORDS: Final = 2000
 
 
 def ray_temp_dir() -> Path:
@@ -144,21 +198,26 @@ class Engine:
         self,
         make: Callable[..., Worker[T, R]],
         args: tuple[Any, ...],
-        items: Sequence[T],
+        items: Iterable[T],
         *,
         batch_size: int,
     ) -> Iterator[R]:
         """The results of ``make(*args)`` over ``items``, in batches of ``batch_size``, in the
         items' order. ``make`` and ``args`` must pickle (they travel to Ray's workers); each
-        worker process builds one worker and keeps it for every batch it gets."""
-        if not items:
-            return
+        worker process builds one worker and keeps it for every batch it gets.
+
+        ``items`` are taken as the work needs them: a batch at a time in this process, a window
+        of :data:`RAY_WINDOW` at a time on Ray, so that a stage over a whole site never holds
+        all of its items (or their results) at once."""
+        pending = iter(items)
         if not self.uses_ray:
-            work = make(*args)
-            for start in range(0, len(items), batch_size):
-                yield from work(list(items[start : start + batch_size]))
+            work: Worker[T, R] | None = None
+            while batch := list(islice(pending, batch_size)):
+                work = work or make(*args)
+                yield from work(batch)
             return
-        yield from self._map_ray(make, args, items, batch_size)
+        while window := list(islice(pending, RAY_WINDOW)):
+            yield from self._map_ray(make, args, window, batch_size)
 
     def _map_ray(
         self,
@@ -192,6 +251,7 @@ class Engine:
             max_restarts=_RETRIES,
             max_task_retries=_RETRIES,
         )
+        del rows
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
                 assert isinstance(batch, pa.Table)

@@ -35,6 +35,7 @@ from sqlalchemy import (
     func,
     inspect,
     select,
+    tuple_,
 )
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import (
@@ -275,6 +276,8 @@ def _by_profile(rows: Sequence[Any]) -> dict[str, dict[str, int]]:
 
 
 _INSERT_ROWS: Final = 1000
+_PAGE_ROWS: Final = 2000
+"""Rows a paged read (:meth:`Catalogue.clip_pages`) takes per query."""
 """Rows inserted per statement where a write streams its rows."""
 
 
@@ -459,6 +462,48 @@ class Catalogue:
             ).all()
         return [_row_to(ClipRecord, r) for r in rows]
 
+    def clip_count(self) -> int:
+        """How many clips the site has."""
+        with self._tx() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(_clips).where(_clips.c.site == self.site)
+                ).scalar_one()
+            )
+
+    def clip_vins(self) -> frozenset[str]:
+        """The VINs of the vehicles the site has clips of (one per vehicle, not per clip)."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(_clips.c.vin).where(_clips.c.site == self.site).distinct()
+            ).scalars()
+            return frozenset(rows)
+
+    def clip_pages(
+        self, *, by: str = "time", size: int | None = None
+    ) -> Iterator[list[ClipRecord]]:
+        """Every clip of the site, ``size`` at a time, each page its own short query: oldest
+        first (``by="time"``), or by VIN and then oldest first (``by="vin"``: a vehicle's clips
+        next to each other). A clip catalogued while the pages are read is listed if it sorts
+        after the page being read."""
+        c, size = _clips.c, size or _PAGE_ROWS
+        keys = {"time": (c.start_time, c.clip_id), "vin": (c.vin, c.start_time, c.clip_id)}[by]
+        after: tuple[Any, ...] | None = None
+        while True:
+            query = select(_clips).where(c.site == self.site)
+            if after is not None:
+                query = query.where(tuple_(*keys) > tuple_(*after))
+            with self._tx() as conn:
+                rows = conn.execute(query.order_by(*keys).limit(size)).all()
+            if not rows:
+                return
+            page = [_row_to(ClipRecord, r) for r in rows]
+            last = rows[-1]._mapping
+            after = tuple(last[k.name] for k in keys)
+            yield page
+            if len(rows) < size:
+                return
+
     def clips_of(self, vins: Sequence[str]) -> list[ClipRecord]:
         """The site's clips of the vehicles with these VINs."""
         out: list[ClipRecord] = []
@@ -641,13 +686,14 @@ class Catalogue:
         if rows:
             conn.execute(_vehicles.insert(), rows)
 
-    def replace_labels(self, clip_ids: Sequence[str], labels: Iterable[LabelRecord]) -> None:
+    def replace_labels(self, clip_ids: Iterable[str], labels: Iterable[LabelRecord]) -> None:
         """Set the labels of ``clip_ids`` to ``labels`` (their earlier labels go), atomically.
-        ``labels`` are inserted a batch at a time in that one transaction, so a stage's labels
-        need not all be rows in memory at once."""
+        Both are taken a batch at a time in that one transaction, so a stage's labels need not
+        all be rows in memory at once."""
         now = datetime.now(UTC)
         with self._tx() as conn:
-            for part in _batches(list(clip_ids)):
+            ids = iter(clip_ids)
+            while part := list(islice(ids, 500)):
                 conn.execute(
                     _labels.delete().where(_labels.c.site == self.site, _labels.c.clip_id.in_(part))
                 )
@@ -668,8 +714,9 @@ class Catalogue:
             ).all()
         return [_row_to(LabelRecord, r) for r in rows]
 
-    def replace_deidentified(self, profile: str, records: Sequence[DeidentifiedRecord]) -> None:
-        """Make ``records`` the site's de-identified outputs under ``profile``, atomically."""
+    def replace_deidentified(self, profile: str, records: Iterable[DeidentifiedRecord]) -> None:
+        """Make ``records`` the site's de-identified outputs under ``profile``, atomically;
+        they are inserted a batch at a time in that one transaction."""
         now = datetime.now(UTC)
         with self._tx() as conn:
             conn.execute(
@@ -677,10 +724,11 @@ class Catalogue:
                     _deidentified.c.site == self.site, _deidentified.c.profile == profile
                 )
             )
-            if records:
+            pending = iter(records)
+            while batch := list(islice(pending, _INSERT_ROWS)):
                 conn.execute(
                     _deidentified.insert(),
-                    [{**_fields(r), "site": self.site, "created_at": now} for r in records],
+                    [{**_fields(r), "site": self.site, "created_at": now} for r in batch],
                 )
 
     def deidentified(self, profile: str | None = None) -> list[DeidentifiedRecord]:
