@@ -6,6 +6,9 @@ once, even where the catalogue miscounts an output's rows."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date
@@ -235,3 +238,43 @@ def test_a_spill_gives_back_what_it_was_given_in_order() -> None:
         spill.extend(records[11:])
         assert spill.count == len(records)
         assert list(spill) == records
+
+
+_STRANGER = """
+import os, subprocess, sys
+from onshore.sites.compute import Engine
+
+with Engine(workers=1, ray=True) as engine:
+    engine.start()
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    print("mode", os.environ.get("RAY_AUTH_MODE"), flush=True)
+    stranger = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    script = f"import ray; ray.init(address={address!r}); print('connected')"
+    tried = subprocess.run(
+        [sys.executable, "-c", script], env=stranger, capture_output=True, text=True
+    )
+    print("stranger", tried.returncode, tried.stdout.strip(), flush=True)
+    print("said", "token" in tried.stderr.lower(), flush=True)
+print("left", {k for k in os.environ if k.startswith("RAY_AUTH")})
+"""
+
+
+@pytest.mark.slow
+def test_a_local_ray_refuses_a_caller_without_its_token() -> None:
+    # Ray's servers listen on every interface: only a caller with the engine's token gets in.
+    # In a fresh process: Ray reads its authentication mode when it is first imported.
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    run = subprocess.run(
+        [sys.executable, "-c", _STRANGER],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = run.stdout.splitlines()
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "mode token" in lines
+    assert any(line.startswith("stranger 1 ") or line == "stranger 1" for line in lines), lines
+    assert "said True" in lines and "left set()" in lines

@@ -18,7 +18,7 @@ from onshore.federation.options import FederatedOptions
 from onshore.model.local import RUNS_DIR, _read_json, _write_atomically
 from onshore.parties.identity import site_facts
 from onshore.settings import Project
-from onshore.sites.compute import RAY_ENVIRONMENT, ray_temp_dir
+from onshore.sites.compute import RAY_ENVIRONMENT, local_ray_auth, ray_temp_dir
 
 __all__ = ["flower_environment", "prepare_run", "run_federated"]
 
@@ -26,11 +26,13 @@ __all__ = ["flower_environment", "prepare_run", "run_federated"]
 @contextlib.contextmanager
 def flower_environment() -> Iterator[None]:
     """What Flower and Ray need here: no run-time installation of the app's dependencies (it
-    would fetch a CUDA build of torch), Ray's files in a short private folder, quiet logs."""
+    would fetch a CUDA build of torch), Ray's files in a short private folder, a token on
+    every call to Ray (:func:`~onshore.sites.compute.local_ray_auth`), quiet logs."""
     wanted = {
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "RAY_TMPDIR": str(ray_temp_dir()),
         **RAY_ENVIRONMENT,
+        **local_ray_auth(),
         "FLWR_TELEMETRY_ENABLED": "0",
         "TOKENIZERS_PARALLELISM": "false",
     }

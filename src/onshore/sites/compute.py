@@ -28,10 +28,12 @@ import contextlib
 import logging
 import os
 import pickle
+import secrets
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from types import TracebackType
@@ -42,7 +44,17 @@ import pyarrow as pa
 from onshore.errors import ComputeError, ConfigError, OnshoreError
 from onshore.settings import ComputeProfile
 
-__all__ = ["ACTOR_CPUS", "RAY_ENVIRONMENT", "RAY_WINDOW", "Engine", "Spill", "ray_temp_dir"]
+__all__ = [
+    "ACTOR_CPUS",
+    "RAY_ENVIRONMENT",
+    "RAY_WINDOW",
+    "Engine",
+    "Spill",
+    "local_ray_auth",
+    "ray_temp_dir",
+]
+
+_log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -129,6 +141,26 @@ class Spill(Generic[T]):
 _SPILL_RECORDS: Final = 2000
 
 
+def local_ray_auth() -> dict[str, str]:
+    """The environment that makes a local Ray demand a token on every call: Ray's servers
+    listen on every interface of the machine, and without a token anyone who reaches their
+    ports could run code as the site. A fresh random token per Ray started; none of this when
+    the environment already says how Ray authenticates (``RAY_AUTH_MODE``).
+
+    Ray reads its authentication mode once, when it is first imported: set this before then.
+    In a process that imported Ray without it, the answer is empty (a token there would lock
+    the process out of its own Ray), and the Ray it starts takes no token."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return {}
+    if "ray" in sys.modules:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+        if not is_token_auth_enabled():
+            _log.warning("Ray was imported before onshore started it: it takes no token")
+            return {}
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+
+
 def ray_temp_dir() -> Path:
     """A short, private folder for Ray's sockets and logs (Unix socket paths are limited to
     about 100 bytes, which a deep temporary folder exceeds)."""
@@ -148,6 +180,8 @@ class Engine:
     ray: bool = False
     """Run on Ray even with one worker (to compare one Ray worker with more)."""
     _started: bool = False
+    _environment: dict[str, str | None] = field(default_factory=dict, repr=False)
+    """What starting a local Ray changed in this process's environment, to put back."""
 
     @classmethod
     def for_site(cls, compute: ComputeProfile, workers: int | None = None) -> Engine:
@@ -193,6 +227,15 @@ class Engine:
 
             self._started = False
             ray.shutdown()
+            self._restore_environment()
+
+    def _restore_environment(self) -> None:
+        for key, value in self._environment.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._environment = {}
 
     def map(
         self,
@@ -227,10 +270,10 @@ class Engine:
         batch_size: int,
     ) -> Iterator[R]:
         _quiet_ray_data()
+        self._start()
         import ray
         import ray.data
 
-        self._start()
         with warnings.catch_warnings():
             # Ray Data's own defaults set an option it deprecates (use_push_based_shuffle).
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -272,9 +315,14 @@ class Engine:
             self._start()
 
     def _start(self) -> None:
+        if self.address is None and not _ray_running():
+            auth = local_ray_auth()  # before Ray is first imported: see local_ray_auth
+            self._environment = {key: os.environ.get(key) for key in auth}
+            os.environ.update(auth)
         import ray
 
         if ray.is_initialized():
+            self._restore_environment()
             return
         # Ray's failures reach the caller as exceptions; its logs would repeat them, with
         # tracebacks from other processes, on the user's terminal.
@@ -286,6 +334,7 @@ class Engine:
             with _stderr_silenced():
                 self._init(ray)
         except (ConnectionError, RuntimeError, ValueError) as exc:
+            self._restore_environment()
             where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
             raise ComputeError(
                 f"cannot start {where}: {exc}",
@@ -330,6 +379,12 @@ handlers:
 loggers:
   ray.data: {level: INFO, handlers: [file], propagate: false}
 """
+
+
+def _ray_running() -> bool:
+    """Whether this process is connected to a Ray already (one that another engine started)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and bool(ray.is_initialized())
 
 
 def _quiet_ray_data() -> None:
