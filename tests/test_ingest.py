@@ -68,6 +68,28 @@ def test_the_same_clip_in_another_file_is_stored_once(site: SiteStore, tmp_path:
     assert len(site.catalogue.clips()) == 1
 
 
+def test_a_clip_stored_by_an_earlier_encoding_is_a_duplicate_not_a_conflict(
+    site: SiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An earlier onshore wrote clips with dictionaries and statistics on every column: the
+    # same clip uploaded again since is the clip already stored, and the new copy goes.
+    clip = make_clip(11)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    write_mcap(clip, tmp_path / "a" / "a.mcap")
+    pq.write_table(export_table([clip]), tmp_path / "b" / "b.parquet")
+    earlier = {"compression": "zstd", "use_dictionary": True, "write_statistics": True}
+    monkeypatch.setattr("onshore.clips.tabular._WRITE_OPTIONS", earlier)
+    assert ingest(site, [tmp_path / "a"]).clips == 1
+    (stored,) = site.catalogue.clips()
+    monkeypatch.undo()
+    report = ingest(site, [tmp_path / "b"])
+    assert (report.clips, report.duplicate_clips, report.quarantined) == (0, 1, [])
+    assert site.catalogue.clips() == [stored]
+    assert site.check(deep=True)["ok"], "the new copy was removed, the stored one kept"
+    assert len(list(site.objects.clip_digests())) == 1
+
+
 def test_the_catalogue_knows_which_clips_a_simulator_made(site: SiteStore, tmp_path: Path) -> None:
     def simulated(clip: Clip) -> Clip:
         return dataclasses.replace(clip, meta=dataclasses.replace(clip.meta, simulated=True))

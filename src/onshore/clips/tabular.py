@@ -12,7 +12,7 @@ nanoseconds since the Unix epoch.
 from __future__ import annotations
 
 import io
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import orjson
@@ -44,7 +44,15 @@ META_COLUMNS: Final = (
 OPTIONAL_META_COLUMNS: Final = ("simulated",)
 """Metadata columns an export may leave out; :meth:`ClipMeta.from_mapping` defaults them."""
 _PARQUET_MAGIC: Final = b"PAR1"
-_WRITE_OPTIONS: Final = {"compression": "zstd", "use_dictionary": True, "write_statistics": True}
+_WRITE_OPTIONS: Final[dict[str, Any]] = {
+    "compression": "zstd",
+    # Only the objects' class names repeat: dictionaries of measured floats made the stored
+    # clips 30% larger and took nearly twice as long to write.
+    "use_dictionary": ["objects.list.element.class"],
+    # Statistics of the time only (for a reader that selects by time): the other columns'
+    # cost as much to write as a short clip's rows.
+    "write_statistics": ["time"],
+}
 
 
 def clip_to_parquet(clip: Clip) -> bytes:

@@ -16,7 +16,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -38,6 +38,7 @@ from onshore.errors import (
     OnshoreError,
     PhysicsError,
     ResidencyError,
+    StoreError,
     UnreadableFile,
 )
 from onshore.sites.compute import Engine
@@ -498,6 +499,7 @@ class _Run:
             by_vin.setdefault(clip.vin, {})[clip.clip_id] = clip
         accepted = []
         for item in batch:
+            self._adopt_stored(item, known)
             conflict = next(
                 (r for r in item.records if known.get(r.clip_id, r.sha256) != r.sha256), None
             )
@@ -529,6 +531,28 @@ class _Run:
                 by_vin.setdefault(r.vin, {}).setdefault(r.clip_id, r)
             accepted.append(item)
         return accepted
+
+    def _adopt_stored(self, item: _Prepared, known: dict[str, str]) -> None:
+        """Where a clip of ``item`` is catalogued already under other bytes but holds the same
+        clip (an earlier onshore encoded its Parquet otherwise), take the stored object as the
+        clip's, and let the copy just written go: the same clip uploaded again is a duplicate,
+        not a conflict."""
+        for i, record in enumerate(item.records):
+            stored = known.get(record.clip_id)
+            if stored is None or stored == record.sha256:
+                continue
+            path = ObjectStore.clip_path(stored)
+            try:
+                (old,) = read_parquet(self.store.read(path), path)
+                (new,) = read_parquet(self.store.read(record.path), record.path)
+            except (ClipError, StoreError):
+                continue  # a conflict, as the caller finds
+            if old.meta != new.meta or not old.table.equals(new.table):
+                continue
+            item.records[i] = replace(record, sha256=stored, path=path)
+            if record.path in item.written:
+                item.written.discard(record.path)
+                self.unregistered.add(record.path)
 
     def quarantine(self, item: _Prepared, exc: ClipError) -> None:
         """Move a bad file into the store's quarantine with its reason; record it."""
