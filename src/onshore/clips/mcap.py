@@ -479,6 +479,8 @@ class _Scan:
     """Schema id to message type name."""
     meta: dict[str, str] | None = None
     ended: bool = False
+    wanted: dict[int, list[memoryview]] = field(default_factory=dict)
+    """Channel id to the payloads of its topic, for the channels whose messages are kept."""
 
 
 _RECORD: Final = struct.Struct("<BQ")
@@ -538,19 +540,20 @@ def _string_map(buf: memoryview, pos: int) -> tuple[dict[str, str], int]:
 
 def _records(buf: memoryview, scan: _Scan, *, top: bool) -> None:
     pos, n = 0, len(buf)
-    payloads, topics = scan.payloads, scan.topics
+    payloads, topics, wanted = scan.payloads, scan.topics, scan.wanted
+    record, channel_of = _RECORD.unpack_from, _U16.unpack_from  # the hot loop's lookups
     while pos < n:
         if pos + 9 > n:
             raise _Corrupt(f"a record header at byte {pos} is cut off")
-        op, length = _RECORD.unpack_from(buf, pos)
+        op, length = record(buf, pos)
         pos += 9
         end = pos + length
         if end > n:
             raise _Corrupt(f"a record at byte {pos - 9} runs past the end of the data")
         if op == _OP_MESSAGE:
-            topic = topics.get(_U16.unpack_from(buf, pos)[0])
-            if topic in payloads:
-                payloads[topic].append(buf[pos + _MESSAGE_HEAD : end])
+            into = wanted.get(channel_of(buf, pos)[0])
+            if into is not None:
+                into.append(buf[pos + _MESSAGE_HEAD : end])
         elif op == _OP_CHUNK:
             _chunk(buf[pos:end], scan)
         elif op == _OP_CHANNEL:
@@ -561,6 +564,10 @@ def _records(buf: memoryview, scan: _Scan, *, top: bool) -> None:
             scan.encodings[topic] = encoding
             if scan.schemas.get(schema_id) == IMAGE_TYPE:
                 payloads.setdefault(topic, [])
+            if topic in payloads:
+                wanted[channel_id] = payloads[topic]
+            else:
+                wanted.pop(channel_id, None)
         elif op == _OP_SCHEMA:
             (schema_id,) = _U16.unpack_from(buf, pos)
             scan.schemas[schema_id], _ = _string(buf, pos + 2)
