@@ -18,7 +18,10 @@ starts its engine (Ray, with one actor per worker: one worker too, so that 2 aga
 Ray with Ray, each actor held to one thread) before the clock starts, so the figure is
 the stage's throughput and not Ray's start-up. Memory is the proportional set size (PSS, with
 RSS beside it) summed over the child and every process below it, Ray's included, sampled every
-0.2 s from ``/proc``; shared pages (Ray's object store) count once. The reference writes the
+0.5 s from ``/proc``; shared pages (Ray's object store) count once. The CPU seconds of the
+stage's own process, of the Ray actors running its workers and of Ray's other processes are
+read from ``/proc`` before and after, to show where a second worker's time goes. The reference
+writes the
 very same decoded clip tables (and frames) with ``pyarrow.parquet.write_table``, one file per
 clip, in the compression ingest uses, timing the writes alone.
 
@@ -27,7 +30,7 @@ workers at least 1.6 times the throughput of 1; ingest at least half the referen
 Then the whole pipeline is projected to a fleet's day of uploads on 1 to 32 workers.
 
     .venv/bin/python bench/scale.py [--positions 10000000] [--small 1000000] [--workers 1,2]
-        [--region eu] [--keep DIR | --uploads DIR] [--json]
+        [--region eu] [--keep DIR [--prepare] | --uploads DIR] [--json] [--show RESULT.json]
     .venv/bin/python bench/scale.py --positions 300000 --small 100000   # a quick try
 """
 
@@ -74,7 +77,7 @@ SITES: Final = {"cn": "cn-shanghai", "eu": "eu-frankfurt", "us": "us-oregon"}
 STAGES: Final = ("ingest", "classify", "deidentify")
 CAMERA_SHARE: Final = 0.1
 """Share of the fleet whose uploads carry camera frames."""
-SAMPLE_SECONDS: Final = 0.2
+SAMPLE_SECONDS: Final = 0.5
 MEMORY_AIM: Final = 1.2
 """Largest peak memory at the large size, as a multiple of that at the small one."""
 SCALING_AIM: Final = 1.6
@@ -306,6 +309,38 @@ def _memory_kb(pid: int) -> tuple[int, int]:
     return pss, rss
 
 
+_TICKS: Final = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(root: int) -> dict[int, tuple[str, float]]:
+    """Each live process of the tree at ``root`` (itself included): its role and the CPU
+    seconds (user and system) it has used. Roles: ``driver`` (``root``), ``workers`` (Ray
+    actors running a stage's worker), ``ray`` (Ray's own daemons and idle workers)."""
+    out = {}
+    for pid in [root, *(p for p, _, state in _descendants(root) if state != "Z")]:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        seconds = (int(fields[11]) + int(fields[12])) / _TICKS
+        role = "driver" if pid == root else "workers" if b"MapWorker" in command else "ray"
+        out[pid] = (role, seconds)
+    return out
+
+
+def _cpu_used(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds each role used between two :func:`_cpu_seconds` readings (a process that
+    exited between them is not counted: none of a stage's do)."""
+    used: dict[str, float] = {"driver": 0.0, "workers": 0.0, "ray": 0.0}
+    for pid, (role, seconds) in after.items():
+        used[role] += seconds - before.get(pid, (role, 0.0))[1]
+    return {role: round(seconds, 1) for role, seconds in used.items()}
+
+
 class TreeMemory:
     """Peak PSS and RSS summed over every process below this one, sampled in a thread."""
 
@@ -430,6 +465,7 @@ def _stage(
     secret = load_keystore(project.keystore_path(project.site(site_id))).hmac_secret
     with Engine(workers=workers, ray=True) as engine, SiteStore.open(project, site_id) as site:
         engine.start()
+        cpu_before = _cpu_seconds(os.getpid())
         started = time.perf_counter()
         if stage == "ingest":
             report = ingest(site, files, engine=engine, remove_quarantined_source=False)
@@ -451,7 +487,8 @@ def _stage(
                 "positions": summary["rows_in"],
                 "kept": summary["rows"],
             }
-    return {"seconds": seconds, **counts}
+        cpu = _cpu_used(cpu_before, _cpu_seconds(os.getpid()))
+    return {"seconds": seconds, **counts, "cpu_seconds": cpu}
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -610,9 +647,13 @@ def _print(result: dict[str, Any]) -> None:
         "Memory: peak PSS (RSS) summed over the stage's process and all it starts, Ray's "
         "included; throughput excludes Ray's start."
     )
+    print(
+        "CPU s: CPU seconds the stage used in its own process (driver), in the Ray actors "
+        "running its workers, and in Ray's other processes."
+    )
     header = (
         f"  {'workers':>7}  {'stage':<26}{'seconds':>9}{'positions/s':>13}"
-        f"{'peak PSS MB':>13}{'(RSS MB)':>10}{'procs':>7}"
+        f"{'peak PSS MB':>13}{'(RSS MB)':>10}{'procs':>7}   CPU s: driver / workers / Ray"
     )
     for label, size in result["sizes"].items():
         print(
@@ -627,7 +668,7 @@ def _print(result: dict[str, Any]) -> None:
             print(
                 f"  {count:>7}  {stage:<26}{f['seconds']:>9.1f}{f['positions_per_s']:>13,}"
                 f"{f['peak_pss_mb']:>13,.0f}{f['peak_rss_mb']:>10,.0f}"
-                f"{f.get('processes', ''):>7}"
+                f"{f.get('processes', ''):>7}{_cpu_text(f.get('cpu_seconds'))}"
             )
     print("\naims (judged at the large size)")
     for aim in result["aims"]:
@@ -648,6 +689,12 @@ def _print(result: dict[str, Any]) -> None:
     print(f"  assumption: {projection['assumption']}")
     for n, hours in projection["hours_per_day_of_uploads"].items():
         print(f"  {n:>3} worker(s): {hours:8.2f} h of ingest + classify + de-identify a day")
+
+
+def _cpu_text(cpu: dict[str, float] | None) -> str:
+    if not cpu:
+        return ""
+    return f"   {cpu['driver']:>6.0f} / {cpu['workers']:>7.0f} / {cpu['ray']:>5.0f}"
 
 
 def _machine() -> dict[str, Any]:
@@ -678,12 +725,18 @@ def main() -> None:
         "--prepare", action="store_true", help="only make the uploads (with --keep), then stop"
     )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--show", type=Path, help="print the result a --json run saved in this file, and stop"
+    )
     for private in ("--_child", "--_result", "--_files", "--_project", "--_workers"):
         kind = int if private == "--_workers" else str if private == "--_child" else Path
         parser.add_argument(private, type=kind, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child is not None:
         _child(args)
+        return
+    if args.show is not None:
+        _print(json.loads(args.show.read_text()))
         return
 
     workers = sorted({int(w) for w in args.workers.split(",")})
