@@ -181,16 +181,12 @@ class _Done:
     outputs: int = 0
     """Records added up (in the driver's total)."""
     referenced: set[str] = field(default_factory=set)
-    """Every object the records added up refer to: outputs and their frames."""
+    """Every object the records refer to: outputs and their frames."""
 
     def add(self, done: _Done) -> None:
         self.outputs += len(done.records)
         self.clips_in += done.clips_in
-        for output in done.records:
-            self.referenced.add(output.path)
-            frames = orjson.loads(output.detail).get("frames")
-            if frames is not None:
-                self.referenced.add(frames["path"])
+        self.referenced |= done.referenced
         for name, count in done.removed.items():
             self.removed[name] = self.removed.get(name, 0) + count
         self.frames.merge(done.frames)
@@ -317,6 +313,9 @@ class _DeidentifyVehicles:
             table = table.replace_schema_metadata({DEID_KEY: orjson.dumps(clip_facts)})
             path, data = _parquet(f"{OUTPUT_DIR}/{profile.name}", table, _TRAJECTORY_PARQUET)
             writes.append((path, data))
+            done.referenced.add(path)
+            if (frames_stored := stored_frames[i]) is not None:
+                done.referenced.add(frames_stored["path"])
             done.states.add(state)
             for check in checks:
                 _keep_worst(done.worst, check, table.num_rows)

@@ -25,6 +25,7 @@ and its batch retried a few times (its writes are idempotent); past that the sta
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import pickle
@@ -144,8 +145,9 @@ _SPILL_RECORDS: Final = 2000
 def local_ray_auth() -> dict[str, str]:
     """The environment that makes a local Ray demand a token on every call: Ray's servers
     listen on every interface of the machine, and without a token anyone who reaches their
-    ports could run code as the site. A fresh random token per Ray started; none of this when
-    the environment already says how Ray authenticates (``RAY_AUTH_MODE``).
+    ports could run code as the site. A random token, one per process (Ray keeps the first it
+    reads for the life of the process); none of this when the environment already says how Ray
+    authenticates (``RAY_AUTH_MODE``).
 
     Ray reads its authentication mode once, when it is first imported: set this before then.
     In a process that imported Ray without it, the answer is empty (a token there would lock
@@ -158,7 +160,12 @@ def local_ray_auth() -> dict[str, str]:
         if not is_token_auth_enabled():
             _log.warning("Ray was imported before onshore started it: it takes no token")
             return {}
-    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": _process_token()}
+
+
+@functools.cache
+def _process_token() -> str:
+    return secrets.token_hex(32)
 
 
 def ray_temp_dir() -> Path:
