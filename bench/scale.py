@@ -68,7 +68,7 @@ from onshore.deidentify import BUILTIN_PROFILES, deidentify_site
 from onshore.settings import load_project
 from onshore.sites import init_project
 from onshore.sites.compute import Engine
-from onshore.sites.keystore import load_keystore
+from onshore.sites.keystore import Secret, load_keystore
 from onshore.store import SiteStore
 from onshore.store.ingest import ingest
 
@@ -330,15 +330,36 @@ def _cpu_seconds(root: int) -> dict[int, tuple[str, float]]:
     return out
 
 
-def _cpu_used(
-    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
-) -> dict[str, float]:
-    """CPU seconds each role used between two :func:`_cpu_seconds` readings (a process that
-    exited between them is not counted: none of a stage's do)."""
-    used: dict[str, float] = {"driver": 0.0, "workers": 0.0, "ray": 0.0}
-    for pid, (role, seconds) in after.items():
-        used[role] += seconds - before.get(pid, (role, 0.0))[1]
-    return {role: round(seconds, 1) for role, seconds in used.items()}
+class TreeCpu:
+    """The CPU seconds each role of this process's tree used while it was entered: read from
+    ``/proc`` every :data:`SAMPLE_SECONDS` in a thread, each process's last reading kept, so
+    that actors which exit meanwhile (Ray runs a pool per window of items) still count, less at
+    most one interval of theirs."""
+
+    def __init__(self) -> None:
+        self._before = _cpu_seconds(os.getpid())
+        self._seen = dict(self._before)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TreeCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._seen.update(_cpu_seconds(os.getpid()))
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_SECONDS):
+            self._seen.update(_cpu_seconds(os.getpid()))
+
+    def used(self) -> dict[str, float]:
+        used: dict[str, float] = {"driver": 0.0, "workers": 0.0, "ray": 0.0}
+        for pid, (role, seconds) in self._seen.items():
+            used[role] += seconds - self._before.get(pid, (role, 0.0))[1]
+        return {role: round(seconds, 1) for role, seconds in used.items()}
 
 
 class TreeMemory:
@@ -465,30 +486,26 @@ def _stage(
     secret = load_keystore(project.keystore_path(project.site(site_id))).hmac_secret
     with Engine(workers=workers, ray=True) as engine, SiteStore.open(project, site_id) as site:
         engine.start()
-        cpu_before = _cpu_seconds(os.getpid())
-        started = time.perf_counter()
-        if stage == "ingest":
-            report = ingest(site, files, engine=engine, remove_quarantined_source=False)
+        with TreeCpu() as cpu:
+            started = time.perf_counter()
+            counts = _run_stage(stage, site, engine, files, secret)
             seconds = time.perf_counter() - started
-            if report.quarantined or report.clips != len(files):
-                raise SystemExit(f"ingest did not take every upload: {report.as_dict()}")
-            counts = {"clips": report.clips, "positions": report.rows, "frames": report.frames}
-        elif stage == "classify":
-            summary = classify_site(site, engine=engine, clip_labels=False)
-            seconds = time.perf_counter() - started
-            counts = {"clips": summary["clips"]}
-        else:
-            summary = deidentify_site(
-                site, BUILTIN_PROFILES["training"], secret=secret, engine=engine
-            )
-            seconds = time.perf_counter() - started
-            counts = {
-                "clips": summary["clips_in"],
-                "positions": summary["rows_in"],
-                "kept": summary["rows"],
-            }
-        cpu = _cpu_used(cpu_before, _cpu_seconds(os.getpid()))
-    return {"seconds": seconds, **counts, "cpu_seconds": cpu}
+    return {"seconds": seconds, **counts, "cpu_seconds": cpu.used()}
+
+
+def _run_stage(
+    stage: str, site: SiteStore, engine: Engine, files: list[Path], secret: Secret
+) -> dict[str, int]:
+    if stage == "ingest":
+        report = ingest(site, files, engine=engine, remove_quarantined_source=False)
+        if report.quarantined or report.clips != len(files):
+            raise SystemExit(f"ingest did not take every upload: {report.as_dict()}")
+        return {"clips": report.clips, "positions": report.rows, "frames": report.frames}
+    if stage == "classify":
+        summary = classify_site(site, engine=engine, clip_labels=False)
+        return {"clips": summary["clips"]}
+    summary = deidentify_site(site, BUILTIN_PROFILES["training"], secret=secret, engine=engine)
+    return {"clips": summary["clips_in"], "positions": summary["rows_in"], "kept": summary["rows"]}
 
 
 # -- the run --------------------------------------------------------------------------------
