@@ -20,10 +20,9 @@ the stage's throughput and not Ray's start-up. Memory is the proportional set si
 RSS beside it) summed over the child and every process below it, Ray's included, sampled every
 0.5 s from ``/proc``; shared pages (Ray's object store) count once. The CPU seconds of the
 stage's own process, of the Ray actors running its workers and of Ray's other processes are
-read from ``/proc`` before and after, to show where a second worker's time goes. The reference
-writes the
-very same decoded clip tables (and frames) with ``pyarrow.parquet.write_table``, one file per
-clip, in the compression ingest uses, timing the writes alone.
+sampled the same way, to show where a second worker's time goes. The reference writes the very
+same decoded clip tables (and frames) with ``pyarrow.parquet.write_table``, one file per clip,
+in the compression ingest uses, timing the writes alone.
 
 Aims (issue 14): peak memory at the large size within 1.2 times that at the small one; 2
 workers at least 1.6 times the throughput of 1; ingest at least half the reference's speed.
@@ -54,7 +53,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -330,30 +329,45 @@ def _cpu_seconds(root: int) -> dict[int, tuple[str, float]]:
     return out
 
 
-class TreeCpu:
-    """The CPU seconds each role of this process's tree used while it was entered: read from
-    ``/proc`` every :data:`SAMPLE_SECONDS` in a thread, each process's last reading kept, so
-    that actors which exit meanwhile (Ray runs a pool per window of items) still count, less at
-    most one interval of theirs."""
+class _Sampled:
+    """Calls :meth:`sample` every :data:`SAMPLE_SECONDS` in a thread while entered, and once
+    more on the way out."""
 
     def __init__(self) -> None:
-        self._before = _cpu_seconds(os.getpid())
-        self._seen = dict(self._before)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> TreeCpu:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
-        self._seen.update(_cpu_seconds(os.getpid()))
+        self.sample()
 
     def _run(self) -> None:
-        while not self._stop.wait(SAMPLE_SECONDS):
-            self._seen.update(_cpu_seconds(os.getpid()))
+        while True:
+            self.sample()
+            if self._stop.wait(SAMPLE_SECONDS):
+                return
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+
+class TreeCpu(_Sampled):
+    """The CPU seconds each role of this process's tree used while it was entered, each
+    process's last reading kept, so that actors which exit meanwhile (Ray runs a pool per
+    window of items) still count, less at most one interval of theirs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._before = _cpu_seconds(os.getpid())
+        self._seen = dict(self._before)
+
+    def sample(self) -> None:
+        self._seen.update(_cpu_seconds(os.getpid()))
 
     def used(self) -> dict[str, float]:
         used: dict[str, float] = {"driver": 0.0, "workers": 0.0, "ray": 0.0}
@@ -362,27 +376,12 @@ class TreeCpu:
         return {role: round(seconds, 1) for role, seconds in used.items()}
 
 
-class TreeMemory:
-    """Peak PSS and RSS summed over every process below this one, sampled in a thread."""
+class TreeMemory(_Sampled):
+    """Peak PSS and RSS summed over every process below this one."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.peak_pss_kb = self.peak_rss_kb = self.most_processes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> TreeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            self.sample()
-            if self._stop.wait(SAMPLE_SECONDS):
-                return
 
     def sample(self) -> None:
         live = [pid for pid, _, state in _descendants(os.getpid()) if state != "Z"]

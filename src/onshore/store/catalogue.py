@@ -66,6 +66,7 @@ default."""
 _RETRIES: Final = 5
 _CONNECT_TIMEOUT_S: Final = 10
 """Seconds to wait for a PostgreSQL server to accept a connection."""
+_T = TypeVar("_T")
 _R = TypeVar("_R", "FileRecord", "ClipRecord", "LabelRecord", "DeidentifiedRecord", "FramesRecord")
 
 _metadata = MetaData()
@@ -276,15 +277,17 @@ def _by_profile(rows: Sequence[Any]) -> dict[str, dict[str, int]]:
 
 
 _INSERT_ROWS: Final = 1000
+"""Rows inserted per statement where a write streams its rows."""
 _PAGE_ROWS: Final = 2000
 """Rows a paged read (:meth:`Catalogue.clip_pages`) takes per query."""
-"""Rows inserted per statement where a write streams its rows."""
 
 
-def _batches(values: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
-    """Slices small enough for an SQL ``IN`` list on every backend."""
-    for i in range(0, len(values), size):
-        yield values[i : i + size]
+def _batches(values: Iterable[_T], size: int = 500) -> Iterator[list[_T]]:
+    """``values`` in lists of ``size`` (by default small enough for an SQL ``IN`` list on every
+    backend), taken as they come: a stream is never held whole."""
+    pending = iter(values)
+    while batch := list(islice(pending, size)):
+        yield batch
 
 
 def _utc(value: datetime) -> datetime:
@@ -647,7 +650,7 @@ class Catalogue:
             if clip_ids is None:
                 rows = conn.execute(select(_frames).where(where).order_by(_frames.c.clip_id))
                 return [_row_to(FramesRecord, row) for row in rows]
-            for part in _batches(list(clip_ids)):
+            for part in _batches(clip_ids):
                 rows = conn.execute(select(_frames).where(where, _frames.c.clip_id.in_(part)))
                 out.extend(_row_to(FramesRecord, row) for row in rows)
         return out
@@ -660,7 +663,7 @@ class Catalogue:
     def _put_files(self, conn: Connection, files: Sequence[FileRecord], now: datetime) -> None:
         """Insert or replace file rows (a file quarantined once may be ingested later)."""
         rows = {f.sha256: {**_fields(f), "recorded_at": now, "site": self.site} for f in files}
-        for part in _batches(list(rows)):
+        for part in _batches(rows):
             conn.execute(
                 _files.delete().where(_files.c.site == self.site, _files.c.sha256.in_(part))
             )
@@ -692,13 +695,11 @@ class Catalogue:
         all be rows in memory at once."""
         now = datetime.now(UTC)
         with self._tx() as conn:
-            ids = iter(clip_ids)
-            while part := list(islice(ids, 500)):
+            for part in _batches(clip_ids):
                 conn.execute(
                     _labels.delete().where(_labels.c.site == self.site, _labels.c.clip_id.in_(part))
                 )
-            pending = iter(labels)
-            while batch := list(islice(pending, _INSERT_ROWS)):
+            for batch in _batches(labels, _INSERT_ROWS):
                 conn.execute(
                     _labels.insert(),
                     [{**_fields(r), "site": self.site, "classified_at": now} for r in batch],
@@ -724,8 +725,7 @@ class Catalogue:
                     _deidentified.c.site == self.site, _deidentified.c.profile == profile
                 )
             )
-            pending = iter(records)
-            while batch := list(islice(pending, _INSERT_ROWS)):
+            for batch in _batches(records, _INSERT_ROWS):
                 conn.execute(
                     _deidentified.insert(),
                     [{**_fields(r), "site": self.site, "created_at": now} for r in batch],
