@@ -44,34 +44,41 @@ class SiteCrashed(RuntimeError):
     """A drill's site process failing in the middle of a round."""
 
 
-def drill(
-    faults: Sequence[Fault], options: FederatedOptions, memory: Path
-) -> Callable[[Message, Context, Callable[[Message, Context], Message]], Message]:
+def drill(faults: Sequence[Fault], options: FederatedOptions, memory: Path) -> Drill:
     """An outer ClientApp mod playing ``faults``. ``memory`` is a folder where each site's
     signed training replies are kept for replays (Ray may run a site's rounds in different
     worker processes, so nothing is kept in memory)."""
     memory.mkdir(parents=True, exist_ok=True)
-    by_key = {(f.site, f.round): f.kind for f in faults}
+    return Drill({(f.site, f.round): f.kind for f in faults}, options, memory)
 
-    def mod(
-        msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+
+@dataclass(frozen=True, slots=True)
+class Drill:
+    """The mod :func:`drill` makes: plain data, so it pickles into the run's processes."""
+
+    faults: dict[tuple[str, int], FaultKind]
+    options: FederatedOptions
+    memory: Path
+
+    def __call__(
+        self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
     ) -> Message:
-        ref = site_of(context, options)
+        ref = site_of(context, self.options)
         server_round = server_round_of(msg)
         is_train = msg.metadata.message_type == MessageType.TRAIN
-        kind = by_key.get((ref.site, server_round)) if is_train else None
+        kind = self.faults.get((ref.site, server_round)) if is_train else None
         if kind == "crash":
             raise SiteCrashed(f"{ref.site} crashed in round {server_round} (drill)")
         reply = call_next(msg, context)
         if not is_train or reply.has_error():
             return reply
-        kept = memory / f"{ref.site}-{server_round}.pickle"
+        kept = self.memory / f"{ref.site}-{server_round}.pickle"
         kept.write_bytes(pickle.dumps(reply.content))
         if kind is None:
             return reply
         keys = load_keystore(ref.project.keystore_path(ref.project.site(ref.site)))
         if kind == "replay":
-            earlier = sorted(memory.glob(f"{ref.site}-*.pickle"))
+            earlier = sorted(self.memory.glob(f"{ref.site}-*.pickle"))
             earlier = [p for p in earlier if p != kept]
             if earlier:
                 old = pickle.loads(earlier[-1].read_bytes())
@@ -95,8 +102,6 @@ def drill(
             signer,
         )
         return Message(content, reply_to=msg)
-
-    return mod
 
 
 def _statement(content: RecordDict) -> Statement:

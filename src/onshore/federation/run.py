@@ -1,14 +1,23 @@
 """Running federated training on one machine: Flower's Simulation Engine, one SuperNode per
-site, each a Ray worker with one CPU, the ServerApp in this process."""
+site, each a Ray worker with one CPU, the ServerApp in a child process of the caller.
+
+The child is started fresh (``spawn``) for every run and ends with it, so Ray's state never
+outlives a run in the caller's process, and a Ray crash ends the run with a clear error
+instead of taking the caller with it. What the run says reaches the caller's ``say`` as it
+happens."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
+import pickle
+import signal
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from multiprocessing.connection import Connection
+from typing import Any, Final
 
 import orjson
 
@@ -96,11 +105,10 @@ def run_federated(
     """Train ``options.model`` across ``options.sites`` with Flower's Simulation Engine and
     return the run's summary (what ``onshore train --mode federated --json`` prints).
 
-    ``client_mods`` go outside every site's outbound mod (fault drills). ``workers``: Ray
-    workers (default: one per site, at most the CPUs).
+    ``client_mods`` go outside every site's outbound mod (fault drills); they must pickle, as
+    they go to the run's processes. ``workers``: Ray workers (default: one per site, at most
+    the CPUs).
     """
-    from flwr.simulation import run_simulation
-
     options, done = prepare_run(project, options, say)
     if done is not None:
         return done
@@ -122,20 +130,13 @@ def run_federated(
         f"{options.strategy}, {options.model.name}"
         + (", DP-SGD at every site" if options.dp else ", without DP")
     )
-    with flower_environment():
-        try:
-            run_simulation(
-                server_app=make_server_app(options, say=say),
-                client_app=make_client_app(options, outer_mods=client_mods),
-                num_supernodes=n,
-                backend_config=backend,
-            )
-        except Exception as exc:
-            raise TrainingError(
-                f"federated run {options.run} failed: {exc}",
-                hint="the rounds done so far are in the coordinator's ledger and "
-                f"{folder / 'rounds.json'}",
-            ) from exc
+    failure = _in_child(pickle.dumps((options, tuple(client_mods), backend)), say)
+    if failure is not None:
+        raise TrainingError(
+            f"federated run {options.run} failed: {failure}",
+            hint="the rounds done so far are in the coordinator's ledger and "
+            f"{folder / 'rounds.json'}; rerun the same command to resume after the last round",
+        )
     summary = _read_json(folder / "federated.json")
     if summary is None:
         raise TrainingError(
@@ -143,3 +144,75 @@ def run_federated(
             hint=f"see {folder / 'rounds.json'} and the coordinator's ledger",
         )
     return dict(summary)
+
+
+_POLL_S: Final = 0.5
+
+
+def _in_child(payload: bytes, say: Callable[[str], None]) -> str | None:
+    """Run :func:`_simulate` on ``payload`` in a fresh child process, passing what it says to
+    ``say``. Returns None when the run ended, else why it failed."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_simulate, args=(payload, send), name="onshore-federation")
+    child.start()
+    send.close()
+    failure: str | None = "the simulation process ended without a word"
+    try:
+        while True:
+            if receive.poll(_POLL_S):
+                try:
+                    kind, text = receive.recv()
+                except EOFError:
+                    break
+                if kind == "say":
+                    say(text)
+                else:
+                    failure = text if kind == "failed" else None
+                    break
+            elif not child.is_alive():
+                break
+        child.join()
+    finally:
+        if child.is_alive():  # the caller was interrupted: the run stops with it
+            child.terminate()
+            child.join()
+        receive.close()
+    if failure == "the simulation process ended without a word" and child.exitcode:
+        code = child.exitcode
+        failure = f"the simulation process died ({_exit_reason(code)})"
+    return failure
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+        return f"signal {-code}"
+    return f"exit status {code}"
+
+
+def _simulate(payload: bytes, send: Connection) -> None:
+    """The child's side: Flower's Simulation Engine with the ServerApp here and one Ray worker
+    per site."""
+    from flwr.simulation import run_simulation
+
+    options, client_mods, backend = pickle.loads(payload)
+
+    def say(message: str) -> None:
+        send.send(("say", message))
+
+    try:
+        with flower_environment():
+            run_simulation(
+                server_app=make_server_app(options, say=say),
+                client_app=make_client_app(options, outer_mods=client_mods),
+                num_supernodes=len(options.sites),
+                backend_config=backend,
+            )
+    except BaseException as exc:  # the caller gets every failure, in words
+        send.send(("failed", f"{type(exc).__name__}: {exc}"))
+    else:
+        send.send(("done", ""))
+    finally:
+        send.close()
