@@ -39,6 +39,8 @@ pytestmark = pytest.mark.slow
 
 VEHICLES = 200
 MINUTES = 4.0
+TRIP_KM = 1.5
+"""Shorter than the regions' own trips, to keep the simulations quick."""
 SEED = 7
 
 # (min lon, min lat, max lon, max lat) around each city, wider than any network placed in it.
@@ -65,6 +67,7 @@ def _simulate(region: str, out: Path, cache: Path, seed: int = SEED) -> Run:
         seed=seed,
         out=out,
         recorded_in=region.upper(),
+        trip_km=TRIP_KM,
         cache_dir=cache,
         progress=lambda stage, fraction: stages.append((stage, fraction)),
     )
@@ -316,9 +319,31 @@ def test_consent_is_per_vehicle_and_about_the_share_asked_for(run: Run) -> None:
 def test_fleet_is_the_share_of_cars_asked_for(run: Run) -> None:
     result = run.result
     manifest = json.loads(result.manifest.read_text())
-    cars = manifest["counts"]["vehicles_planned"][PROFILES[result.region].fleet_source]
-    assert result.fleet_vehicles == round(0.3 * cars)
-    assert result.vehicles_inserted >= 0.9 * VEHICLES
+    counts = manifest["counts"]
+    source = PROFILES[result.region].fleet_source
+    # The fleet is the share of the cars departing in the window; traffic then goes on.
+    assert result.fleet_vehicles == round(0.3 * counts["vehicles_in_window"][source])
+    assert sum(counts["vehicles_in_window"].values()) == VEHICLES
+    assert counts["vehicles_planned"][source] >= counts["vehicles_in_window"][source]
+    assert result.vehicles_inserted >= 0.9 * sum(counts["vehicles_planned"].values())
+
+
+def test_every_fleet_vehicle_drives_a_whole_trip(run: Run) -> None:
+    result = run.result
+    trips = json.loads(result.manifest.read_text())["fleet_trips"]
+    assert result.fleet_vehicles > 0
+    assert result.fleet_arrived == result.fleet_vehicles, "every trip ends at its destination"
+    assert 0.6 * TRIP_KM <= trips["median_km"] <= 1.6 * TRIP_KM
+    assert result.simulated_s > MINUTES * 60, "the run lasts until the fleet has arrived"
+    # Each vehicle's clips run from its departure to its arrival, minutes apart.
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for clip in run.clips:
+        vin, times = clip.meta.vin, clip.table["time"]
+        first[vin] = min(first.get(vin, times[0].value), times[0].value)
+        last[vin] = max(last.get(vin, times[-1].value), times[-1].value)
+    spans = [(last[vin] - first[vin]) / 1e6 for vin in first]
+    assert np.median(spans) > 60, "a trip of a kilometre and a half takes minutes"
 
 
 def test_zones_cover_fleet_positions(run: Run) -> None:

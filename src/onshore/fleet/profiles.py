@@ -79,6 +79,12 @@ class TripOptions:
     """Straight-line distance a trip must cover, so drives are long enough to cut clips from."""
     fringe_factor: float
     """Weight of edges at the network's edge: higher means more through traffic."""
+    fleet_trip_km: float
+    """Median length of a fleet vehicle's trip, departure to arrival. Lengths are drawn around
+    it (log-normal), so some trips are short errands and some long commutes."""
+    fleet_speed_mps: float
+    """A fleet trip's mean speed, stops included (as measured on the region's network): traffic
+    departs until the longest fleet trip can have ended at this speed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +245,10 @@ _CN: Final = RegionProfile(
         FleetModel("FAW-Volkswagen ID.4 CROZZ", "LFV", "3B2E5", "C", 0.4),
     ),
     model_years=(2024, 2025, 2026),
-    trips=TripOptions(min_distance_m=1200.0, fringe_factor=2.0),
+    # Car trips in central Shanghai are short and slow: lights every 100 m, queues.
+    trips=TripOptions(
+        min_distance_m=1200.0, fringe_factor=2.0, fleet_trip_km=4.5, fleet_speed_mps=4.0
+    ),
     zones=(
         ZoneSpec("military", "Garrison compound (simulated military administrative zone)", 90.0),
         ZoneSpec("government", "District government compound (simulated)", 70.0),
@@ -349,7 +358,9 @@ _EU: Final = RegionProfile(
         FleetModel("BMW i4 eDrive40", "WBA", "71AW0", "F", 0.45),
     ),
     model_years=(2024, 2025, 2026),
-    trips=TripOptions(min_distance_m=1500.0, fringe_factor=3.0),
+    trips=TripOptions(
+        min_distance_m=1500.0, fringe_factor=3.0, fleet_trip_km=5.0, fleet_speed_mps=6.0
+    ),
     zones=(
         ZoneSpec("military", "Barracks (simulated military zone)", 90.0),
         ZoneSpec("government", "Federal ministry annex (simulated)", 70.0),
@@ -448,7 +459,10 @@ _US: Final = RegionProfile(
         FleetModel("Tesla Model 3", "5YJ", "3E1EA", "F", 0.5),
     ),
     model_years=(2024, 2025, 2026),
-    trips=TripOptions(min_distance_m=2000.0, fringe_factor=5.0),
+    # Longer trips, partly on the freeway (US vehicle trips are the longest of the three).
+    trips=TripOptions(
+        min_distance_m=2000.0, fringe_factor=5.0, fleet_trip_km=8.0, fleet_speed_mps=11.0
+    ),
     zones=(
         ZoneSpec("military", "National Guard armory (simulated)", 100.0),
         ZoneSpec("government", "Federal building (simulated)", 80.0),

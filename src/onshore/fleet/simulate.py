@@ -1,7 +1,8 @@
 """Simulate one region's traffic with SUMO and write what its fleet uploads.
 
 The run goes: road network (built once and cached) → random trips per vehicle type, a share of
-the cars made fleet vehicles → SUMO at 10 Hz, floating-car data written only for fleet vehicles
+the cars made fleet vehicles, each driving a whole trip of its region's length → SUMO at 10 Hz
+until every vehicle has arrived, floating-car data written only for fleet vehicles
 and what is within sensor range of them → clips cut from each fleet vehicle's drive → one MCAP
 file per clip, the sensitive areas as GeoJSON, and a manifest. Everything random is seeded from
 the run's seed, so the same arguments write byte-identical clips and zones.
@@ -27,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from onshore.clips.mcap import write_mcap
-from onshore.clips.schema import TRIGGERS
+from onshore.clips.schema import TRIGGERS, Clip
 from onshore.errors import ConfigError, SimulationError
 from onshore.fleet.camera import CameraSettings, PlateStyle, render_frames
 from onshore.fleet.clips import FCD_COLUMNS, ClipBatch, ClipSettings, cut_clips
@@ -48,7 +49,7 @@ STEP_LENGTH: Final = 0.1
 """Seconds per simulation step: the 10 Hz at which vehicles log."""
 SENSOR_RANGE_M: Final = 80.0
 _DEPART_SHARE: Final = 0.85
-"""Vehicles depart during this share of the run, so traffic is on the roads until its end."""
+"""The fleet departs during this share of the minutes asked for."""
 _ZONES_FILE: Final = "sensitive_areas.geojson"
 _MANIFEST_FILE: Final = "manifest.json"
 
@@ -76,6 +77,10 @@ class SimulationResult:
     """Clips per upload trigger."""
     frames: int = 0
     """Camera frames over all clips."""
+    simulated_s: float = 0.0
+    """Simulated seconds: until the last vehicle arrived."""
+    fleet_arrived: int = 0
+    """Fleet vehicles that reached their destination (the rest were removed by SUMO, stuck)."""
 
 
 def _check(
@@ -121,15 +126,19 @@ def simulate_fleet(
     clip_seconds: float = 20.0,
     camera_share: float = 0.1,
     camera: CameraSettings = CameraSettings(),
+    trip_km: float | None = None,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> SimulationResult:
-    """Simulate ``vehicles`` vehicles for ``minutes`` in ``region`` and write the fleet's clips.
+    """Simulate ``region``'s traffic, ``vehicles`` vehicles departing over ``minutes``, until
+    every vehicle has arrived, and write the fleet's clips.
 
-    ``fleet_share`` of the passenger cars are fleet vehicles; ``no_consent_share`` of those have
-    drivers who did not consent to training; the uploads of ``camera_share`` of them carry
-    front-camera frames (:mod:`onshore.fleet.camera`). Writes ``<clip_id>.mcap`` per clip,
-    ``sensitive_areas.geojson`` and ``manifest.json`` into ``out``.
+    ``fleet_share`` of the passenger cars are fleet vehicles, each driving one whole trip (its
+    length drawn around the region's median, or ``trip_km``); ``no_consent_share`` of those have
+    drivers who did not consent to training; the event uploads (not the random samples) of
+    ``camera_share`` of them carry front-camera frames (:mod:`onshore.fleet.camera`). Writes
+    ``<clip_id>.mcap`` per clip, ``sensitive_areas.geojson`` and ``manifest.json`` into
+    ``out``.
 
     Raises :class:`ConfigError` for an unknown region or a bad parameter, and
     :class:`SimulationError` (with SUMO's own message) when a SUMO tool fails.
@@ -141,7 +150,9 @@ def simulate_fleet(
         if progress is not None:
             progress(stage, fraction)
 
-    end = minutes * 60.0
+    if trip_km is not None and not (math.isfinite(trip_km) and trip_km > 0):
+        raise ConfigError(f"trip_km must be a positive number, not {trip_km}")
+    window = minutes * 60.0
     report("network", 0.0)
     network = load_network(profile.network, cache_dir)
     report("network", 1.0)
@@ -153,15 +164,17 @@ def simulate_fleet(
             profile,
             network=network.path,
             vehicles=vehicles,
-            depart_end=end * _DEPART_SHARE,
+            depart_end=window * _DEPART_SHARE,
             seed=seed,
             fleet_share=fleet_share,
             no_consent_share=no_consent_share,
             workdir=workdir,
+            trip_km=trip_km,
         )
         report("trips", 1.0)
         report("sumo", 0.0)
         fcd_path, stats_path = workdir / "fcd.parquet", workdir / "statistics.xml"
+        trips_path = workdir / "tripinfo.xml"
         run_tool(
             ToolRun(
                 "sumo",
@@ -171,8 +184,9 @@ def simulate_fleet(
                     f"--additional-files={demand.vtypes.name}",
                     f"--route-files={demand.routes.name}",
                     f"--step-length={STEP_LENGTH}",
+                    # No end: the run lasts until every vehicle has arrived (SUMO removes one
+                    # stuck for five minutes), so every fleet trip is whole.
                     "--begin=0",
-                    f"--end={end:.1f}",
                     f"--seed={derive_seed(region, seed, 'sumo')}",
                     f"--fcd-output={fcd_path.name}",
                     "--fcd-output.acceleration",
@@ -184,6 +198,7 @@ def simulate_fleet(
                     # Lane changes take time and move the car sideways, as a driver's do.
                     "--lanechange.duration=2",
                     f"--statistic-output={stats_path.name}",
+                    f"--tripinfo-output={trips_path.name}",
                     "--ignore-route-errors",
                     "--no-step-log",
                     "--no-warnings",
@@ -193,6 +208,7 @@ def simulate_fleet(
         )
         report("sumo", 1.0)
         inserted = _inserted(stats_path)
+        arrivals = _arrivals(trips_path, {vehicle.sumo_id for vehicle in demand.fleet})
         table = _read_fcd(fcd_path)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -218,7 +234,7 @@ def simulate_fleet(
     paths: list[Path] = []
     frames = 0
     for number, clip in enumerate(batch.clips, start=1):
-        if clip.meta.vin in with_camera:
+        if _films(clip, with_camera):
             table, _ = render_frames(clip, style, camera)
             clip = replace(clip, frames=table)
             frames += table.num_rows
@@ -253,7 +269,11 @@ def simulate_fleet(
         rows=rows,
         triggers=trigger_counts,
         frames=frames,
+        simulated_s=max((a.arrival for a in arrivals.values()), default=0.0),
+        fleet_arrived=sum(a.arrived for a in arrivals.values()),
     )
+    planned_km = sorted(length / 1000 for length in demand.trip_m.values())
+    driven_min = sorted(a.duration / 60 for a in arrivals.values() if a.arrived)
     manifest = {
         "region": region,
         "jurisdiction": profile.jurisdiction,
@@ -273,6 +293,7 @@ def simulate_fleet(
             "no_consent_share": no_consent_share,
             "clip_seconds": clip_seconds,
             "camera_share": camera_share,
+            "trip_km": trip_km,
             "camera": {
                 "width": camera.width,
                 "height": camera.height,
@@ -290,11 +311,20 @@ def simulate_fleet(
             "fleet_vehicles": result.fleet_vehicles,
             "fleet_without_consent": result.fleet_without_consent,
             "clips": len(paths),
-            "clips_with_frames": sum(clip.meta.vin in with_camera for clip in batch.clips),
+            "clips_with_frames": sum(_films(clip, with_camera) for clip in batch.clips),
             "frames": frames,
             "rows": rows,
             "objects": sum(len(pc.list_flatten(clip.table["objects"])) for clip in batch.clips),
             "triggers": trigger_counts,
+            "vehicles_in_window": dict(demand.in_window),
+            "fleet_arrived": result.fleet_arrived,
+        },
+        "fleet_trips": {
+            "median_km": round(_median(planned_km), 2),
+            "longest_km": round(planned_km[-1], 2) if planned_km else 0.0,
+            "median_minutes": round(_median(driven_min), 1),
+            "longest_minutes": round(driven_min[-1], 1) if driven_min else 0.0,
+            "traffic_departs_until_s": round(demand.end, 1),
         },
         "files": {"clips": [path.name for path in paths], "zones": zones.name},
     }
@@ -323,6 +353,12 @@ def _camera_vehicles(
     return {vehicle.vin for vehicle in fleet if draw.random() < share}
 
 
+def _films(clip: Clip, with_camera: set[str]) -> bool:
+    """Whether ``clip`` carries camera frames: an event's upload (a hard brake, a lane change)
+    from a vehicle with the camera. Fleets send video around events, not with every sample."""
+    return clip.meta.vin in with_camera and clip.meta.trigger != "random_sample"
+
+
 def _previous_clips(manifest: Path) -> set[str]:
     """Clip files an earlier simulation listed in ``manifest`` (none if there is no such file)."""
     try:
@@ -341,9 +377,11 @@ def simulate_site(
     out: Path,
     progress: Progress | None = None,
     camera_share: float | None = None,
+    trip_km: float | None = None,
 ) -> SimulationResult:
     """:func:`simulate_fleet` for a site of a project: its region profile and fleet settings
-    (``camera_share`` overrides the site's), its clips recorded in the site."""
+    (``camera_share`` and ``trip_km`` override the site's and the region's), its clips
+    recorded in the site."""
     return simulate_fleet(
         site.region_profile,
         vehicles=vehicles,
@@ -356,6 +394,7 @@ def simulate_site(
         clip_seconds=site.fleet.clip_seconds,
         camera_share=site.fleet.camera_share if camera_share is None else camera_share,
         camera=CameraSettings(rate_hz=site.fleet.camera_hz),
+        trip_km=trip_km,
         progress=progress,
     )
 
@@ -385,3 +424,33 @@ def _inserted(statistics: Path) -> int:
     if element is None:
         raise SimulationError("sumo's statistics have no <vehicles> element")
     return int(element.attrib.get("inserted", "0"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Arrival:
+    arrival: float
+    """Simulated second the vehicle left the network."""
+    duration: float
+    arrived: bool
+    """Whether it reached its destination, rather than being removed while stuck."""
+
+
+def _arrivals(tripinfo: Path, vehicles: set[str]) -> dict[str, _Arrival]:
+    """How each of ``vehicles`` ended its trip, from SUMO's ``--tripinfo-output``."""
+    try:
+        root = ET.parse(tripinfo).getroot()
+    except (OSError, ET.ParseError) as exc:
+        raise SimulationError(f"sumo wrote no readable trip information: {exc}") from exc
+    found: dict[str, _Arrival] = {}
+    for element in root.iter("tripinfo"):
+        if element.get("id") in vehicles:
+            found[element.attrib["id"]] = _Arrival(
+                arrival=float(element.attrib["arrival"]),
+                duration=float(element.attrib["duration"]),
+                arrived=element.get("vaporized", "") == "",
+            )
+    return found
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(np.median(values)) if values else 0.0
