@@ -9,9 +9,15 @@ to the ego's next positions, in the sample's frame. Three are registered:
 - ``object_encoder``: the past through an MLP, each tracked object through a small shared MLP,
   max-pooled over the objects that are there, and a head over both.
 
-The learned models predict a correction to the constant-velocity path rather than the path
-itself: constant velocity is already right to within metres, so the network starts from a good
-answer and spends its capacity on turns, braking and the traffic ahead.
+The learned models do not predict positions: they predict the ego's acceleration and the
+curvature of its path at each future step, and the path is integrated from them, starting from
+the velocity of the last past step (a kinematic layer). A network that outputs zeros forecasts
+constant velocity, so it starts from a good answer and spends its capacity on turns, braking
+and the traffic ahead; and whatever it outputs, the path is one a car can drive: it does not
+move sideways without turning, nor turn on the spot, and its speed never goes below zero, so a
+vehicle standing in a queue stays where it is unless the network predicts that it moves off
+(an unconstrained network adds a small drift to every standing vehicle and loses to constant
+velocity on them).
 
 A model is declared by a :class:`ModelSpec` (a registered name and its configuration), and its
 ``state_dict`` has names, shapes and dtypes that depend on the spec alone
@@ -52,8 +58,23 @@ __all__ = [
 _PAST_SCALE: Final = (20.0, 5.0, 10.0, 5.0, 1.0, 1.0, 3.0, 0.5, 0.3, 1.0)
 """Fixed divisors bringing each past feature (see ``PAST_FEATURES``) near unit range."""
 _OBJECT_SCALE: Final = (40.0, 10.0, 10.0, 5.0, 40.0, 1.0, 5.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
-_FUTURE_SCALE: Final = 5.0
-"""Metres per unit of the networks' correction output."""
+_MAX_ACCEL: Final = 8.0
+"""The largest acceleration or deceleration (m/s^2) the kinematic layer lets a network ask
+for: beyond an emergency stop."""
+_MAX_CURVATURE: Final = 0.25
+"""The tightest turn (1/m): a car's full steering lock, a radius of 4 m."""
+_MOVING_MPS: Final = 0.5
+"""Below this speed the direction of travel is the heading, not the last displacement."""
+_STANDING_GRADIENT: Final = 0.1
+"""The gradient the zero-speed clamp passes below zero (its value is exactly zero there)."""
+
+
+def _non_negative(speed: Tensor) -> Tensor:
+    """``speed`` clamped at zero: exactly zero below it, so a standing vehicle the network
+    keeps standing does not drift, yet with a small gradient there, so a network that holds a
+    vehicle that moves off still learns to let it go."""
+    below = torch.clamp(speed, max=0.0)
+    return torch.relu(speed) + _STANDING_GRADIENT * (below - below.detach())
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +135,32 @@ class ForecastModel(nn.Module):
     def _scaled_past(self, past: Tensor) -> Tensor:
         return (past / self._past_scale).flatten(1)
 
-    def _path(self, past: Tensor, correction: Tensor) -> Tensor:
-        base = constant_velocity(past, self.future_steps)
-        return base + _FUTURE_SCALE * correction.view(-1, self.future_steps, 2)
+    def _path(self, past: Tensor, controls: Tensor) -> Tensor:
+        """The path driven from the last past step's velocity under ``controls`` (B, 2T): the
+        acceleration (m/s^2) and the curvature (1/m) of each future step, squashed to what a
+        car can do. The heading turns by speed times curvature, so a standing car does not
+        turn on the spot (a kinematic bicycle)."""
+        steps = self.future_steps
+        accel = _MAX_ACCEL * torch.tanh(controls[:, :steps])
+        curvature = _MAX_CURVATURE * torch.tanh(controls[:, steps:])
+        moved = past[:, -1, 0:2] - past[:, -2, 0:2]
+        speed = moved.norm(dim=-1) / DT
+        # The direction of travel; a vehicle (nearly) standing points along its heading, which
+        # is the sample frame's x axis.
+        direction = torch.where(
+            speed > _MOVING_MPS, torch.atan2(moved[:, 1], moved[:, 0]), torch.zeros_like(speed)
+        )
+        speeds = []
+        for k in range(steps):
+            speed = _non_negative(speed + accel[:, k] * DT)
+            speeds.append(speed)
+        v = torch.stack(speeds, dim=1)
+        step = v * DT
+        theta = direction[:, None] + torch.cumsum(step * curvature, dim=1)
+        return torch.stack(
+            [torch.cumsum(step * torch.cos(theta), 1), torch.cumsum(step * torch.sin(theta), 1)],
+            dim=-1,
+        )
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from onshore.errors import ConfigError, NoTrainingData, PrivacyBudgetSpent
 from onshore.model.dataset import Samples
+from onshore.model.metrics import STANDING_MPS
 from onshore.model.nets import ForecastModel, check_weights
 
 __all__ = ["DPConfig", "PrivacyAccountant", "TrainResult", "sample_loss", "train_local"]
@@ -181,11 +182,23 @@ class TrainResult:
     accountant: PrivacyAccountant | None = field(default=None, repr=False)
 
 
-def sample_loss(predicted: Tensor, future: Tensor) -> Tensor:
+STANDING_WEIGHT: Final = 4.0
+"""How much more a sample of a standing vehicle counts in the loss. Their errors are
+centimetres where a moving vehicle's are decimetres, so unweighted they barely move the
+model, which then lets standing vehicles drift and loses to constant velocity on them."""
+
+
+def sample_loss(predicted: Tensor, future: Tensor, past: Tensor | None = None) -> Tensor:
     """Per-sample training loss: the mean displacement over the horizon (ADE), smoothed at 0
-    so its gradient is defined when a prediction is exact. (B,)"""
+    so its gradient is defined when a prediction is exact, and weighted by
+    :data:`STANDING_WEIGHT` for a vehicle standing at the present step when ``past`` is
+    given. (B,)"""
     squared = (predicted - future).square().sum(dim=-1)
-    return torch.sqrt(squared + 1e-6).mean(dim=-1)
+    loss = torch.sqrt(squared + 1e-6).mean(dim=-1)
+    if past is None:
+        return loss
+    standing = past[:, -1, 2:4].square().sum(dim=-1) < STANDING_MPS**2
+    return loss * torch.where(standing, STANDING_WEIGHT, 1.0)
 
 
 def train_local(
@@ -343,7 +356,7 @@ def _plain(
         at += batch_size
         past, objects, mask, future = (t[index] for t in tensors)
         optimizer.zero_grad(set_to_none=True)
-        loss = sample_loss(net(past, objects, mask), future).mean()
+        loss = sample_loss(net(past, objects, mask), future, past).mean()
         torch.autograd.backward(loss)
         _pull(params, anchor, mu)
         optimizer.step()
@@ -388,7 +401,7 @@ def _private(
                 index = torch.from_numpy(np.flatnonzero(rng.random(n) < rate))
                 past, objects, mask, future = (t[index] for t in tensors)
                 private.zero_grad(set_to_none=True)
-                per_sample = sample_loss(wrapped(past, objects, mask), future)
+                per_sample = sample_loss(wrapped(past, objects, mask), future, past)
                 loss = per_sample.mean() if len(index) else per_sample.sum()
                 torch.autograd.backward(loss)
                 if private.pre_step():
