@@ -114,8 +114,8 @@ def postgres_url() -> Iterator[str]:
 
 
 def run_demo_cli(folder: Path) -> dict:  # type: ignore[type-arg]
-    """``onshore demo --json`` on a small setting (three sites, 60 vehicles each for 4 minutes,
-    2 federated rounds), as a user runs it."""
+    """``onshore demo --json`` on a small setting (three sites, 60 vehicles each departing over
+    4 minutes on trips of 1.5 km, 2 federated rounds), as a user runs it."""
     import json
     import subprocess
     import sys
@@ -132,6 +132,8 @@ def run_demo_cli(folder: Path) -> dict:  # type: ignore[type-arg]
             "60",
             "--minutes",
             "4",
+            "--trip-km",
+            "1.5",
             "--seed",
             "3",
             "--rounds",

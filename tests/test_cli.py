@@ -114,6 +114,8 @@ def test_fleet_simulate_in_a_project_stores_the_site_zones(tmp_path: Path) -> No
         "40",
         "--minutes",
         "1",
+        "--trip-km",
+        "1",
         "--seed",
         "5",
         "--out",
@@ -138,7 +140,7 @@ def test_fleet_simulate_in_a_project_stores_the_site_zones(tmp_path: Path) -> No
 
 def test_lab_holds_every_site_and_sends_nothing_across_a_border(tmp_path: Path) -> None:
     lab = tmp_path / "lab"
-    made = _json(["lab", str(lab), "--vehicles", "15", "--minutes", "1"])
+    made = _json(["lab", str(lab), "--vehicles", "15", "--minutes", "1", "--trip-km", "1"])
     assert isinstance(made, dict)
     sites = {s["site"]: s for s in made["sites"]}
     assert set(sites) == {"cn-shanghai", "eu-frankfurt", "us-oregon"}

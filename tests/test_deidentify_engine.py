@@ -64,10 +64,16 @@ def test_ray_engine_reaches_the_inline_catalogue(
 ) -> None:
     settings_ = project.site(SITE)
     result = simulate_site(
-        settings_, vehicles=30, minutes=2, seed=3, out=tmp_path / "uploads", camera_share=0.15
+        settings_,
+        vehicles=30,
+        minutes=2,
+        seed=3,
+        out=tmp_path / "uploads",
+        camera_share=0.15,
+        trip_km=1.0,
     )
     secret = load_keystore(project.keystore_path(settings_)).hmac_secret
-    # Training without trip-end trimming: two-minute drives are shorter than twice its 500 m.
+    # Training without trip-end trimming: one-kilometre trips are not much over twice its 500 m.
     steps = [{"name": n} for n in ("pseudonymise", "drop_zones", "to_local", "mask_frames")]
     profile = resolve_profile("training", {"training": steps})
     with SiteStore.open(project, SITE) as site:

@@ -39,7 +39,8 @@ from onshore.model import (
     train_local,
     weight_signature,
 )
-from onshore.model.dataset import samples_from_outputs
+from onshore.model.dataset import FUNNEL, samples_from_outputs
+from onshore.model.metrics import MOTION_GROUPS, Metrics, motion_groups
 from onshore.settings import Project
 from onshore.sites import init_project
 from onshore.sites.keystore import load_keystore
@@ -251,6 +252,22 @@ def test_site_dataset_holds_only_consented_clips_and_is_cached(trained_project: 
         # The cache is keyed by the configuration too.
         other = build_site_dataset(site, DatasetConfig(stride=5))
         assert not other.info["cached"] and len(other.train) < len(data.train)
+        # The funnel says where the data went, and agrees with the catalogue and the samples.
+        funnel = data.info["funnel"]
+        assert list(funnel) == list(FUNNEL) and again.info["funnel"] == funnel
+        clips = site.catalogue.clips()
+        assert funnel["clips_recorded"] == len(clips)
+        assert funnel["clips_consented"] == sum(c.consent_training for c in clips)
+        assert funnel["positions_recorded"] == sum(c.rows for c in clips)
+        assert funnel["positions_consented"] == sum(c.rows for c in clips if c.consent_training)
+        assert funnel["clips_kept"] <= funnel["clips_consented"] < funnel["clips_recorded"]
+        removed = funnel["positions_trimmed"] + funnel["positions_in_zones"]
+        assert funnel["positions_trimmed"] > 0, "the trip-end trim removes the trips' ends"
+        assert funnel["positions_consented"] - removed == funnel["positions_kept"]
+        assert (funnel["samples_train"], funnel["samples_test"]) == (
+            len(data.train),
+            len(data.test),
+        )
 
 
 def test_a_site_without_training_data_is_refused(project: Project) -> None:
@@ -300,6 +317,81 @@ def test_trained_models_beat_constant_velocity() -> None:
         model.load_state_dict(result.weights)
         learned = evaluate(model, test)
         assert learned.ade < 0.5 * cv.ade, (name, learned, cv)
+
+
+def test_motion_groups_follow_the_present_speed_and_what_comes_next() -> None:
+    samples = kinematic(400, 3)
+    future = samples.future.copy()
+    past = samples.past.copy()
+    # Sample 0 stands; 1 cruises straight on; 2 turns left; 3 brakes hard; 4 stands then goes.
+    past[0, :, :4] = 0.0
+    future[0] = 0.0
+    ticks = np.arange(1, 31, dtype=np.float32) * 0.1
+    for i in (1, 2, 3):
+        past[i, :, 0] = (np.arange(20) - 19) * 1.0
+        past[i, :, 1] = 0.0
+        past[i, :, 2], past[i, :, 3] = 10.0, 0.0
+    future[1] = np.stack([10 * ticks, 0 * ticks], -1)
+    heading = 0.4 * ticks  # about 69 degrees over 3 s
+    future[2] = np.stack([np.cumsum(np.cos(heading)), np.cumsum(np.sin(heading))], -1).astype(
+        np.float32
+    )
+    future[3] = np.stack([10 * ticks - 1.5 * ticks**2, 0 * ticks], -1)
+    past[4, :, :4] = 0.0
+    future[4] = np.stack([0.5 * ticks**2, 0 * ticks], -1)
+    groups = motion_groups(Samples(past, samples.objects, samples.object_mask, future))
+    names = [MOTION_GROUPS[g] for g in groups[:5]]
+    assert names == [
+        "stationary",
+        "cruising",
+        "turning_or_braking",
+        "turning_or_braking",
+        "stationary",
+    ]
+
+
+def test_metrics_are_reported_per_kind_of_motion_and_survive_the_wire() -> None:
+    samples = kinematic(300, 4)
+    samples.past[:40, :, :4] = 0.0  # some vehicles standing
+    samples.future[:40] = 0.0
+    metrics = evaluate(build_model("constant_velocity"), samples)
+    groups = motion_groups(samples)
+    assert set(metrics.groups) <= set(MOTION_GROUPS)
+    assert sum(g.samples for g in metrics.groups.values()) == metrics.samples == len(samples)
+    assert metrics.groups["stationary"].samples == int((groups == 0).sum()) >= 40
+    assert metrics.groups["stationary"].ade == 0.0, "constant velocity keeps a standing car"
+    weighted = sum(g.ade * g.samples for g in metrics.groups.values()) / metrics.samples
+    assert weighted == pytest.approx(metrics.ade)
+    wire = metrics.scalars("cv-")
+    assert all(isinstance(v, float) for v in wire.values())
+    assert Metrics.groups_from_scalars(wire, "cv-") == metrics.as_dict()["groups"]
+
+
+def test_the_kinematic_layer_drives_like_a_car() -> None:
+    samples = kinematic(64, 5)
+    samples.past[:8, :, :4] = 0.0  # standing
+    model = build_model("object_encoder")
+    args = (
+        torch.from_numpy(samples.past),
+        torch.from_numpy(samples.objects),
+        torch.from_numpy(samples.object_mask),
+    )
+    cv = build_model("constant_velocity")(*args)
+    moving = torch.from_numpy(np.hypot(samples.past[:, -1, 2], samples.past[:, -1, 3]) > 0.5)
+    # Controls of zero are constant velocity.
+    zero = model._path(args[0], torch.zeros(64, 60))
+    assert torch.allclose(zero[moving], cv[moving], atol=1e-3)
+    # Full braking stops a vehicle and keeps it stopped; a standing one does not drift.
+    brake = model._path(args[0], torch.full((64, 60), -10.0))
+    assert torch.all(brake[:8] == 0), "a standing vehicle held by the brake stays exactly put"
+    travelled = brake[:, -1] - brake[:, -2]
+    assert torch.all(travelled.norm(dim=-1) < 1e-6), "braked to a stand by the horizon"
+    # Full lock at a stand does not turn the car on the spot; moving, a gentle curvature (40 m
+    # radius) turns it left.
+    lock = model._path(args[0], torch.cat([torch.zeros(64, 30), torch.full((64, 30), 10.0)], 1))
+    assert torch.all(lock[:8] == 0)
+    turn = model._path(args[0], torch.cat([torch.zeros(64, 30), torch.full((64, 30), 0.1)], 1))
+    assert torch.all(turn[moving][:, -1, 1] > cv[moving][:, -1, 1] + 0.5), "it turns left"
 
 
 def test_training_is_deterministic_for_a_seed() -> None:

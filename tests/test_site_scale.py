@@ -75,7 +75,9 @@ def _project(root: Path, *, store: str, catalogue: str, workers: int) -> Project
 
 def _uploads(project: Project, out: Path) -> Path:
     """A small simulated fleet of the site's region, a tenth of it filming."""
-    simulate_site(project.site(SITE), vehicles=40, minutes=4, seed=5, out=out, camera_share=0.1)
+    simulate_site(
+        project.site(SITE), vehicles=40, minutes=4, seed=5, out=out, camera_share=0.1, trip_km=1.0
+    )
     return out
 
 

@@ -265,6 +265,7 @@ def run_demo(
     *,
     vehicles: int = 150,
     minutes: float = 6.0,
+    trip_km: float | None = None,
     seed: int = 7,
     rounds: int = 5,
     local_steps: int = 100,
@@ -299,7 +300,7 @@ def run_demo(
                     "pid": ready["pid"],
                 }
             )
-        stages = _sites(parties, vehicles, minutes, seed, say)
+        stages = _sites(parties, vehicles, minutes, trip_km, seed, say)
         transfers = _gate(parties, say)
         reads = _reads(parties, say)
         training = _train(parties, processes, rounds, local_steps, model, say) if rounds else None
@@ -330,14 +331,19 @@ def run_demo(
 
 
 def _sites(
-    parties: dict[str, Path], vehicles: int, minutes: float, seed: int, say: Say
+    parties: dict[str, Path],
+    vehicles: int,
+    minutes: float,
+    trip_km: float | None,
+    seed: int,
+    say: Say,
 ) -> dict[str, list[Any]]:
     """Each site's own work, in its own folder, the sites side by side."""
 
     def one(site: str) -> dict[str, Any]:
         path = parties[site]
         uploads = path / "uploads"
-        say(f"{site}: simulating {vehicles} vehicles for {minutes:g} min")
+        say(f"{site}: simulating {vehicles} vehicles departing over {minutes:g} min")
         _run(
             [
                 "fleet",
@@ -350,6 +356,7 @@ def _sites(
                 f"{minutes:g}",
                 "--seed",
                 str(seed),
+                *(["--trip-km", f"{trip_km:g}"] if trip_km is not None else []),
             ],
             path,
         )

@@ -35,6 +35,7 @@ def build_lab(
     *,
     vehicles: int = 150,
     minutes: float = 6.0,
+    trip_km: float | None = None,
     seed: int = 7,
     say: Callable[[str], None] = lambda _m: None,
 ) -> tuple[Project, dict[str, Any]]:
@@ -49,8 +50,10 @@ def build_lab(
     done: dict[str, Any] = {"ingest": [], "classify": [], "deidentify": [], "inventory": []}
     for site in project.settings.sites.values():
         uploads = project.root / "uploads" / site.id
-        say(f"{site.id}: simulating {vehicles} vehicles for {minutes:g} min")
-        result = simulate_site(site, vehicles=vehicles, minutes=minutes, seed=seed, out=uploads)
+        say(f"{site.id}: simulating {vehicles} vehicles departing over {minutes:g} min")
+        result = simulate_site(
+            site, vehicles=vehicles, minutes=minutes, seed=seed, out=uploads, trip_km=trip_km
+        )
         with SiteStore.open(project, site.id) as opened:
             opened.keep_reference_zones(result.zones.read_bytes())
             say(f"{site.id}: ingesting {len(result.clips)} clips")

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from onshore.cli.output import JsonOption, console, emit, err_console
 from onshore.cli.store import inventory_table
+from onshore.cli.train import render_funnel, render_groups
 
 __all__ = ["register"]
 
@@ -19,8 +20,20 @@ def demo(
     folder: Annotated[
         Path, typer.Option("--dir", help="Folder to make the parties' folders in.")
     ] = Path("onshore-demo"),
-    vehicles: Annotated[int, typer.Option(min=10, help="Vehicles in traffic per site.")] = 150,
-    minutes: Annotated[float, typer.Option(min=0.5, help="Simulated minutes per site.")] = 6.0,
+    vehicles: Annotated[
+        int, typer.Option(min=10, help="Vehicles departing over --minutes, per site.")
+    ] = 150,
+    minutes: Annotated[
+        float,
+        typer.Option(
+            min=0.5,
+            help="Minutes over which each site's fleet departs; each drives a whole trip.",
+        ),
+    ] = 6.0,
+    trip_km: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="Median fleet trip length (default: each region's)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for every simulation.")] = 7,
     rounds: Annotated[int, typer.Option(min=0, help="Federated rounds (0: no training).")] = 5,
     local_steps: Annotated[
@@ -42,6 +55,7 @@ def demo(
         folder,
         vehicles=vehicles,
         minutes=minutes,
+        trip_km=trip_km,
         seed=seed,
         rounds=rounds,
         local_steps=local_steps,
@@ -59,6 +73,9 @@ def demo(
         _print_reads(d.get("reads", []))
         if d["training"]:
             console.print(_training_table(d["training"]))
+            federated = d["training"]["federated"]["regions"]
+            render_groups(federated)
+            render_funnel({site: r.get("funnel", {}) for site, r in federated.items()})
             _print_refusals(d["training"]["federated"])
             if d["training"].get("release"):
                 _print_release(d["training"]["release"])

@@ -155,8 +155,20 @@ def sites(project: ProjectOption = None, as_json: JsonOption = False) -> None:
 
 def lab(
     folder: Annotated[Path, typer.Argument(help="Folder of the lab project (made or reused).")],
-    vehicles: Annotated[int, typer.Option(min=10, help="Vehicles in traffic per site.")] = 150,
-    minutes: Annotated[float, typer.Option(min=0.5, help="Simulated minutes per site.")] = 6.0,
+    vehicles: Annotated[
+        int, typer.Option(min=10, help="Vehicles departing over --minutes, per site.")
+    ] = 150,
+    minutes: Annotated[
+        float,
+        typer.Option(
+            min=0.5,
+            help="Minutes over which each site's fleet departs; each drives a whole trip.",
+        ),
+    ] = 6.0,
+    trip_km: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="Median fleet trip length (default: each region's)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for every simulation.")] = 7,
     as_json: JsonOption = False,
 ) -> None:
@@ -167,7 +179,12 @@ def lab(
     from onshore.lab import build_lab
 
     project, done = build_lab(
-        folder, vehicles=vehicles, minutes=minutes, seed=seed, say=lambda m: err_console.print(m)
+        folder,
+        vehicles=vehicles,
+        minutes=minutes,
+        trip_km=trip_km,
+        seed=seed,
+        say=lambda m: err_console.print(m),
     )
     deidentified: dict[str, dict[str, Any]] = {}
     for run in done["deidentify"]:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from onshore.cli.output import JsonOption, ProjectOption, console, emit, err_console
 from onshore.errors import ConfigError
+from onshore.model.dataset import FUNNEL
 from onshore.settings import load_project
 
 __all__ = ["register"]
@@ -223,6 +224,8 @@ def _render_federated(d: dict[str, Any]) -> None:
             f"{d['bytes_crossed'].get(site, 0):,}",
         )
     console.print(table)
+    render_groups(d["regions"])
+    render_funnel({site: r.get("funnel", {}) for site, r in d["regions"].items()})
     if counterfactual:
         console.print(f"[yellow]{d['label']}[/]")
         return
@@ -237,6 +240,55 @@ def _render_federated(d: dict[str, Any]) -> None:
             f"Global model: {d['model_path']['path']} in the {d['model_path']['store']} store "
             f"({d['model_bytes']:,} bytes of tensors)"
         )
+
+
+def render_groups(regions: dict[str, Any]) -> None:
+    """Each site's errors per kind of motion, beside constant velocity's."""
+    table = Table(
+        "site",
+        "motion",
+        "test samples",
+        "ADE m",
+        "CV ADE m",
+        "ADE / CV",
+        "FDE m",
+        "CV FDE m",
+        "miss @2 m",
+        "CV miss",
+        title="by kind of motion (stationary: standing now; turning or braking: in the next 3 s)",
+    )
+    for site, r in regions.items():
+        cv_groups = (r.get("baselines") or {}).get("constant_velocity", {}).get("groups", {})
+        for name, g in (r.get("groups") or {}).items():
+            cv = cv_groups.get(name, {})
+            ratio = f"{g['ade'] / cv['ade']:.2f}" if cv.get("ade") else "-"
+            table.add_row(
+                site,
+                name.replace("_", " "),
+                str(g["samples"]),
+                _metre(g["ade"]),
+                _metre(cv.get("ade")),
+                ratio,
+                _metre(g["fde"]),
+                _metre(cv.get("fde")),
+                _metre(g["miss_rate"]),
+                _metre(cv.get("miss_rate")),
+            )
+    if table.row_count:
+        console.print(table)
+
+
+def render_funnel(funnels: dict[str, dict[str, int]]) -> None:
+    """Where each site's data went, from the clips it holds to the samples it trains on."""
+    shown = {site: f for site, f in funnels.items() if f}
+    if not shown:
+        return
+    table = Table("", *shown, title="each site's data, from clips to samples")
+    for step in FUNNEL:
+        table.add_row(
+            step.replace("_", " "), *(f"{f[step]:,}" if step in f else "-" for f in shown.values())
+        )
+    console.print(table)
 
 
 def _metre(value: Any) -> str:
@@ -283,6 +335,8 @@ def _render(d: dict[str, Any]) -> None:
             *([_metre(r["epsilon"])] if private else []),
         )
     console.print(table)
+    render_groups({site: r for site, r in d["regions"].items() if not r.get("error")})
+    render_funnel({s: r.get("dataset", {}).get("funnel", {}) for s, r in d["regions"].items()})
     for site, r in d["regions"].items():
         if r.get("error"):
             console.print(f"  {site}: {r['error']['message']} ({r['error']['hint']})")

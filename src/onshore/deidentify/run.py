@@ -264,6 +264,17 @@ class _DeidentifyVehicles:
         # vehicle are not grouped together in an output meant to be anonymous. The rows come
         # grouped by clip, so each clip's are a slice; the checks run once over them all.
         kept = [c for c in out.clips if c["rows"]]
+        # Each record says what the transforms removed from its clip; the vehicle's first
+        # record of the same consent also carries its clips that kept nothing (they have no
+        # record), so the records of a site add up to what de-identification removed.
+        removed = [dict(c["removed"]) for c in kept]
+        for c in out.clips:
+            if c["rows"] or not removed:
+                continue
+            same = [i for i, k in enumerate(kept) if k["consent_training"] == c["consent_training"]]
+            into = removed[same[0] if same else 0]
+            for name, count in c["removed"].items():
+                into[name] = into.get(name, 0) + count
         done.rows_in = sum(c["rows_in"] for c in out.clips)
         done.rows_out = sum(c["rows"] for c in out.clips)
         offsets = np.r_[0, np.cumsum([c["rows"] for c in kept])].tolist()
@@ -332,7 +343,7 @@ class _DeidentifyVehicles:
                     rows=c["rows"],
                     rows_in=c["rows_in"],
                     detail=orjson.dumps(
-                        {"removed": out.removed, "frames": _frames_detail(stored_frames[i])}
+                        {"removed": removed[i], "frames": _frames_detail(stored_frames[i])}
                     ).decode(),
                 )
             )

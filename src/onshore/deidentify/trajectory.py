@@ -56,8 +56,9 @@ class Output:
     """The kept rows, grouped by clip in the order of :attr:`clips`."""
     clips: list[dict[str, Any]]
     """Per output clip: ``clip_id`` (raw, stays in the catalogue), ``output_id``, ``rows``,
-    ``rows_in``, and ``kept_us``, the raw times (µs) of the rows kept, in order (for the clip's
-    camera frames to follow its rows)."""
+    ``rows_in``, ``kept_us``, the raw times (µs) of the rows kept, in order (for the clip's
+    camera frames to follow its rows), and ``removed``, the clip's rows each transform
+    removed."""
     vehicle: str | None
     removed: dict[str, int] = field(default_factory=dict)
     """Rows removed by each transform."""
@@ -140,13 +141,13 @@ def deidentify_vehicle(
     lat = table["lat"].to_numpy()
     lon = table["lon"].to_numpy()
     keep = np.ones(len(t_us), dtype=bool)
-    removed: dict[str, int] = {}
+    dropped: dict[str, NDArray[np.bool_]] = {}
 
     if (step := profile.step("drop_zones")) is not None:
         if grown is None:
             grown = zones.buffered(step.params["buffer_m"])
         inside = grown.inside(lon, lat).any(axis=0)
-        removed["drop_zones"] = int((inside & keep).sum())
+        dropped["drop_zones"] = inside & keep
         keep &= ~inside
     if (step := profile.step("trim_ends")) is not None:
         order = np.argsort(t_us, kind="stable")
@@ -154,8 +155,12 @@ def deidentify_vehicle(
         trimmed[order] = ~_trim_mask(
             t_us[order], lat[order], lon[order], step.params["metres"], step.params["trip_gap_s"]
         )
-        removed["trim_ends"] = int((trimmed & keep).sum())
+        dropped["trim_ends"] = trimmed & keep
         keep &= ~trimmed
+    removed = {name: int(mask.sum()) for name, mask in dropped.items()}
+    per_clip = {
+        name: np.bincount(clip_of_row[mask], minlength=len(clips)) for name, mask in dropped.items()
+    }
 
     rows = np.flatnonzero(keep)
     kept_clip = clip_of_row[rows]
@@ -212,6 +217,7 @@ def deidentify_vehicle(
             "consent_training": clip.meta.consent_training,
             "source_vin": clip.meta.vin,
             "kept_us": kept_us[i],
+            "removed": {name: int(counts_of[i]) for name, counts_of in per_clip.items()},
         }
         for i, clip in enumerate(clips)
     ]

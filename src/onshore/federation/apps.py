@@ -29,7 +29,9 @@ from onshore.federation.envelope import public_key, size_limit
 from onshore.federation.options import FederatedOptions
 from onshore.federation.site import evaluate_reply, outbound, train_reply
 from onshore.ledger import Ledger
+from onshore.model.dataset import FUNNEL
 from onshore.model.local import RUNS_DIR, _read_json, _write_atomically
+from onshore.model.metrics import Metrics
 from onshore.model.nets import build_model
 from onshore.parties.identity import load_peers, site_facts
 from onshore.settings import Project, load_project
@@ -369,12 +371,19 @@ def _summary(
                 "fde": metrics.get("fde"),
                 "miss_rate": metrics.get("miss-rate"),
                 "samples": int(metrics.get("num-examples", 0)),
+                "groups": Metrics.groups_from_scalars(metrics),
                 "baselines": {
                     "constant_velocity": {
                         "ade": metrics.get("cv-ade"),
                         "fde": metrics.get("cv-fde"),
                         "miss_rate": metrics.get("cv-miss-rate"),
+                        "groups": Metrics.groups_from_scalars(metrics, "cv-"),
                     }
+                },
+                "funnel": {
+                    name: int(metrics[f"funnel-{name}"])
+                    for name in FUNNEL
+                    if f"funnel-{name}" in metrics
                 },
                 "epsilon_total": metrics.get("epsilon"),
             }

@@ -41,8 +41,9 @@ __all__ = [
 ARRAYS: Final = "arrays"
 METRICS: Final = "metrics"
 ENVELOPE: Final = "onshore"
-MAX_METRICS: Final = 32
-"""Scalar metrics a reply may carry (a model's error and counts need a handful)."""
+MAX_METRICS: Final = 64
+"""Scalar metrics a reply may carry: a model's errors overall and per kind of motion, beside
+constant velocity's, the privacy spent and the site's data funnel need about fifty."""
 _DOMAIN: Final = b"onshore.federated-update.v1\0"
 _METRIC_BYTES: Final = 64 * MAX_METRICS
 

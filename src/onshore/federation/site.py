@@ -40,7 +40,7 @@ from onshore.gate import Approval, Decision
 from onshore.gate.site import OpenSite
 from onshore.ledger import Ledger
 from onshore.model.dataset import SiteDataset, build_site_dataset
-from onshore.model.metrics import evaluate
+from onshore.model.metrics import Metrics, evaluate
 from onshore.model.nets import build_model, check_weights
 from onshore.model.train import DPConfig, PrivacyAccountant, train_local
 from onshore.parties.identity import coordinator_of
@@ -109,7 +109,7 @@ _KEYS: dict[tuple[Path, str], SiteKeys] = {}
 _VERIFIED: dict[tuple[Path, str], str] = {}
 """Per site: the ledger head this process verified last, or appended itself on top of one it
 had verified. A message finding the head unchanged does not verify the chain again."""
-_BASELINES: dict[str, dict[str, float]] = {}
+_BASELINES: dict[str, Metrics] = {}
 """Constant velocity's metrics per dataset cache key (the test split does not change under a
 key)."""
 
@@ -302,16 +302,14 @@ def evaluate_reply(msg: Message, context: Context, options: FederatedOptions) ->
     metrics = evaluate(model, data.test)
     cache = str(data.info.get("cache", ""))
     if cache not in _BASELINES or not cache:
-        _BASELINES[cache] = evaluate(build_model("constant_velocity"), data.test).as_dict()
+        _BASELINES[cache] = evaluate(build_model("constant_velocity"), data.test)
     baseline = _BASELINES[cache]
     values: dict[str, int | float | list[int] | list[float]] = {
         "num-examples": metrics.samples,
-        "ade": metrics.ade,
-        "fde": metrics.fde,
-        "miss-rate": metrics.miss_rate,
-        "cv-ade": baseline["ade"],
-        "cv-fde": baseline["fde"],
-        "cv-miss-rate": baseline["miss_rate"],
+        **metrics.scalars(),
+        **baseline.scalars("cv-"),
+        # Counts of where the site's data went (clips, positions, samples): no record leaves.
+        **{f"funnel-{k}": v for k, v in data.info.get("funnel", {}).items()},
         "epsilon": accountant.epsilon(delta),
         "epsilon-run": run_accountant.epsilon(delta),
         # The site's budget, which only it knows, for the model card.

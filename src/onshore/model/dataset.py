@@ -45,12 +45,14 @@ from onshore.store.site import SiteStore
 
 __all__ = [
     "CACHE_DIR",
+    "FUNNEL",
     "OBJECT_FEATURES",
     "PAST_FEATURES",
     "DatasetConfig",
     "Samples",
     "SiteDataset",
     "build_site_dataset",
+    "funnel",
     "samples_from_outputs",
     "vehicle_in_test",
 ]
@@ -182,7 +184,7 @@ class SiteDataset:
     test: Samples
     info: dict[str, Any] = field(default_factory=dict)
     """Counts: outputs read, clips used and refused for lack of consent, vehicles on each side,
-    the cache key and whether the cache answered."""
+    the cache key and whether the cache answered, and the ``funnel`` (see :func:`funnel`)."""
 
 
 def vehicle_in_test(vehicle: str, test_share: float) -> bool:
@@ -219,7 +221,9 @@ def build_site_dataset(
     path = f"{folder}/{key}.npz"
     if cache and site.objects.exists(path):
         train, test, info = _load(site.objects.read(path))
-        return SiteDataset(site.site, config, train, test, {**info, "cache": key, "cached": True})
+        info = {**info, "cache": key, "cached": True}
+        info["funnel"] = funnel(site.catalogue.clip_totals(), records, info)
+        return SiteDataset(site.site, config, train, test, info)
     consented: dict[str, set[str]] = {}
     rows: dict[str, int] = defaultdict(int)
     for record in records:
@@ -243,7 +247,56 @@ def build_site_dataset(
         for stale in site.objects.find(folder):
             if stale != path:
                 site.objects.delete(stale)
-    return SiteDataset(site.site, config, train, test, {**info, "cache": key, "cached": False})
+    info = {**info, "cache": key, "cached": False}
+    info["funnel"] = funnel(site.catalogue.clip_totals(), records, info)
+    return SiteDataset(site.site, config, train, test, info)
+
+
+FUNNEL: Final = (
+    "clips_recorded",
+    "clips_consented",
+    "clips_kept",
+    "positions_recorded",
+    "positions_consented",
+    "positions_trimmed",
+    "positions_in_zones",
+    "positions_kept",
+    "samples_train",
+    "samples_test",
+)
+"""The steps of the funnel, in the order data passes them."""
+
+
+def funnel(
+    totals: Mapping[str, int], records: Sequence[DeidentifiedRecord], info: Mapping[str, Any]
+) -> dict[str, int]:
+    """Where a site's data goes on its way to training samples (see :data:`FUNNEL`): the clips
+    and positions it holds (``totals``, from :meth:`Catalogue.clip_totals`), those whose driver
+    consented to training, the consented clips of which de-identification kept any position,
+    the consented positions the trip-end trim and the sensitive areas removed and those kept,
+    and the samples cut from them on each side of the split."""
+    consented = [r for r in records if r.consent_training]
+    removed: dict[str, int] = defaultdict(int)
+    for record in consented:
+        try:
+            transforms = orjson.loads(record.detail).get("removed", {})
+        except (orjson.JSONDecodeError, AttributeError):
+            transforms = {}
+        for name, count in transforms.items() if isinstance(transforms, dict) else ():
+            if isinstance(count, int):
+                removed[name] += count
+    return {
+        "clips_recorded": totals["clips"],
+        "clips_consented": totals["consented_clips"],
+        "clips_kept": sum(r.rows > 0 for r in consented),
+        "positions_recorded": totals["rows"],
+        "positions_consented": totals["consented_rows"],
+        "positions_trimmed": removed["trim_ends"],
+        "positions_in_zones": removed["drop_zones"],
+        "positions_kept": sum(r.rows for r in consented),
+        "samples_train": int(info.get("train", 0)),
+        "samples_test": int(info.get("test", 0)),
+    }
 
 
 def samples_from_outputs(

@@ -474,6 +474,24 @@ class Catalogue:
                 ).scalar_one()
             )
 
+    def clip_totals(self) -> dict[str, int]:
+        """Clips and positions (rows) the site holds, all and of drivers who consented to
+        training: ``clips``, ``rows``, ``consented_clips``, ``consented_rows``."""
+        c = _clips.c
+        consented = c.consent_training.cast(Integer)
+        with self._tx() as conn:
+            row = conn.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(c.rows), 0),
+                    func.coalesce(func.sum(consented), 0),
+                    func.coalesce(func.sum(consented * c.rows), 0),
+                ).where(c.site == self.site)
+            ).one()
+        return dict(
+            zip(("clips", "rows", "consented_clips", "consented_rows"), map(int, row), strict=True)
+        )
+
     def clip_vins(self) -> frozenset[str]:
         """The VINs of the vehicles the site has clips of (one per vehicle, not per clip)."""
         with self._tx() as conn:
