@@ -378,7 +378,16 @@ def test_a_site_refuses_to_send_once_its_budget_is_spent(
     shutil.copytree(federation.root, tight)
     (tight / "onshore.toml").write_text(text)
     project = load_project(tight)
-    opts = options(project, "budget", local_steps=50)
+    # A run whose planned steps would use the budget up is refused before any step is taken.
+    planned = options(project, "budget-plan", local_steps=50)
+    reply = make_client_app(planned)(train_message(), context(project, "eu-frankfurt"))
+    assert reply.has_error() and reply.error.code == ErrorCode.BUDGET_SPENT
+    assert "this run would take its privacy spent to epsilon" in reply.error.reason
+    assert "--spend-budget" in reply.error.reason
+    with SiteStore.open(project, "eu-frankfurt") as site:
+        assert load_accountant(site).history == [], "nothing was spent"
+    # Asked to, the run spends what is left, and the site then refuses to send.
+    opts = options(project, "budget", local_steps=50, spend_budget=True)
     reply = make_client_app(opts)(train_message(), context(project, "eu-frankfurt"))
     if not reply.has_error():  # the budget allowed a few steps: the next round has none left
         reply = make_client_app(opts)(train_message(2), context(project, "eu-frankfurt"))

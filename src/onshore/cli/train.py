@@ -57,6 +57,14 @@ def train(
             "within each site's budget in onshore.toml. Local: off unless --dp.",
         ),
     ] = None,
+    spend_budget: Annotated[
+        bool,
+        typer.Option(
+            "--spend-budget",
+            help="Federated with DP: let the run use up what is left of a site's privacy "
+            "budget (without it, such a site refuses to train in the run).",
+        ),
+    ] = False,
     epsilon: Annotated[
         float, typer.Option(min=0.0, help="Local with --dp: the budget, epsilon at --delta.")
     ] = 8.0,
@@ -169,6 +177,7 @@ def train(
         weight_decay=weight_decay,
         strategy=strategy,  # type: ignore[arg-type]  # checked by FederatedOptions
         dp=dp if dp is not None else mode == "federated",
+        spend_budget=spend_budget,
         seed=seed,
         timeout=round_timeout,
         join_timeout=join_timeout,

@@ -53,6 +53,10 @@ class FederatedOptions:
     dp: bool = True
     """Sample-level DP-SGD at every site, within the site's budget (``privacy`` in
     ``onshore.toml``)."""
+    spend_budget: bool = False
+    """Let a run spend what is left of a site's privacy budget. Without it, a site whose
+    budget the run's planned steps would use up refuses to train in it (after which its data
+    could never train a model again), saying what the run would spend."""
     seed: int = 0
     purpose: str = "adas_training"
     """The purpose the sites' gates are asked about."""

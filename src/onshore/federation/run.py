@@ -130,6 +130,8 @@ def run_federated(
         f"{options.strategy}, {options.model.name}"
         + (", DP-SGD at every site" if options.dp else ", without DP")
     )
+    if options.dp:
+        _say_privacy_plan(project, options, say)
     failure = _in_child(pickle.dumps((options, tuple(client_mods), backend)), say)
     if failure is not None:
         raise TrainingError(
@@ -216,3 +218,39 @@ def _simulate(payload: bytes, send: Connection) -> None:
         send.send(("done", ""))
     finally:
         send.close()
+
+
+def _say_privacy_plan(
+    project: Project, options: FederatedOptions, say: Callable[[str], None]
+) -> None:
+    """Before a run with DP: what it will take each site's privacy spent to, beside its
+    budget (a site refuses a run that would use the budget up, unless ``spend_budget``)."""
+    from onshore.federation.site import load_accountant, planned_epsilon
+    from onshore.model.dataset import build_site_dataset
+    from onshore.model.train import DPConfig
+    from onshore.store import SiteStore
+
+    for site_id in options.sites:
+        site = project.site(site_id)
+        privacy = site.privacy
+        dp = DPConfig(
+            privacy.epsilon, privacy.delta, privacy.noise_multiplier, privacy.max_grad_norm
+        )
+        steps = max(1, round(options.local_steps * site.compute.relative_throughput))
+        with SiteStore.open(project, site_id) as store:
+            samples = len(build_site_dataset(store, options.dataset).train)
+            accountant = load_accountant(store)
+        if not samples:
+            continue
+        planned = planned_epsilon(accountant, dp, options, steps, samples, 1)
+        verdict = (
+            "within its budget"
+            if planned < dp.target_epsilon
+            else "its whole budget: "
+            + ("spent, as --spend-budget asks" if options.spend_budget else "it will refuse")
+        )
+        say(
+            f"{site_id}: this run takes its privacy spent from epsilon "
+            f"{accountant.epsilon(dp.delta):.2f} to {planned:.2f} of {dp.target_epsilon:g} "
+            f"({options.rounds} rounds x {steps} steps on {samples:,} samples): {verdict}"
+        )

@@ -236,6 +236,17 @@ def train_reply(msg: Message, context: Context, options: FederatedOptions) -> Me
             return _error(msg, ErrorCode.NO_DATA, f"{ref.site}: no training sample")
         accountant = load_accountant(store)
         before = list(accountant.history)
+        if dp is not None and not options.spend_budget:
+            planned = planned_epsilon(accountant, dp, options, steps, len(data.train), server_round)
+            if planned >= dp.target_epsilon:
+                return _error(
+                    msg,
+                    ErrorCode.BUDGET_SPENT,
+                    f"{ref.site}: this run would take its privacy spent to epsilon "
+                    f"{planned:.2f} (spent so far {accountant.epsilon(dp.delta):.2f}, budget "
+                    f"{dp.target_epsilon:g}), after which its data could never train again; "
+                    "use fewer rounds or local steps or a larger batch, or --spend-budget",
+                )
         try:
             result = train_local(
                 build_model(options.model, seed=options.seed),
@@ -268,6 +279,24 @@ def train_reply(msg: Message, context: Context, options: FederatedOptions) -> Me
     )
     content = RecordDict({ARRAYS: ArrayRecord(result.weights), METRICS: metrics})
     return Message(content, reply_to=msg)
+
+
+def planned_epsilon(
+    accountant: PrivacyAccountant,
+    dp: DPConfig,
+    options: FederatedOptions,
+    steps: int,
+    samples: int,
+    server_round: int,
+) -> float:
+    """Epsilon a site will have spent once it has done its steps of this round and of every
+    later round of the run, on top of all it spent before."""
+    rate = min(1.0, options.batch_size / max(samples, 1))
+    rounds_left = max(1, options.rounds - server_round + 1)
+    planned = PrivacyAccountant(
+        [*accountant.history, (dp.noise_multiplier, rate, steps * rounds_left)]
+    )
+    return planned.epsilon(dp.delta)
 
 
 def _new_steps(
