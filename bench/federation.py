@@ -1,11 +1,15 @@
-"""What federation costs and what it buys: per region, the driving model's ADE, FDE and miss
-rate for constant velocity, each site's local model, the federated model (with and without DP)
-and the centralised counterfactual, all measured in one run on the same data.
+"""What federation costs and what it buys: per region and per kind of motion (stationary,
+cruising, turning or braking), the driving model's ADE, FDE and miss rate for constant velocity,
+each site's local model, the federated model (with and without DP, each also fine-tuned at the
+site on its own data) and the centralised counterfactual, all measured in one run on the same
+data.
 
-For each region's test split (kept at its site) it prints every model's metrics, the federated
-ADE over the counterfactual's (aim: at most 1.05 on every region) and whether the federated model
-beats every other site's local model there (aim: yes). Then the bytes that crossed each border
-per round beside the model's size, and epsilon per site at delta 1e-5.
+For each region's test split (kept at its site) it prints every model's metrics, and whether
+the aims hold: the federated ADE at most 1.05 of the counterfactual's on every region; the
+federated model (or its fine-tuned version) no worse than the site's own local model; every
+model beating constant velocity on every region and every kind of motion with at least 500 test
+samples, with DP too. Then each site's funnel, the bytes that crossed each border per round
+beside the model's size, and epsilon per site at delta 1e-5.
 
 The runs work on a copy of the project (they write ledgers and spend privacy budgets), to which
 a CN security assessment for ``model_parameters`` is added so that every site takes part.
@@ -35,8 +39,11 @@ from onshore.model import build_model, build_site_dataset, evaluate, train_local
 from onshore.model.nets import ModelSpec
 from onshore.settings import Project, load_project
 from onshore.store import SiteStore
+from onshore.store.objects import ObjectStore
 
 AIM_CENTRAL = 1.05
+MIN_GROUP = 500
+"""A kind of motion is judged on a region only with at least this many test samples."""
 
 
 def _approve_cn(project: Project) -> None:
@@ -89,6 +96,39 @@ def _locals(project: Project, options: FederatedOptions, say: Any) -> dict[str, 
     }
 
 
+def _global_weights(project: Project, summary: dict[str, Any]) -> dict[str, Any]:
+    from safetensors.torch import load
+
+    store = ObjectStore(project.store_url(project.settings.coordinator))
+    return dict(load(store.read(summary["model_path"]["path"])))
+
+
+def _fine_tuned(
+    project: Project, options: FederatedOptions, weights: dict[str, Any], steps: int, say: Any
+) -> dict[str, Any]:
+    """The global model fine-tuned at each site on its own training split (the weights stay
+    there), and its metrics on the site's own test split."""
+    out = {}
+    for site_id in options.sites:
+        with SiteStore.open(project, site_id) as store:
+            data = build_site_dataset(store, options.dataset)
+        say(f"fine-tune: {site_id} trains the global model {steps} more steps on its own data")
+        result = train_local(
+            build_model(options.model),
+            data.train,
+            steps=steps,
+            batch_size=options.batch_size,
+            lr=options.lr / 3,
+            weight_decay=options.weight_decay,
+            seed=options.seed,
+            initial=weights,
+        )
+        model = build_model(options.model)
+        model.load_state_dict(result.weights)
+        out[site_id] = evaluate(model, data.test).as_dict()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", type=Path, help="a project with de-identified data")
@@ -99,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local-steps", type=int, default=50)
     parser.add_argument("--strategy", default="fedavg", choices=["fedavg", "fedprox", "fedadam"])
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--fine-tune-steps", type=int, default=200, help="at each site, after the federation"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args(argv)
@@ -156,6 +199,13 @@ def _measure(project: Project, args: argparse.Namespace, say: Any) -> dict[str, 
         started = time.perf_counter()
         runs[name] = run_federated(project, options, say=say)
         seconds[name] = round(time.perf_counter() - started, 1)
+    for name in ("federated", "federated_dp"):
+        started = time.perf_counter()
+        weights = _global_weights(project, runs[name])
+        runs[f"{name}_ft"] = {
+            "regions": _fine_tuned(project, base, weights, args.fine_tune_steps, say)
+        }
+        seconds[f"{name}_ft"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
     central = train_centralized(
         project, FederatedOptions.from_dict({**base.as_dict(), "run": "bench-central"}), say=say
@@ -165,16 +215,30 @@ def _measure(project: Project, args: argparse.Namespace, say: Any) -> dict[str, 
     for region in base.sites:
         fed = runs["federated"]["regions"][region]
         others = {s: baselines["local"][s][region] for s in base.sites if s != region}
-        regions[region] = {
+        own = baselines["local"][region][region]
+        best_fed = min(fed["ade"], runs["federated_ft"]["regions"][region]["ade"])
+        models = {
             "constant_velocity": baselines["cv"][region],
-            "local_own": baselines["local"][region][region],
-            "local_others": others,
+            "local_own": own,
             "federated": _metrics(fed),
+            "federated_ft": _metrics(runs["federated_ft"]["regions"][region]),
             "federated_dp": _metrics(runs["federated_dp"]["regions"][region]),
+            "federated_dp_ft": _metrics(runs["federated_dp_ft"]["regions"][region]),
             "centralized": _metrics(central["regions"][region]),
+        }
+        regions[region] = {
+            **models,
+            "local_others": others,
             "federated_over_centralized": round(fed["ade"] / central["regions"][region]["ade"], 3),
             "federated_beats_other_locals": all(fed["ade"] < o["ade"] for o in others.values()),
-            "federated_beats_own_local": fed["ade"] < baselines["local"][region][region]["ade"],
+            "federated_beats_own_local": fed["ade"] < own["ade"],
+            "federated_or_ft_no_worse_than_own_local": best_fed <= own["ade"],
+            "beats_cv_by_motion": {
+                name: _beats_cv(m, models["constant_velocity"])
+                for name, m in models.items()
+                if name != "constant_velocity"
+            },
+            "funnel": runs["federated"]["regions"][region].get("funnel", {}),
         }
     fed = runs["federated"]
     per_round = {site: round(total / base.rounds) for site, total in fed["bytes_crossed"].items()}
@@ -189,18 +253,39 @@ def _measure(project: Project, args: argparse.Namespace, say: Any) -> dict[str, 
             "met_beats_other_locals": all(
                 r["federated_beats_other_locals"] for r in regions.values()
             ),
+            "met_no_worse_than_own_local": all(
+                r["federated_or_ft_no_worse_than_own_local"] for r in regions.values()
+            ),
+            "min_group_samples": MIN_GROUP,
+            "met_beats_cv_everywhere": {
+                name: all(r["beats_cv_by_motion"][name]["all"] for r in regions.values())
+                for name in next(iter(regions.values()))["beats_cv_by_motion"]
+            }
+            if regions
+            else {},
         },
         "model_bytes": fed["model_bytes"],
         "bytes_per_round": per_round,
         "bytes_by_round": fed["bytes_per_round"],
         "epsilon_dp_run": runs["federated_dp"]["epsilon"],
-        "refusals": {name: run["refusals"] for name, run in runs.items()},
+        "refusals": {name: run.get("refusals", []) for name, run in runs.items()},
         "seconds": seconds,
     }
 
 
+def _beats_cv(model: dict[str, Any], cv: dict[str, Any]) -> dict[str, Any]:
+    """Whether ``model`` has a lower ADE than constant velocity on each kind of motion with at
+    least :data:`MIN_GROUP` samples (``all``: on every one of them)."""
+    judged = {
+        name: g["ade"] < cv["groups"][name]["ade"]
+        for name, g in model.get("groups", {}).items()
+        if g["samples"] >= MIN_GROUP and name in cv.get("groups", {})
+    }
+    return {**judged, "all": all(judged.values()) and model["ade"] < cv["ade"]}
+
+
 def _metrics(region: dict[str, Any]) -> dict[str, Any]:
-    return {k: region[k] for k in ("ade", "fde", "miss_rate")}
+    return {k: region[k] for k in ("ade", "fde", "miss_rate", "samples", "groups") if k in region}
 
 
 def _print(report: dict[str, Any]) -> None:
@@ -210,13 +295,35 @@ def _print(report: dict[str, Any]) -> None:
         f"{o['strategy']} (FedNova-normalised); ADE / FDE / miss rate at 2 m, on each "
         "region's own test split"
     )
-    cols = ("constant_velocity", "local_own", "federated", "federated_dp", "centralized")
-    print(f"{'region':14}" + "".join(f"{c:>24}" for c in cols) + f"{'fed/central':>13}")
+    cols = (
+        "constant_velocity",
+        "local_own",
+        "federated",
+        "federated_ft",
+        "federated_dp",
+        "federated_dp_ft",
+        "centralized",
+    )
+    short = ("CV", "local", "fed", "fed+ft", "fed DP", "DP+ft", "central")
+    print(f"{'region':14}{'motion':20}{'n':>7}" + "".join(f"{c:>22}" for c in short))
     for region, r in report["regions"].items():
-        cells = "".join(
-            f"{r[c]['ade']:>8.3f}/{r[c]['fde']:.3f}/{r[c]['miss_rate']:.2f}".rjust(24) for c in cols
-        )
-        print(f"{region:14}{cells}{r['federated_over_centralized']:>13.3f}")
+        groups = ["all", *r["constant_velocity"].get("groups", {})]
+        for group in groups:
+            cells = []
+            for c in cols:
+                m = r[c] if group == "all" else r[c].get("groups", {}).get(group)
+                cells.append(
+                    "-".rjust(22)
+                    if m is None
+                    else f"{m['ade']:.3f}/{m['fde']:.3f}/{m['miss_rate']:.2f}".rjust(22)
+                )
+            n = (
+                r["constant_velocity"]
+                if group == "all"
+                else r["constant_velocity"]["groups"][group]
+            )["samples"]
+            print(f"{region:14}{group:20}{n:>7}" + "".join(cells))
+        print(f"{'':14}federated / centralised ADE: {r['federated_over_centralized']:.3f}")
     print()
     print("other sites' local models on each region (ADE), against the federated model:")
     for region, r in report["regions"].items():
@@ -224,12 +331,27 @@ def _print(report: dict[str, Any]) -> None:
         verdict = "beats all" if r["federated_beats_other_locals"] else "does NOT beat all"
         print(f"  {region:14} federated {r['federated']['ade']:.3f}; {others} -> {verdict}")
     aims = report["aims"]
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
     print()
     print(
         f"aim federated/centralised <= {aims['federated_over_centralized_at_most']} on every "
-        f"region: {'met' if aims['met_central'] else 'NOT met'}; beats every other local "
-        f"model: {'met' if aims['met_beats_other_locals'] else 'NOT met'}"
+        f"region: {met(aims['met_central'])}; federated (or fine-tuned) no worse than the "
+        f"site's own local model: {met(aims['met_no_worse_than_own_local'])}; beats every "
+        f"other local model: {met(aims['met_beats_other_locals'])}"
     )
+    print(
+        f"beats constant velocity on every region and kind of motion with at least "
+        f"{aims['min_group_samples']} test samples: "
+        + ", ".join(f"{name} {met(ok)}" for name, ok in aims["met_beats_cv_everywhere"].items())
+    )
+    print()
+    print("each site's data, from clips to samples:")
+    for region, r in report["regions"].items():
+        funnel = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in r["funnel"].items())
+        print(f"  {region:14} {funnel}")
     print(f"model tensors: {report['model_bytes']:,} bytes")
     for site, size in report["bytes_per_round"].items():
         ratio = size / report["model_bytes"] if report["model_bytes"] else 0
