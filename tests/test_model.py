@@ -365,6 +365,11 @@ def test_metrics_are_reported_per_kind_of_motion_and_survive_the_wire() -> None:
     wire = metrics.scalars("cv-")
     assert all(isinstance(v, float) for v in wire.values())
     assert Metrics.groups_from_scalars(wire, "cv-") == metrics.as_dict()["groups"]
+    # Every site sends the same keys, whatever kinds of motion its samples have.
+    standing = evaluate(build_model("constant_velocity"), samples.take(np.arange(40)))
+    assert list(standing.groups) == ["stationary"]
+    assert standing.scalars().keys() == metrics.scalars().keys()
+    assert list(Metrics.groups_from_scalars(standing.scalars())) == ["stationary"]
 
 
 def test_the_kinematic_layer_drives_like_a_car() -> None:

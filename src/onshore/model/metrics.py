@@ -91,13 +91,16 @@ class Metrics:
 
     def scalars(self, prefix: str = "") -> dict[str, float]:
         """Flat scalar metrics, as a federated evaluation sends them: ``{prefix}ade``...
-        and ``{prefix}ade-{group}``, ``{prefix}n-{group}`` for each kind of motion."""
+        and ``{prefix}ade-{group}``, ``{prefix}n-{group}`` for every kind of motion (zeros for
+        one the samples do not have: Flower aggregates only replies with the same keys)."""
         out = {
             f"{prefix}ade": self.ade,
             f"{prefix}fde": self.fde,
             f"{prefix}miss-rate": self.miss_rate,
         }
-        for name, m in self.groups.items():
+        empty = Metrics(0.0, 0.0, 0.0, 0)
+        for name in MOTION_GROUPS:
+            m = self.groups.get(name, empty)
             out.update(
                 {
                     f"{prefix}ade-{name}": m.ade,
@@ -110,10 +113,11 @@ class Metrics:
 
     @staticmethod
     def groups_from_scalars(values: Mapping[str, float], prefix: str = "") -> dict[str, object]:
-        """The ``groups`` of :meth:`as_dict` from :meth:`scalars` (groups sent are kept)."""
+        """The ``groups`` of :meth:`as_dict` from :meth:`scalars` (kinds of motion with
+        samples)."""
         groups: dict[str, object] = {}
         for name in MOTION_GROUPS:
-            if f"{prefix}n-{name}" in values:
+            if values.get(f"{prefix}n-{name}", 0) > 0:
                 groups[name] = {
                     "ade": round(values[f"{prefix}ade-{name}"], 4),
                     "fde": round(values[f"{prefix}fde-{name}"], 4),
