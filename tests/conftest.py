@@ -114,8 +114,9 @@ def postgres_url() -> Iterator[str]:
 
 
 def run_demo_cli(folder: Path) -> dict:  # type: ignore[type-arg]
-    """``onshore demo --json`` on a small setting (three sites, 60 vehicles each departing over
-    4 minutes on trips of 1.5 km, 2 federated rounds), as a user runs it."""
+    """``onshore demo --json`` on a small setting (three sites, 40 vehicles each departing over
+    3 minutes, fleet trips of 2.5 km, so that the middle of a non-consenting driver's trip
+    survives the trim at its ends; 2 federated rounds), as a user runs it."""
     import json
     import subprocess
     import sys
@@ -129,11 +130,11 @@ def run_demo_cli(folder: Path) -> dict:  # type: ignore[type-arg]
             "--dir",
             str(folder),
             "--vehicles",
-            "60",
+            "40",
             "--minutes",
-            "4",
+            "3",
             "--trip-km",
-            "1.5",
+            "2.5",
             "--seed",
             "3",
             "--rounds",

@@ -379,13 +379,15 @@ def test_a_site_refuses_to_send_once_its_budget_is_spent(
     (tight / "onshore.toml").write_text(text)
     project = load_project(tight)
     # A run whose planned steps would use the budget up is refused before any step is taken.
+    with SiteStore.open(project, "eu-frankfurt") as site:
+        before = load_accountant(site).history
     planned = options(project, "budget-plan", local_steps=50)
     reply = make_client_app(planned)(train_message(), context(project, "eu-frankfurt"))
     assert reply.has_error() and reply.error.code == ErrorCode.BUDGET_SPENT
     assert "this run would take its privacy spent to epsilon" in reply.error.reason
     assert "--spend-budget" in reply.error.reason
     with SiteStore.open(project, "eu-frankfurt") as site:
-        assert load_accountant(site).history == [], "nothing was spent"
+        assert load_accountant(site).history == before, "nothing was spent"
     # Asked to, the run spends what is left, and the site then refuses to send.
     opts = options(project, "budget", local_steps=50, spend_budget=True)
     reply = make_client_app(opts)(train_message(), context(project, "eu-frankfurt"))

@@ -164,7 +164,7 @@ def _assert_same(a: SiteDataset, b: SiteDataset) -> None:
             x, y = getattr(getattr(a, side), name), getattr(getattr(b, side), name)
             assert x.dtype == y.dtype and x.shape == y.shape
             assert np.array_equal(x, y), f"{side} {name}"
-    skip = {"cache", "cached", "clips_in_catalogue"}
+    skip = {"cache", "cached", "clips_in_catalogue", "funnel"}
     assert {k: v for k, v in a.info.items() if k not in skip} == {
         k: v for k, v in b.info.items() if k not in skip
     }
