@@ -145,7 +145,7 @@ def run_demo_cli(folder: Path) -> dict:  # type: ignore[type-arg]
         ],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)  # type: ignore[no-any-return]
