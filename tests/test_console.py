@@ -44,6 +44,9 @@ from onshore.reports.build import flows
 from onshore.settings import Project, load_project
 from onshore.store import SiteStore
 
+# The small demo these tests share takes minutes, more on a busy machine.
+pytestmark = pytest.mark.timeout(1500)
+
 CN, EU, US, COORD = "cn-shanghai", "eu-frankfurt", "us-oregon", "coordinator"
 SITES = (CN, EU, US)
 PASSWORD = "correct horse battery"

@@ -47,6 +47,9 @@ if not CHROMIUM.exists():
 
 from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
 
+# The small demo these tests share takes minutes, more on a busy machine.
+pytestmark = pytest.mark.timeout(1500)
+
 
 class Processes:
     """Processes this module started (``onshore serve``, ``onshore console``), started side by

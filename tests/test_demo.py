@@ -7,11 +7,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import run_demo_cli
 from onshore.ledger import Ledger
 from onshore.settings import Project, load_project
 from onshore.store import SiteStore
 from onshore.store.objects import ZONES_PATH
+
+# The small demo these tests share takes minutes, more on a busy machine.
+pytestmark = pytest.mark.timeout(1500)
 
 # Rough boxes around the three cities the profiles are geo-referenced in.
 CITY = {
