@@ -221,8 +221,14 @@ def build_site_dataset(
     path = f"{folder}/{key}.npz"
     if cache and site.objects.exists(path):
         train, test, info = _load(site.objects.read(path))
-        info = {**info, "cache": key, "cached": True}
-        info["funnel"] = funnel(site.catalogue.clip_totals(), records, info)
+        totals = site.catalogue.clip_totals()
+        # What the outputs hold is cached with the samples (the cache key covers them); what
+        # the site recorded may have grown since, so only that is read again.
+        if "funnel" in info:
+            cached = {**info["funnel"], **_recorded(totals)}
+        else:
+            cached = funnel(totals, records, info)
+        info = {**info, "cache": key, "cached": True, "funnel": cached}
         return SiteDataset(site.site, config, train, test, info)
     consented: dict[str, set[str]] = {}
     rows: dict[str, int] = defaultdict(int)
@@ -242,14 +248,13 @@ def build_site_dataset(
     )
     train, test, info = _split(_placed(cuts, outputs, site.objects, config), config)
     info["clips_in_catalogue"] = len(records)
+    info["funnel"] = funnel(site.catalogue.clip_totals(), records, info)
     if cache:
         site.objects.put(path, _dump(train, test, info))
         for stale in site.objects.find(folder):
             if stale != path:
                 site.objects.delete(stale)
-    info = {**info, "cache": key, "cached": False}
-    info["funnel"] = funnel(site.catalogue.clip_totals(), records, info)
-    return SiteDataset(site.site, config, train, test, info)
+    return SiteDataset(site.site, config, train, test, {**info, "cache": key, "cached": False})
 
 
 FUNNEL: Final = (
@@ -285,17 +290,28 @@ def funnel(
         for name, count in transforms.items() if isinstance(transforms, dict) else ():
             if isinstance(count, int):
                 removed[name] += count
+    recorded = _recorded(totals)
     return {
-        "clips_recorded": totals["clips"],
-        "clips_consented": totals["consented_clips"],
+        "clips_recorded": recorded["clips_recorded"],
+        "clips_consented": recorded["clips_consented"],
         "clips_kept": sum(r.rows > 0 for r in consented),
-        "positions_recorded": totals["rows"],
-        "positions_consented": totals["consented_rows"],
+        "positions_recorded": recorded["positions_recorded"],
+        "positions_consented": recorded["positions_consented"],
         "positions_trimmed": removed["trim_ends"],
         "positions_in_zones": removed["drop_zones"],
         "positions_kept": sum(r.rows for r in consented),
         "samples_train": int(info.get("train", 0)),
         "samples_test": int(info.get("test", 0)),
+    }
+
+
+def _recorded(totals: Mapping[str, int]) -> dict[str, int]:
+    """The funnel's steps that count what the site holds, from :meth:`Catalogue.clip_totals`."""
+    return {
+        "clips_recorded": totals["clips"],
+        "clips_consented": totals["consented_clips"],
+        "positions_recorded": totals["rows"],
+        "positions_consented": totals["consented_rows"],
     }
 
 
