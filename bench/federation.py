@@ -71,8 +71,8 @@ def _locals(project: Project, options: FederatedOptions, say: Any) -> dict[str, 
         with SiteStore.open(project, site_id) as store:
             data = build_site_dataset(store, options.dataset)
         tests[site_id] = data.test
-        steps = options.rounds * max(
-            1, round(options.local_steps * project.site(site_id).compute.relative_throughput)
+        steps = options.rounds * options.site_steps(
+            project.site(site_id).compute.relative_throughput
         )
         say(f"local: {site_id} trains alone for {steps} steps on {len(data.train)} samples")
         result = train_local(

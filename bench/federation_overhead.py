@@ -64,12 +64,12 @@ from onshore.federation.site import (
     load_accountant,
     model_parameters_assessment,
     server_round_of,
+    site_dp,
     site_of,
 )
 from onshore.gate.record import add_approval
 from onshore.ledger import Ledger
 from onshore.model import (
-    DPConfig,
     PrivacyAccountant,
     build_model,
     build_site_dataset,
@@ -255,21 +255,14 @@ def _bare_client_app(
         server_round = server_round_of(msg)
         with SiteStore.open(ref.project, ref.site) as store:
             data = build_site_dataset(store, options.dataset)
-        privacy = site.privacy
-        dp = (
-            DPConfig(
-                privacy.epsilon, privacy.delta, privacy.noise_multiplier, privacy.max_grad_norm
-            )
-            if options.dp
-            else None
-        )
+        dp = site_dp(site) if options.dp else None
         kept = context.state.config_records.get("privacy")
         accountant = PrivacyAccountant(spent_before[ref.site] if kept is None else _spent(kept))
         try:
             result = train_local(
                 build_model(options.model, seed=options.seed),
                 data.train,
-                steps=max(1, round(options.local_steps * site.compute.relative_throughput)),
+                steps=options.site_steps(site.compute.relative_throughput),
                 batch_size=options.batch_size,
                 lr=options.lr,
                 weight_decay=options.weight_decay,

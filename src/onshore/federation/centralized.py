@@ -73,8 +73,7 @@ def train_centralized(
     if len(pooled) == 0:
         raise NoTrainingData("no site has training samples", hint="de-identify under training")
     steps = options.rounds * sum(
-        max(1, round(options.local_steps * project.site(s).compute.relative_throughput))
-        for s in options.sites
+        options.site_steps(project.site(s).compute.relative_throughput) for s in options.sites
     )
     say(
         f"counterfactual: {len(pooled)} samples of {len(options.sites)} sites pooled, {steps} steps"

@@ -84,6 +84,10 @@ class FederatedOptions:
         if not self.timeout > 0 or not self.server_lr > 0 or not self.join_timeout > 0:
             raise ConfigError("timeout, join_timeout and server_lr must be positive")
 
+    def site_steps(self, relative_throughput: float) -> int:
+        """Optimiser steps per round at a site of ``relative_throughput`` (at least one)."""
+        return max(1, round(self.local_steps * relative_throughput))
+
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["model"] = self.model.as_dict()

@@ -225,18 +225,14 @@ def _say_privacy_plan(
 ) -> None:
     """Before a run with DP: what it will take each site's privacy spent to, beside its
     budget (a site refuses a run that would use the budget up, unless ``spend_budget``)."""
-    from onshore.federation.site import load_accountant, planned_epsilon
+    from onshore.federation.site import load_accountant, planned_epsilon, site_dp
     from onshore.model.dataset import build_site_dataset
-    from onshore.model.train import DPConfig
     from onshore.store import SiteStore
 
     for site_id in options.sites:
         site = project.site(site_id)
-        privacy = site.privacy
-        dp = DPConfig(
-            privacy.epsilon, privacy.delta, privacy.noise_multiplier, privacy.max_grad_norm
-        )
-        steps = max(1, round(options.local_steps * site.compute.relative_throughput))
+        dp = site_dp(site)
+        steps = options.site_steps(site.compute.relative_throughput)
         with SiteStore.open(project, site_id) as store:
             samples = len(build_site_dataset(store, options.dataset).train)
             accountant = load_accountant(store)

@@ -45,7 +45,7 @@ from onshore.model.nets import build_model, check_weights
 from onshore.model.train import DPConfig, PrivacyAccountant, train_local
 from onshore.parties.identity import coordinator_of
 from onshore.rulebook.evaluate import DataItem, TransferRequest
-from onshore.settings import Project, load_project
+from onshore.settings import Project, SiteSettings, load_project
 from onshore.sites.keystore import SiteKeys, load_keystore
 from onshore.store.site import SiteStore
 
@@ -222,13 +222,8 @@ def train_reply(msg: Message, context: Context, options: FederatedOptions) -> Me
     check_weights(options.model, initial)
     mu_value = msg.content.config_records["config"].get("proximal-mu", 0.0)
     mu = float(mu_value) if isinstance(mu_value, int | float) else 0.0
-    privacy = site.privacy
-    dp = (
-        DPConfig(privacy.epsilon, privacy.delta, privacy.noise_multiplier, privacy.max_grad_norm)
-        if options.dp
-        else None
-    )
-    steps = max(1, round(options.local_steps * site.compute.relative_throughput))
+    dp = site_dp(site) if options.dp else None
+    steps = options.site_steps(site.compute.relative_throughput)
     with _store(ref) as store:
         data = _dataset(store, options)
         _FACTS[MessageType.TRAIN] = {"vehicles": data.info.get("vehicles_train", 0)}
@@ -279,6 +274,12 @@ def train_reply(msg: Message, context: Context, options: FederatedOptions) -> Me
     )
     content = RecordDict({ARRAYS: ArrayRecord(result.weights), METRICS: metrics})
     return Message(content, reply_to=msg)
+
+
+def site_dp(site: SiteSettings) -> DPConfig:
+    """DP-SGD at ``site`` as its ``privacy`` settings say: noise, clipping and budget."""
+    privacy = site.privacy
+    return DPConfig(privacy.epsilon, privacy.delta, privacy.noise_multiplier, privacy.max_grad_norm)
 
 
 def planned_epsilon(
