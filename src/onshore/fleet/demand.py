@@ -31,7 +31,7 @@ import numpy as np
 from onshore.clips.vin import make_vin
 from onshore.errors import SimulationError
 from onshore.fleet.profiles import FLEET_TYPE, RegionProfile, VehicleType
-from onshore.fleet.sumo_tools import ToolRun, run_tools, sumo_tool
+from onshore.fleet.sumo_tools import ToolRun, read_output, run_tools, sumo_tool
 
 __all__ = ["Demand", "FleetVehicle", "apportion", "build_demand", "derive_seed"]
 
@@ -283,10 +283,7 @@ def _fleet_tours(
 
 def _route_lengths(path: Path, lengths: Mapping[str, float]) -> dict[str, float]:
     """Routed length (m) of each vehicle in a ``duarouter`` routes file, by vehicle id."""
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as exc:
-        raise SimulationError(f"duarouter wrote no readable routes: {exc}") from exc
+    root = read_output(path, "duarouter", "routes")
     routed: dict[str, float] = {}
     for vehicle in root.iter("vehicle"):
         route = vehicle.find("route")
@@ -333,10 +330,7 @@ def _random_trips(
 
 
 def _read_trips(path: Path, vtype: str) -> list[_Trip]:
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as exc:
-        raise SimulationError(f"randomTrips.py wrote no readable trips for {vtype}: {exc}") from exc
+    root = read_output(path, "randomTrips.py", f"trips for {vtype}")
     return [
         _Trip(
             id=element.attrib["id"],

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
-import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -35,7 +34,7 @@ from onshore.fleet.clips import FCD_COLUMNS, ClipBatch, ClipSettings, cut_clips
 from onshore.fleet.demand import FleetVehicle, build_demand, derive_seed
 from onshore.fleet.networks import load_network
 from onshore.fleet.profiles import get_profile
-from onshore.fleet.sumo_tools import ToolRun, run_tool, sumo_binary, sumo_version
+from onshore.fleet.sumo_tools import ToolRun, read_output, run_tool, sumo_binary, sumo_version
 from onshore.fleet.zones import place_zones, zones_geojson
 from onshore.settings import SiteSettings
 
@@ -417,10 +416,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 def _inserted(statistics: Path) -> int:
     """Vehicles SUMO inserted, from its ``--statistic-output``."""
-    try:
-        element = ET.parse(statistics).getroot().find("vehicles")
-    except (OSError, ET.ParseError) as exc:
-        raise SimulationError(f"sumo wrote no readable statistics: {exc}") from exc
+    element = read_output(statistics, "sumo", "statistics").find("vehicles")
     if element is None:
         raise SimulationError("sumo's statistics have no <vehicles> element")
     return int(element.attrib.get("inserted", "0"))
@@ -437,10 +433,7 @@ class _Arrival:
 
 def _arrivals(tripinfo: Path, vehicles: set[str]) -> dict[str, _Arrival]:
     """How each of ``vehicles`` ended its trip, from SUMO's ``--tripinfo-output``."""
-    try:
-        root = ET.parse(tripinfo).getroot()
-    except (OSError, ET.ParseError) as exc:
-        raise SimulationError(f"sumo wrote no readable trip information: {exc}") from exc
+    root = read_output(tripinfo, "sumo", "trip information")
     found: dict[str, _Arrival] = {}
     for element in root.iter("tripinfo"):
         if element.get("id") in vehicles:

@@ -13,6 +13,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -137,6 +138,15 @@ def run_tools(runs: Sequence[ToolRun], *, cwd: Path) -> None:
                     failures.append(_failure(run, process.returncode, stderr))
         if failures:
             raise failures[0]
+
+
+def read_output(path: Path, tool: str, what: str) -> ET.Element:
+    """The root of an XML file ``tool`` wrote; :class:`SimulationError` saying that it wrote
+    no readable ``what`` when the file is missing or malformed."""
+    try:
+        return ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as exc:
+        raise SimulationError(f"{tool} wrote no readable {what}: {exc}") from exc
 
 
 def _failure(run: ToolRun, returncode: int, stderr: bytes) -> SimulationError:
