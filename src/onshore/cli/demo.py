@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from onshore.cli.fleet import SiteMinutesOption, SiteVehiclesOption, TripKmOption
 from onshore.cli.output import JsonOption, console, emit, err_console
 from onshore.cli.store import inventory_table
 from onshore.cli.train import render_funnel, render_groups
@@ -20,20 +21,9 @@ def demo(
     folder: Annotated[
         Path, typer.Option("--dir", help="Folder to make the parties' folders in.")
     ] = Path("onshore-demo"),
-    vehicles: Annotated[
-        int, typer.Option(min=10, help="Vehicles departing over --minutes, per site.")
-    ] = 150,
-    minutes: Annotated[
-        float,
-        typer.Option(
-            min=0.5,
-            help="Minutes over which each site's fleet departs; each drives a whole trip.",
-        ),
-    ] = 6.0,
-    trip_km: Annotated[
-        float | None,
-        typer.Option(min=0.1, help="Median fleet trip length (default: each region's)."),
-    ] = None,
+    vehicles: SiteVehiclesOption = 150,
+    minutes: SiteMinutesOption = 6.0,
+    trip_km: TripKmOption = None,
     seed: Annotated[int, typer.Option(help="Seed for every simulation.")] = 7,
     rounds: Annotated[int, typer.Option(min=0, help="Federated rounds (0: no training).")] = 5,
     local_steps: Annotated[

@@ -12,6 +12,24 @@ from onshore.cli.output import JsonOption, ProjectOption, console, emit, progres
 from onshore.errors import ConfigError, ProjectNotFound
 from onshore.settings import load_project
 
+TripKmOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0.1,
+        help="Median length of a fleet vehicle's trip (default: the region's: 4.5 km in cn, "
+        "5 in eu, 8 in us).",
+    ),
+]
+SiteVehiclesOption = Annotated[
+    int, typer.Option(min=10, help="Vehicles departing over --minutes, per site.")
+]
+SiteMinutesOption = Annotated[
+    float,
+    typer.Option(
+        min=0.5, help="Minutes over which each site's fleet departs; each drives a whole trip."
+    ),
+]
+
 __all__ = ["app"]
 
 app = typer.Typer(help="Simulated fleets (SUMO).", no_args_is_help=True)
@@ -40,14 +58,7 @@ def simulate(
             "has arrived, with traffic at the same rate.",
         ),
     ] = 5.0,
-    trip_km: Annotated[
-        float | None,
-        typer.Option(
-            min=0.1,
-            help="Median length of a fleet vehicle's trip (default: the region's: 4.5 km in "
-            "cn, 5 in eu, 8 in us).",
-        ),
-    ] = None,
+    trip_km: TripKmOption = None,
     seed: Annotated[int, typer.Option(help="Same seed, same output.")] = 1,
     camera_share: Annotated[
         float | None,

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from onshore.cli.fleet import SiteMinutesOption, SiteVehiclesOption, TripKmOption
 from onshore.cli.output import JsonOption, ProjectOption, console, emit, err_console
 from onshore.errors import ConfigError
 from onshore.settings import load_project
@@ -155,20 +156,9 @@ def sites(project: ProjectOption = None, as_json: JsonOption = False) -> None:
 
 def lab(
     folder: Annotated[Path, typer.Argument(help="Folder of the lab project (made or reused).")],
-    vehicles: Annotated[
-        int, typer.Option(min=10, help="Vehicles departing over --minutes, per site.")
-    ] = 150,
-    minutes: Annotated[
-        float,
-        typer.Option(
-            min=0.5,
-            help="Minutes over which each site's fleet departs; each drives a whole trip.",
-        ),
-    ] = 6.0,
-    trip_km: Annotated[
-        float | None,
-        typer.Option(min=0.1, help="Median fleet trip length (default: each region's)."),
-    ] = None,
+    vehicles: SiteVehiclesOption = 150,
+    minutes: SiteMinutesOption = 6.0,
+    trip_km: TripKmOption = None,
     seed: Annotated[int, typer.Option(help="Seed for every simulation.")] = 7,
     as_json: JsonOption = False,
 ) -> None:
