@@ -11,7 +11,6 @@ from rich.table import Table
 
 from onshore.cli.output import JsonOption, ProjectOption, console, emit, err_console
 from onshore.errors import ConfigError
-from onshore.model.dataset import FUNNEL
 from onshore.settings import load_project
 
 __all__ = ["register"]
@@ -34,7 +33,10 @@ def train(
     ] = "object_encoder",
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
     strategy: Annotated[
-        str, typer.Option(help="Federated strategy: fedavg, fedprox, fedadam.")
+        str,
+        typer.Option(
+            help="Federated strategy: fedavg, fedavgm (server momentum), fedprox, fedadam."
+        ),
     ] = "fedavg",
     local_steps: Annotated[
         int,
@@ -293,7 +295,8 @@ def render_funnel(funnels: dict[str, dict[str, int]]) -> None:
     if not shown:
         return
     table = Table("", *shown, title="each site's data, from clips to samples")
-    for step in FUNNEL:
+    # Each funnel lists its steps in the order data passes them (FUNNEL).
+    for step in dict.fromkeys(step for f in shown.values() for step in f):
         table.add_row(
             step.replace("_", " "), *(f"{f[step]:,}" if step in f else "-" for f in shown.values())
         )
