@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from onshore.federation import FederatedOptions, run_federated
+from onshore.federation import STRATEGIES, FederatedOptions, run_federated
 from onshore.federation.centralized import train_centralized
 from onshore.federation.site import model_parameters_assessment
 from onshore.gate.record import add_approval
@@ -137,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="object_encoder")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--local-steps", type=int, default=50)
-    parser.add_argument("--strategy", default="fedavg", choices=["fedavg", "fedprox", "fedadam"])
+    parser.add_argument("--strategy", default="fedavg", choices=list(STRATEGIES))
+    parser.add_argument(
+        "--server-momentum", type=float, default=0.9, help="fedavgm's server momentum"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument(
         "--fine-tune-steps", type=int, default=200, help="at each site, after the federation"
@@ -181,6 +184,7 @@ def _measure(project: Project, args: argparse.Namespace, say: Any) -> dict[str, 
         local_steps=args.local_steps,
         batch_size=args.batch_size,
         strategy=args.strategy,
+        server_momentum=args.server_momentum,
         dp=False,
         seed=args.seed,
     )

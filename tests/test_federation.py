@@ -22,6 +22,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.serverapp.strategy import FedAvgM
 from flwr.supercore.task_identity import TaskIdentity
 from typer.testing import CliRunner
 
@@ -30,9 +31,10 @@ from onshore.clips.mcap import write_mcap
 from onshore.clips.schema import OBJECT_TYPE, SCHEMA, Clip, ClipMeta
 from onshore.clips.vin import make_vin
 from onshore.deidentify import deidentify_site, resolve_profile
+from onshore.errors import ConfigError
 from onshore.federation import FederatedOptions, run_federated
 from onshore.federation.apps import make_client_app, site_public_keys
-from onshore.federation.coordinator import Admitted, normalise
+from onshore.federation.coordinator import Admitted, Governance, make_strategy, normalise
 from onshore.federation.envelope import (
     Statement,
     UpdateRefused,
@@ -323,6 +325,32 @@ def context(project: Project, site: str) -> Context:
 
 
 @pytest.mark.usefixtures("identity")
+def test_server_momentum_is_fedavgm_s_alone_and_old_runs_keep_their_digest() -> None:
+    plain = FederatedOptions(run="r", sites=("eu-frankfurt",))
+    # A run recorded before fedavgm existed had no server_momentum in its options, and must
+    # still resume: the option is not part of another strategy's digest.
+    assert "server_momentum" not in plain.settings()
+    assert (
+        plain.digest() == FederatedOptions(**{**_as_fields(plain), "server_momentum": 0.5}).digest()
+    )
+    momentum = FederatedOptions(run="r", sites=("eu-frankfurt",), strategy="fedavgm")
+    assert momentum.settings()["server_momentum"] == 0.9
+    assert (
+        momentum.digest()
+        != FederatedOptions.from_dict({**momentum.as_dict(), "server_momentum": 0.5}).digest()
+    )
+    strategy = make_strategy(momentum, Governance(momentum, {}))
+    assert isinstance(strategy, FedAvgM)
+    assert strategy.server_momentum == 0.9
+    assert strategy.server_learning_rate == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="server_momentum"):
+        FederatedOptions(run="r", sites=("eu-frankfurt",), server_momentum=1.0)
+
+
+def _as_fields(options: FederatedOptions) -> dict[str, object]:
+    return {f: getattr(options, f) for f in FederatedOptions.__dataclass_fields__}
+
+
 def test_an_allowed_update_is_checked_recorded_and_signed(federation: Project) -> None:
     opts = options(federation, "mod-eu")
     reply = make_client_app(opts)(train_message(), context(federation, "eu-frankfurt"))

@@ -1,12 +1,12 @@
 """The coordinator's side: the ServerApp's strategy, governed.
 
-Flower's FedAvg, FedProx and FedAdam, each with the coordinator's checks in front of its
-aggregation. A reply is used only when it carries a statement signed by a site of the federation
-(else ``unknown_site``), for this run, round and kind (else ``replay``), whose digest is the
-content's (else ``altered``), never seen before (else ``replay``), and whose content passes the
-same checks the site applied (``oversized``, ``wrong_shape``, ``not_finite``...). Every refusal,
-every error reply and every missing site is recorded in the coordinator's ledger with the round,
-and the round goes on with the updates that passed.
+Flower's FedAvg, FedAvgM (server momentum), FedProx and FedAdam, each with the coordinator's checks
+in front of its aggregation. A reply is used only when it carries a statement signed by a site of
+the federation (else ``unknown_site``), for this run, round and kind (else ``replay``), whose digest
+is the content's (else ``altered``), never seen before (else ``replay``), and whose content passes
+the same checks the site applied (``oversized``, ``wrong_shape``, ``not_finite``...). Every refusal,
+every error reply and every missing site is recorded in the coordinator's ledger with the round, and
+the round goes on with the updates that passed.
 
 Sites do unequal numbers of local steps (their compute profiles differ), and plain FedAvg then
 leans towards the sites that did more. Aggregation normalises each update by its steps, as FedNova
@@ -33,7 +33,7 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
 from onshore.federation.envelope import (
     ARRAYS,
@@ -332,6 +332,10 @@ class GovernedFedAvg(_Governed, FedAvg):
     pass
 
 
+class GovernedFedAvgM(_Governed, FedAvgM):
+    pass
+
+
 class GovernedFedProx(_Governed, FedProx):
     pass
 
@@ -354,6 +358,12 @@ def make_strategy(options: FederatedOptions, governance: Governance) -> FedAvg:
     strategy: FedAvg
     if options.strategy == "fedprox":
         strategy = GovernedFedProx(proximal_mu=options.proximal_mu, **common)
+    elif options.strategy == "fedavgm":
+        strategy = GovernedFedAvgM(
+            server_learning_rate=1.0 - options.server_momentum,
+            server_momentum=options.server_momentum,
+            **common,
+        )
     elif options.strategy == "fedadam":
         strategy = GovernedFedAdam(eta=options.server_lr, eta_l=options.lr, **common)
     else:

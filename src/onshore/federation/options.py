@@ -16,14 +16,18 @@ from onshore.model.nets import ModelSpec
 
 __all__ = ["RUN_CONFIG_KEY", "SIGNATURE_KEY", "STRATEGIES", "FederatedOptions", "Strategy"]
 
-Strategy = Literal["fedavg", "fedprox", "fedadam"]
-STRATEGIES: Final = ("fedavg", "fedprox", "fedadam")
+Strategy = Literal["fedavg", "fedavgm", "fedprox", "fedadam"]
+STRATEGIES: Final = ("fedavg", "fedavgm", "fedprox", "fedadam")
 RUN_CONFIG_KEY: Final = "onshore-options"
 """The key of Flower's run config that holds :meth:`FederatedOptions.to_json`."""
 SIGNATURE_KEY: Final = "onshore-signature"
 """The key of Flower's run config that holds the coordinator's signature over the options
 (:func:`onshore.federation.runner.sign_options`): a site runs only what its coordinator
 signed."""
+
+
+_ONLY_FOR: Final = {"server_momentum": "fedavgm"}
+"""Options that decide a run only under one strategy, and are left out of the others' digests."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,10 @@ class FederatedOptions:
     """FedProx's pull towards the global model (``fedprox`` only)."""
     server_lr: float = 0.05
     """FedAdam's server learning rate (``fedadam`` only)."""
+    server_momentum: float = 0.9
+    """FedAvgM's server momentum (``fedavgm`` only): the global model moves by the averaged
+    update plus this share of its previous moves, with a server learning rate of ``1 -
+    server_momentum``, so that a steady direction moves as far as FedAvg's one step."""
     dp: bool = True
     """Sample-level DP-SGD at every site, within the site's budget (``privacy`` in
     ``onshore.toml``)."""
@@ -83,6 +91,8 @@ class FederatedOptions:
             )
         if not self.timeout > 0 or not self.server_lr > 0 or not self.join_timeout > 0:
             raise ConfigError("timeout, join_timeout and server_lr must be positive")
+        if not 0 <= self.server_momentum < 1:
+            raise ConfigError(f"server_momentum must be in [0, 1), not {self.server_momentum}")
 
     def site_steps(self, relative_throughput: float) -> int:
         """Optimiser steps per round at a site of ``relative_throughput`` (at least one)."""
@@ -95,8 +105,14 @@ class FederatedOptions:
         return out
 
     def settings(self) -> dict[str, Any]:
-        """What decides the run's result: everything but where it runs and its id."""
-        return {k: v for k, v in self.as_dict().items() if k not in ("run", "project")}
+        """What decides the run's result: everything but where it runs and its id, and the
+        options added since runs were first recorded when the strategy does not use them (so
+        that a run recorded before keeps its digest and can be resumed)."""
+        return {
+            k: v
+            for k, v in self.as_dict().items()
+            if k not in ("run", "project") and _ONLY_FOR.get(k, self.strategy) == self.strategy
+        }
 
     def digest(self) -> str:
         return hashlib.sha256(
