@@ -39,7 +39,7 @@ from onshore.model import (
     train_local,
     weight_signature,
 )
-from onshore.model.dataset import FUNNEL, samples_from_outputs
+from onshore.model.dataset import FUNNEL, _fraction, _test_side, samples_from_outputs
 from onshore.model.metrics import MOTION_GROUPS, Metrics, motion_groups
 from onshore.settings import Project
 from onshore.sites import init_project
@@ -232,6 +232,40 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
         secret = load_keystore(project.keystore_path(project.site(SITE))).hmac_secret
         deidentify_site(site, resolve_profile("training", {}), secret=secret)
     return project
+
+
+@pytest.mark.parametrize("secret", range(8))
+def test_each_side_of_the_split_holds_half_its_share_whatever_the_secret(secret: int) -> None:
+    """A small fleet whose vehicles drive unequal amounts (one long trip, many short ones):
+    with any site secret (which decides the pseudonyms, hence the hash), the test side holds
+    at least half its share of the samples, and the training side half of its."""
+    rng = np.random.default_rng(secret)
+    vehicles = [f"pv-{secret}-{rng.integers(1 << 62):x}" for _ in range(9)]
+    samples = [12_000, *rng.integers(200, 1_500, size=8).tolist()]
+    # Several outputs (clips) per vehicle, in no particular order.
+    outputs = [(v, n // 3) for v, n in zip(vehicles, samples, strict=True) for _ in range(3)]
+    rng.shuffle(outputs)
+    names = [v for v, _ in outputs]
+    counts = [n for _, n in outputs]
+    test = _test_side(names, counts, 0.2)
+    total = sum(counts)
+    on_test = sum(n for n, t in zip(counts, test, strict=True) if t)
+    assert on_test >= 0.1 * total and total - on_test >= 0.4 * total
+    # Whole vehicles: no vehicle on both sides.
+    assert not {v for v, t in zip(names, test, strict=True) if t} & {
+        v for v, t in zip(names, test, strict=True) if not t
+    }
+    # The same answer every time, whatever the order of the outputs.
+    order = rng.permutation(len(names))
+    again = _test_side([names[i] for i in order], [counts[i] for i in order], 0.2)
+    assert np.array_equal(again, test[order])
+
+
+def test_a_large_fleet_is_split_by_the_hash_alone() -> None:
+    vehicles = [f"pv-{i:04d}" for i in range(400)]
+    test = _test_side(vehicles, [100] * 400, 0.2)
+    hashed = np.array([_fraction(v) < 0.2 for v in vehicles])
+    assert np.array_equal(test, hashed) and 0.1 < test.mean() < 0.3
 
 
 def test_site_dataset_holds_only_consented_clips_and_is_cached(trained_project: Project) -> None:

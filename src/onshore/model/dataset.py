@@ -54,14 +54,14 @@ __all__ = [
     "build_site_dataset",
     "funnel",
     "samples_from_outputs",
-    "vehicle_in_test",
 ]
 
 DT: Final = 0.1
 """Seconds between two steps of a clip (10 Hz)."""
 CACHE_DIR: Final = "derived/forecasting"
-_FORMAT: Final = 2
-"""Version of the cached arrays' layout: bump it when features change, so old caches go unused."""
+_FORMAT: Final = 3
+"""Version of the cached arrays' layout and split: bump it when features or the split change,
+so old caches go unused."""
 
 PAST_FEATURES: Final = (
     "x",
@@ -110,7 +110,10 @@ class DatasetConfig:
     stride: int = 1
     """Steps between the starts of two windows of the same clip."""
     test_share: float = 0.2
-    """Share of vehicles held out for testing (by hash of their pseudonym)."""
+    """Share of vehicles held out for testing (by hash of their pseudonym). Vehicles drive
+    unequal amounts, so on a small fleet the hash alone can leave one side with few samples:
+    each side then takes the vehicles nearest the line until it holds at least half its share
+    of the samples (:func:`_split`)."""
     profile: str = "training"
     """The de-identification profile read; its outputs must carry a vehicle pseudonym."""
 
@@ -185,12 +188,6 @@ class SiteDataset:
     info: dict[str, Any] = field(default_factory=dict)
     """Counts: outputs read, clips used and refused for lack of consent, vehicles on each side,
     the cache key and whether the cache answered, and the ``funnel`` (see :func:`funnel`)."""
-
-
-def vehicle_in_test(vehicle: str, test_share: float) -> bool:
-    """Whether a vehicle belongs to the test side: a hash of its pseudonym, so the answer is the
-    same in every run and does not move when other vehicles come or go."""
-    return _fraction(vehicle) < test_share
 
 
 def _fraction(vehicle: str) -> float:
@@ -423,20 +420,13 @@ def _split(cuts: Iterable[_Cut], config: DatasetConfig) -> tuple[Samples, Sample
             vehicles.append(cut.vehicle)
             pieces.append(cut.samples)
             rows += cut.rows
-    fraction = np.array([_fraction(v) for v in vehicles])
-    in_test = fraction < config.test_share
-    if len(vehicles) >= 2 and not in_test.any():
-        # Too few vehicles for the hash to put one on each side: the vehicle nearest the line
-        # crosses it, so a small site still has something to test on (or to train on).
-        in_test[np.argmin(fraction)] = True
-    elif len(vehicles) >= 2 and in_test.all():
-        in_test[np.argmax(fraction)] = False
+    in_test = _test_side(vehicles, [len(p) for p in pieces], config.test_share)
     info: dict[str, Any] = {
         "outputs": len(vehicles),
         "clips_used": len(used),
         "clips_refused_no_consent": len(refused),
-        "vehicles_train": int((~in_test).sum()),
-        "vehicles_test": int(in_test.sum()),
+        "vehicles_train": len({v for v, t in zip(vehicles, in_test, strict=True) if not t}),
+        "vehicles_test": len({v for v, t in zip(vehicles, in_test, strict=True) if t}),
     }
     if not pieces:
         info.update(rows=0, windows=0, train=0, test=0)
@@ -445,6 +435,47 @@ def _split(cuts: Iterable[_Cut], config: DatasetConfig) -> tuple[Samples, Sample
     test = Samples.concat([p for p, t in zip(pieces, in_test, strict=True) if t], config)
     info.update(rows=rows, windows=len(train) + len(test), train=len(train), test=len(test))
     return train, test, info
+
+
+def _test_side(vehicles: Sequence[str], samples: Sequence[int], test_share: float) -> np.ndarray:
+    """Which of the outputs (of ``vehicles``, with ``samples`` each) are on the test side.
+
+    A vehicle is on the test side when the hash of its pseudonym falls below ``test_share``: the
+    answer is the same in every run and does not move when other vehicles come or go. Vehicles
+    drive unequal amounts, though, and a small fleet can then leave one side with a few hundred
+    samples, or only standing ones. So when the test side holds less than half its share of the
+    samples, the training vehicles whose hashes lie nearest the line join it (in hash order)
+    until it does, and the same the other way; each side keeps at least one vehicle. On a large
+    fleet the hash alone decides.
+    """
+    names, index = np.unique(np.asarray(vehicles, dtype=object), return_inverse=True)
+    if len(names) == 0:
+        return np.zeros(0, dtype=bool)
+    fraction = np.array([_fraction(str(v)) for v in names])
+    counts = np.bincount(index, weights=np.asarray(samples, dtype=np.float64), minlength=len(names))
+    test = fraction < test_share
+    total = counts.sum()
+    if len(names) >= 2:
+        # Vehicles in hash order: test takes from the front of train, train from the back of
+        # test; a vehicle train took back (one that held most samples) is not offered again.
+        order = np.argsort(fraction, kind="stable")
+        taken_back = np.zeros(len(names), dtype=bool)
+
+        def fill_test() -> None:
+            for vehicle in order:
+                if counts[test].sum() >= total * test_share / 2:
+                    return
+                if not test[vehicle] and not taken_back[vehicle] and (~test).sum() > 1:
+                    test[vehicle] = True
+
+        fill_test()
+        for vehicle in order[::-1]:
+            if counts[~test].sum() >= total * (1 - test_share) / 2:
+                break
+            if test[vehicle] and test.sum() > 1:
+                test[vehicle], taken_back[vehicle] = False, True
+        fill_test()
+    return np.asarray(test[index], dtype=bool)
 
 
 def _cut(
