@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument(
-        "--fine-tune-steps", type=int, default=200, help="at each site, after the federation"
+        "--fine-tune-steps", type=int, default=1000, help="at each site, after the federation"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
