@@ -46,6 +46,7 @@ from typing import IO, Any, Final
 import orjson
 
 from onshore.errors import ConfigError, DemoError
+from onshore.processes import STOP_WITH_ENV
 from onshore.settings import CONFIG_NAME
 
 __all__ = ["DEMO_USERS", "run_demo"]
@@ -103,6 +104,9 @@ def _environment() -> dict[str, str]:
     env.pop("ONSHORE_PROJECT", None)  # every command names its party's folder
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("COLUMNS", "120")
+    # Every command ends with the demo, even one killed outright (SIGKILL, out of memory):
+    # no party is left serving in the background.
+    env[STOP_WITH_ENV] = str(os.getpid())
     return env
 
 

@@ -30,6 +30,7 @@ from onshore.cli import (
     transfer,
 )
 from onshore.errors import FileSystemError, OnshoreError
+from onshore.processes import stop_with_parent
 
 __all__ = ["app", "main"]
 
@@ -65,6 +66,7 @@ demo.register(app)
 def main() -> None:
     """Entry point: run the CLI. An :class:`OnshoreError` (or a file-system error, or a usage
     error) becomes its message, its code and its exit code; as JSON under ``--json``."""
+    stop_with_parent()
     as_json = "--json" in sys.argv
     try:
         code = app(standalone_mode=False)
