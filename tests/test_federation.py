@@ -324,7 +324,6 @@ def context(project: Project, site: str) -> Context:
     )
 
 
-@pytest.mark.usefixtures("identity")
 def test_server_momentum_is_fedavgm_s_alone_and_old_runs_keep_their_digest() -> None:
     plain = FederatedOptions(run="r", sites=("eu-frankfurt",))
     # A run recorded before fedavgm existed had no server_momentum in its options, and must
@@ -351,6 +350,7 @@ def _as_fields(options: FederatedOptions) -> dict[str, object]:
     return {f: getattr(options, f) for f in FederatedOptions.__dataclass_fields__}
 
 
+@pytest.mark.usefixtures("identity")
 def test_an_allowed_update_is_checked_recorded_and_signed(federation: Project) -> None:
     opts = options(federation, "mod-eu")
     reply = make_client_app(opts)(train_message(), context(federation, "eu-frankfurt"))
