@@ -113,10 +113,10 @@ def postgres_url() -> Iterator[str]:
     yield POSTGRES_URL
 
 
-def run_demo_cli(folder: Path) -> dict:  # type: ignore[type-arg]
+def run_demo_cli(folder: Path, rounds: int = 2) -> dict:  # type: ignore[type-arg]
     """``onshore demo --json`` on a small setting (three sites, 40 vehicles each departing over
     3 minutes, fleet trips of 2.5 km, so that the middle of a non-consenting driver's trip
-    survives the trim at its ends; 2 federated rounds), as a user runs it."""
+    survives the trim at its ends; 2 federated rounds, or ``rounds``), as a user runs it."""
     import json
     import subprocess
     import sys
@@ -138,7 +138,7 @@ def run_demo_cli(folder: Path) -> dict:  # type: ignore[type-arg]
             "--seed",
             "3",
             "--rounds",
-            "2",
+            str(rounds),
             "--local-steps",
             "10",
             "--json",

@@ -92,11 +92,13 @@ def test_demo_end_to_end(small_demo: tuple[Path, dict]) -> None:  # type: ignore
     lines = sum(len(Path(f).read_text().splitlines()) for f in files)
     assert lines == len(console["users"])
 
-    again = run_demo_cli(folder)
+    # The rerun leaves training out (the federated runs' resumption and digests have tests of
+    # their own in test_federation), to keep the suite's time.
+    again = run_demo_cli(folder, rounds=0)
     assert again["inventory"] == first["inventory"], "a rerun stores nothing twice"
     assert all(r["clips"] == 0 for r in again["ingest"])
     assert all(v["ok"] for v in again["ledgers"]), "every ledger verifies after a rerun"
-    assert again["training"]["federated"]["regions"] == first["training"]["federated"]["regions"]
+    assert again["training"] is None
     again_lines = sum(len(Path(f).read_text().splitlines()) for f in files)
     assert again_lines == len(console["users"]), "users kept"
 

@@ -346,6 +346,26 @@ def test_server_momentum_is_fedavgm_s_alone_and_old_runs_keep_their_digest() -> 
         FederatedOptions(run="r", sites=("eu-frankfurt",), server_momentum=1.0)
 
 
+@pytest.mark.parametrize(
+    ("strategy", "digest"),
+    [
+        ("fedavg", "cbbf296f3509312d548b161fff03a34288df9c853731c16639f4f9b1cd23d382"),
+        ("fedprox", "5482cca01b2f0987c48161cc792de704fc4976b8d071da07aa9d8f835edd0666"),
+        ("fedadam", "e748aeeb8c80fcd55038a0c9da9c2769d437db934461d5abc08a2e5766254b98"),
+    ],
+)
+def test_a_recorded_run_s_options_keep_their_digest(strategy: str, digest: str) -> None:
+    """A run resumes only under the digest it was recorded with: an option added later must
+    leave the digests of runs that do not use it as they were (these are the digests since
+    before fedavgm). Change them only with a way for recorded runs to resume."""
+    options = FederatedOptions(
+        run="r",
+        sites=("cn-shanghai", "eu-frankfurt"),
+        strategy=strategy,  # type: ignore[arg-type]
+    )
+    assert options.digest() == digest
+
+
 def _as_fields(options: FederatedOptions) -> dict[str, object]:
     return {f: getattr(options, f) for f in FederatedOptions.__dataclass_fields__}
 
