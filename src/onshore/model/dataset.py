@@ -113,7 +113,7 @@ class DatasetConfig:
     """Share of vehicles held out for testing (by hash of their pseudonym). Vehicles drive
     unequal amounts, so on a small fleet the hash alone can leave one side with few samples:
     each side then takes the vehicles nearest the line until it holds at least half its share
-    of the samples (:func:`_split`)."""
+    of the samples (:func:`_test_side`)."""
     profile: str = "training"
     """The de-identification profile read; its outputs must carry a vehicle pseudonym."""
 
@@ -218,13 +218,10 @@ def build_site_dataset(
     path = f"{folder}/{key}.npz"
     if cache and site.objects.exists(path):
         train, test, info = _load(site.objects.read(path))
-        totals = site.catalogue.clip_totals()
-        # What the outputs hold is cached with the samples (the cache key covers them); what
-        # the site recorded may have grown since, so only that is read again.
-        if "funnel" in info:
-            cached = {**info["funnel"], **_recorded(totals)}
-        else:
-            cached = funnel(totals, records, info)
+        # What the outputs hold is cached with the samples (the cache key covers them, and
+        # every cache of this format holds the funnel); what the site recorded may have grown
+        # since, so only that is read again.
+        cached = {**info["funnel"], **_recorded(site.catalogue.clip_totals())}
         info = {**info, "cache": key, "cached": True, "funnel": cached}
         return SiteDataset(site.site, config, train, test, info)
     consented: dict[str, set[str]] = {}
