@@ -7,6 +7,7 @@ import json
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +25,7 @@ from flwr.app import (
 )
 from flwr.serverapp.strategy import FedAvgM
 from flwr.supercore.task_identity import TaskIdentity
+from safetensors.torch import load as load_tensors
 from typer.testing import CliRunner
 
 from onshore.cli.app import app
@@ -45,11 +47,11 @@ from onshore.federation.envelope import (
     size_limit,
 )
 from onshore.federation.faults import Fault, drill
-from onshore.federation.site import ErrorCode, load_accountant
+from onshore.federation.site import FINE_TUNE, ErrorCode, govern, load_accountant
 from onshore.gate import Approval
 from onshore.gate.record import add_approval
 from onshore.ledger import Ledger, verify
-from onshore.model.nets import ModelSpec, build_model
+from onshore.model.nets import ModelSpec, build_model, check_weights
 from onshore.settings import Project, load_project
 from onshore.sites import init_project
 from onshore.sites.keystore import load_keystore
@@ -392,6 +394,28 @@ def test_an_allowed_update_is_checked_recorded_and_signed(federation: Project) -
 
 
 @pytest.mark.usefixtures("identity")
+def test_weights_never_leave_with_a_fine_tuning_reply(federation: Project) -> None:
+    opts = options(federation, "mod-ft", fine_tune_steps=5)
+    asked = train_message()
+    asked.metadata.message_type = FINE_TUNE
+
+    def leaky(msg: Message, _context: Context) -> Message:
+        # A handler that would send the fine-tuned weights back with the metrics.
+        return Message(reply_content(ade=1.0), reply_to=msg)
+
+    reply = govern(asked, context(federation, "eu-frankfurt"), leaky, opts)
+    assert reply.has_error() and reply.error.code == ErrorCode.CHECK_FAILED
+    assert "outgoing check failed" in reply.error.reason
+    recorded = [e for e in entries(federation, "eu-frankfurt", "federated_update")]
+    mine = [e for e in recorded if e["run"] == "mod-ft"]
+    assert [(e["kind"], e["sent"]) for e in mine] == [("fine_tune", False)]
+    # Nor does a site answer what it was not built to.
+    asked.metadata.message_type = MessageType.QUERY
+    refused = govern(asked, context(federation, "eu-frankfurt"), leaky, opts)
+    assert refused.has_error() and "not query" in refused.error.reason
+
+
+@pytest.mark.usefixtures("identity")
 def test_chinese_model_parameters_stay_without_an_approval(federation: Project) -> None:
     opts = options(federation, "mod-cn")
     reply = make_client_app(opts)(train_message(), context(federation, "cn-shanghai"))
@@ -505,6 +529,8 @@ def test_a_federated_run_trains_across_sites_and_the_cli_reports_it(federation: 
             "8",
             "--batch-size",
             "64",
+            "--fine-tune-steps",
+            "12",
             "--run",
             "cli-run",
             "--json",
@@ -543,6 +569,39 @@ def test_a_federated_run_trains_across_sites_and_the_cli_reports_it(federation: 
     for link in lineage:
         seqs = {e.seq: e.hash for e in _ledger_entries(federation, link["site"])}
         assert seqs[link["seq"]] == link["hash"]
+    assert_fine_tuned_at_the_sites(federation, summary, "cli-run", steps=12)
+
+
+def assert_fine_tuned_at_the_sites(
+    project: Project, summary: dict[str, Any], run: str, *, steps: int
+) -> None:
+    """Each site fine-tuned the global model and kept it; only metrics came back, through its
+    gate and ledger, and the coordinator recorded them as the last round's phase."""
+    tuned = summary["fine_tuned"]
+    assert set(tuned) == set(REGIONS)
+    phase = [
+        r
+        for r in coordinator_entries(project, "federated_round")
+        if r["run"] == run and r["kind"] == "fine_tune"
+    ]
+    assert len(phase) == 1 and {a["site"] for a in phase[0]["accepted"]} == set(REGIONS)
+    for site in REGIONS:
+        t = tuned[site]
+        assert t["steps"] == steps and t["samples"] == summary["regions"][site]["samples"]
+        assert t["ade"] > 0 and t["global_ade"] == pytest.approx(summary["regions"][site]["ade"])
+        # Down went the global model; up only metrics, far smaller than the model.
+        assert phase[0]["sent"][site] >= size_limit(SPEC) // 4
+        assert phase[0]["received"][site] < 4096
+        with SiteStore.open(project, site) as store:
+            weights = load_tensors(store.objects.read(t["weights"]["path"]))
+        check_weights(SPEC, weights)
+        sent = [
+            e
+            for e in entries(project, site, "federated_update")
+            if e["run"] == run and e["kind"] == "fine_tune"
+        ]
+        assert sent and sent[-1]["sent"] is True
+        assert sent[-1]["items"][0]["category"] == "aggregate_metrics"
 
 
 def _ledger_entries(project: Project, site_id: str) -> list:  # type: ignore[type-arg]
@@ -576,6 +635,25 @@ def test_a_run_that_died_resumes_after_its_last_round(federation: Project) -> No
     trained = [(e["round"]) for e in eu if e["run"] == "resumed" and e["kind"] == "train"]
     assert trained == [1, 2, 2]
     assert set(again["regions"]) == set(first["regions"])
+
+
+def test_a_resumed_run_finds_the_fine_tuned_models_the_sites_kept(federation: Project) -> None:
+    opts = options(federation, "tuned", rounds=1, fine_tune_steps=10)
+    first = run_federated(federation, opts)
+    assert_fine_tuned_at_the_sites(federation, first, "tuned", steps=10)
+    # The coordinator died before it wrote its summary: the rerun asks again, and each site
+    # answers from the model it kept instead of training it again.
+    (federation.root / "runs" / "tuned" / "federated.json").unlink()
+    again = run_federated(federation, opts)
+    rounds = json.loads((federation.root / "runs" / "tuned" / "rounds.json").read_text())
+    assert [(r["round"], r["kind"]) for r in rounds] == [
+        (1, "train"),
+        (1, "evaluate"),
+        (1, "fine_tune"),
+    ]
+    for site in REGIONS:
+        assert again["fine_tuned"][site]["ade"] == pytest.approx(first["fine_tuned"][site]["ade"])
+        assert again["fine_tuned"][site]["seconds"] == 0
 
 
 def test_the_counterfactual_refuses_clips_recorded_by_vehicles(federation: Project) -> None:

@@ -102,6 +102,21 @@ def train(
             "run goes on with those that joined.",
         ),
     ] = 120.0,
+    fine_tune_steps: Annotated[
+        int,
+        typer.Option(
+            "--fine-tune-steps",
+            min=0,
+            help="Federated: after the last round, each site trains the global model this "
+            "many more steps on its own data and keeps the result; only its errors leave.",
+        ),
+    ] = 0,
+    fine_tune_lr: Annotated[
+        float,
+        typer.Option(
+            "--fine-tune-lr", min=0.0, help="Federated: fine-tuning rate (0: a third of --lr)."
+        ),
+    ] = 0.0,
     run: Annotated[
         str | None,
         typer.Option(help="Run id (default: a new one); an unfinished run's id resumes it."),
@@ -180,6 +195,8 @@ def train(
         strategy=strategy,  # type: ignore[arg-type]  # checked by FederatedOptions
         dp=dp if dp is not None else mode == "federated",
         spend_budget=spend_budget,
+        fine_tune_steps=fine_tune_steps if mode == "federated" else 0,
+        fine_tune_lr=fine_tune_lr,
         seed=seed,
         timeout=round_timeout,
         join_timeout=join_timeout,
@@ -236,6 +253,7 @@ def _render_federated(d: dict[str, Any]) -> None:
         )
     console.print(table)
     render_groups(d["regions"])
+    render_fine_tuned(d["regions"], d.get("fine_tuned") or {})
     render_funnel({site: r.get("funnel", {}) for site, r in d["regions"].items()})
     if counterfactual:
         console.print(f"[yellow]{d['label']}[/]")
@@ -253,7 +271,11 @@ def _render_federated(d: dict[str, Any]) -> None:
         )
 
 
-def render_groups(regions: dict[str, Any]) -> None:
+def render_groups(
+    regions: dict[str, Any],
+    title: str = "by kind of motion (stationary: standing now; turning or braking: in the "
+    "next 3 s)",
+) -> None:
     """Each site's errors per kind of motion, beside constant velocity's."""
     table = Table(
         "site",
@@ -266,7 +288,7 @@ def render_groups(regions: dict[str, Any]) -> None:
         "CV FDE m",
         "miss @2 m",
         "CV miss",
-        title="by kind of motion (stationary: standing now; turning or braking: in the next 3 s)",
+        title=title,
     )
     for site, r in regions.items():
         cv_groups = (r.get("baselines") or {}).get("constant_velocity", {}).get("groups", {})
@@ -287,6 +309,43 @@ def render_groups(regions: dict[str, Any]) -> None:
             )
     if table.row_count:
         console.print(table)
+
+
+def render_fine_tuned(regions: dict[str, Any], tuned: dict[str, Any]) -> None:
+    """The global model fine-tuned at each site, beside the global model and constant
+    velocity, overall and per kind of motion."""
+    if not tuned:
+        return
+    table = Table(
+        "site",
+        "steps",
+        "federated ADE m",
+        "fine-tuned ADE m",
+        "CV ADE m",
+        "fine-tuned / CV",
+        "kept at",
+        title="the federated model fine-tuned at each site (the weights stay there)",
+    )
+    for site, t in tuned.items():
+        cv = regions.get(site, {}).get("baselines", {}).get("constant_velocity", {})
+        ratio = f"{t['ade'] / cv['ade']:.2f}" if t.get("ade") is not None and cv.get("ade") else "-"
+        table.add_row(
+            site,
+            str(t["steps"]),
+            _metre(t.get("global_ade")),
+            _metre(t.get("ade")),
+            _metre(cv.get("ade")),
+            ratio,
+            f"{t['weights']['store']}: {t['weights']['path']}",
+        )
+    console.print(table)
+    render_groups(
+        {
+            site: {**t, "baselines": regions.get(site, {}).get("baselines", {})}
+            for site, t in tuned.items()
+        },
+        title="fine-tuned, by kind of motion",
+    )
 
 
 def render_funnel(funnels: dict[str, dict[str, int]]) -> None:

@@ -18,16 +18,23 @@ from typing import Any, Final
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from flwr.app import ArrayRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from safetensors.torch import save as safetensors_bytes
 
 from onshore.errors import KeystoreError
 from onshore.federation.coordinator import Governance, RoundLog, make_strategy
-from onshore.federation.envelope import public_key, size_limit
+from onshore.federation.envelope import ARRAYS, public_key, size_limit
 from onshore.federation.options import FederatedOptions
-from onshore.federation.site import evaluate_reply, outbound, train_reply
+from onshore.federation.site import (
+    FINE_TUNE,
+    FINE_TUNED,
+    evaluate_reply,
+    fine_tune_reply,
+    outbound,
+    train_reply,
+)
 from onshore.ledger import Ledger
 from onshore.model.dataset import FUNNEL
 from onshore.model.local import RUNS_DIR, _read_json, _write_atomically
@@ -72,6 +79,10 @@ def make_client_app(
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         return evaluate_reply(msg, context, options_of(context))
+
+    @app.evaluate(FINE_TUNE.split(".", 1)[1])
+    def fine_tune(msg: Message, context: Context) -> Message:
+        return fine_tune_reply(msg, context, options_of(context))
 
     return app
 
@@ -151,7 +162,11 @@ def coordinate(grid: Grid, options: FederatedOptions, say: Callable[[str], None]
             # A run that died part-way goes on from its last aggregated round: the rounds
             # before are in the ledger and rounds.json, and the sites' privacy spent on them
             # is not spent again.
-            rounds = [r for r in (_read_json(folder / "rounds.json") or []) if r["round"] <= done]
+            rounds = [
+                r
+                for r in (_read_json(folder / "rounds.json") or [])
+                if r["round"] <= done and r["kind"] != "fine_tune"
+            ]
             ledger.append("federated_run_resumed", {"run": options.run, "after_round": done})
             say(f"run {options.run} resumes after round {done}")
 
@@ -229,6 +244,12 @@ def coordinate(grid: Grid, options: FederatedOptions, say: Callable[[str], None]
                 timeout=options.timeout,
             )
             final = result.arrays if len(result.arrays) else initial
+        if options.fine_tune_steps and present:
+            say(
+                f"fine-tuning at each site: {options.fine_tune_steps} steps on its own data, "
+                "the weights stay there"
+            )
+            _fine_tune(grid, options, governance, final, list(present))
         blob = _safetensors(final, options)
         path = f"derived/{RUNS_DIR}/{options.run}/{GLOBAL_MODEL}"
         objects.put(path, blob)
@@ -259,6 +280,29 @@ def coordinate(grid: Grid, options: FederatedOptions, say: Callable[[str], None]
         )
     finally:
         catalogue.close()
+
+
+def _fine_tune(
+    grid: Grid,
+    options: FederatedOptions,
+    governance: Governance,
+    final: ArrayRecord,
+    nodes: Sequence[int],
+) -> None:
+    """Ask every site to fine-tune the final global model on its own data; each keeps the
+    weights and answers with their errors, which the coordinator checks like any reply and
+    records as the last round's ``fine_tune`` phase."""
+    messages = [
+        Message(
+            RecordDict({ARRAYS: final, "config": ConfigRecord({"server-round": options.rounds})}),
+            dst_node_id=node,
+            message_type=FINE_TUNE,
+        )
+        for node in nodes
+    ]
+    sent = governance.start(options.rounds, "fine_tune", messages)
+    replies = grid.send_and_receive(sent, timeout=options.timeout) if sent else []
+    governance.admit(options.rounds, "fine_tune", replies)
 
 
 def _registered(project: Project, options: FederatedOptions) -> dict[int, str]:
@@ -411,6 +455,27 @@ def _summary(
             if site in crossed:
                 crossed[site] += size
                 slot.setdefault(site, {"down": 0, "up": 0})["up"] += size
+    fine_tuned = {
+        a["site"]: {
+            "site": a["site"],
+            "ade": a["metrics"].get("ade"),
+            "fde": a["metrics"].get("fde"),
+            "miss_rate": a["metrics"].get("miss-rate"),
+            "samples": int(a["metrics"].get("num-examples", 0)),
+            "groups": Metrics.groups_from_scalars(a["metrics"]),
+            "global_ade": a["metrics"].get("global-ade"),
+            "steps": int(a["metrics"].get("num-steps", 0)),
+            "seconds": a["metrics"].get("seconds"),
+            # Where the site keeps the weights: they never left it.
+            "weights": {
+                "store": a["site"],
+                "path": f"derived/{RUNS_DIR}/{options.run}/{FINE_TUNED}",
+            },
+        }
+        for r in rounds
+        if r["kind"] == "fine_tune"
+        for a in r["accepted"]
+    }
     refusals = [
         {"round": r["round"], "kind": r["kind"], **refused}
         for r in rounds
@@ -425,6 +490,7 @@ def _summary(
         "model": options.model.as_dict(),
         "options": options.settings(),
         "regions": regions,
+        "fine_tuned": fine_tuned,
         "epsilon": epsilon,
         # Each site states its own budget: the coordinator knows it only from the site.
         "delta": {s: reported.get(s, {}).get("delta") for s in options.sites},

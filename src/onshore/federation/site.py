@@ -3,6 +3,9 @@
 - :func:`train_reply` trains the global model on the site's own consented, de-identified
   samples for the local steps its compute profile allows, with DP-SGD within the site's budget;
   :func:`evaluate_reply` measures the global model on the site's own test split.
+- :func:`fine_tune_reply`, after the last round, trains the final global model further on the
+  site's own training split; the weights stay in the site's store, only their errors on the
+  site's test split leave.
 - :func:`outbound` is the ClientApp mod every reply passes on its way out, which the job cannot
   switch off: the reply must hold only the declared model's tensors and scalar metrics; it must
   pass the site's gate as ``model_parameters`` or ``aggregate_metrics`` towards the coordinator;
@@ -16,14 +19,18 @@ step ever taken on its data, by run, so the budget in ``onshore.toml`` holds acr
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final
 
+import orjson
+import torch
 from flwr.app import ArrayRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_bytes
 from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, insert, select
 
 from onshore.errors import OnshoreError, PrivacyBudgetSpent
@@ -40,6 +47,7 @@ from onshore.gate import Approval, Decision
 from onshore.gate.site import OpenSite
 from onshore.ledger import Ledger
 from onshore.model.dataset import SiteDataset, build_site_dataset
+from onshore.model.local import RUNS_DIR
 from onshore.model.metrics import Metrics, evaluate
 from onshore.model.nets import build_model, check_weights
 from onshore.model.train import DPConfig, PrivacyAccountant, train_local
@@ -47,12 +55,14 @@ from onshore.parties.identity import coordinator_of
 from onshore.rulebook.evaluate import DataItem, TransferRequest
 from onshore.settings import Project, SiteSettings, load_project
 from onshore.sites.keystore import SiteKeys, load_keystore
+from onshore.store.objects import sha256
 from onshore.store.site import SiteStore
 
 __all__ = [
     "ErrorCode",
     "SiteRef",
     "evaluate_reply",
+    "fine_tune_reply",
     "load_accountant",
     "model_parameters_assessment",
     "outbound",
@@ -63,6 +73,17 @@ __all__ = [
 ]
 
 LEDGER_KIND: Final = "federated_update"
+FINE_TUNE: Final = "evaluate.fine_tune"
+"""The message type that asks a site to fine-tune the final global model (an evaluation: only
+metrics come back)."""
+PHASES: Final = {
+    MessageType.TRAIN: "train",
+    MessageType.EVALUATE: "evaluate",
+    FINE_TUNE: "fine_tune",
+}
+"""The messages a site answers, by type, and the phase each is recorded and signed as."""
+FINE_TUNED: Final = "fine_tuned.safetensors"
+"""The fine-tuned model's file in the site's ``derived/runs/<run>/``."""
 
 _metadata = MetaData()
 privacy_table: Final = Table(
@@ -226,7 +247,7 @@ def train_reply(msg: Message, context: Context, options: FederatedOptions) -> Me
     steps = options.site_steps(site.compute.relative_throughput)
     with _store(ref) as store:
         data = _dataset(store, options)
-        _FACTS[MessageType.TRAIN] = {"vehicles": data.info.get("vehicles_train", 0)}
+        _FACTS["train"] = {"vehicles": data.info.get("vehicles_train", 0)}
         if len(data.train) == 0:
             return _error(msg, ErrorCode.NO_DATA, f"{ref.site}: no training sample")
         accountant = load_accountant(store)
@@ -320,7 +341,7 @@ def evaluate_reply(msg: Message, context: Context, options: FederatedOptions) ->
     check_weights(options.model, weights)
     with _store(ref) as store:
         data = _dataset(store, options)
-        _FACTS[MessageType.EVALUATE] = {"vehicles": data.info.get("vehicles_test", 0)}
+        _FACTS["evaluate"] = {"vehicles": data.info.get("vehicles_test", 0)}
         if len(data.test) == 0:
             return _error(msg, ErrorCode.NO_DATA, f"{ref.site}: no test sample")
         accountant = load_accountant(store)
@@ -330,10 +351,7 @@ def evaluate_reply(msg: Message, context: Context, options: FederatedOptions) ->
     model = build_model(options.model)
     model.load_state_dict(weights)
     metrics = evaluate(model, data.test)
-    cache = str(data.info.get("cache", ""))
-    if cache not in _BASELINES or not cache:
-        _BASELINES[cache] = evaluate(build_model("constant_velocity"), data.test)
-    baseline = _BASELINES[cache]
+    baseline = _baseline(data)
     values: dict[str, int | float | list[int] | list[float]] = {
         "num-examples": metrics.samples,
         **metrics.scalars(),
@@ -347,6 +365,114 @@ def evaluate_reply(msg: Message, context: Context, options: FederatedOptions) ->
         "budget-epsilon": privacy.epsilon,
     }
     return Message(RecordDict({METRICS: MetricRecord(values)}), reply_to=msg)
+
+
+def _baseline(data: SiteDataset) -> Metrics:
+    """Constant velocity on the site's test split, once per dataset cache."""
+    cache = str(data.info.get("cache", ""))
+    if cache not in _BASELINES or not cache:
+        _BASELINES[cache] = evaluate(build_model("constant_velocity"), data.test)
+    return _BASELINES[cache]
+
+
+def fine_tune_reply(msg: Message, context: Context, options: FederatedOptions) -> Message:
+    """Train the final global model in ``msg`` ``options.fine_tune_steps`` more steps on this
+    site's own training split and keep the result in the site's store
+    (``derived/runs/<run>/fine_tuned.safetensors``); reply with its errors on the site's test
+    split, beside the global model's. The weights never leave, so the steps run without DP-SGD
+    and spend no budget. Asked again for the same global model (a run resumed after it died),
+    the site evaluates what it kept instead of training again."""
+    ref = site_of(context, options)
+    weights = msg.content.array_records[ARRAYS].to_torch_state_dict()
+    check_weights(options.model, weights)
+    global_sha = _weights_digest(weights)
+    path = f"derived/{RUNS_DIR}/{options.run}/{FINE_TUNED}"
+    with _store(ref) as store:
+        data = _dataset(store, options)
+        # What leaves is measured on the test vehicles, of a model trained on the others.
+        _FACTS["fine_tune"] = {
+            "vehicles": data.info.get("vehicles_train", 0) + data.info.get("vehicles_test", 0)
+        }
+        if len(data.train) == 0 or len(data.test) == 0:
+            return _error(msg, ErrorCode.NO_DATA, f"{ref.site}: no training or test sample")
+        kept = _kept_fine_tuned(store, path, global_sha, options)
+        if kept is not None:
+            tuned, steps, seconds = kept, options.fine_tune_steps, 0.0
+        else:
+            result = train_local(
+                build_model(options.model, seed=options.seed),
+                data.train,
+                steps=options.fine_tune_steps,
+                batch_size=options.batch_size,
+                lr=options.fine_tune_rate,
+                weight_decay=options.weight_decay,
+                seed=_seed(options, ref.site, options.rounds + 1),
+                initial=weights,
+            )
+            tuned, steps, seconds = result.weights, result.steps, result.seconds
+            blob = safetensors_bytes(
+                tuned,
+                metadata={
+                    "run": options.run,
+                    "site": ref.site,
+                    "model": orjson.dumps(options.model.as_dict()).decode(),
+                },
+            )
+            store.objects.put(path, blob)
+            # Written last: a record means the weights beside it are whole.
+            record = {**_fine_tune_key(global_sha, options), "sha256": sha256(blob)}
+            store.objects.put(_record_path(path), orjson.dumps(record))
+    model = build_model(options.model)
+    model.load_state_dict(tuned)
+    metrics = evaluate(model, data.test)
+    model.load_state_dict(weights)
+    before = evaluate(model, data.test)
+    values: dict[str, int | float | list[int] | list[float]] = {
+        "num-examples": metrics.samples,
+        "num-steps": steps,
+        "seconds": round(seconds, 1),
+        **metrics.scalars(),
+        "global-ade": before.ade,
+        "cv-ade": _baseline(data).ade,
+    }
+    return Message(RecordDict({METRICS: MetricRecord(values)}), reply_to=msg)
+
+
+def _weights_digest(weights: Mapping[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        tensor = weights[name].detach().cpu().contiguous()
+        h.update(orjson.dumps([name, str(tensor.dtype), list(tensor.shape)]))
+        h.update(tensor.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _fine_tune_key(global_sha: str, options: FederatedOptions) -> dict[str, Any]:
+    return {
+        "global_sha256": global_sha,
+        "steps": options.fine_tune_steps,
+        "lr": options.fine_tune_rate,
+        "batch_size": options.batch_size,
+        "seed": options.seed,
+    }
+
+
+def _record_path(path: str) -> str:
+    return path.removesuffix(".safetensors") + ".json"
+
+
+def _kept_fine_tuned(
+    store: SiteStore, path: str, global_sha: str, options: FederatedOptions
+) -> dict[str, torch.Tensor] | None:
+    """The fine-tuned weights this site kept for the same global model and fine-tuning, if
+    it has them whole."""
+    if not store.objects.exists(_record_path(path)) or not store.objects.exists(path):
+        return None
+    record = orjson.loads(store.objects.read(_record_path(path)))
+    blob = store.objects.read(path)
+    if record != {**_fine_tune_key(global_sha, options), "sha256": sha256(blob)}:
+        return None
+    return dict(safetensors_load(blob))
 
 
 def model_parameters_assessment(
@@ -425,10 +551,14 @@ def outbound(
 def govern(msg: Message, context: Context, call_next: Next, options: FederatedOptions) -> Message:
     """The outbound mod's work for one message (see :func:`outbound`)."""
     ref = site_of(context, options)
-    kind = msg.metadata.message_type
-    if kind not in (MessageType.TRAIN, MessageType.EVALUATE):
-        return _error(msg, ErrorCode.CHECK_FAILED, f"{ref.site} answers train and evaluate only")
-    _FACTS.pop(str(kind), None)
+    kind = PHASES.get(msg.metadata.message_type)
+    if kind is None:
+        return _error(
+            msg,
+            ErrorCode.CHECK_FAILED,
+            f"{ref.site} answers {', '.join(PHASES)} only, not {msg.metadata.message_type}",
+        )
+    _FACTS.pop(kind, None)
     key = (ref.project.root, ref.site)
     with _open(ref) as site:
         _OPEN[key] = site
@@ -437,9 +567,9 @@ def govern(msg: Message, context: Context, call_next: Next, options: FederatedOp
                 reply = call_next(msg, context)
             except OnshoreError as exc:
                 reply = _error(msg, ErrorCode.SITE_ERROR, f"{ref.site}: {exc}")
-            facts = _FACTS.pop(str(kind), {})
+            facts = _FACTS.pop(kind, {})
             try:
-                return _let_go(msg, reply, site, options, str(kind), facts)
+                return _let_go(msg, reply, site, options, kind, facts)
             except OnshoreError as exc:
                 # A ledger that does not verify, approvals that disagree with it: nothing
                 # leaves.
