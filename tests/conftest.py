@@ -116,7 +116,8 @@ def postgres_url() -> Iterator[str]:
 def run_demo_cli(folder: Path, rounds: int = 2) -> dict:  # type: ignore[type-arg]
     """``onshore demo --json`` on a small setting (three sites, 40 vehicles each departing over
     3 minutes, fleet trips of 2.5 km, so that the middle of a non-consenting driver's trip
-    survives the trim at its ends; 2 federated rounds, or ``rounds``), as a user runs it."""
+    survives the trim at its ends; 2 federated rounds, or ``rounds``, and 20 steps of
+    fine-tuning at each site), as a user runs it."""
     import json
     import subprocess
     import sys
@@ -141,6 +142,8 @@ def run_demo_cli(folder: Path, rounds: int = 2) -> dict:  # type: ignore[type-ar
             str(rounds),
             "--local-steps",
             "10",
+            "--fine-tune-steps",
+            "20",
             "--json",
         ],
         capture_output=True,

@@ -121,6 +121,10 @@ def _check_training(result: dict, project: Project) -> None:  # type: ignore[typ
     for site in tested:
         region = federated["regions"][site]
         assert region["ade"] > 0 and federated["bytes_crossed"][site] > 0
+        # Fine-tuned at the site, over the deployment engine: only its errors came back.
+        tuned = federated["fine_tuned"][site]
+        assert tuned["steps"] == 20 and tuned["ade"] > 0, tuned
+        assert tuned["global_ade"] == pytest.approx(region["ade"])
     with SiteStore.open(project) as site:
         sent = [
             e.data["sent"]

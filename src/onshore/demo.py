@@ -273,6 +273,7 @@ def run_demo(
     seed: int = 7,
     rounds: int = 5,
     local_steps: int = 100,
+    fine_tune_steps: int = 300,
     model: str = "object_encoder",
     say: Say = lambda _m: None,
 ) -> dict[str, Any]:
@@ -307,7 +308,11 @@ def run_demo(
         stages = _sites(parties, vehicles, minutes, trip_km, seed, say)
         transfers = _gate(parties, say)
         reads = _reads(parties, say)
-        training = _train(parties, processes, rounds, local_steps, model, say) if rounds else None
+        training = (
+            _train(parties, processes, rounds, local_steps, fine_tune_steps, model, say)
+            if rounds
+            else None
+        )
         reports = _reports(parties, say)
         say("witnessing: each party exchanges ledger heads with its peers")
         for path in parties.values():
@@ -531,10 +536,12 @@ def _train(
     processes: _Processes,
     rounds: int,
     local_steps: int,
+    fine_tune_steps: int,
     model: str,
     say: Say,
 ) -> dict[str, Any]:
-    """Each site's model alone, then the federated model over the deployment engine."""
+    """Each site's model alone, then the federated model over the deployment engine, fine-tuned
+    at each site at the end."""
     say(f"training {model} at each site alone ({rounds * local_steps} steps)")
     local: dict[str, Any] = {"run": "demo-local", "mode": "local", "regions": {}}
 
@@ -590,6 +597,8 @@ def _train(
                 str(rounds),
                 "--local-steps",
                 str(local_steps),
+                "--fine-tune-steps",
+                str(fine_tune_steps),
                 # Small batches keep DP-SGD's sampling rate, and so epsilon, low on small sites.
                 "--batch-size",
                 "64",

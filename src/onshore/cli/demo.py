@@ -29,6 +29,14 @@ def demo(
     local_steps: Annotated[
         int, typer.Option(min=1, help="Steps per round at a site of relative throughput 1.")
     ] = 100,
+    fine_tune_steps: Annotated[
+        int,
+        typer.Option(
+            "--fine-tune-steps",
+            min=0,
+            help="Steps each site fine-tunes the federated model on its own data (0: none).",
+        ),
+    ] = 300,
     as_json: JsonOption = False,
 ) -> None:
     """The whole story on the embedded defaults, each party (three sites and the coordinator)
@@ -49,6 +57,7 @@ def demo(
         seed=seed,
         rounds=rounds,
         local_steps=local_steps,
+        fine_tune_steps=fine_tune_steps,
         say=say,
     )
 
@@ -65,6 +74,15 @@ def demo(
             console.print(_training_table(d["training"]))
             federated = d["training"]["federated"]["regions"]
             render_groups(federated)
+            fine_tuned = d["training"]["federated"].get("fine_tuned") or {}
+            if fine_tuned:
+                render_groups(
+                    {
+                        site: {**t, "baselines": federated.get(site, {}).get("baselines", {})}
+                        for site, t in fine_tuned.items()
+                    },
+                    title="the federated model fine-tuned at each site, by kind of motion",
+                )
             render_funnel({site: r.get("funnel", {}) for site, r in federated.items()})
             _print_refusals(d["training"]["federated"])
             if d["training"].get("release"):
@@ -109,6 +127,13 @@ def _print_summary(d: dict[str, Any]) -> None:
             f"{site} {r['ade']:.3f} m" for site, r in sorted(fed["regions"].items()) if r.get("ade")
         )
         lines.append(f"federated model: {fed['rounds']} rounds, ADE {ade or 'not evaluated'}")
+        tuned = ", ".join(
+            f"{site} {t['ade']:.3f} m"
+            for site, t in sorted((fed.get("fine_tuned") or {}).items())
+            if t.get("ade")
+        )
+        if tuned:
+            lines.append(f"fine-tuned at each site (kept there): ADE {tuned}")
         release = training.get("release")
         if release:
             lines.append(
@@ -248,16 +273,26 @@ def _training_table(training: dict[str, Any]) -> Table:
         "local model",
         "federated model",
         "federated / local",
+        "fine-tuned at the site",
+        "fine-tuned / local",
         "epsilon",
         "bytes crossed",
         title=f"The driving model ({federated['model']['name']}): ADE / FDE in metres",
         caption=f"{federated['rounds']} rounds of {federated['strategy']} with DP-SGD at "
-        "each site; epsilon at delta 1e-5 spent in this run",
+        "each site; epsilon at delta 1e-5 spent in this run"
+        + (
+            f"; fine-tuned: {steps} more steps at each site on its own data, the weights kept "
+            "there, only their errors sent"
+            if (steps := (federated.get("options") or {}).get("fine_tune_steps"))
+            else ""
+        ),
     )
+    tuned = federated.get("fine_tuned") or {}
     for site, fed in sorted(federated["regions"].items()):
         own = local["regions"].get(site, {})
         cv = fed["baselines"]["constant_velocity"]
         ratio = f"{fed['ade'] / own['ade']:.2f}" if own.get("ade") else "-"
+        ft = tuned.get(site, {})
         eps = federated["epsilon"].get(site)
         table.add_row(
             site,
@@ -266,6 +301,8 @@ def _training_table(training: dict[str, Any]) -> Table:
             f"{own['ade']:.3f} / {own['fde']:.3f}" if own.get("ade") else "-",
             f"{fed['ade']:.3f} / {fed['fde']:.3f}",
             ratio,
+            f"{ft['ade']:.3f} / {ft['fde']:.3f}" if ft.get("ade") else "-",
+            f"{ft['ade'] / own['ade']:.2f}" if ft.get("ade") and own.get("ade") else "-",
             "-" if eps is None else f"{eps:.2f}",
             f"{federated['bytes_crossed'].get(site, 0):,}",
         )
