@@ -147,11 +147,14 @@ def show(
             when = f", {threshold}" if threshold else ""
             console.print(f"    {target}, {place}{when} -> {outcome}", highlight=False)
         if d["mechanisms"]:
-            mechanisms = Table("mechanism", "name", "valid for", "renew before", "satisfies")
+            mechanisms = Table(
+                "mechanism", "name", "lead time", "valid for", "renew before", "satisfies"
+            )
             for m in book.mechanisms.values():
                 mechanisms.add_row(
                     m.id,
                     m.name,
+                    f"{m.lead_time.typical} ({m.lead_time.confidence})" if m.lead_time else "-",
                     str(m.valid_for) if m.valid_for else "-",
                     str(m.renew_before) if m.renew_before else "-",
                     ", ".join(m.satisfies) or "-",

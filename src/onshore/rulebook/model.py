@@ -90,6 +90,7 @@ __all__ = [
     "CountrySet",
     "Destination",
     "Duration",
+    "LeadTime",
     "LegalClass",
     "MechanismTerms",
     "Membership",
@@ -450,11 +451,22 @@ class Rule(_Cited):
     in_force: Period = Period()
 
 
+class LeadTime(_Cited):
+    """How long obtaining a mechanism takes, from the application (or the contract's signing)
+    to the day a transfer under it may start: what a plan counts with. Its own source and
+    confidence, as statutory review periods and practice differ."""
+
+    typical: Duration
+    """The time it usually takes."""
+
+
 class MechanismTerms(_Cited):
     """The terms of a legal mechanism under this law."""
 
     id: MechanismRef
     name: Text
+    lead_time: LeadTime | None = None
+    """How long it takes to obtain (none: no period is known; a plan says so)."""
     valid_for: Duration | None = None
     """How long an approval of this kind is valid; none: until revoked."""
     renew_before: Duration | None = None
