@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     create_engine,
     event,
     false,
@@ -46,6 +47,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 from sqlalchemy.schema import CreateColumn
+from sqlalchemy.sql import FromClause
 
 from onshore.errors import CatalogueError, ClipConflict, ConfigError
 from onshore.settings import redact_url
@@ -491,6 +493,86 @@ class Catalogue:
         return dict(
             zip(("clips", "rows", "consented_clips", "consented_rows"), map(int, row), strict=True)
         )
+
+    def dataset_totals(self, profile: str | None = None) -> dict[str, Any]:
+        """What a dataset of the consenting drivers' clips holds, in aggregates only: the raw
+        clips (``profile`` None) or their outputs under ``profile``. ``clips``, ``vehicles``,
+        ``rows``, ``bytes`` (raw: the clips' and their frames'; a profile's outputs are sized
+        in the store), ``states`` (outputs by de-identification state) and ``categories``: per
+        label category of those clips, ``clips``, distinct ``vehicles`` and ``count`` (the
+        persons or plates seen, summed over clips: an upper bound); for a profile, ``outputs``
+        counts every output it made, consenting or not."""
+        c, lab = _clips.c, _labels.c
+        where = [c.site == self.site, c.consent_training]
+        source: FromClause = _clips
+        if profile is not None:
+            d = _deidentified.c
+            source = _clips.join(
+                _deidentified,
+                and_(d.site == c.site, d.clip_id == c.clip_id, d.profile == profile),
+            )
+        with self._tx() as conn:
+            clips, vehicles, rows, size = conn.execute(
+                select(
+                    func.count(),
+                    func.count(func.distinct(c.vin)),
+                    func.coalesce(func.sum(_deidentified.c.rows if profile else c.rows), 0),
+                    func.coalesce(func.sum(c.bytes), 0),
+                )
+                .select_from(source)
+                .where(*where)
+            ).one()
+            frame_bytes = conn.execute(
+                select(func.coalesce(func.sum(_frames.c.bytes), 0))
+                .select_from(
+                    source.join(
+                        _frames, and_(_frames.c.site == c.site, _frames.c.clip_id == c.clip_id)
+                    )
+                )
+                .where(*where)
+            ).scalar_one()
+            categories = conn.execute(
+                select(
+                    lab.category,
+                    func.count(),
+                    func.count(func.distinct(c.vin)),
+                    func.coalesce(func.sum(lab.count), 0),
+                )
+                .select_from(
+                    source.join(_labels, and_(lab.site == c.site, lab.clip_id == c.clip_id))
+                )
+                .where(*where)
+                .group_by(lab.category)
+            ).all()
+            states: dict[str, int] = {}
+            outputs = None
+            if profile is not None:
+                d = _deidentified.c
+                outputs = conn.execute(
+                    select(func.count()).where(d.site == self.site, d.profile == profile)
+                ).scalar_one()
+                states = {
+                    str(state): int(n)
+                    for state, n in conn.execute(
+                        select(_deidentified.c.state, func.count())
+                        .select_from(source)
+                        .where(*where)
+                        .group_by(_deidentified.c.state)
+                    ).all()
+                }
+        return {
+            "profile": profile,
+            "clips": int(clips),
+            "vehicles": int(vehicles),
+            "rows": int(rows),
+            "bytes": int(size) + int(frame_bytes) if profile is None else None,
+            "states": states,
+            "outputs": None if outputs is None else int(outputs),
+            "categories": {
+                str(category): {"clips": int(n), "vehicles": int(v), "count": int(k)}
+                for category, n, v, k in categories
+            },
+        }
 
     def clip_vins(self) -> frozenset[str]:
         """The VINs of the vehicles the site has clips of (one per vehicle, not per clip)."""

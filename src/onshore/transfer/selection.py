@@ -212,7 +212,7 @@ def _raw(site: SiteStore, records: list[ClipRecord], dataset: Dataset) -> None:
     )
 
 
-def _after(category: str, profile: Profile) -> str | None:
+def output_category(category: str, profile: Profile) -> str | None:
     """What a raw category becomes in a profile's output (None: the profile removes it)."""
     local = profile.step("to_local") is not None
     match category:
@@ -257,7 +257,7 @@ def _deidentified(
                 StoredRef(frames["path"], frames["sha256"], "deidentified_frames")
             )
         for label in labels[record.clip_id]:
-            after = _after(label.category, profile)
+            after = output_category(label.category, profile)
             if after is None or (after.startswith("outside_video") and frames is None):
                 continue
             found.append((after, record.clip_id, record.vin, label.count, output.state))
