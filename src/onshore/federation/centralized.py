@@ -14,17 +14,22 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import numpy as np
+import orjson
 
 from onshore.errors import ConfigError, NoTrainingData
 from onshore.federation.options import FederatedOptions
 from onshore.model.dataset import Samples, build_site_dataset
+from onshore.model.local import RUNS_DIR, _write_atomically
 from onshore.model.metrics import evaluate
 from onshore.model.nets import build_model
 from onshore.model.train import train_local
 from onshore.settings import Project
 from onshore.store.site import SiteStore
 
-__all__ = ["COUNTERFACTUAL_LABEL", "NotSimulated", "train_centralized"]
+__all__ = ["CENTRALIZED", "COUNTERFACTUAL_LABEL", "NotSimulated", "train_centralized"]
+
+CENTRALIZED: Final = "centralized.json"
+"""The counterfactual's summary in the project's ``runs/<run>/``."""
 
 COUNTERFACTUAL_LABEL: Final = (
     "counterfactual: all regions' data pooled in one place, which the law forbids for real "
@@ -53,7 +58,8 @@ def train_centralized(
     """Train ``options.model`` on every site's training samples pooled, for as many optimiser
     steps as the federated run of ``options`` does at all sites together, without DP; evaluate
     it on each site's own test split. Raises :class:`NotSimulated` when any site holds clips a
-    vehicle recorded, :class:`NoTrainingData` when no site has samples."""
+    vehicle recorded, :class:`NoTrainingData` when no site has samples. The summary is kept
+    in the project's ``runs/<run>/centralized.json``."""
     train_parts, tests, sizes = [], {}, {}
     for site_id in options.sites:
         with SiteStore.open(project, site_id) as store:
@@ -100,7 +106,7 @@ def train_centralized(
             "baselines": {"constant_velocity": baseline.as_dict()},
             "train_samples": sizes[site_id],
         }
-    return {
+    summary = {
         "run": options.run,
         "mode": "centralized-counterfactual",
         "label": COUNTERFACTUAL_LABEL,
@@ -113,3 +119,9 @@ def train_centralized(
         "bytes_crossed": dict.fromkeys(options.sites, 0),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    # Kept beside the federated runs, so that a plan can say what pooling would have given.
+    _write_atomically(
+        project.root / RUNS_DIR / options.run / CENTRALIZED,
+        orjson.dumps(summary, option=orjson.OPT_INDENT_2),
+    )
+    return summary
