@@ -20,6 +20,7 @@ from onshore.cli import (
     gate,
     ledger,
     party,
+    plan,
     project,
     read,
     release,
@@ -54,6 +55,7 @@ deid.register(app)
 transfer.register(app)
 read.register(app)
 train.register(app)
+plan.register(app)
 app.add_typer(federation.app, name="federation")
 app.add_typer(federation.site_app, name="site")
 app.add_typer(release.release_app, name="release")

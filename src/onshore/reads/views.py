@@ -10,7 +10,8 @@ Views: ``summary`` (inventory, labels, approvals by status, ledger head), ``appr
 approval's status and deadlines), ``clips`` (one page of the inventory's rows: VINs, times,
 bounding boxes), ``decisions`` (the gate's decisions on what left or asked to leave),
 ``reports`` (the report files written), ``report`` (one of them), ``verify`` (the site's own
-verification of its ledger).
+verification of its ledger), ``plan`` (aggregates and the site's gate on hypothetical crossings,
+for a planner: :mod:`onshore.plan.site`).
 """
 
 from __future__ import annotations
@@ -235,6 +236,14 @@ def verify(site: OpenSite, params: Mapping[str, Any], _today: date) -> View:
     )
 
 
+def plan(site: OpenSite, params: Mapping[str, Any], today: date) -> View:
+    """What a planner asks of a site: aggregates, and its gate's decisions on hypothetical
+    crossings, none recorded (:func:`onshore.plan.site.plan_facts`)."""
+    from onshore.plan.site import plan_facts
+
+    return View(plan_facts(site, params, today), [_AGGREGATE])
+
+
 VIEWS: Final[dict[str, Callable[[OpenSite, Mapping[str, Any], date], View]]] = {
     "summary": summary,
     "approvals": approvals,
@@ -243,6 +252,7 @@ VIEWS: Final[dict[str, Callable[[OpenSite, Mapping[str, Any], date], View]]] = {
     "reports": reports,
     "report": report,
     "verify": verify,
+    "plan": plan,
 }
 
 
