@@ -28,6 +28,7 @@ can be licensed for, then its expected ADE; the plan says which criterion decide
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -303,8 +304,10 @@ def _throughput(project: Project, sites: Mapping[str, _Site], runs: Mapping[str,
         site.throughput_basis = f"{basis}, at a relative throughput of {rt:g}"
 
 
+@functools.cache
 def _time_steps() -> float:
-    """Seconds per step of the object encoder at batch 128, timed on random inputs."""
+    """Seconds per step of the object encoder at batch 128, timed on random inputs (once per
+    process)."""
     import torch
 
     from onshore.model.nets import build_model
@@ -475,9 +478,7 @@ def _hybrid(ctx: _Context) -> dict[str, Any]:
                     "moved": MODEL_PARAMETERS,
                 },
             )
-    moved = [
-        s for s, row in rows.items() if row["role"].startswith("moves") and s != ctx.centre
-    ]
+    moved = [s for s, row in rows.items() if row["role"].startswith("moves") and s != ctx.centre]
     hybrid = _finish(
         ctx,
         "hybrid",

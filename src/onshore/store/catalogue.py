@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from itertools import islice
 from typing import Any, Final, TypeVar
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -494,7 +495,45 @@ class Catalogue:
             zip(("clips", "rows", "consented_clips", "consented_rows"), map(int, row), strict=True)
         )
 
+    def _changed(self, conn: Connection) -> None:
+        """Count a change of the site's clips, labels or outputs (in the writing transaction),
+        so that aggregates kept from before are computed again."""
+        key = f"generation:{self.site}"
+        found = conn.execute(select(_meta.c.value).where(_meta.c.key == key)).scalar()
+        if found is None:
+            conn.execute(_meta.insert().values(key=key, value="1"))
+        else:
+            conn.execute(_meta.update().where(_meta.c.key == key).values(value=str(int(found) + 1)))
+
     def dataset_totals(self, profile: str | None = None) -> dict[str, Any]:
+        """:meth:`_dataset_totals`, kept in the catalogue until the site's clips, labels or
+        outputs change: a scan of a million clips is paid once per change, not per plan."""
+        key = f"dataset_totals:{self.site}:{profile or ''}"
+        generation_key = f"generation:{self.site}"
+        with self._tx() as conn:
+            rows = dict(
+                conn.execute(
+                    select(_meta.c.key, _meta.c.value).where(_meta.c.key.in_([key, generation_key]))
+                ).all()
+            )
+        generation = rows.get(generation_key, "0")
+        if key in rows:
+            kept = orjson.loads(rows[key])
+            if kept.get("generation") == generation:
+                value = kept["value"]
+                assert isinstance(value, dict)
+                return value
+        value = self._dataset_totals(profile)
+        with self._tx() as conn:
+            conn.execute(_meta.delete().where(_meta.c.key == key))
+            conn.execute(
+                _meta.insert().values(
+                    key=key, value=orjson.dumps({"generation": generation, "value": value}).decode()
+                )
+            )
+        return value
+
+    def _dataset_totals(self, profile: str | None = None) -> dict[str, Any]:
         """What a dataset of the consenting drivers' clips holds, in aggregates only: the raw
         clips (``profile`` None) or their outputs under ``profile``. ``clips``, ``vehicles``,
         ``rows``, ``bytes`` (raw: the clips' and their frames'; a profile's outputs are sized
@@ -737,6 +776,7 @@ class Catalogue:
             if new_clips:
                 self._add_vehicles(conn, new_clips)
                 conn.execute(_clips.insert(), new_clips)
+                self._changed(conn)
             if new_frames:
                 conn.execute(_frames.insert(), list(new_frames.values()))
             self._put_files(conn, [file for file, _ in batch], now)
@@ -795,6 +835,7 @@ class Catalogue:
         all be rows in memory at once."""
         now = datetime.now(UTC)
         with self._tx() as conn:
+            self._changed(conn)
             for part in _batches(clip_ids):
                 conn.execute(
                     _labels.delete().where(_labels.c.site == self.site, _labels.c.clip_id.in_(part))
@@ -820,6 +861,7 @@ class Catalogue:
         they are inserted a batch at a time in that one transaction."""
         now = datetime.now(UTC)
         with self._tx() as conn:
+            self._changed(conn)
             conn.execute(
                 _deidentified.delete().where(
                     _deidentified.c.site == self.site, _deidentified.c.profile == profile
