@@ -460,6 +460,21 @@ def test_releases_and_licences(world: World) -> None:
     assert json.loads(path.read_text())["licence"]["id"] in page
 
 
+def test_the_plan_page_shows_the_latest_plan(world: World) -> None:
+    root = world.parties[COORD].root
+    kept = json.loads(sorted((root / "plans").glob("*/plan.json"))[-1].read_text())
+    page = world.console("aud").get("/plan").text
+    assert kept["plan"] in page
+    assert f"Recommended: <b>{kept['recommended']}</b>" in page
+    for option in kept["options"]:
+        assert f'id="option-{option["id"]}"' in page
+    rows = re.findall(r"<tr><td>([a-z]+-[a-z]+)</td><td>", page)
+    assert set(rows) == set(SITES)
+    # China's operator at the coordinator sees the options, and of the sites only China.
+    own = world.console("op-cn").get("/plan").text
+    assert set(re.findall(r"<tr><td>([a-z]+-[a-z]+)</td><td>", own)) == {CN}
+
+
 def test_console_users_cli(world: World) -> None:
     coordinator = world.parties[COORD]
 

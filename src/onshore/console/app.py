@@ -258,6 +258,12 @@ def create_app(project: Project, *, http_for: HttpFor | None = None) -> FastAPI:
             request, lambda u: page(request, "run.html", u, data=views.run_detail(project, u, run))
         )
 
+    @app.get("/plan")
+    def plan(request: Request) -> Response:
+        return guarded(
+            request, lambda u: page(request, "plan.html", u, data=views.plan(project, u))
+        )
+
     @app.get("/releases")
     def releases(request: Request) -> Response:
         return guarded(

@@ -387,6 +387,22 @@ def run_detail(project: Project, user: User, run: str) -> dict[str, Any]:
     }
 
 
+def plan(project: Project, user: User) -> dict[str, Any]:
+    """The latest plan made in this folder (``onshore plan``): its options side by side and
+    the law at each site (a site operator sees their own site's rows only)."""
+    from onshore.plan import latest_plan
+
+    found = latest_plan(project)
+    if found is None:
+        return {"plan": None}
+    options = []
+    for option in found["options"]:
+        shown = {s: row for s, row in option["sites"].items() if sees_site(user, s)}
+        options.append({**option, "sites": shown})
+    regions = [s for s in found["sites"] if sees_site(user, s)]
+    return {"plan": {**found, "options": options}, "regions": regions}
+
+
 def releases(project: Project, user: User) -> dict[str, Any]:
     """Every release bundle with its card's essentials (a site operator sees the releases their
     site's data trained), and the licences granted for them."""
