@@ -79,6 +79,17 @@ def test_demo_end_to_end(small_demo: tuple[Path, dict]) -> None:  # type: ignore
         assert Path(report["pdf"]).read_bytes().startswith(b"%PDF")
         assert "<html" in Path(report["html"]).read_text()
 
+    # The story ends with the plan, made at the coordinator from each site's answer through
+    # its service (the coordinator's folder holds no site's catalogue).
+    plan = first["plan"]
+    assert {"transfer_out", "federated", "hybrid"} <= {o["id"] for o in plan["options"]}
+    assert all(s["error"] is None for s in plan["sites"].values()), plan["sites"]
+    assert Path(plan["memo"]["pdf"]).read_bytes().startswith(b"%PDF")
+    federated = next(o for o in plan["options"] if o["id"] == "federated")
+    # The assessment for model parameters the demo put on file lets China's updates leave.
+    assert federated["sites"]["cn-shanghai"]["law"]["allowed"]
+    assert not (folder / "coordinator" / "sites").exists()
+
     console = first["console"]
     assert {u["role"] for u in console["users"]} == {
         "site-operator",

@@ -314,6 +314,7 @@ def run_demo(
             else None
         )
         reports = _reports(parties, say)
+        plan = _plan(parties, say)
         say("witnessing: each party exchanges ledger heads with its peers")
         for path in parties.values():
             _run(["ledger", "witness"], path)
@@ -333,6 +334,7 @@ def run_demo(
         "reads": reads,
         "training": training,
         "reports": reports,
+        "plan": plan,
         "ledgers": ledgers,
         "console": console,
         "seconds": round(time.perf_counter() - started, 1),
@@ -804,6 +806,14 @@ def _reports(parties: dict[str, Path], say: Say) -> list[dict[str, str]]:
         _, data = _run(["report", kind], parties[site])
         written.append({"site": site, "report": kind, **data["paths"]})
     return written
+
+
+def _plan(parties: dict[str, Path], say: Say) -> dict[str, Any]:
+    """The carmaker's decision for the demo's project, at the coordinator: each site asked
+    through its service what it holds and what its gate would decide."""
+    say("coordinator: planning: transfer the data out, train where it lies, or both")
+    _, plan = _run(["plan"], parties[_COORD], say=say)
+    return dict(plan)
 
 
 def _console_users(parties: dict[str, Path], say: Say) -> dict[str, Any]:

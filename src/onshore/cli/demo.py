@@ -89,6 +89,10 @@ def demo(
                 _print_release(d["training"]["release"])
         for report in d.get("reports", []):
             console.print(f"Report {report['report']} of {report['site']}: {report['html']}, .pdf")
+        if d.get("plan"):
+            from onshore.cli.plan import render as render_plan
+
+            render_plan(d["plan"])
         console.print(
             "Ledgers: "
             + "; ".join(
@@ -143,6 +147,12 @@ def _print_summary(d: dict[str, Any]) -> None:
                 f"{', '.join(release['licence']['territories'])}"
             )
     lines.append(f"reports: {len(d.get('reports', []))} written, each in its site's folder")
+    plan = d.get("plan")
+    if plan:
+        lines.append(
+            f"plan: {plan['recommended']} recommended, decided by {plan['decided_by']}; memo "
+            f"{plan['memo']['html']}"
+        )
     ok = all(v["ok"] for v in d["ledgers"])
     lines.append(f"ledgers: {'every one verified' if ok else '[red]NOT all verified[/]'}")
     console.print("[bold]Summary[/] (" + f"{d['seconds']:.0f} s)")
