@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from conftest import make_clip
+from conftest import make_clip, write_clips
 from onshore.classify import classify_site
 from onshore.cli.app import app
 from onshore.clips.mcap import write_mcap
@@ -258,3 +258,16 @@ def test_the_cli_writes_the_plan_and_its_memo(proj: Project) -> None:
         app, ["plan", "--project", str(proj.root), "--centre", "mars-base", "--json"]
     )
     assert isinstance(unknown.exception, SiteNotFound) and "mars-base" in str(unknown.exception)
+
+
+def test_a_site_s_kept_aggregates_follow_its_catalogue(project: Project, tmp_path: Path) -> None:
+    with SiteStore.open(project, "cn-shanghai") as site:
+        catalogue = site.catalogue
+        assert catalogue.dataset_totals()["clips"] == 0
+        ingest(site, write_clips(tmp_path / "up", 2, steps=60))
+        assert catalogue.dataset_totals()["clips"] == 2, "an ingest is seen at once"
+        assert catalogue.dataset_totals()["categories"] == {}
+        classify_site(site, as_of=TODAY)
+        categories = catalogue.dataset_totals()["categories"]
+        assert categories["trajectory"]["vehicles"] == 2, "so is a classification"
+        assert catalogue.dataset_totals() == catalogue.dataset_totals()
