@@ -71,6 +71,21 @@ def proj(lab: Path, tmp_path: Path) -> Project:
     return load_project(copy)
 
 
+STRICT_US = """\
+extends: us
+version: "2026.1-strict"
+rules:
+  us.doj.geolocation_bulk:
+    summary: Precise geolocation of more than 5 US devices to a country of concern (a test).
+    applies_to: {classes: [precise_geolocation]}
+    recipient: {tied_to: [countries_of_concern]}
+    count: {subject: device, window: trailing_12_months, per: counterparty, when: ["> 5"]}
+    outcome: prohibited
+    source: 28 CFR Part 202, threshold lowered for a test
+    confidence: unchecked
+"""
+
+
 def plan(project: Project, **changes: Any) -> dict[str, Any]:
     values: dict[str, Any] = {"today": TODAY, "horizon": NEAR}
     values.update(changes)
@@ -165,6 +180,36 @@ def test_markets_with_the_us_from_2027_bring_a_model_per_market(proj: Project) -
     # Without the US among the markets there is no such model.
     eu_only = plan(proj, markets=("CN", "EU"), model_years=(2027,))
     assert not [o for o in eu_only["options"] if o["id"].startswith("per_market")]
+
+
+def test_a_centre_in_china_cannot_take_american_data(proj: Project) -> None:
+    # 28 CFR 202 prohibits precise geolocation of more than 1,000 US devices a year to a
+    # country of concern, however de-identified: seven vehicles may go.
+    first = option(plan(proj, centre="cn-shanghai"), "transfer_out")
+    assert first["sites"]["us-oregon"]["law"]["allowed"]
+    assert first["sites"]["us-oregon"]["law"]["rules"][0]["id"].startswith("us.")
+    # A fleet over the threshold, as a user's rulebook with a threshold of 5 plays it: the law
+    # is the rulebook's, and the plan follows it.
+    (proj.root / "rulebooks").mkdir()
+    (proj.root / "rulebooks" / "us-strict.yaml").write_text(STRICT_US)
+    with (proj.root / "onshore.toml").open("a") as toml:
+        toml.write('\n[rulebooks.overrides]\nus = "rulebooks/us-strict.yaml"\n')
+    proj = load_project(proj.root)
+    result = plan(proj, centre="cn-shanghai", horizon=TODAY + timedelta(days=200))
+    out = option(result, "transfer_out")
+    us = out["sites"]["us-oregon"]
+    assert us["law"]["prohibited"] and us["earliest"] is None
+    assert us["law"]["rules"][0]["id"] == "us.doj.geolocation_bulk"
+    assert "us-oregon" not in out["included"]
+    assert out["model"]["us-oregon"]["ade"] is None
+    # The centre trains on China's export-capped compute.
+    assert out["compute"]["where"] == ["cn-shanghai"]
+    assert "relative throughput of 0.5" in out["compute"]["per_site"]["cn-shanghai"]["basis"]
+    # Trained by a China-established operator, its model is refused for US model year 2027.
+    assert not out["markets"]["US"][str(TODAY.year)]["allowed"]
+    events = [e["event"] for e in option(result, "federated")["timeline"]]
+    assert events[0].startswith("cn-shanghai: apply for cn_security_assessment")
+    assert "the model is ready" in events
 
 
 def test_a_site_with_half_the_compute_trains_twice_as_long(proj: Project) -> None:

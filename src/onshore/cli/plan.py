@@ -147,6 +147,8 @@ def render(d: dict[str, Any]) -> None:
             console.print(
                 f"  {site_id}: {escape(row['role'])}; from {when}{escape(via)}", highlight=False
             )
+        for event in o.get("timeline", []):
+            console.print(f"    {event['date']}  {escape(event['event'])}", highlight=False)
         refused = [
             f"{m} {y}" for m, ys in o["markets"].items() for y, v in ys.items() if not v["allowed"]
         ]

@@ -610,6 +610,7 @@ def _finish(
     markets = _markets(ctx, trainer_ids)
     licensable = sum(1 for ys in markets.values() for v in ys.values() if v["allowed"])
     expected = model(ctx, rows, included)
+    renewals = _renewals(ctx, rows, included)
     return {
         "id": option_id,
         "title": title,
@@ -627,8 +628,39 @@ def _finish(
         "model": expected,
         "markets": markets,
         "licensable_market_years": licensable,
-        "renewals": _renewals(ctx, rows, included),
+        "renewals": renewals,
+        "timeline": _timeline(ctx, rows, included, start, ready, trainer_ids, renewals),
     }
+
+
+def _timeline(
+    ctx: _Context,
+    rows: Mapping[str, Any],
+    included: Sequence[str],
+    start: date,
+    ready: date,
+    trainers: Sequence[str],
+    renewals: Sequence[Mapping[str, Any]],
+) -> list[dict[str, str]]:
+    """The option's days in order: approvals applied for and in place, training, the model
+    ready, renewals falling due."""
+    today = ctx.options.today
+    events: list[tuple[date, str]] = []
+    for site_id in included:
+        law = rows[site_id]["law"]
+        if law is None or law["allowed"] or not law.get("via"):
+            continue
+        lead = law["lead_time"]
+        events.append((today, f"{site_id}: apply for {law['via']} ({lead['typical']})"))
+        events.append((date.fromisoformat(law["earliest"]), f"{site_id}: {law['via']} in place"))
+    events.append((start, f"training starts at {', '.join(trainers) or 'no site'}"))
+    events.append((ready, "the model is ready"))
+    for renewal in renewals:
+        due = renewal["renew_by"] or renewal["valid_until"]
+        events.append(
+            (date.fromisoformat(due), f"{renewal['site']}: renew {renewal['approval']['id']}")
+        )
+    return [{"date": day.isoformat(), "event": text} for day, text in sorted(events)]
 
 
 def _compute(
