@@ -147,6 +147,8 @@ def test_a_cac_assessment_for_training_data_makes_transfer_out_feasible(proj: Pr
     assert out["included"] == ["cn-shanghai", "eu-frankfurt", "us-oregon"]
     law = out["sites"]["cn-shanghai"]["law"]
     assert law["allowed"] and law["approval"]["id"] == "CAC-TEST-1"
+    table = next(t for t in memo_report(result).tables if t.title.startswith("Approvals on file"))
+    assert [(r[0], r[1], r[6]) for r in table.rows] == [("cn-shanghai", "CAC-TEST-1", "2029-11-30")]
     assert out["start"] == TODAY.isoformat()
     # Model updates are not training data: the assessment does not cover them.
     assert "cn-shanghai" not in option(result, "federated")["included"]

@@ -65,6 +65,7 @@ def memo_report(plan: Mapping[str, Any]) -> Report:
     report.tables.append(_models(plan))
     report.tables.append(_markets(plan))
     report.tables.append(_renewals(plan))
+    report.tables.append(_approvals(plan))
     report.notes.extend(
         [
             "Options are ranked by the data each can use by the horizon, then the persons and "
@@ -182,12 +183,31 @@ def _law(plan: Mapping[str, Any]) -> TableBlock:
                 earliest = law.get("earliest") or "never (by this rulebook)"
                 if law.get("lead_time"):
                     earliest += f" ({law['via']}: {law['lead_time']['typical']})"
-            rows.append((o["id"], site_id, row["role"], verdict, needs, approval, earliest))
+            crossing = ", ".join(
+                f"{i['category']} ({i['subjects']:,}, {i['deid_state']})"
+                for i in row["data"].get("items", [])
+            )
+            if row["data"].get("moved") == "model_parameters":
+                crossing = "model updates"
+            elif law is None:
+                crossing = "-"
+            rows.append(
+                (o["id"], site_id, row["role"], crossing or "-", verdict, needs, approval, earliest)
+            )
             one = _law_sources({"sites": {site_id: row}})
             sources.append(tuple(one) or (_catalogue(site_id),))
     return TableBlock(
         "The law, per option and site (each site's gate)",
-        ("option", "site", "role", "decision", "mechanism needed", "approval used", "earliest"),
+        (
+            "option",
+            "site",
+            "role",
+            "what crosses (subjects, state)",
+            "decision",
+            "mechanism needed",
+            "approval used",
+            "earliest",
+        ),
         tuple(rows),
         tuple(sources),
     )
@@ -251,4 +271,41 @@ def _renewals(plan: Mapping[str, Any]) -> TableBlock:
         tuple(rows),
         tuple(sources),
         empty="none of the approvals the options rely on falls due within the horizon",
+    )
+
+
+def _approvals(plan: Mapping[str, Any]) -> TableBlock:
+    rows, sources = [], []
+    for site_id, site in plan["sites"].items():
+        for a in site.get("approvals") or []:
+            rows.append(
+                (
+                    site_id,
+                    a["id"],
+                    a["type"],
+                    a["recipient"],
+                    ", ".join(a["categories"]),
+                    a["valid_from"],
+                    a.get("valid_until") or "open",
+                    a.get("renew_by") or "-",
+                    a["status"],
+                )
+            )
+            sources.append((Source(site_id, "approval", detail=f"{a['id']} ({a['reference']})"),))
+    return TableBlock(
+        "Approvals on file at each site",
+        (
+            "site",
+            "approval",
+            "type",
+            "recipient",
+            "categories",
+            "valid from",
+            "valid until",
+            "renew by",
+            "status",
+        ),
+        tuple(rows),
+        tuple(sources),
+        empty="no approval on file at any site",
     )
