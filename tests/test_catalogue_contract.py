@@ -28,7 +28,13 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 
 from onshore.errors import CatalogueError, ClipConflict, ConfigError
-from onshore.store.catalogue import Catalogue, ClipRecord, FileRecord
+from onshore.store.catalogue import (
+    Catalogue,
+    ClipRecord,
+    DeidentifiedRecord,
+    FileRecord,
+    LabelRecord,
+)
 
 
 @pytest.fixture(params=["sqlite-file", "sqlite-memory", "postgres"])
@@ -153,6 +159,58 @@ def test_clip_origins_count_simulated_and_recorded_clips(catalogue: Catalogue) -
     one, three = catalogue.clip("clip-1"), catalogue.clip("clip-3")
     assert one is not None and one.simulated is True
     assert three is not None and three.simulated is False
+
+
+def _output(n: int, profile: str, *, consent: bool = True) -> DeidentifiedRecord:
+    return DeidentifiedRecord(
+        profile=profile,
+        clip_id=f"clip-{n}",
+        source_sha256=f"{n:064x}",
+        output_id=f"{n:016x}",
+        path=f"deidentified/{profile}/{n}.parquet",
+        sha256=f"{n:064x}",
+        state="pseudonymized" if profile == "training" else "anonymized",
+        consent_training=consent,
+        rows=150,
+        rows_in=200,
+        detail="{}",
+    )
+
+
+def test_dataset_totals_are_kept_by_every_write(catalogue: Catalogue) -> None:
+    other = "1FAHP3F21CL123456"
+    assert catalogue.dataset_totals()["clips"] == 0  # kept from here on
+    catalogue.register(
+        _file(1, 3), [_clip(1), _clip(2, vin=other), _clip(3, vin=other, consent=False)]
+    )
+    raw = catalogue.dataset_totals()
+    assert (raw["clips"], raw["vehicles"], raw["rows"], raw["bytes"]) == (2, 2, 400, 80_000)
+    catalogue.replace_labels(
+        ["clip-1", "clip-2", "clip-3"],
+        [
+            LabelRecord("clip-1", "trajectory", 200, "positions"),
+            LabelRecord("clip-2", "trajectory", 200, "positions"),
+            LabelRecord("clip-3", "trajectory", 200, "positions"),
+            LabelRecord("clip-2", "outside_video_identifiable", 3, "faces"),
+        ],
+    )
+    categories = catalogue.dataset_totals()["categories"]
+    assert categories["trajectory"] == {"clips": 2, "vehicles": 2, "count": 400}
+    assert categories["outside_video_identifiable"] == {"clips": 1, "vehicles": 1, "count": 3}
+    catalogue.replace_deidentified(
+        "training", [_output(1, "training"), _output(3, "training", consent=False)]
+    )
+    training = catalogue.dataset_totals("training")
+    assert (training["clips"], training["vehicles"], training["outputs"]) == (1, 1, 2)
+    assert training["states"] == {"pseudonymized": 1}
+    assert training["categories"] == {"trajectory": {"clips": 1, "vehicles": 1, "count": 200}}
+    # Labels changed again: the raw dataset and the profile's both move.
+    catalogue.replace_labels(["clip-1"], [])
+    assert catalogue.dataset_totals()["categories"]["trajectory"]["vehicles"] == 1
+    assert catalogue.dataset_totals("training")["categories"] == {}
+    catalogue.register(_file(4), [_clip(4)])
+    assert catalogue.dataset_totals()["clips"] == 3
+    assert catalogue.dataset_totals()["vehicles"] == 2
 
 
 def test_a_vehicle_is_counted_once(catalogue: Catalogue) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from conftest import make_clip, write_clips
+from conftest import make_clip
 from onshore.classify import classify_site
 from onshore.cli.app import app
 from onshore.clips.mcap import write_mcap
@@ -28,6 +28,7 @@ from onshore.settings import Project, load_project
 from onshore.sites import init_project
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
+from onshore.store.catalogue import _meta
 from onshore.store.ingest import ingest
 
 TODAY = date(2027, 1, 4)
@@ -308,13 +309,37 @@ def test_the_cli_writes_the_plan_and_its_memo(proj: Project) -> None:
 
 
 def test_a_site_s_kept_aggregates_follow_its_catalogue(project: Project, tmp_path: Path) -> None:
-    with SiteStore.open(project, "cn-shanghai") as site:
+    site_id = "eu-frankfurt"
+    lat, lon = PLACES[site_id]
+    uploads = tmp_path / "up"
+    uploads.mkdir()
+    for seed in range(6):
+        clip = make_clip(seed, steps=1600, lat0=lat, lon0=lon, recorded_in=site_id)
+        write_mcap(clip, uploads / f"{clip.meta.clip_id}.mcap")
+    secret = load_keystore(project.keystore_path(project.site(site_id))).hmac_secret
+    with SiteStore.open(project, site_id) as site:
         catalogue = site.catalogue
-        assert catalogue.dataset_totals()["clips"] == 0
-        ingest(site, write_clips(tmp_path / "up", 2, steps=60))
-        assert catalogue.dataset_totals()["clips"] == 2, "an ingest is seen at once"
+        assert catalogue.dataset_totals()["clips"] == 0  # kept from here on
+        ingest(site, [uploads])
+        assert catalogue.dataset_totals()["clips"] == 6, "an ingest is counted at once"
         assert catalogue.dataset_totals()["categories"] == {}
         classify_site(site, as_of=TODAY)
         categories = catalogue.dataset_totals()["categories"]
-        assert categories["trajectory"]["vehicles"] == 2, "so is a classification"
-        assert catalogue.dataset_totals() == catalogue.dataset_totals()
+        assert categories["trajectory"]["vehicles"] == 6, "so is a classification"
+        deidentify_site(site, resolve_profile("training", {}), secret=secret)
+        more = tmp_path / "more"
+        more.mkdir()
+        for seed in range(6, 9):
+            clip = make_clip(
+                seed, steps=1600, lat0=lat, lon0=lon, recorded_in=site_id, consent=seed != 8
+            )
+            write_mcap(clip, more / f"{clip.meta.clip_id}.mcap")
+        ingest(site, [more])
+        classify_site(site, as_of=TODAY)
+        kept = {p: catalogue.dataset_totals(p) for p in (None, "training")}
+        assert kept[None]["clips"] == 8 and kept[None]["vehicles"] == 8
+        assert kept["training"]["outputs"] == 6
+        # Counted from the rows again, the totals are the same.
+        with catalogue.engine.begin() as db:
+            db.execute(_meta.delete().where(_meta.c.key == f"dataset_totals:{site_id}"))
+        assert {p: catalogue.dataset_totals(p) for p in (None, "training")} == kept

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from itertools import islice
 from typing import Any, Final, TypeVar
 
-import orjson
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -36,6 +35,7 @@ from sqlalchemy import (
     false,
     func,
     inspect,
+    literal,
     select,
     tuple_,
 )
@@ -48,7 +48,6 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 from sqlalchemy.schema import CreateColumn
-from sqlalchemy.sql import FromClause
 
 from onshore.errors import CatalogueError, ClipConflict, ConfigError
 from onshore.settings import redact_url
@@ -163,6 +162,38 @@ _deidentified = Table(
     Column("detail", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
+
+_dataset_vehicles = Table(
+    "dataset_vehicles",
+    _metadata,
+    Column("site", String(64), primary_key=True),
+    Column("dataset", String(64), primary_key=True),
+    Column("category", String(80), primary_key=True),
+    Column("vin", String(17), primary_key=True),
+    Column("clips", Integer, nullable=False),
+    Column("count", BigInteger, nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+)
+"""Each vehicle's share of each dataset a plan asks about (the consenting drivers' clips raw,
+``dataset`` "", or their outputs under a profile): per ``category`` "" its clips, rows and
+bytes; per label category its clips and the persons or plates seen; per ``state:<state>`` its
+outputs in that state. Recomputed for the vehicles a write touches."""
+
+_dataset_sums = Table(
+    "dataset_totals",
+    _metadata,
+    Column("site", String(64), primary_key=True),
+    Column("dataset", String(64), primary_key=True),
+    Column("category", String(80), primary_key=True),
+    Column("clips", BigInteger, nullable=False),
+    Column("vehicles", BigInteger, nullable=False),
+    Column("count", BigInteger, nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+)
+""":data:`_dataset_vehicles` summed over the vehicles, kept by the same writes (by the
+difference each makes), so that reading a dataset's totals reads a handful of rows."""
 
 _meta = Table(
     "onshore_meta",
@@ -495,123 +526,252 @@ class Catalogue:
             zip(("clips", "rows", "consented_clips", "consented_rows"), map(int, row), strict=True)
         )
 
-    def _changed(self, conn: Connection) -> None:
-        """Count a change of the site's clips, labels or outputs (in the writing transaction),
-        so that aggregates kept from before are computed again."""
-        key = f"generation:{self.site}"
-        found = conn.execute(select(_meta.c.value).where(_meta.c.key == key)).scalar()
-        if found is None:
-            conn.execute(_meta.insert().values(key=key, value="1"))
-        else:
-            conn.execute(_meta.update().where(_meta.c.key == key).values(value=str(int(found) + 1)))
-
     def dataset_totals(self, profile: str | None = None) -> dict[str, Any]:
-        """:meth:`_dataset_totals`, kept in the catalogue until the site's clips, labels or
-        outputs change: a scan of a million clips is paid once per change, not per plan."""
-        key = f"dataset_totals:{self.site}:{profile or ''}"
-        generation_key = f"generation:{self.site}"
-        with self._tx() as conn:
-            rows = dict(
-                conn.execute(
-                    select(_meta.c.key, _meta.c.value).where(_meta.c.key.in_([key, generation_key]))
-                ).all()
-            )
-        generation = rows.get(generation_key, "0")
-        if key in rows:
-            kept = orjson.loads(rows[key])
-            if kept.get("generation") == generation:
-                value = kept["value"]
-                assert isinstance(value, dict)
-                return value
-        value = self._dataset_totals(profile)
-        with self._tx() as conn:
-            conn.execute(_meta.delete().where(_meta.c.key == key))
-            conn.execute(
-                _meta.insert().values(
-                    key=key, value=orjson.dumps({"generation": generation, "value": value}).decode()
-                )
-            )
-        return value
-
-    def _dataset_totals(self, profile: str | None = None) -> dict[str, Any]:
         """What a dataset of the consenting drivers' clips holds, in aggregates only: the raw
         clips (``profile`` None) or their outputs under ``profile``. ``clips``, ``vehicles``,
         ``rows``, ``bytes`` (raw: the clips' and their frames'; a profile's outputs are sized
-        in the store), ``states`` (outputs by de-identification state) and ``categories``: per
-        label category of those clips, ``clips``, distinct ``vehicles`` and ``count`` (the
-        persons or plates seen, summed over clips: an upper bound); for a profile, ``outputs``
-        counts every output it made, consenting or not."""
-        c, lab = _clips.c, _labels.c
-        where = [c.site == self.site, c.consent_training]
-        source: FromClause = _clips
-        if profile is not None:
-            d = _deidentified.c
-            source = _clips.join(
-                _deidentified,
-                and_(d.site == c.site, d.clip_id == c.clip_id, d.profile == profile),
-            )
+        in the store, None here), ``states`` (outputs by de-identification state),
+        ``outputs`` (a profile's outputs, consenting or not) and ``categories``: per label
+        category of those clips, ``clips``, distinct ``vehicles`` and ``count`` (the persons
+        or plates seen, summed over clips: an upper bound).
+
+        Read from totals every write keeps up to date (the vehicles a write touches are counted
+        again, and the totals move by the difference), so this reads a handful of rows however
+        large the site; a catalogue written before they were kept has them built on first use.
+        """
+        dataset = profile or ""
+        t = _dataset_sums.c
         with self._tx() as conn:
-            clips, vehicles, rows, size = conn.execute(
-                select(
-                    func.count(),
-                    func.count(func.distinct(c.vin)),
-                    func.coalesce(func.sum(_deidentified.c.rows if profile else c.rows), 0),
-                    func.coalesce(func.sum(c.bytes), 0),
+            if not self._totals_kept(conn):
+                self._build_totals(conn)
+            rows = conn.execute(
+                select(t.category, t.clips, t.vehicles, t.count, t.rows, t.bytes).where(
+                    t.site == self.site, t.dataset == dataset
                 )
-                .select_from(source)
-                .where(*where)
-            ).one()
-            frame_bytes = conn.execute(
-                select(func.coalesce(func.sum(_frames.c.bytes), 0))
-                .select_from(
-                    source.join(
-                        _frames, and_(_frames.c.site == c.site, _frames.c.clip_id == c.clip_id)
-                    )
-                )
-                .where(*where)
-            ).scalar_one()
-            categories = conn.execute(
-                select(
-                    lab.category,
-                    func.count(),
-                    func.count(func.distinct(c.vin)),
-                    func.coalesce(func.sum(lab.count), 0),
-                )
-                .select_from(
-                    source.join(_labels, and_(lab.site == c.site, lab.clip_id == c.clip_id))
-                )
-                .where(*where)
-                .group_by(lab.category)
             ).all()
-            states: dict[str, int] = {}
-            outputs = None
-            if profile is not None:
-                d = _deidentified.c
-                outputs = conn.execute(
-                    select(func.count()).where(d.site == self.site, d.profile == profile)
-                ).scalar_one()
-                states = {
-                    str(state): int(n)
-                    for state, n in conn.execute(
-                        select(_deidentified.c.state, func.count())
-                        .select_from(source)
-                        .where(*where)
-                        .group_by(_deidentified.c.state)
-                    ).all()
-                }
+        found = {str(r[0]): tuple(int(v) for v in r[1:]) for r in rows}
+        clips, vehicles, _count, positions, size = found.get("", (0, 0, 0, 0, 0))
         return {
             "profile": profile,
-            "clips": int(clips),
-            "vehicles": int(vehicles),
-            "rows": int(rows),
-            "bytes": int(size) + int(frame_bytes) if profile is None else None,
-            "states": states,
-            "outputs": None if outputs is None else int(outputs),
+            "clips": clips,
+            "vehicles": vehicles,
+            "rows": positions,
+            "bytes": size if profile is None else None,
+            "states": {
+                name.removeprefix("state:"): v[0]
+                for name, v in found.items()
+                if name.startswith("state:") and v[0]
+            },
+            "outputs": None if profile is None else found.get("outputs", (0,))[0],
             "categories": {
-                str(category): {"clips": int(n), "vehicles": int(v), "count": int(k)}
-                for category, n, v, k in categories
+                name: {"clips": v[0], "vehicles": v[1], "count": v[2]}
+                for name, v in sorted(found.items())
+                if name and not name.startswith("state:") and name != "outputs" and v[0]
             },
         }
+
+    def _totals_kept(self, conn: Connection) -> bool:
+        key = f"dataset_totals:{self.site}"
+        return conn.execute(select(_meta.c.value).where(_meta.c.key == key)).scalar() == "1"
+
+    def _build_totals(self, conn: Connection) -> None:
+        """Count every dataset of the site from its rows, once: from then on the writes keep
+        the totals."""
+        profiles = conn.execute(
+            select(_deidentified.c.profile).where(_deidentified.c.site == self.site).distinct()
+        ).scalars()
+        for dataset in ["", *profiles]:
+            self._rebuild_totals(conn, dataset)
+        conn.execute(_meta.insert().values(key=f"dataset_totals:{self.site}", value="1"))
+
+    def _rebuild_totals(self, conn: Connection, dataset: str) -> None:
+        """Count ``dataset`` again from the site's rows (a profile's outputs were replaced)."""
+        dv, t = _dataset_vehicles.c, _dataset_sums.c
+        conn.execute(_dataset_vehicles.delete().where(dv.site == self.site, dv.dataset == dataset))
+        conn.execute(_dataset_sums.delete().where(t.site == self.site, t.dataset == dataset))
+        self._count_vehicles(conn, dataset, None)
+        conn.execute(
+            _dataset_sums.insert().from_select(
+                ["site", "dataset", "category", "clips", "vehicles", "count", "rows", "bytes"],
+                select(
+                    dv.site,
+                    dv.dataset,
+                    dv.category,
+                    func.sum(dv.clips),
+                    func.count(),
+                    func.sum(dv.count),
+                    func.sum(dv.rows),
+                    func.sum(dv.bytes),
+                )
+                .where(dv.site == self.site, dv.dataset == dataset)
+                .group_by(dv.site, dv.dataset, dv.category),
+            )
+        )
+        if dataset:
+            outputs = conn.execute(
+                select(func.count()).where(
+                    _deidentified.c.site == self.site, _deidentified.c.profile == dataset
+                )
+            ).scalar_one()
+            conn.execute(
+                _dataset_sums.insert().values(
+                    site=self.site,
+                    dataset=dataset,
+                    category="outputs",
+                    clips=int(outputs),
+                    vehicles=0,
+                    count=0,
+                    rows=0,
+                    bytes=0,
+                )
+            )
+
+    def _keep_totals(self, conn: Connection, vins: Iterable[str], datasets: Sequence[str]) -> None:
+        """Count ``vins`` again in each of ``datasets`` and move the totals by the difference
+        (in the writing transaction)."""
+        if not self._totals_kept(conn):
+            return  # built on first use, from the rows as they are then
+        dv, t = _dataset_vehicles.c, _dataset_sums.c
+        for dataset in datasets:
+            for part in _batches(sorted(set(vins))):
+                where = [dv.site == self.site, dv.dataset == dataset, dv.vin.in_(part)]
+                before = self._vehicle_sums(conn, where)
+                conn.execute(_dataset_vehicles.delete().where(*where))
+                self._count_vehicles(conn, dataset, part)
+                after = self._vehicle_sums(conn, where)
+                for category in sorted(set(before) | set(after)):
+                    old = before.get(category, (0, 0, 0, 0, 0))
+                    new = after.get(category, (0, 0, 0, 0, 0))
+                    delta = [b - a for a, b in zip(old, new, strict=True)]
+                    if not any(delta):
+                        continue
+                    key = [t.site == self.site, t.dataset == dataset, t.category == category]
+                    names = ("clips", "vehicles", "count", "rows", "bytes")
+                    moved = conn.execute(
+                        _dataset_sums.update()
+                        .where(*key)
+                        .values({n: t[n] + d for n, d in zip(names, delta, strict=True)})
+                    ).rowcount
+                    if not moved:
+                        conn.execute(
+                            _dataset_sums.insert().values(
+                                site=self.site,
+                                dataset=dataset,
+                                category=category,
+                                **dict(zip(names, delta, strict=True)),
+                            )
+                        )
+
+    @staticmethod
+    def _vehicle_sums(conn: Connection, where: Sequence[Any]) -> dict[str, tuple[int, ...]]:
+        dv = _dataset_vehicles.c
+        rows = conn.execute(
+            select(
+                dv.category,
+                func.sum(dv.clips),
+                func.count(),
+                func.sum(dv.count),
+                func.sum(dv.rows),
+                func.sum(dv.bytes),
+            )
+            .where(*where)
+            .group_by(dv.category)
+        ).all()
+        return {str(r[0]): tuple(int(v or 0) for v in r[1:]) for r in rows}
+
+    def _count_vehicles(self, conn: Connection, dataset: str, vins: Sequence[str] | None) -> None:
+        """Insert each vehicle's counts in ``dataset`` (of ``vins``, or all), from the rows."""
+        c, lab, d, f = _clips.c, _labels.c, _deidentified.c, _frames.c
+        where = [c.site == self.site, c.consent_training]
+        if vins is not None:
+            where.append(c.vin.in_(vins))
+        site, name = literal(self.site), literal(dataset)
+        on_labels = and_(lab.site == c.site, lab.clip_id == c.clip_id)
+        columns = ["site", "dataset", "category", "vin", "clips", "count", "rows", "bytes"]
+        selects = []
+        if not dataset:
+            frames = _clips.outerjoin(_frames, and_(f.site == c.site, f.clip_id == c.clip_id))
+            selects.append(
+                select(
+                    site,
+                    name,
+                    literal(""),
+                    c.vin,
+                    func.count(),
+                    literal(0),
+                    func.sum(c.rows),
+                    func.sum(c.bytes + func.coalesce(f.bytes, 0)),
+                )
+                .select_from(frames)
+                .where(*where)
+                .group_by(c.vin)
+            )
+            selects.append(
+                select(
+                    site,
+                    name,
+                    lab.category,
+                    c.vin,
+                    func.count(),
+                    func.sum(lab.count),
+                    literal(0),
+                    literal(0),
+                )
+                .select_from(_clips.join(_labels, on_labels))
+                .where(*where)
+                .group_by(lab.category, c.vin)
+            )
+        else:
+            outputs = _clips.join(
+                _deidentified, and_(d.site == c.site, d.clip_id == c.clip_id, d.profile == dataset)
+            )
+            selects.append(
+                select(
+                    site,
+                    name,
+                    literal(""),
+                    c.vin,
+                    func.count(),
+                    literal(0),
+                    func.sum(d.rows),
+                    literal(0),
+                )
+                .select_from(outputs)
+                .where(*where)
+                .group_by(c.vin)
+            )
+            selects.append(
+                select(
+                    site,
+                    name,
+                    literal("state:") + d.state,
+                    c.vin,
+                    func.count(),
+                    literal(0),
+                    literal(0),
+                    literal(0),
+                )
+                .select_from(outputs)
+                .where(*where)
+                .group_by(d.state, c.vin)
+            )
+            selects.append(
+                select(
+                    site,
+                    name,
+                    lab.category,
+                    c.vin,
+                    func.count(),
+                    func.sum(lab.count),
+                    literal(0),
+                    literal(0),
+                )
+                .select_from(outputs.join(_labels, on_labels))
+                .where(*where)
+                .group_by(lab.category, c.vin)
+            )
+        for query in selects:
+            conn.execute(_dataset_vehicles.insert().from_select(columns, query))
 
     def clip_vins(self) -> frozenset[str]:
         """The VINs of the vehicles the site has clips of (one per vehicle, not per clip)."""
@@ -776,7 +936,7 @@ class Catalogue:
             if new_clips:
                 self._add_vehicles(conn, new_clips)
                 conn.execute(_clips.insert(), new_clips)
-                self._changed(conn)
+                self._keep_totals(conn, {c["vin"] for c in new_clips}, [""])
             if new_frames:
                 conn.execute(_frames.insert(), list(new_frames.values()))
             self._put_files(conn, [file for file, _ in batch], now)
@@ -835,8 +995,15 @@ class Catalogue:
         all be rows in memory at once."""
         now = datetime.now(UTC)
         with self._tx() as conn:
-            self._changed(conn)
+            touched: set[str] = set()
             for part in _batches(clip_ids):
+                touched.update(
+                    conn.execute(
+                        select(_clips.c.vin).where(
+                            _clips.c.site == self.site, _clips.c.clip_id.in_(part)
+                        )
+                    ).scalars()
+                )
                 conn.execute(
                     _labels.delete().where(_labels.c.site == self.site, _labels.c.clip_id.in_(part))
                 )
@@ -845,6 +1012,10 @@ class Catalogue:
                     _labels.insert(),
                     [{**_fields(r), "site": self.site, "classified_at": now} for r in batch],
                 )
+            profiles = conn.execute(
+                select(_deidentified.c.profile).where(_deidentified.c.site == self.site).distinct()
+            ).scalars()
+            self._keep_totals(conn, touched, ["", *profiles])
 
     def labels(self) -> list[LabelRecord]:
         """Every label of the site's clips."""
@@ -861,7 +1032,6 @@ class Catalogue:
         they are inserted a batch at a time in that one transaction."""
         now = datetime.now(UTC)
         with self._tx() as conn:
-            self._changed(conn)
             conn.execute(
                 _deidentified.delete().where(
                     _deidentified.c.site == self.site, _deidentified.c.profile == profile
@@ -872,6 +1042,8 @@ class Catalogue:
                     _deidentified.insert(),
                     [{**_fields(r), "site": self.site, "created_at": now} for r in batch],
                 )
+            if self._totals_kept(conn):
+                self._rebuild_totals(conn, profile)
 
     def deidentified(self, profile: str | None = None) -> list[DeidentifiedRecord]:
         """De-identified outputs of the site, of one profile or all."""
