@@ -11,15 +11,15 @@ the profiles' objects is empty here, so their bytes read 0).
 
 - ``plan``: :func:`onshore.plan.make_plan` end to end (each site asked through the ``plan``
   view, as the coordinator asks in a lab project: the site's gate decides the read and records
-  it), best of ``--repeat``. A site keeps its dataset aggregates in its catalogue until its
-  clips, labels or outputs change: ``cold`` is a plan after a change (the aggregates computed
-  again from a million rows), ``warm`` one with nothing changed since the last plan;
+  it), best of ``--repeat``, each right after a change at every site: ``--changed`` clips
+  labelled again (the catalogue keeps each dataset's totals by every write, so the change's
+  own time is printed beside it). A catalogue written before the totals were kept has them
+  built from its rows at the first plan: that one-time count is printed too;
 - reference ``decisions``: the same sites opened and their gates asked the very decisions the
   plan's answers hold (each dataset to the centre, updates to the coordinator, the model to a
   licensee in each market), with the data items the plan found, best of ``--repeat``.
 
-Aim (issue 16): the plan within 2x of the decisions it asks for (judged on the warm plan; the
-cold one is printed beside it).
+Aim (issue 16): the plan within 2x of the decisions it asks for.
 
     .venv/bin/python bench/plan.py [--clips 1000000] [--vehicles 50000] [--repeat 3] [--json]
         [--keep DIR]
@@ -45,7 +45,14 @@ from onshore.rulebook.evaluate import DataItem
 from onshore.settings import Project, load_project
 from onshore.sites import init_project
 from onshore.store import SiteStore
-from onshore.store.catalogue import _clips, _deidentified, _labels, _meta, _vehicles
+from onshore.store.catalogue import (
+    LabelRecord,
+    _clips,
+    _deidentified,
+    _labels,
+    _meta,
+    _vehicles,
+)
 
 AIM = 2.0
 TODAY = date(2027, 1, 4)
@@ -139,10 +146,28 @@ def _fill(project: Project, site_id: str, clips: int, vehicles: int, say: Any) -
 
 
 def _forget(project: Project) -> None:
-    """Drop every site's kept aggregates, as a change of its catalogue would."""
+    """Drop every site's kept totals, as in a catalogue written before they were kept."""
     for site_id in project.settings.sites:
         with SiteStore.open(project, site_id) as store, store.catalogue.engine.begin() as db:
             db.execute(_meta.delete().where(_meta.c.key.like("dataset_totals:%")))
+
+
+def _change(project: Project, clips: int, round_: int) -> float:
+    """Label ``clips`` clips of every site again (a trajectory count that moves each time),
+    through the catalogue's own write; returns the seconds it took."""
+    started = time.perf_counter()
+    for site_id in project.settings.sites:
+        with SiteStore.open(project, site_id) as store:
+            ids = [f"{site_id}-{n:08d}" for n in range(round_ * clips, (round_ + 1) * clips)]
+            store.catalogue.replace_labels(
+                ids,
+                [
+                    LabelRecord(i, category, count + round_ + 1, "bench")
+                    for i in ids
+                    for category, count in _LABELS
+                ],
+            )
+    return time.perf_counter() - started
 
 
 def _decisions(project: Project, plan: dict[str, Any]) -> int:
@@ -187,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=1_000_000, help="per site")
     parser.add_argument("--vehicles", type=int, default=50_000, help="per site")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--changed", type=int, default=1000, help="clips per site per change")
     parser.add_argument("--keep", type=Path, help="keep (or reuse) the project in this folder")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -206,14 +232,15 @@ def main(argv: list[str] | None = None) -> int:
             say(f"catalogues written in {time.perf_counter() - started:.0f} s")
         project = load_project(folder)
         options = PlanOptions(today=TODAY, steps=1500)
-        plans, colds, references = [], [], []
+        _forget(project)
+        started = time.perf_counter()
+        make_plan(project, options)
+        first = time.perf_counter() - started
+        plans, changes, references = [], [], []
         plan: dict[str, Any] = {}
         asked = 0
-        for _ in range(args.repeat):
-            _forget(project)
-            started = time.perf_counter()
-            make_plan(project, options)
-            colds.append(time.perf_counter() - started)
+        for round_ in range(args.repeat):
+            changes.append(_change(project, args.changed, round_))
             started = time.perf_counter()
             plan = make_plan(project, options)
             plans.append(time.perf_counter() - started)
@@ -226,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
             "sites": len(plan["sites"]),
             "decisions": asked,
             "plan_s": round(min(plans), 3),
-            "plan_cold_s": round(min(colds), 3),
+            "changed_clips": args.changed,
+            "change_s": round(min(changes), 3),
+            "first_plan_s": round(first, 3),
             "decisions_s": round(min(references), 3),
             "ratio": round(min(plans) / min(references), 2),
             "aim": AIM,
@@ -239,10 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             f"{result['sites']} sites x {args.clips:,} clips ({args.vehicles:,} vehicles): plan "
-            f"{result['plan_s']:.3f} s ({result['plan_cold_s']:.3f} s after a change), the "
-            f"{asked} gate decisions it asks for "
+            f"{result['plan_s']:.3f} s after {args.changed:,} clips per site were labelled again "
+            f"(that took {result['change_s']:.3f} s), the {asked} gate decisions it asks for "
             f"{result['decisions_s']:.3f} s, ratio {result['ratio']:.2f} (aim <= {AIM:g}: "
-            f"{'met' if result['ratio'] <= AIM else 'NOT met'})"
+            f"{'met' if result['ratio'] <= AIM else 'NOT met'}); the one-time count of a "
+            f"catalogue written before its totals were kept: {result['first_plan_s']:.1f} s"
         )
     return 0
 
