@@ -847,7 +847,7 @@ def _federated_model(
 def _estimate(ctx: _Context, site_id: str, missing: str) -> dict[str, Any]:
     facts = ctx.facts(site_id) or {}
     local = facts.get("measured")
-    if local:
+    if local and local.get("ade") is not None:
         return {
             "ade": local["ade"],
             "basis": f"estimate ({missing}): the site's own local model, run {local['run']}",

@@ -211,7 +211,8 @@ def _profile_bytes(site: OpenSite, profile: str, consented: int, outputs: int) -
 
 
 def _measured(site: OpenSite) -> dict[str, Any] | None:
-    """The site's latest local run in its folder: its ADE and the seconds per step it took."""
+    """The site's latest local run in its folder: the seconds per step it took, and its ADE
+    (None when the site had no test sample)."""
     runs = site.project.root / "runs"
     latest: tuple[str, dict[str, Any]] | None = None
     for path in sorted(runs.glob("*/run.json")) if runs.is_dir() else []:
@@ -220,7 +221,7 @@ def _measured(site: OpenSite) -> dict[str, Any] | None:
         except (OSError, orjson.JSONDecodeError):
             continue
         region = (run.get("regions") or {}).get(site.id) or {}
-        if run.get("mode") != "local" or not region.get("steps") or region.get("ade") is None:
+        if run.get("mode") != "local" or not region.get("steps") or not region.get("seconds"):
             continue
         stamp = str(run.get("finished_at") or "")
         if latest is None or stamp >= latest[0]:
@@ -229,7 +230,7 @@ def _measured(site: OpenSite) -> dict[str, Any] | None:
                 {
                     "run": run.get("run"),
                     "model": (run.get("model") or {}).get("name"),
-                    "ade": region["ade"],
+                    "ade": region.get("ade"),
                     "fde": region.get("fde"),
                     "samples": region.get("samples"),
                     "steps": region["steps"],
