@@ -24,6 +24,7 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -120,6 +121,7 @@ _clips = Table(
     Column("max_lon", Float, nullable=False),
     Column("source_sha256", String(64), nullable=False),
     Column("ingested_at", DateTime(timezone=True), nullable=False),
+    Index("ix_clips_site_vin", "site", "vin"),
 )
 
 _frames = Table(
@@ -174,6 +176,7 @@ _dataset_vehicles = Table(
     Column("count", BigInteger, nullable=False),
     Column("rows", BigInteger, nullable=False),
     Column("bytes", BigInteger, nullable=False),
+    Index("ix_dataset_vehicles_vin", "site", "dataset", "vin"),
 )
 """Each vehicle's share of each dataset a plan asks about (the consenting drivers' clips raw,
 ``dataset`` "", or their outputs under a profile): per ``category`` "" its clips, rows and
@@ -316,6 +319,20 @@ _PAGE_ROWS: Final = 2000
 """Rows a paged read (:meth:`Catalogue.clip_pages`) takes per query."""
 
 
+def _add_missing_indexes(conn: Connection) -> None:
+    """Create the indexes added since a catalogue's tables were made (``create_all`` makes an
+    index only with its table): a vehicle's clips found by site and VIN."""
+    have = {
+        (table, index["name"])
+        for table in ("clips", "dataset_vehicles")
+        for index in inspect(conn).get_indexes(table)
+    }
+    for table in (_clips, _dataset_vehicles):
+        for index in table.indexes:
+            if (table.name, index.name) not in have:
+                index.create(conn, checkfirst=True)
+
+
 def _batches(values: Iterable[_T], size: int = 500) -> Iterator[list[_T]]:
     """``values`` in lists of ``size`` (by default small enough for an SQL ``IN`` list on every
     backend), taken as they come: a stream is never held whole."""
@@ -405,6 +422,7 @@ class Catalogue:
                 _metadata.create_all(self._engine)
                 with self._engine.begin() as conn:
                     _add_missing_columns(conn)
+                    _add_missing_indexes(conn)
                     found = conn.execute(
                         select(_meta.c.value).where(_meta.c.key == "schema")
                     ).scalar()
@@ -679,12 +697,80 @@ class Catalogue:
         ).all()
         return {str(r[0]): tuple(int(v or 0) for v in r[1:]) for r in rows}
 
+    def _count_some_vehicles(self, conn: Connection, dataset: str, vins: Sequence[str]) -> None:
+        """:meth:`_count_vehicles` for a few vehicles: their clips found by VIN, then their
+        labels and outputs by clip id, each an index lookup, summed here."""
+        c, lab, d, f = _clips.c, _labels.c, _deidentified.c, _frames.c
+        clips = {
+            str(clip_id): (str(vin), int(rows), int(size))
+            for clip_id, vin, rows, size in conn.execute(
+                select(c.clip_id, c.vin, c.rows, c.bytes).where(
+                    c.site == self.site, c.consent_training, c.vin.in_(vins)
+                )
+            ).all()
+        }
+        sums: dict[tuple[str, str], list[int]] = {}
+
+        def add(category: str, vin: str, count: int = 0, rows: int = 0, size: int = 0) -> None:
+            slot = sums.setdefault((category, vin), [0, 0, 0, 0])
+            slot[0] += 1
+            slot[1] += count
+            slot[2] += rows
+            slot[3] += size
+
+        counted = dict.fromkeys(clips) if not dataset else {}
+        for part in _batches(list(clips)):
+            if not dataset:
+                frames = dict(
+                    conn.execute(
+                        select(f.clip_id, f.bytes).where(f.site == self.site, f.clip_id.in_(part))
+                    ).all()
+                )
+                for clip_id in part:
+                    vin, rows, size = clips[clip_id]
+                    add("", vin, rows=rows, size=size + int(frames.get(clip_id, 0)))
+            else:
+                for clip_id, state, rows in conn.execute(
+                    select(d.clip_id, d.state, d.rows).where(
+                        d.site == self.site, d.profile == dataset, d.clip_id.in_(part)
+                    )
+                ).all():
+                    vin = clips[clip_id][0]
+                    counted[clip_id] = None
+                    add("", vin, rows=int(rows))
+                    add(f"state:{state}", vin)
+            for clip_id, category, count in conn.execute(
+                select(lab.clip_id, lab.category, lab.count).where(
+                    lab.site == self.site, lab.clip_id.in_(part)
+                )
+            ).all():
+                if clip_id in counted:
+                    add(str(category), clips[clip_id][0], count=int(count))
+        if sums:
+            conn.execute(
+                _dataset_vehicles.insert(),
+                [
+                    {
+                        "site": self.site,
+                        "dataset": dataset,
+                        "category": category,
+                        "vin": vin,
+                        "clips": v[0],
+                        "count": v[1],
+                        "rows": v[2],
+                        "bytes": v[3],
+                    }
+                    for (category, vin), v in sums.items()
+                ],
+            )
+
     def _count_vehicles(self, conn: Connection, dataset: str, vins: Sequence[str] | None) -> None:
         """Insert each vehicle's counts in ``dataset`` (of ``vins``, or all), from the rows."""
+        if vins is not None:
+            self._count_some_vehicles(conn, dataset, vins)
+            return
         c, lab, d, f = _clips.c, _labels.c, _deidentified.c, _frames.c
         where = [c.site == self.site, c.consent_training]
-        if vins is not None:
-            where.append(c.vin.in_(vins))
         site, name = literal(self.site), literal(dataset)
         on_labels = and_(lab.site == c.site, lab.clip_id == c.clip_id)
         columns = ["site", "dataset", "category", "vin", "clips", "count", "rows", "bytes"]
