@@ -306,6 +306,10 @@ def test_the_cli_writes_the_plan_and_its_memo(proj: Project) -> None:
         app, ["plan", "--project", str(proj.root), "--centre", "mars-base", "--json"]
     )
     assert isinstance(unknown.exception, SiteNotFound) and "mars-base" in str(unknown.exception)
+    nameless = CliRunner().invoke(
+        app, ["plan", "--project", str(proj.root), "--profile", "bogus", "--json"]
+    )
+    assert isinstance(nameless.exception, ConfigError) and "bogus" in str(nameless.exception)
 
 
 def test_a_site_s_kept_aggregates_follow_its_catalogue(project: Project, tmp_path: Path) -> None:

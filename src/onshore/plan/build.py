@@ -118,6 +118,12 @@ def make_plan(
         raise ConfigError(
             "no site to plan for", hint="add sites to onshore.toml, or trust their identities"
         )
+    if options.profile != RAW:
+        from onshore.deidentify import resolve_profile
+
+        # A profile the sites do not know would make every site's answer an error: say so
+        # here, once. (Sites share the built-in profiles; a project's own are in onshore.toml.)
+        resolve_profile(options.profile, project.settings.deidentify_profiles)
     coordinator = coordinator_of(project)
     markets = options.markets or tuple(sorted({site_facts(project, s).jurisdiction for s in ids}))
     years = options.resolved_years()
