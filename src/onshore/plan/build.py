@@ -32,7 +32,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -91,7 +91,6 @@ class _Site:
     error: str | None = None
     seconds_per_step: float | None = None
     throughput_basis: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def plan_sites(project: Project) -> list[str]:
