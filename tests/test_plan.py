@@ -43,7 +43,8 @@ PLACES = {
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three sites, each with eight vehicles' clips classified and de-identified under both
-    profiles, and a short local run at each (the measured throughput)."""
+    profiles, and a short local run at each (the measured throughput: long enough that its
+    seconds, kept to a tenth, are not 0)."""
     root = tmp_path_factory.mktemp("plan")
     project = init_project(root / "proj", "three-regions")
     for n, (site_id, (lat, lon)) in enumerate(PLACES.items()):
@@ -60,7 +61,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Path:
             secret = load_keystore(project.keystore_path(project.site(site_id))).hmac_secret
             for profile in ("training", "export"):
                 deidentify_site(site, resolve_profile(profile, {}), secret=secret)
-    train_sites_locally(project, list(PLACES), LocalOptions(steps=6, batch_size=16), run="measured")
+    train_sites_locally(project, list(PLACES), LocalOptions(steps=60, batch_size=32), run="measured")
     return project.root
 
 
