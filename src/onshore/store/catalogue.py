@@ -49,6 +49,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 from sqlalchemy.schema import CreateColumn
+from sqlalchemy.sql import FromClause, Select
 
 from onshore.errors import CatalogueError, ClipConflict, ConfigError
 from onshore.settings import redact_url
@@ -774,7 +775,26 @@ class Catalogue:
         site, name = literal(self.site), literal(dataset)
         on_labels = and_(lab.site == c.site, lab.clip_id == c.clip_id)
         columns = ["site", "dataset", "category", "vin", "clips", "count", "rows", "bytes"]
-        selects = []
+
+        def per_label(source: FromClause) -> Select[Any]:
+            """Each vehicle's clips of ``source`` with each label, and the counts summed."""
+            return (
+                select(
+                    site,
+                    name,
+                    lab.category,
+                    c.vin,
+                    func.count(),
+                    func.sum(lab.count),
+                    literal(0),
+                    literal(0),
+                )
+                .select_from(source.join(_labels, on_labels))
+                .where(*where)
+                .group_by(lab.category, c.vin)
+            )
+
+        selects: list[Select[Any]] = []
         if not dataset:
             frames = _clips.outerjoin(_frames, and_(f.site == c.site, f.clip_id == c.clip_id))
             selects.append(
@@ -792,21 +812,7 @@ class Catalogue:
                 .where(*where)
                 .group_by(c.vin)
             )
-            selects.append(
-                select(
-                    site,
-                    name,
-                    lab.category,
-                    c.vin,
-                    func.count(),
-                    func.sum(lab.count),
-                    literal(0),
-                    literal(0),
-                )
-                .select_from(_clips.join(_labels, on_labels))
-                .where(*where)
-                .group_by(lab.category, c.vin)
-            )
+            selects.append(per_label(_clips))
         else:
             outputs = _clips.join(
                 _deidentified, and_(d.site == c.site, d.clip_id == c.clip_id, d.profile == dataset)
@@ -841,21 +847,7 @@ class Catalogue:
                 .where(*where)
                 .group_by(d.state, c.vin)
             )
-            selects.append(
-                select(
-                    site,
-                    name,
-                    lab.category,
-                    c.vin,
-                    func.count(),
-                    func.sum(lab.count),
-                    literal(0),
-                    literal(0),
-                )
-                .select_from(outputs.join(_labels, on_labels))
-                .where(*where)
-                .group_by(lab.category, c.vin)
-            )
+            selects.append(per_label(outputs))
         for query in selects:
             conn.execute(_dataset_vehicles.insert().from_select(columns, query))
 
