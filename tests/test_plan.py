@@ -61,7 +61,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Path:
             secret = load_keystore(project.keystore_path(project.site(site_id))).hmac_secret
             for profile in ("training", "export"):
                 deidentify_site(site, resolve_profile(profile, {}), secret=secret)
-    train_sites_locally(project, list(PLACES), LocalOptions(steps=60, batch_size=32), run="measured")
+    train_sites_locally(
+        project, list(PLACES), LocalOptions(steps=60, batch_size=32), run="measured"
+    )
     return project.root
 
 
