@@ -33,6 +33,7 @@ from onshore.store.catalogue import (
     ClipRecord,
     DeidentifiedRecord,
     FileRecord,
+    FramesRecord,
     LabelRecord,
 )
 
@@ -211,6 +212,10 @@ def test_dataset_totals_are_kept_by_every_write(catalogue: Catalogue) -> None:
     catalogue.register(_file(4), [_clip(4)])
     assert catalogue.dataset_totals()["clips"] == 3
     assert catalogue.dataset_totals()["vehicles"] == 2
+    # A clip's camera frames count in its bytes, registered with it in one transaction.
+    frames = FramesRecord("clip-5", "e" * 64, "frames/5.tar", 7_000, 20, "front:20")
+    catalogue.register(_file(5), [_clip(5)], [frames])
+    assert catalogue.dataset_totals()["bytes"] == 4 * 40_000 + 7_000
 
 
 def test_a_vehicle_is_counted_once(catalogue: Catalogue) -> None:

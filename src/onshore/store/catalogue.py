@@ -651,8 +651,9 @@ class Catalogue:
         if not self._totals_kept(conn):
             return  # built on first use, from the rows as they are then
         dv, t = _dataset_vehicles.c, _dataset_sums.c
+        touched = sorted(set(vins))
         for dataset in datasets:
-            for part in _batches(sorted(set(vins))):
+            for part in _batches(touched):
                 where = [dv.site == self.site, dv.dataset == dataset, dv.vin.in_(part)]
                 before = self._vehicle_sums(conn, where)
                 conn.execute(_dataset_vehicles.delete().where(*where))
@@ -1014,9 +1015,11 @@ class Catalogue:
             if new_clips:
                 self._add_vehicles(conn, new_clips)
                 conn.execute(_clips.insert(), new_clips)
-                self._keep_totals(conn, {c["vin"] for c in new_clips}, [""])
             if new_frames:
                 conn.execute(_frames.insert(), list(new_frames.values()))
+            if new_clips:
+                # After the frames: a clip's bytes count its frames.
+                self._keep_totals(conn, {c["vin"] for c in new_clips}, [""])
             self._put_files(conn, [file for file, _ in batch], now)
         return [c["clip_id"] for c in new_clips]
 
