@@ -25,7 +25,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from onshore.errors import KeystoreError
 from onshore.federation.coordinator import Governance, RoundLog, make_strategy
-from onshore.federation.envelope import ARRAYS, public_key, size_limit
+from onshore.federation.envelope import ARRAYS, arrays_digest, public_key, size_limit
 from onshore.federation.options import FederatedOptions
 from onshore.federation.site import (
     FINE_TUNE,
@@ -152,7 +152,7 @@ def coordinate(grid: Grid, options: FederatedOptions, say: Callable[[str], None]
                 "run": options.run,
                 "options": options.settings(),
                 "options_sha256": options.digest(),
-                "global_initial_sha256": _arrays_digest(initial),
+                "global_initial_sha256": arrays_digest(initial),
                 "size_limit": size_limit(options.model),
             },
         )
@@ -361,16 +361,6 @@ def _checkpoint(
     last = kept[-1]
     done = int(last.rsplit("/", 1)[-1].split(".")[0])
     return min(done, options.rounds), ArrayRecord(load(objects.read(last)))
-
-
-def _arrays_digest(arrays: ArrayRecord) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        h.update(name.encode())
-        h.update(arrays[name].numpy().tobytes())
-    return h.hexdigest()
 
 
 def _phase_record(log: RoundLog, governance: Governance) -> dict[str, Any]:

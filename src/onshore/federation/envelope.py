@@ -31,6 +31,7 @@ __all__ = [
     "METRICS",
     "Statement",
     "UpdateRefused",
+    "arrays_digest",
     "check_content",
     "content_digest",
     "open_envelope",
@@ -74,6 +75,16 @@ def size_limit(spec: ModelSpec) -> int:
         for shape, dtype in signature.values()
     )
     return data + 256 * len(signature) + _METRIC_BYTES
+
+
+def arrays_digest(arrays: ArrayRecord) -> str:
+    """SHA-256 of a model's tensors by name: which global model a run started from, or a site
+    fine-tuned."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        h.update(name.encode())
+        h.update(arrays[name].numpy().tobytes())
+    return h.hexdigest()
 
 
 def content_digest(content: RecordDict) -> tuple[str, int]:

@@ -19,7 +19,7 @@ step ever taken on its data, by run, so the budget in ``onshore.toml`` holds acr
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -39,6 +39,7 @@ from onshore.federation.envelope import (
     METRICS,
     Statement,
     UpdateRefused,
+    arrays_digest,
     check_content,
     seal,
 )
@@ -383,9 +384,10 @@ def fine_tune_reply(msg: Message, context: Context, options: FederatedOptions) -
     and spend no budget. Asked again for the same global model (a run resumed after it died),
     the site evaluates what it kept instead of training again."""
     ref = site_of(context, options)
-    weights = msg.content.array_records[ARRAYS].to_torch_state_dict()
+    arrays = msg.content.array_records[ARRAYS]
+    weights = arrays.to_torch_state_dict()
     check_weights(options.model, weights)
-    global_sha = _weights_digest(weights)
+    global_sha = arrays_digest(arrays)
     path = f"derived/{RUNS_DIR}/{options.run}/{FINE_TUNED}"
     with _store(ref) as store:
         data = _dataset(store, options)
@@ -436,15 +438,6 @@ def fine_tune_reply(msg: Message, context: Context, options: FederatedOptions) -
         "cv-ade": _baseline(data).ade,
     }
     return Message(RecordDict({METRICS: MetricRecord(values)}), reply_to=msg)
-
-
-def _weights_digest(weights: Mapping[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(weights):
-        tensor = weights[name].detach().cpu().contiguous()
-        h.update(orjson.dumps([name, str(tensor.dtype), list(tensor.shape)]))
-        h.update(tensor.numpy().tobytes())
-    return h.hexdigest()
 
 
 def _fine_tune_key(global_sha: str, options: FederatedOptions) -> dict[str, Any]:
