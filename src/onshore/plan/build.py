@@ -416,7 +416,7 @@ def _federated(
     ctx: _Context, included: Sequence[str], option_id: str, title: str | None = None
 ) -> dict[str, Any]:
     rows: dict[str, Any] = {}
-    model_bytes = _model_bytes(ctx)
+    model_bytes = _model_bytes()
     for site_id, site in ctx.sites.items():
         facts = site.facts
         if facts is None:
@@ -445,7 +445,7 @@ def _federated(
 
 def _hybrid(ctx: _Context) -> dict[str, Any]:
     rows: dict[str, Any] = {}
-    model_bytes = _model_bytes(ctx)
+    model_bytes = _model_bytes()
     trainers = [ctx.centre]
     for site_id, site in ctx.sites.items():
         facts = site.facts
@@ -536,7 +536,8 @@ def _per_market(ctx: _Context, federated: Mapping[str, Any]) -> list[dict[str, A
     return out
 
 
-def _model_bytes(ctx: _Context) -> int:
+def _model_bytes() -> int:
+    """The most a message of the object encoder carries (its tensors and metrics)."""
     from onshore.federation.envelope import size_limit
     from onshore.model.nets import ModelSpec
 
@@ -545,7 +546,7 @@ def _model_bytes(ctx: _Context) -> int:
 
 def _update_bytes(ctx: _Context, model_bytes: int) -> int:
     """Bytes crossing a site's border over a federated training: the model down and an
-    update up each round (rounds of the latest run's local steps, else 150)."""
+    update up each round, in rounds of 150 local steps (``onshore train``'s default)."""
     local = 150
     rounds = max(1, math.ceil(ctx.steps / local))
     return 2 * rounds * model_bytes
