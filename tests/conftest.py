@@ -150,7 +150,7 @@ def run_demo_cli(folder: Path, rounds: int = 2) -> dict:  # type: ignore[type-ar
         text=True,
         timeout=1200,
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stderr + done.stdout[-4000:]
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 

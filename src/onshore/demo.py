@@ -122,10 +122,12 @@ def _json(text: str) -> Any:
 
 
 def _relay(stream: IO[bytes], say: Say | None, sink: list[str]) -> None:
+    """A command's progress to ``say``; its error line (which its JSON holds too) only to
+    ``sink``, so that a refusal the demo expects is told by the demo, once."""
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", "replace").rstrip()
         sink.append(line)
-        if say is not None and line.strip():
+        if say is not None and line.strip() and not line.startswith(("error [", "  hint: ")):
             say(f"  {line.strip().removeprefix('> ').strip()}")
 
 

@@ -104,10 +104,11 @@ def main() -> None:
 
 
 def _fail(error: dict[str, Any], as_json: bool) -> NoReturn:
+    """The error as JSON on stdout under ``--json`` (for the script), and always as a line on
+    stderr (for the person or the log watching it run)."""
     if as_json:
         sys.stdout.write(orjson.dumps(error, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        sys.stderr.write(f"error [{error['error']}]: {error['message']}\n")
-        if error.get("hint"):
-            sys.stderr.write(f"  hint: {error['hint']}\n")
+    sys.stderr.write(f"error [{error['error']}]: {error['message']}\n")
+    if error.get("hint"):
+        sys.stderr.write(f"  hint: {error['hint']}\n")
     sys.exit(int(error["exit_code"]))
