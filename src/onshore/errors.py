@@ -53,6 +53,10 @@ configuration is changed. Retry code checks these markers, never message text.
     │   ├── IdentityInvalid          (terminal) an identity file is malformed or not self-signed
     │   ├── CertificateError         (terminal) a TLS certificate is missing, expired or for others
     │   └── RequestRefused           (terminal) a party refused a message, and says why (exit 20)
+    ├── RightsError                  (terminal) a driver's request cannot be served as asked
+    │   ├── InvalidVin               (terminal) not a VIN: 17 letters and digits, no I, O or Q
+    │   ├── UnknownVehicle           (terminal) the site holds nothing of that vehicle
+    │   └── ErasureBlocked           (terminal) a transfer of the vehicle's data is in flight
     ├── PeerUnreachable              (transient) a party's service did not answer (exit 19)
     └── DemoError                    (terminal) a step of ``onshore demo`` failed: which and why
 """
@@ -79,11 +83,13 @@ __all__ = [
     "ConfigError",
     "DeidentifyError",
     "DemoError",
+    "ErasureBlocked",
     "FileSystemError",
     "GateError",
     "IdentityInvalid",
     "InvalidApproval",
     "InvalidRequest",
+    "InvalidVin",
     "InvalidWeights",
     "KeystoreError",
     "LedgerError",
@@ -108,6 +114,7 @@ __all__ = [
     "ReleaseNotFound",
     "RequestRefused",
     "ResidencyError",
+    "RightsError",
     "RulebookError",
     "RulebookNotFound",
     "SchemaError",
@@ -118,6 +125,7 @@ __all__ = [
     "TrainingError",
     "TransferDenied",
     "Transient",
+    "UnknownVehicle",
     "UnreadableFile",
     "UseProhibited",
 ]
@@ -555,6 +563,33 @@ class RequestRefused(PartyError):
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "reason": self.reason, "refused_by": self.party or None}
+
+
+class RightsError(OnshoreError, Terminal):
+    """A driver's request (erasure, access, consent withdrawal) or a retention run cannot be
+    served as asked."""
+
+    code = "rights"
+    exit_code = 21
+
+
+class InvalidVin(RightsError):
+    """What was given as a VIN is not one (ISO 3779: 17 letters and digits, no I, O or Q)."""
+
+    code = "rights.invalid_vin"
+
+
+class UnknownVehicle(RightsError):
+    """The site holds nothing of that vehicle, and never erased anything of it."""
+
+    code = "rights.unknown_vehicle"
+
+
+class ErasureBlocked(RightsError):
+    """A transfer of the vehicle's data is under way (sent, not yet confirmed): erasing now
+    could leave a copy arriving after the erasure. Finish the transfer, then erase."""
+
+    code = "rights.blocked"
 
 
 class PeerUnreachable(OnshoreError, Transient):

@@ -7,7 +7,7 @@ import signal
 import sys
 from typing import Final
 
-__all__ = ["STOP_WITH_ENV", "stop_with_parent"]
+__all__ = ["FAILPOINT_ENV", "STOP_WITH_ENV", "failpoint", "stop_with_parent"]
 
 STOP_WITH_ENV: Final = "ONSHORE_STOP_WITH"
 """Set by a process that starts ``onshore`` commands (the demo) to its own PID: the command
@@ -30,3 +30,15 @@ def stop_with_parent() -> None:
         return
     if os.getppid() != int(parent):  # it ended before the signal was armed
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+FAILPOINT_ENV: Final = "ONSHORE_FAILPOINT"
+"""Names the point (see :func:`failpoint`) at which this process kills itself: the kill tests
+set it to stop a command, or a service, outright between two of its steps."""
+
+
+def failpoint(name: str) -> None:
+    """Die here, by SIGKILL, when :data:`FAILPOINT_ENV` names this point: how the kill tests
+    stop an erasure between any two of its steps, as a power cut would. Nothing otherwise."""
+    if os.environ.get(FAILPOINT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)

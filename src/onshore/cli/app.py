@@ -25,6 +25,7 @@ from onshore.cli import (
     read,
     release,
     report,
+    rights,
     rulebook,
     store,
     train,
@@ -56,6 +57,7 @@ transfer.register(app)
 read.register(app)
 train.register(app)
 plan.register(app)
+rights.register(app)
 app.add_typer(federation.app, name="federation")
 app.add_typer(federation.site_app, name="site")
 app.add_typer(release.release_app, name="release")

@@ -10,7 +10,7 @@ import random
 import re
 from typing import Final
 
-__all__ = ["MODEL_YEAR_CODES", "check_digit", "is_valid_vin", "make_vin"]
+__all__ = ["MODEL_YEAR_CODES", "check_digit", "is_valid_vin", "is_vin_form", "make_vin"]
 
 _TRANSLIT: Final = {
     **{str(d): d for d in range(10)},
@@ -38,6 +38,12 @@ def check_digit(vin: str) -> str:
     total = sum(_TRANSLIT[c] * w for c, w in zip(vin, _WEIGHTS, strict=True))
     remainder = total % 11
     return "X" if remainder == 10 else str(remainder)
+
+
+def is_vin_form(vin: str) -> bool:
+    """Whether ``vin`` has a VIN's form (17 characters, no I, O or Q), whatever its check
+    digit: European VINs need not carry one."""
+    return bool(_VIN_RE.match(vin))
 
 
 def is_valid_vin(vin: str) -> bool:

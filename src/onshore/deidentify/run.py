@@ -515,6 +515,14 @@ def _promised(check: str, profile: Profile) -> bool:
 
 
 def _collect_garbage(site: SiteStore, profile: str, referenced: set[str]) -> None:
+    """Remove the profile's objects that no catalogue record refers to any more: those this
+    run made, and those of outputs kept whose raw clip's storage period ended before."""
+    referenced = set(referenced)
+    for record in site.catalogue.deidentified(profile):
+        referenced.add(record.path)
+        frames = orjson.loads(record.detail).get("frames")
+        if isinstance(frames, dict) and frames.get("path"):
+            referenced.add(str(frames["path"]))
     for path in site.objects.find(f"{OUTPUT_DIR}/{profile}"):
         if path not in referenced:
             site.objects.delete(path)

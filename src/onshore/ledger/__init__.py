@@ -23,6 +23,7 @@ The entry format and the payload conventions (``objects``, ``peer_heads``, ``rec
 
 from onshore.ledger.chain import Ledger
 from onshore.ledger.entry import (
+    ERASED_FIELD,
     GENESIS,
     KINDS,
     OBJECTS_FIELD,
@@ -36,6 +37,7 @@ from onshore.ledger.entry import (
 from onshore.ledger.verify import Problem, VerifyReport, verify, verify_site
 
 __all__ = [
+    "ERASED_FIELD",
     "GENESIS",
     "KINDS",
     "OBJECTS_FIELD",

@@ -13,6 +13,9 @@ Conventions every writer follows, so that ``verify`` can check them:
 - ``payload["objects"]`` (:data:`OBJECTS_FIELD`) lists ``{"path", "sha256"}`` of objects in *this*
   site's store that the entry vouches for: what a ``transfer_out`` sent, what a ``transfer_in``
   received, a model update's file. Each must exist there with that hash.
+- ``payload["erased"]`` (:data:`ERASED_FIELD`) lists ``{"path", "sha256"}`` of objects this
+  site deleted on purpose (a driver's erasure, a retention run): an entry that listed one
+  before is accounted for, so ``verify`` tells an erased object from a lost one.
 - Everything a site received from another site lives under :data:`RECEIVED_DIR` in its store and
   is listed by a ``transfer_in`` entry.
 - ``payload["peer_heads"]`` (:data:`PEER_HEADS_FIELD`) lists the heads of other sites' ledgers
@@ -37,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from onshore.errors import LedgerError
 
 __all__ = [
+    "ERASED_FIELD",
     "GENESIS",
     "GENESIS_PREV_HASH",
     "KINDS",
@@ -61,6 +65,10 @@ __all__ = [
 RECEIVED_DIR: Final = "received"
 """Store prefix under which a site keeps everything that came from another site. Only the gate's
 transfer writes there, and every object there must be listed by a ``transfer_in`` entry."""
+
+ERASED_FIELD: Final = "erased"
+"""Payload field listing ``{"path": ..., "sha256": ...}`` of objects this site deleted on
+purpose; entries before it that list one no longer need it in the store."""
 
 OBJECTS_FIELD: Final = "objects"
 """Payload field listing ``{"path": ..., "sha256": ...}`` of objects in this site's store."""
@@ -100,6 +108,13 @@ KINDS: Final = frozenset(
         "licence_revoked",
         "remote_read",
         "peer_head",
+        "erasure",
+        "erasure_in",
+        "erasure_confirmed",
+        "erasure_completed",
+        "consent_withdrawn",
+        "access_request",
+        "retention_run",
     }
 )
 """The kinds onshore itself writes (documentation; any kind matching the pattern is accepted)."""

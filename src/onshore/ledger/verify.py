@@ -39,6 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from onshore.errors import LedgerError, LedgerTampered, OnshoreError
 from onshore.ledger.chain import Ledger, PinnedKey, entries_table, heads_table, pinned_by
 from onshore.ledger.entry import (
+    ERASED_FIELD,
     GENESIS,
     GENESIS_PREV_HASH,
     KIND_PATTERN,
@@ -277,7 +278,7 @@ def _parse_payload(chain: _Chain, seq: int, text: object) -> None:
         return
     if orjson.dumps(value, option=orjson.OPT_SORT_KEYS) != str(text).encode():
         chain.problem(seq, "payload", "the payload is not in canonical form")
-    if OBJECTS_FIELD in value or PEER_HEADS_FIELD in value:
+    if OBJECTS_FIELD in value or PEER_HEADS_FIELD in value or ERASED_FIELD in value:
         chain.claims[seq] = str(text)
 
 
@@ -464,9 +465,20 @@ def _check_store(chain: _Chain, objects: ObjectStore, check_hashes: bool) -> tup
     """Store and ledger agree: listed objects exist with their hash; everything received is
     listed by a ``transfer_in``. Returns (objects listed, objects received)."""
     listed: dict[str, list[tuple[int, str]]] = {}
+    erased: dict[str, int] = {}
     covered: set[str] = set()
     kinds = {int(r.seq): r.kind for r in chain.rows}
     for seq, payload in _claims(chain):
+        gone = payload.get(ERASED_FIELD)
+        if gone is not None:
+            if not isinstance(gone, list):
+                chain.problem(seq, "payload", f"{ERASED_FIELD} is not a list")
+            for item in gone if isinstance(gone, list) else ():
+                path = item.get("path") if isinstance(item, dict) else None
+                if not isinstance(path, str):
+                    chain.problem(seq, "payload", f"malformed erased object {item!r}")
+                    continue
+                erased[path] = max(erased.get(path, -1), seq)
         items = payload.get(OBJECTS_FIELD)
         if items is None:
             continue
@@ -488,6 +500,11 @@ def _check_store(chain: _Chain, objects: ObjectStore, check_hashes: bool) -> tup
                         seq, "received", f"transfer_in lists {path}, outside {RECEIVED_DIR}/"
                     )
     for path, claims in sorted(listed.items()):
+        # An object erased (a driver's request, a retention run) after an entry listed it is
+        # accounted for: the erasing entry says so. One missing without such an entry is lost.
+        claims = [(seq, digest) for seq, digest in claims if erased.get(path, -1) < seq]
+        if not claims:
+            continue
         if not objects.exists(path):
             for seq, _ in claims:
                 chain.problem(seq, "object", f"{path}, which the entry lists, is not in the store")

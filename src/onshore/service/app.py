@@ -421,4 +421,5 @@ def create_app(project: Project, *, require_tls: bool = True) -> FastAPI:
     routes.ledger(app, party)
     routes.licences(app, party)
     routes.reads(app, party)
+    routes.rights(app, party)
     return app

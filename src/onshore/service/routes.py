@@ -335,3 +335,21 @@ def reads(app: FastAPI, party: PartyService) -> None:
                 raise RequestRefused(str(exc.args[0]), reason="not_found") from None
 
         return await party.handle(request, "read", work)
+
+
+def rights(app: FastAPI, party: PartyService) -> None:
+    """Register the route an origin site asks this site to erase what it received through."""
+    from onshore.rights.erase import erase_received
+
+    @app.post("/v1/rights/erase")
+    async def erase(request: Request) -> Response:
+        def work(incoming: Incoming) -> dict[str, Any]:
+            if incoming.sender.role != "site":
+                raise RequestRefused(
+                    f"{incoming.sender.id} is not a site: only the site that sent data asks "
+                    "for its erasure",
+                    reason="untrusted",
+                )
+            return erase_received(party.require_site(), incoming.sender.id, incoming.json())
+
+        return await party.handle(request, "rights.erase", work)

@@ -61,6 +61,8 @@ __all__ = [
     "FileRecord",
     "FramesRecord",
     "LabelRecord",
+    "is_training",
+    "withdrawal_covers",
 ]
 
 SCHEMA_VERSION: Final = 1
@@ -199,6 +201,19 @@ _dataset_sums = Table(
 """:data:`_dataset_vehicles` summed over the vehicles, kept by the same writes (by the
 difference each makes), so that reading a dataset's totals reads a handful of rows."""
 
+_withdrawals = Table(
+    "consent_withdrawals",
+    _metadata,
+    Column("site", String(64), primary_key=True),
+    Column("vin", String(17), primary_key=True),
+    Column("purpose", String(64), primary_key=True),
+    Column("withdrawn_at", DateTime(timezone=True), nullable=False),
+    Column("ledger_seq", BigInteger, nullable=False),
+)
+"""A driver's consent withdrawn for a purpose (``onshore consent withdraw``): from then on the
+vehicle's clips serve no such purpose. ``all`` covers every purpose and ``training`` every
+training purpose (``training`` or a name ending ``_training``)."""
+
 _meta = Table(
     "onshore_meta",
     _metadata,
@@ -297,6 +312,23 @@ class DeidentifiedRecord:
     rows_in: int
     detail: str
     """JSON: the transforms with their parameters and what each removed, and the checks."""
+
+
+def is_training(purpose: str) -> bool:
+    """Whether ``purpose`` trains models: ``training`` or a name ending ``_training``."""
+    return purpose == "training" or purpose.endswith("_training")
+
+
+def withdrawal_covers(withdrawn: str, purpose: str) -> bool:
+    """Whether consent withdrawn for ``withdrawn`` excludes a use for ``purpose``: the same
+    purpose, ``all``, or ``training`` for every training purpose. A site's training samples
+    serve every training purpose (``purpose`` ``training``), so a withdrawal from any of them
+    keeps the vehicle out."""
+    if withdrawn in (purpose, "all"):
+        return True
+    if withdrawn == "training":
+        return is_training(purpose)
+    return purpose == "training" and is_training(withdrawn)
 
 
 def _fields(
@@ -464,6 +496,9 @@ class Catalogue:
             # what a lost commit dropped, since store objects are written first.
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
+            # What a delete removes (an erasure, a retention run) is overwritten with zeros
+            # in the database file, not left readable in its free pages.
+            cursor.execute("PRAGMA secure_delete=ON")
             cursor.close()
 
         return engine
@@ -944,11 +979,14 @@ class Catalogue:
         return found
 
     def ingested_files(self) -> set[str]:
-        """Content hashes of every file already ingested (quarantined ones may be retried)."""
+        """Content hashes of every file already ingested (quarantined ones may be retried),
+        or erased or expired: a file whose data was erased, or whose storage period ended, is
+        never ingested again."""
         with self._tx() as conn:
             rows = conn.execute(
                 select(_files.c.sha256).where(
-                    _files.c.site == self.site, _files.c.status == "ingested"
+                    _files.c.site == self.site,
+                    _files.c.status.in_(("ingested", "erased", "expired")),
                 )
             ).scalars()
             return set(rows)
@@ -1112,16 +1150,35 @@ class Catalogue:
         """Make ``records`` the site's de-identified outputs under ``profile``, atomically;
         they are inserted a batch at a time in that one transaction."""
         now = datetime.now(UTC)
+        d = _deidentified.c
+        mine = and_(d.site == self.site, d.profile == profile)
         with self._tx() as conn:
+            # An output made again with the same bytes keeps when it was first stored: its
+            # storage period runs from then. Outputs whose raw clip's own period ended (the
+            # clip is gone, so no rerun makes them again) stay until theirs ends.
+            stored = {
+                (str(clip_id), str(digest)): created
+                for clip_id, digest, created in conn.execute(
+                    select(d.clip_id, d.sha256, d.created_at).where(mine)
+                ).all()
+            }
             conn.execute(
                 _deidentified.delete().where(
-                    _deidentified.c.site == self.site, _deidentified.c.profile == profile
+                    mine,
+                    d.clip_id.in_(select(_clips.c.clip_id).where(_clips.c.site == self.site)),
                 )
             )
             for batch in _batches(records, _INSERT_ROWS):
                 conn.execute(
                     _deidentified.insert(),
-                    [{**_fields(r), "site": self.site, "created_at": now} for r in batch],
+                    [
+                        {
+                            **_fields(r),
+                            "site": self.site,
+                            "created_at": stored.get((r.clip_id, r.sha256), now),
+                        }
+                        for r in batch
+                    ],
                 )
             if self._totals_kept(conn):
                 self._rebuild_totals(conn, profile)
@@ -1134,6 +1191,228 @@ class Catalogue:
         with self._tx() as conn:
             rows = conn.execute(query.order_by(_deidentified.c.clip_id)).all()
         return [_row_to(DeidentifiedRecord, r) for r in rows]
+
+    def deidentified_of(self, clip_ids: Sequence[str]) -> list[DeidentifiedRecord]:
+        """The de-identified outputs, under every profile, of these clips."""
+        d = _deidentified.c
+        out: list[DeidentifiedRecord] = []
+        with self._tx() as conn:
+            for part in _batches(sorted(set(clip_ids))):
+                rows = conn.execute(
+                    select(_deidentified).where(d.site == self.site, d.clip_id.in_(part))
+                ).all()
+                out.extend(_row_to(DeidentifiedRecord, r) for r in rows)
+        return out
+
+    def clips_stored_before(self, cutoff: datetime) -> list[ClipRecord]:
+        """The clips ingested before ``cutoff`` (a storage period's start), oldest first."""
+        c = _clips.c
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(_clips)
+                .where(c.site == self.site, c.ingested_at < cutoff)
+                .order_by(c.ingested_at, c.clip_id)
+            ).all()
+        return [_row_to(ClipRecord, r) for r in rows]
+
+    def outputs_stored_before(self, cutoff: datetime) -> list[DeidentifiedRecord]:
+        """The de-identified outputs first stored before ``cutoff``, under every profile."""
+        d = _deidentified.c
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(_deidentified)
+                .where(d.site == self.site, d.created_at < cutoff)
+                .order_by(d.profile, d.clip_id)
+            ).all()
+        return [_row_to(DeidentifiedRecord, r) for r in rows]
+
+    def labels_of(self, clip_ids: Sequence[str]) -> list[LabelRecord]:
+        """The labels of these clips."""
+        lab = _labels.c
+        out: list[LabelRecord] = []
+        with self._tx() as conn:
+            for part in _batches(sorted(set(clip_ids))):
+                rows = conn.execute(
+                    select(_labels).where(lab.site == self.site, lab.clip_id.in_(part))
+                ).all()
+                out.extend(_row_to(LabelRecord, r) for r in rows)
+        return out
+
+    def forget_clips(
+        self,
+        conn: Connection,
+        clip_ids: Sequence[str],
+        *,
+        keep_outputs: bool = False,
+        status: str = "erased",
+    ) -> None:
+        """Delete every row of these clips, in the caller's transaction: the clips, their
+        frames, labels and (unless ``keep_outputs``: a raw storage period ended, the
+        de-identified one not) their de-identified outputs under every profile, their
+        vehicles once no clip of theirs is left, and the kept totals by the difference. The
+        files they came from are marked ``status`` (their upload path dropped), so that the
+        same upload is never ingested again."""
+        c, f, lab, d = _clips.c, _frames.c, _labels.c, _deidentified.c
+        ids = sorted(set(clip_ids))
+        vins: set[str] = set()
+        sources: set[str] = set()
+        for part in _batches(ids):
+            for vin, source in conn.execute(
+                select(c.vin, c.source_sha256).where(c.site == self.site, c.clip_id.in_(part))
+            ).all():
+                vins.add(str(vin))
+                sources.add(str(source))
+        profiles = list(
+            conn.execute(select(d.profile).where(d.site == self.site).distinct()).scalars()
+        )
+        for part in _batches(ids):
+            tables = [(_frames, f), (_labels, lab), (_deidentified, d), (_clips, c)]
+            for table, column in tables[:2] + tables[3:] if keep_outputs else tables:
+                conn.execute(
+                    table.delete().where(column.site == self.site, column.clip_id.in_(part))
+                )
+        for part in _batches(sorted(vins)):
+            left = set(
+                conn.execute(
+                    select(c.vin).where(c.site == self.site, c.vin.in_(part)).distinct()
+                ).scalars()
+            )
+            gone = [v for v in part if v not in left]
+            if gone:
+                conn.execute(
+                    _vehicles.delete().where(
+                        _vehicles.c.site == self.site, _vehicles.c.vin.in_(gone)
+                    )
+                )
+        for part in _batches(sorted(sources)):
+            still = set(
+                conn.execute(
+                    select(c.source_sha256)
+                    .where(c.site == self.site, c.source_sha256.in_(part))
+                    .distinct()
+                ).scalars()
+            )
+            done = [digest for digest in part if digest not in still]
+            if done:
+                conn.execute(
+                    _files.update()
+                    .where(_files.c.site == self.site, _files.c.sha256.in_(done))
+                    .values(status=status, path="", reason=status)
+                )
+        self._keep_totals(conn, vins, ["", *profiles])
+
+    def forget_outputs(self, conn: Connection, outputs: Sequence[DeidentifiedRecord]) -> None:
+        """Delete these de-identified outputs' rows (a retention run), in the caller's
+        transaction, and move the kept totals by the difference."""
+        d = _deidentified.c
+        by_profile: dict[str, list[str]] = {}
+        for output in outputs:
+            by_profile.setdefault(output.profile, []).append(output.clip_id)
+        vins: set[str] = set()
+        for profile, ids in by_profile.items():
+            for part in _batches(sorted(set(ids))):
+                vins.update(
+                    conn.execute(
+                        select(_clips.c.vin).where(
+                            _clips.c.site == self.site, _clips.c.clip_id.in_(part)
+                        )
+                    ).scalars()
+                )
+                conn.execute(
+                    _deidentified.delete().where(
+                        d.site == self.site, d.profile == profile, d.clip_id.in_(part)
+                    )
+                )
+        self._keep_totals(conn, vins, sorted(by_profile))
+
+    def scrub(self) -> bool:
+        """Leave what deletes removed unreadable in the database's files: SQLite (which
+        zeroes deleted content, ``secure_delete``) copies its write-ahead log back and
+        truncates it; PostgreSQL vacuums the tables that hold fleet data. Returns False when
+        SQLite's log could not be emptied (a reader held it; the next scrub empties it)."""
+        if self._engine.dialect.name == "sqlite":
+            for attempt in range(_RETRIES):
+                with self._engine.connect() as conn:
+                    busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
+                if busy is None or not busy[0]:
+                    return True
+                time.sleep(0.05 * 2**attempt)
+            return False
+        if self._engine.dialect.name == "postgresql":
+            names = (
+                "clips",
+                "frames",
+                "labels",
+                "deidentified",
+                "files",
+                "vehicles",
+                "dataset_vehicles",
+                "consent_withdrawals",
+                "received_objects",
+            )
+            with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                present = set(inspect(conn).get_table_names())
+                for name in names:
+                    if name in present:
+                        conn.exec_driver_sql(f"VACUUM {name}")
+        return True
+
+    # -- consent withdrawals -----------------------------------------------------------------
+
+    def withdraw_consent(self, conn: Connection, vin: str, purpose: str, seq: int) -> bool:
+        """Record that the driver of ``vin`` withdrew consent for ``purpose`` (the ledger
+        entry ``seq`` vouches for it), in the caller's transaction. False when it was
+        withdrawn before."""
+        w = _withdrawals.c
+        found = conn.execute(
+            select(w.purpose).where(w.site == self.site, w.vin == vin, w.purpose == purpose)
+        ).first()
+        if found is not None:
+            return False
+        conn.execute(
+            _withdrawals.insert().values(
+                site=self.site,
+                vin=vin,
+                purpose=purpose,
+                withdrawn_at=datetime.now(UTC),
+                ledger_seq=seq,
+            )
+        )
+        return True
+
+    def drop_withdrawals(self, conn: Connection, vin: str) -> None:
+        """Forget the withdrawals of ``vin`` (its erasure: nothing of the vehicle is kept, its
+        VIN included; the ledger keeps, by keyed hash, that both happened)."""
+        w = _withdrawals.c
+        conn.execute(_withdrawals.delete().where(w.site == self.site, w.vin == vin))
+
+    def withdrawals(self, vin: str | None = None) -> list[dict[str, Any]]:
+        """Consent withdrawals on file (of one vehicle, when given): vin, purpose, when."""
+        w = _withdrawals.c
+        query = select(w.vin, w.purpose, w.withdrawn_at, w.ledger_seq).where(w.site == self.site)
+        if vin is not None:
+            query = query.where(w.vin == vin)
+        with self._tx() as conn:
+            rows = conn.execute(query.order_by(w.withdrawn_at, w.vin, w.purpose)).all()
+        return [
+            {
+                "vin": r.vin,
+                "purpose": r.purpose,
+                "withdrawn_at": _utc(r.withdrawn_at).isoformat(timespec="seconds"),
+                "ledger_seq": int(r.ledger_seq),
+            }
+            for r in rows
+        ]
+
+    def withdrawn_vins(self, purpose: str) -> frozenset[str]:
+        """The vehicles whose drivers withdrew consent covering ``purpose`` (see
+        :func:`withdrawal_covers`)."""
+        w = _withdrawals.c
+        with self._tx() as conn:
+            rows = conn.execute(select(w.vin, w.purpose).where(w.site == self.site)).all()
+        return frozenset(
+            str(vin) for vin, withdrawn in rows if withdrawal_covers(withdrawn, purpose)
+        )
 
     def inventory(self) -> dict[str, Any]:
         """Counts and ranges of what the site holds: clips, vehicles, rows, bytes, time range,

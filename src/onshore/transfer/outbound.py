@@ -188,7 +188,9 @@ def transfer(
     )
     day = day or datetime.now(UTC).date()
     with OpenSite.open(project) as site:
-        found = resolve(site.store, selection, profile)
+        found = resolve(
+            site.store, selection, profile, withdrawn=site.store.catalogue.withdrawn_vins(purpose)
+        )
         keys = site.crossings.keys(found.subjects)
         to = Counterparty(peer.id, recipient.name, recipient.country, recipient.linked_to)
         request = site.request(to, found.items, purpose, day=day)
@@ -253,6 +255,15 @@ def transfer(
                     sent = site.ledger.append(
                         "transfer_out", {**facts, "sent": objects}, conn=conn, peer_heads=heads
                     )
+                    # The append holds the write lock: an erasure either committed before
+                    # (and the clips are gone) or reads this entry after.
+                    left = site.store.catalogue.clip_hashes(found.clips)
+                    if len(left) != len(set(found.clips)):
+                        raise ConfigError(
+                            f"{len(set(found.clips)) - len(left)} of the clips selected were "
+                            "erased while this transfer was prepared; nothing was sent",
+                            hint="rerun the transfer: it selects what the site holds now",
+                        )
                     site.crossings.record(conn, request, keys, sent.seq)
             report.ledger[local.id] = sent.seq
             _deliver(report, client, site, sent, peer, say)

@@ -123,6 +123,9 @@ class Dataset:
     state: str = "raw"
     without_consent: int = 0
     """Selected clips whose driver did not consent to their data training models."""
+    withdrawn: int = 0
+    """Clips the selection matched but left out: their drivers withdrew consent for the
+    transfer's purpose (``onshore consent withdraw``)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -132,14 +135,24 @@ class Dataset:
             "objects": len(self.objects),
             "state": self.state,
             "without_consent": self.without_consent,
+            "withdrawn": self.withdrawn,
             "data": [item.model_dump(mode="json") for item in self.items],
         }
 
 
-def resolve(site: SiteStore, selection: Selection, profile: Profile | None) -> Dataset:
+def resolve(
+    site: SiteStore,
+    selection: Selection,
+    profile: Profile | None,
+    *,
+    withdrawn: frozenset[str] = frozenset(),
+) -> Dataset:
     """Resolve ``selection`` at ``site``; ``profile`` is the de-identification profile when the
-    source is one (None for ``raw``). Raises ConfigError when it selects nothing."""
-    records = [c for c in site.catalogue.clips() if selection.matches(c)]
+    source is one (None for ``raw``). The clips of ``withdrawn`` vehicles (whose drivers
+    withdrew consent for the purpose) are left out and counted. Raises ConfigError when it
+    selects nothing."""
+    matched = [c for c in site.catalogue.clips() if selection.matches(c)]
+    records = [c for c in matched if c.vin not in withdrawn]
     if selection.clips is not None:
         missing = sorted(set(selection.clips) - {c.clip_id for c in records})
         if missing:
@@ -147,14 +160,20 @@ def resolve(site: SiteStore, selection: Selection, profile: Profile | None) -> D
                 f"--dataset {selection.text!r}: site {site.site} has no clip "
                 + ", ".join(missing[:5]),
             )
-    dataset = Dataset(selection)
+    dataset = Dataset(selection, withdrawn=len(matched) - len(records))
     if profile is None:
         _raw(site, records, dataset)
     else:
         _deidentified(site, records, profile, dataset)
     if not dataset.objects:
+        left_out = (
+            f" ({dataset.withdrawn} clips matched, of drivers who withdrew consent for this "
+            "purpose)"
+            if dataset.withdrawn
+            else ""
+        )
         raise ConfigError(
-            f"--dataset {selection.text!r} selects nothing at site {site.site}",
+            f"--dataset {selection.text!r} selects nothing at site {site.site}{left_out}",
             hint="check the filters; a profile's outputs exist once 'onshore deidentify' ran",
         )
     return dataset
