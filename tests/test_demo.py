@@ -202,3 +202,20 @@ def _check_reads(result: dict, folder: Path) -> None:  # type: ignore[type-arg]
     with SiteStore.open(load_project(folder / "cn-shanghai")) as site:
         recorded = [e.seq for e in Ledger.open(site.catalogue).entries(kind="remote_read")]
     assert first["access"]["ledger_seq"] in recorded and second["access"]["ledger_seq"] in recorded
+
+
+def test_the_demo_serves_an_erasure_that_reaches_a_copy_abroad(
+    small_demo: tuple[Path, dict],  # type: ignore[type-arg]
+) -> None:
+    folder, result = small_demo
+    rights = result["rights"]
+    assert rights is not None, "a consenting Chinese driver's export went to the US"
+    access, erasure = rights["access"], rights["erasure"]
+    assert access["transfers"] >= 1 and access["clips"] >= 1
+    assert (Path(access["out"]) / "manifest.json").is_file()
+    assert erasure["status"] == "erased" and erasure["clips"] == access["clips"]
+    assert erasure["recipients"]["us-oregon"]["status"] == "confirmed"
+    vin = json.loads((Path(access["out"]) / "vehicle.json").read_text())["vin"]
+    project = load_project(folder / "cn-shanghai")
+    with SiteStore.open(project, "cn-shanghai") as opened:
+        assert vin not in opened.catalogue.clip_vins()

@@ -310,6 +310,7 @@ def run_demo(
         stages = _sites(parties, vehicles, minutes, trip_km, seed, say)
         transfers = _gate(parties, say)
         reads = _reads(parties, say)
+        rights = _rights(parties, reads, say)
         training = (
             _train(parties, processes, rounds, local_steps, fine_tune_steps, model, say)
             if rounds
@@ -334,6 +335,7 @@ def run_demo(
         **stages,
         "transfers": transfers,
         "reads": reads,
+        "rights": rights,
         "training": training,
         "reports": reports,
         "plan": plan,
@@ -514,7 +516,9 @@ def _reads(parties: dict[str, Path], say: Say) -> list[dict[str, Any]]:
             f"{site}: {'shown' if access['allowed'] else 'withheld'} ({access['how']})"
             + ("" if access["allowed"] else f" - {access['decision']['reasons'][0]}")
         )
-        found.append({"site": site, "note": note, "access": access})
+        rows = (data.get("data") or {}).get("clips") or []
+        consenting = list(dict.fromkeys(r["vin"] for r in rows if r.get("consent")))
+        found.append({"site": site, "note": note, "access": access, "consenting": consenting})
 
     ask(_CN, "personal data from China, no assessment for remote queries")
     say(f"{_CN}: putting a CAC security assessment on file for remote queries")
@@ -533,6 +537,47 @@ def _reads(parties: dict[str, Path], say: Say) -> list[dict[str, Any]]:
     ask(_US, "US data read from Germany")
     ask(_EU, "German data read in Germany: no border crossed")
     return found
+
+
+def _rights(
+    parties: dict[str, Path], reads: list[dict[str, Any]], say: Say
+) -> dict[str, Any] | None:
+    """A driver's rights at the site that recorded their vehicle: what is held of it and where
+    it went (an access request), then an erasure that reaches the copy sent abroad."""
+    vins = [vin for r in reads if r["site"] == _CN for vin in r.pop("consenting", [])]
+    for r in reads:
+        r.pop("consenting", None)
+    folder = parties[_CN] / "rights"
+    held: dict[str, Any] | None = None
+    chosen = None
+    for n, vin in enumerate(dict.fromkeys(vins)):
+        if n == 8:
+            break
+        _, held = _run(
+            ["access", "--vin", vin, "--out", str(folder / f"access-{n + 1}")], parties[_CN]
+        )
+        if held["transfers"]:
+            chosen = vin
+            break
+    if chosen is None or held is None:
+        say(f"{_CN}: no consenting driver's data went abroad; no erasure to show")
+        return None
+    say(
+        f"{_CN}: a driver asks what is held of their vehicle: {held['clips']} clips, "
+        f"{held['frames']} frames, {held['deidentified']} de-identified outputs, sent abroad "
+        f"in {held['transfers']} transfer(s); written to {held['out']}"
+    )
+    say(f"{_CN}: the driver asks for erasure; the copy in {_US} is erased too")
+    _, erased = _run(
+        ["erase", "--vin", chosen, "--reason", "demo request"], parties[_CN], ok=(0, 19)
+    )
+    for peer, got in erased["recipients"].items():
+        say(f"{peer}: {got['objects']} objects received from {_CN} erased ({got['status']})")
+    say(
+        f"{_CN}: erasure {erased['status']}: {erased['clips']} clips, {erased['objects']} "
+        "objects; the ledgers name the vehicle by a keyed hash only"
+    )
+    return {"access": held, "erasure": erased}
 
 
 def _train(
