@@ -547,7 +547,8 @@ def _rights(
     vins = [vin for r in reads if r["site"] == _CN for vin in r.pop("consenting", [])]
     for r in reads:
         r.pop("consenting", None)
-    folder = parties[_CN] / "rights"
+    # The answer is the driver's: it is written beside the parties, not in the site's folder.
+    folder = parties[_CN].parent / "driver"
     held: dict[str, Any] | None = None
     chosen = None
     for n, vin in enumerate(dict.fromkeys(vins)):
