@@ -23,6 +23,7 @@ from onshore.gate.record import add_approval
 from onshore.ledger import Ledger, verify
 from onshore.model.dataset import DatasetConfig, build_site_dataset
 from onshore.parties.witness import verify_party
+from onshore.reports.build import build_report
 from onshore.rights.access import access_vehicle
 from onshore.rights.consent import withdraw_consent
 from onshore.rights.erase import erase_vehicle
@@ -137,6 +138,15 @@ def test_an_erasure_reaches_the_copy_abroad_and_leaves_no_byte_of_the_vehicle(
     with SiteStore.open(sent[CN]) as cn:
         kinds = [e.kind for e in Ledger.open(cn.catalogue).entries()]
     assert kinds[-3:] == ["erasure", "erasure_confirmed", "erasure_completed"]
+    # The reports list it, at the origin and at the recipient, citing the entries.
+    year = date.today().year
+    cn_report = build_report(sent[CN], "cn-annual", CN, year=year, with_map=False)
+    assert cn_report.figure("rights.erasures").value == 1
+    assert cn_report.figure("rights.erasures_completed").value == 1
+    (row,) = next(t for t in cn_report.tables if t.title.startswith("Drivers' rights")).rows[:1]
+    assert row[1] == "erasure" and US in row[3] and vin not in "".join(row)
+    us_report = build_report(sent[US], "us-bulk-data", US, with_map=False)
+    assert us_report.figure("rights.erasures_received").value == 1
     # A second request for the same vehicle says it is done, and changes nothing.
     again = erase_vehicle(sent[CN], vin, http=services.http)
     assert again.status == "already_erased" and again.request == report.request

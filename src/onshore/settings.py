@@ -116,8 +116,9 @@ class FleetSettings(_Model):
 
 class RetentionSettings(_Model):
     """How long the site keeps each kind of data (``retention = {...}``), in days from when it
-    was stored: the storage period the CN annual report and the GDPR Art. 30 record state. A
-    kind left out has no period configured. onshore states the period; it does not delete."""
+        was stored: the storage period the CN annual report and the GDPR Art. 30 record state. A
+        kind left out has no period configured. ``onshore retention run`` deletes what has been kept
+    longer (:mod:`onshore.rights.retention`); the reports state the periods and the runs."""
 
     raw_days: int | None = Field(default=None, gt=0, strict=True)
     """Days the site keeps raw clips as ingested (identifiable: VIN, positions, frames)."""

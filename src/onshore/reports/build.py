@@ -387,6 +387,81 @@ def _deid_table(site: _Site) -> TableBlock:
     )
 
 
+_RIGHTS_KINDS: Final = (
+    "erasure",
+    "erasure_completed",
+    "erasure_in",
+    "consent_withdrawn",
+    "access_request",
+    "retention_run",
+)
+
+
+def _rights(site: _Site, entries: list[Entry]) -> tuple[list[Figure], TableBlock]:
+    """Drivers' requests served and storage periods enforced, from the ledger: erasures (and
+    those completed at every recipient), erasures of copies this site received, consent
+    withdrawals, access requests and retention runs, each row citing its entry. Vehicles are
+    named by their keyed hash, as the ledger names them."""
+    chosen = [e for e in entries if e.kind in _RIGHTS_KINDS]
+
+    def of(kind: str) -> list[Entry]:
+        return [e for e in chosen if e.kind == kind]
+
+    def cite(found: list[Entry]) -> tuple[Source, ...]:
+        return tuple(Source(e.site, e.kind, e.seq, e.hash) for e in found)
+
+    figures = [
+        Figure(f"rights.{key}", label, len(of(kind)), cite(of(kind)))
+        for key, label, kind in (
+            ("erasures", "Erasure requests served (vehicles erased here)", "erasure"),
+            ("erasures_completed", "Erasures confirmed by every recipient", "erasure_completed"),
+            ("erasures_received", "Erasures of copies received from other sites", "erasure_in"),
+            ("withdrawals", "Consent withdrawals", "consent_withdrawn"),
+            ("access_requests", "Access requests answered", "access_request"),
+            ("retention_runs", "Retention runs that deleted data", "retention_run"),
+        )
+    ]
+    rows, sources = [], []
+    for e in chosen:
+        vehicle = str(e.data.get("vehicle", ""))[:12] or "-"
+        detail = _rights_detail(e.kind, e.data)
+        rows.append((e.time[:10], e.kind, vehicle, detail, f"{e.site}#{e.seq}"))
+        sources.append(cite([e]))
+    table = TableBlock(
+        "Drivers' rights and storage periods",
+        ("date", "what", "vehicle (keyed)", "detail", "entry"),
+        tuple(rows),
+        tuple(sources),
+        "no request served and no retention run",
+    )
+    return figures, table
+
+
+def _rights_detail(kind: str, d: dict[str, Any]) -> str:
+    """One row of the rights table, in words."""
+    match kind:
+        case "erasure":
+            recipients = ", ".join(d.get("recipients") or []) or "none"
+            return (
+                f"{d.get('clips')} clips, {len(d.get('erased') or [])} objects; "
+                f"recipients: {recipients}"
+            )
+        case "erasure_completed":
+            confirmed = ", ".join(d.get("recipients") or []) or "no recipient held a copy"
+            return f"request {d.get('request')} confirmed by {confirmed}"
+        case "erasure_in":
+            return f"{len(d.get('erased') or [])} objects received from {d.get('from')}"
+        case "consent_withdrawn":
+            return f"purpose {d.get('purpose')}, {d.get('clips')} clips"
+        case "access_request":
+            return f"{d.get('files')} files, {d.get('transfers')} transfers"
+        case _:
+            return (
+                f"as of {d.get('as_of')}: {d.get('clips')} raw clips, "
+                f"{d.get('outputs')} de-identified outputs"
+            )
+
+
 def _charts(report: Report, site: _Site, chosen: list[Flow]) -> None:
     per: dict[str, int] = defaultdict(int)
     for flow in chosen:
@@ -489,6 +564,9 @@ def cn_annual(site: _Site, year: int) -> Report:
         ),
         _deid_table(site),
     ]
+    rights, rights_table = _rights(site, [e for e in site.entries if e.time.startswith(f"{year}-")])
+    report.figures += rights
+    report.tables.append(rights_table)
     report.notes.append("Complaints received are not recorded by onshore; add them before filing.")
     report.notes += _declared_notes(site)
     _charts(report, site, in_year)
@@ -595,6 +673,9 @@ def eu_transfers(site: _Site) -> Report:
         _flow_table("Transfers (Art. 46 safeguard or adequacy)", out),
         _approvals_table(site),
     ]
+    rights, rights_table = _rights(site, site.entries)
+    report.figures += rights
+    report.tables.append(rights_table)
     report.notes += _declared_notes(site)
     _charts(report, site, out)
     return report
@@ -651,6 +732,9 @@ def us_bulk_data(site: _Site, on: date | None = None) -> Report:
         ),
         _flow_table("Transactions", recent),
     ]
+    rights, rights_table = _rights(site, site.entries)
+    report.figures += rights
+    report.tables.append(rights_table)
     report.notes.append("De-identification does not exempt data from Part 202 (28 CFR 202.206).")
     report.notes += _declared_notes(site, retention=False)
     _charts(report, site, recent)
@@ -659,8 +743,7 @@ def us_bulk_data(site: _Site, on: date | None = None) -> Report:
 
 def _declared_notes(site: _Site, *, retention: bool = True) -> list[str]:
     """What a reader must know of the facts the site declares (the responsible person and, with
-    ``retention``, the storage periods): which are missing, and that a storage period is stated,
-    not enforced."""
+    ``retention``, the storage periods): which are missing, and how the periods are enforced."""
     s = site.settings
     periods = (s.retention.raw_days, s.retention.deidentified_days)
     missing = []
@@ -675,9 +758,16 @@ def _declared_notes(site: _Site, *, retention: bool = True) -> list[str]:
             f"{site.project.config_path} and build the report again."
         )
     if retention and periods != (None, None):
+        runs = [e for e in site.entries if e.kind == "retention_run"]
+        enforced = (
+            f"the last retention run that deleted data was on {runs[-1].time[:10]} "
+            f"({len(runs)} in all)"
+            if runs
+            else "no retention run has deleted data yet"
+        )
         notes.append(
-            f"Storage periods are those declared in {CONFIG_NAME}; onshore states them but does "
-            "not delete data when they end."
+            f"Storage periods are those declared in {CONFIG_NAME}, enforced by 'onshore "
+            f"retention run' (schedule it daily); {enforced}."
         )
     return notes
 
