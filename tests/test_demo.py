@@ -215,6 +215,10 @@ def test_the_demo_serves_an_erasure_that_reaches_a_copy_abroad(
     assert (Path(access["out"]) / "manifest.json").is_file()
     assert erasure["status"] == "erased" and erasure["clips"] == access["clips"]
     assert erasure["recipients"]["us-oregon"]["status"] == "confirmed"
+    # The model released before stays as it is; verifying it lists the erasure since.
+    verified = rights["release_verify"]
+    assert verified["valid"]
+    assert len(verified["lineage"]["erasures_after_training"]["cn-shanghai"]) == 1
     vin = json.loads((Path(access["out"]) / "vehicle.json").read_text())["vin"]
     project = load_project(folder / "cn-shanghai")
     with SiteStore.open(project, "cn-shanghai") as opened:

@@ -322,6 +322,27 @@ def test_a_lineage_entry_changed_in_its_sites_ledger_is_caught(
     assert any(f"cn-shanghai entry {link['seq']}" in p for p in report.problems), report.problems
 
 
+def test_release_verify_lists_the_erasures_made_after_the_training_run(
+    released: tuple[Project, Path], tmp_path: Path
+) -> None:
+    from onshore.rights.erase import erase_vehicle
+    from onshore.settings import load_project
+
+    project, bundle = released
+    copy = tmp_path / "proj"
+    shutil.copytree(project.root, copy)
+    copied = load_project(copy)
+    with SiteStore.open(copied, "cn-shanghai") as site:
+        vin = sorted(site.catalogue.clip_vins())[0]
+    assert verify_bundle(bundle, project=copied).lineage["erasures_after_training"] == {}
+    erased = erase_vehicle(copied, vin, site_id="cn-shanghai")
+    report = verify_bundle(bundle, project=copied)
+    assert report.valid, report.problems  # the model stays as released: no unlearning
+    (found,) = report.lineage["erasures_after_training"]["cn-shanghai"]
+    assert found["request"] == erased.request
+    assert any("erasure(s) after its updates" in n for n in report.notes), report.notes
+
+
 # --- licences -----------------------------------------------------------------------------
 
 

@@ -310,12 +310,12 @@ def run_demo(
         stages = _sites(parties, vehicles, minutes, trip_km, seed, say)
         transfers = _gate(parties, say)
         reads = _reads(parties, say)
-        rights = _rights(parties, reads, say)
         training = (
             _train(parties, processes, rounds, local_steps, fine_tune_steps, model, say)
             if rounds
             else None
         )
+        rights = _rights(parties, reads, training, say)
         reports = _reports(parties, say)
         plan = _plan(parties, say)
         say("witnessing: each party exchanges ledger heads with its peers")
@@ -516,7 +516,7 @@ def _reads(parties: dict[str, Path], say: Say) -> list[dict[str, Any]]:
             f"{site}: {'shown' if access['allowed'] else 'withheld'} ({access['how']})"
             + ("" if access["allowed"] else f" - {access['decision']['reasons'][0]}")
         )
-        rows = (data.get("data") or {}).get("clips") or []
+        rows = (data.get("data") or {}).get("rows") or []
         consenting = list(dict.fromkeys(r["vin"] for r in rows if r.get("consent")))
         found.append({"site": site, "note": note, "access": access, "consenting": consenting})
 
@@ -540,10 +540,14 @@ def _reads(parties: dict[str, Path], say: Say) -> list[dict[str, Any]]:
 
 
 def _rights(
-    parties: dict[str, Path], reads: list[dict[str, Any]], say: Say
+    parties: dict[str, Path],
+    reads: list[dict[str, Any]],
+    training: dict[str, Any] | None,
+    say: Say,
 ) -> dict[str, Any] | None:
     """A driver's rights at the site that recorded their vehicle: what is held of it and where
-    it went (an access request), then an erasure that reaches the copy sent abroad."""
+    it went (an access request), then an erasure that reaches the copy sent abroad; the model
+    released before stays as it is, and verifying it lists the erasure."""
     vins = [vin for r in reads if r["site"] == _CN for vin in r.pop("consenting", [])]
     for r in reads:
         r.pop("consenting", None)
@@ -578,7 +582,19 @@ def _rights(
         f"{_CN}: erasure {erased['status']}: {erased['clips']} clips, {erased['objects']} "
         "objects; the ledgers name the vehicle by a keyed hash only"
     )
-    return {"access": held, "erasure": erased}
+    released = ((training or {}).get("release") or {}).get("release") or {}
+    verified = None
+    if released.get("bundle"):
+        _, verified = _run(["release", "verify", released["bundle"]], parties[_COORD], ok=(0, 14))
+        erasures = (verified.get("lineage") or {}).get("erasures_after_training") or {}
+        say(
+            f"release verify {released['version']}: "
+            + ("valid" if verified["valid"] else "NOT valid")
+            + "; erasures after its training: "
+            + (", ".join(f"{site} {len(found)}" for site, found in erasures.items()) or "none")
+            + " (the model stays as released: no unlearning)"
+        )
+    return {"access": held, "erasure": erased, "release_verify": verified}
 
 
 def _train(

@@ -159,15 +159,26 @@ def judge(
 
 
 def vouch(
-    ledger: Ledger, seqs: list[int], *, intact: Callable[[], str | None], limit: int = 10_000
+    ledger: Ledger,
+    seqs: list[int],
+    *,
+    intact: Callable[[], str | None],
+    limit: int = 10_000,
+    erasures_after: int | None = None,
 ) -> dict[str, Any]:
     """The entries at ``seqs`` as stored (or None where there is none), and whether the chain
     holding them verifies: what a peer checks a lineage or a receipt against without reading
-    this party's database. Raises :class:`LedgerError` for more than ``limit`` at once."""
+    this party's database; with ``erasures_after``, the ``erasure`` entries after that seq too
+    (what ``release verify`` lists of a model's data erased since its training). Raises
+    :class:`LedgerError` for more than ``limit`` at once."""
     if len(seqs) > limit:
         raise LedgerError(f"at most {limit:,} entries are vouched for at once")
     entries = []
     for seq in seqs:
         entry = ledger.entry(seq) if isinstance(seq, int) and not isinstance(seq, bool) else None
         entries.append(None if entry is None else entry.stored())
-    return {"entries": entries, "problem": intact()}
+    answer: dict[str, Any] = {"entries": entries, "problem": intact()}
+    if isinstance(erasures_after, int) and not isinstance(erasures_after, bool):
+        found = ledger.entries(kind="erasure", since=erasures_after + 1, limit=limit)
+        answer["erasures"] = [e.stored() for e in found]
+    return answer

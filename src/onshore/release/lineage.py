@@ -66,6 +66,10 @@ class LineageReport:
     problems: tuple[str, ...]
     notes: tuple[str, ...]
     sites: Mapping[str, SiteContribution]
+    erasures: Mapping[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)
+    """Per site, the erasures it made after its last update of the run (``request``, ``time``,
+    ``clips``), each from a signed entry of its ledger: the model was trained on data since
+    erased, and stays as it was (there is no unlearning)."""
 
     @property
     def ok(self) -> bool:
@@ -79,6 +83,7 @@ class LineageReport:
             "unreachable": list(self.unreachable),
             "problems": list(self.problems),
             "notes": list(self.notes),
+            "erasures_after_training": {site: list(found) for site, found in self.erasures.items()},
         }
 
 
@@ -126,6 +131,8 @@ class Fetched:
     """The key the site's entries must be signed with."""
     problem: str | None = None
     """Why the site's ledger does not verify, if it does not."""
+    erasures: tuple[Entry, ...] = ()
+    """The site's ``erasure`` entries after the last of the entries asked for."""
 
 
 Fetch = Callable[[str, list[int]], Fetched]
@@ -142,7 +149,11 @@ def local_fetch(project: Project) -> Fetch:
                 raise ConfigError(why or f"{site_id}'s ledger cannot be reached")
             report = verify(ledger, check_hashes=False)
             problem = None if report.ok else report.problems[0].reason
-            return Fetched({s: ledger.entry(s) for s in seqs}, ledger.pinned_key(), problem)
+            after = max(seqs, default=-1) + 1
+            erasures = tuple(ledger.entries(kind="erasure", since=after))
+            return Fetched(
+                {s: ledger.entry(s) for s in seqs}, ledger.pinned_key(), problem, erasures
+            )
 
     return fetch
 
@@ -156,7 +167,11 @@ def remote_fetch(project: Project) -> Fetch:
     def fetch(site_id: str, seqs: list[int]) -> Fetched:
         peer = load_peers(project).get_peer(site_id)
         with peer_client(project, site_id) as client:
-            body = client.post("ledger.vouch", "/v1/ledger/vouch", {"seqs": seqs}).body
+            body = client.post(
+                "ledger.vouch",
+                "/v1/ledger/vouch",
+                {"seqs": seqs, "erasures_after": max(seqs, default=-1)},
+            ).body
         found: dict[int, Entry | None] = {}
         for seq, raw in zip(seqs, body.get("entries") or [], strict=False):
             found[seq] = None
@@ -168,7 +183,13 @@ def remote_fetch(project: Project) -> Fetch:
                 if entry.site == site_id and entry.seq == seq:
                     found[seq] = entry
         problem = body.get("problem")
-        return Fetched(found, peer.key, None if problem is None else str(problem))
+        erasures = []
+        for raw in body.get("erasures") or []:
+            try:
+                erasures.append(Entry(**raw))
+            except TypeError:
+                continue
+        return Fetched(found, peer.key, None if problem is None else str(problem), tuple(erasures))
 
     return fetch
 
@@ -212,6 +233,7 @@ def check_lineage(
     unreachable: list[str] = []
     checked = 0
     sites: dict[str, SiteContribution] = {}
+    erased: dict[str, list[dict[str, Any]]] = {}
     for site_id, site_links in by_site.items():
         try:
             site_facts(project, site_id)
@@ -252,6 +274,28 @@ def check_lineage(
                     contribution.subjects = max(contribution.subjects, subjects)
             versions = (data.get("decision") or {}).get("rulebook_versions") or {}
             contribution.rulebook_versions.update({str(k): str(v) for k, v in versions.items()})
+        last = max(int(link["seq"]) for link in site_links)
+        for entry in fetched.erasures:
+            why_not = _authentic(fetched.key, entry)
+            if entry.site != site_id or entry.kind != "erasure" or entry.seq <= last:
+                why_not = why_not or "not an erasure after the run's updates"
+            if why_not is not None:
+                problems.append(f"{site_id} entry {entry.seq}: {why_not}")
+                continue
+            erased.setdefault(site_id, []).append(
+                {
+                    "request": entry.data.get("request"),
+                    "time": entry.time,
+                    "clips": entry.data.get("clips"),
+                    "seq": entry.seq,
+                }
+            )
+    for site_id, found in erased.items():
+        notes.append(
+            f"{site_id}: {len(found)} erasure(s) after its updates of this run (the first on "
+            f"{found[0]['time'][:10]}): the model was trained on data since erased at the "
+            "driver's request, and stays as released (there is no unlearning)"
+        )
     return LineageReport(
         links=len(links),
         checked=checked,
@@ -259,4 +303,5 @@ def check_lineage(
         problems=tuple(problems),
         notes=tuple(notes),
         sites=sites,
+        erasures={site: tuple(found) for site, found in erased.items()},
     )

@@ -284,10 +284,16 @@ def ledger(app: FastAPI, party: PartyService) -> None:
     @app.post("/v1/ledger/vouch")
     async def vouch_for(request: Request) -> Response:
         def work(incoming: Incoming) -> dict[str, Any]:
-            seqs = incoming.json().get("seqs")
+            body = incoming.json()
+            seqs, after = body.get("seqs"), body.get("erasures_after")
             if not isinstance(seqs, list):
                 raise RequestRefused("a vouch request lists seqs", reason="malformed")
-            return vouch(party.ledger, seqs, intact=party.chain_problem)
+            return vouch(
+                party.ledger,
+                seqs,
+                intact=party.chain_problem,
+                erasures_after=after if isinstance(after, int) else None,
+            )
 
         return await party.handle(request, "ledger.vouch", work)
 
