@@ -475,6 +475,19 @@ def test_the_plan_page_shows_the_latest_plan(world: World) -> None:
     assert set(re.findall(r"<tr><td>([a-z]+-[a-z]+)</td><td>", own)) == {CN}
 
 
+def test_the_rights_page_shows_the_demo_s_erasure_at_both_ends(world: World) -> None:
+    page = world.console("aud").get("/rights").text
+    assert 'class="right erasure"' in page and f'data-site="{CN}"' in page
+    assert 'class="right erasure_in" data-site="us-oregon"' in page
+    counts = dict(
+        re.findall(r'<tr class="rights-site" data-site="([^"]+)"><td>[^<]+</td><td>(\d+)', page)
+    )
+    assert counts[CN] == "1"
+    # The page names no vehicle: not the VIN, not its keyed hash.
+    erasure = world.entries(CN, "erasure")[0].data
+    assert erasure["vehicle"] not in page and erasure["vehicle"][:12] not in page
+
+
 def test_console_users_cli(world: World) -> None:
     coordinator = world.parties[COORD]
 

@@ -195,6 +195,15 @@ def create_app(project: Project, *, http_for: HttpFor | None = None) -> FastAPI:
             ),
         )
 
+    @app.get("/rights")
+    def rights(request: Request) -> Response:
+        return guarded(
+            request,
+            lambda u: page(
+                request, "rights.html", u, data=views.rights(project, u, http_for=reach)
+            ),
+        )
+
     @app.get("/decisions")
     def decisions(
         request: Request,

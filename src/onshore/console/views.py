@@ -141,6 +141,31 @@ def approvals(
     return {"approvals": rows, "warn_days": WARN_DAYS, "today": today, "failed": failed}
 
 
+def rights(
+    project: Project, user: User, *, today: date | None = None, http_for: HttpFor = _LOCAL
+) -> dict[str, Any]:
+    """Drivers' requests (erasures, withdrawals, access requests) and retention runs at the
+    sites the user sees, newest first, with counts per site; each site answers through its gate
+    (dates and counts, no vehicle)."""
+    today = today or datetime.now(UTC).date()
+    rows: list[dict[str, Any]] = []
+    counts: dict[str, dict[str, int]] = {}
+    failed: list[dict[str, Any]] = []
+    for site_id in visible_sites(project, user):
+        try:
+            found = read_site(project, user, site_id, "rights", http_for=http_for, day=today)
+        except OnshoreError as exc:
+            failed.append({"site": site_id, "access": RowAccess.failed(exc)})
+            continue
+        if not found.access.allowed or found.data is None:
+            failed.append({"site": site_id, "access": found.access})
+            continue
+        rows.extend(found.data.get("rights", []))
+        counts[site_id] = dict(found.data.get("counts", {}))
+    rows.sort(key=lambda r: str(r["time"]), reverse=True)
+    return {"rights": rows, "counts": counts, "failed": failed}
+
+
 def decisions(
     project: Project,
     user: User,

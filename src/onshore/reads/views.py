@@ -11,7 +11,8 @@ approval's status and deadlines), ``clips`` (one page of the inventory's rows: V
 bounding boxes), ``decisions`` (the gate's decisions on what left or asked to leave),
 ``reports`` (the report files written), ``report`` (one of them), ``verify`` (the site's own
 verification of its ledger), ``plan`` (aggregates and the site's gate on hypothetical crossings,
-for a planner: :mod:`onshore.plan.site`).
+for a planner: :mod:`onshore.plan.site`), ``rights`` (drivers' requests served and retention
+runs, from the ledger: dates and counts, no vehicle).
 """
 
 from __future__ import annotations
@@ -244,6 +245,45 @@ def plan(site: OpenSite, params: Mapping[str, Any], today: date) -> View:
     return View(plan_facts(site, params, today), [_AGGREGATE])
 
 
+_RIGHTS_KINDS: Final = {
+    "erasure": "erasure",
+    "erasure_completed": "erasure confirmed everywhere",
+    "erasure_in": "erasure of a copy received",
+    "consent_withdrawn": "consent withdrawn",
+    "access_request": "access request",
+    "retention_run": "retention run",
+}
+
+
+def rights(site: OpenSite, _params: Mapping[str, Any], _today: date) -> View:
+    """Drivers' requests the site served and its retention runs, newest first: when, what,
+    the counts each entry states (clips, objects, recipients, purpose, files), and per kind how
+    many. No vehicle, not even its keyed hash."""
+    rows = []
+    for entry in site.ledger.entries():
+        if entry.kind not in _RIGHTS_KINDS:
+            continue
+        d = entry.data
+        rows.append(
+            {
+                "site": site.id,
+                "seq": entry.seq,
+                "time": entry.time,
+                "kind": entry.kind,
+                "what": _RIGHTS_KINDS[entry.kind],
+                "request": d.get("request"),
+                "clips": d.get("clips"),
+                "objects": len(d.get("erased") or []) if "erased" in d else d.get("files"),
+                "recipients": d.get("recipients") or ([d["from"]] if "from" in d else []),
+                "purpose": d.get("purpose"),
+                "outputs": d.get("outputs"),
+            }
+        )
+    rows.reverse()
+    counts = Counter(r["kind"] for r in rows)
+    return View({"rights": rows, "counts": dict(counts)}, [_AGGREGATE], rows=len(rows))
+
+
 VIEWS: Final[dict[str, Callable[[OpenSite, Mapping[str, Any], date], View]]] = {
     "summary": summary,
     "approvals": approvals,
@@ -253,6 +293,7 @@ VIEWS: Final[dict[str, Callable[[OpenSite, Mapping[str, Any], date], View]]] = {
     "report": report,
     "verify": verify,
     "plan": plan,
+    "rights": rights,
 }
 
 
