@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
 import sys
+import threading
 from typing import Any, NoReturn
 
 import orjson
@@ -67,9 +71,39 @@ app.add_typer(console.app, name="console")
 demo.register(app)
 
 
-def main() -> None:
+def main() -> NoReturn:
     """Entry point: run the CLI. An :class:`OnshoreError` (or a file-system error, or a usage
-    error) becomes its message, its code and its exit code; as JSON under ``--json``."""
+    error) becomes its message, its code and its exit code; as JSON under ``--json``. The
+    process then ends as :func:`_end` says."""
+    try:
+        _main()
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            sys.stderr.write(exc.code + "\n")
+        _end(exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1))
+    _end(0)
+
+
+def _end(code: int) -> NoReturn:
+    """End the process once the command is done: output flushed, other threads joined and the
+    exit handlers run (as a normal exit does), but not the native libraries' own teardown. In
+    that teardown onnxruntime, Arrow or OpenCV has aborted a command whose work was done and
+    durable ("terminate called without an active exception", exit -6, under load), failing a
+    run that had succeeded."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _main() -> None:
     stop_with_parent()
     as_json = "--json" in sys.argv
     try:
