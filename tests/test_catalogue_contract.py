@@ -460,3 +460,50 @@ def test_clip_pages_list_every_clip_once_in_order(catalogue: Catalogue) -> None:
     by_vin = [c for page in catalogue.clip_pages(by="vin", size=3) for c in page]
     assert by_vin == sorted(by_time, key=lambda c: (c.vin, c.start_time, c.clip_id))
     assert all(len(page) <= 3 for page in catalogue.clip_pages(by="vin", size=3))
+
+
+def test_forgetting_a_vehicle_leaves_nothing_of_it_and_keeps_the_totals(
+    catalogue: Catalogue,
+) -> None:
+    gone, kept = "LSVAB12C2SS140891", "1FAHP3F21CL123456"
+    catalogue.register(_file(1, 2), [_clip(1, vin=gone), _clip(2, vin=gone)])
+    catalogue.register(_file(3), [_clip(3, vin=kept)])
+    catalogue.replace_deidentified("training", [_output(n, "training") for n in (1, 2, 3)])
+    before = catalogue.dataset_totals()  # kept from here on by every write
+    with catalogue.transaction() as conn:
+        catalogue.withdraw_consent(conn, gone, "training", 7)
+    assert catalogue.withdrawn_vins("adas_training") == {gone}
+    assert catalogue.withdrawn_vins("remote_query") == frozenset()
+    with catalogue.transaction() as conn:
+        catalogue.forget_clips(conn, ["clip-1", "clip-2"])
+        catalogue.drop_withdrawals(conn, gone)
+    assert catalogue.scrub() is True
+    assert [c.vin for c in catalogue.clips()] == [kept]
+    assert [d.clip_id for d in catalogue.deidentified()] == ["clip-3"]
+    assert catalogue.withdrawals() == []
+    assert catalogue.inventory()["vehicles"] == 1
+    file = catalogue.file(f"{1:064x}")
+    assert file is not None and file.status == "erased" and file.path == ""
+    assert f"{1:064x}" in catalogue.ingested_files(), "an erased upload is not ingested again"
+    after = catalogue.dataset_totals()
+    assert after["vehicles"] == before["vehicles"] - 1 == 1
+    assert after["clips"] == before["clips"] - 2
+
+
+def test_outputs_keep_their_first_storage_date_and_outlive_their_raw_clip(
+    catalogue: Catalogue,
+) -> None:
+    catalogue.register(_file(1), [_clip(1)])
+    catalogue.replace_deidentified("training", [_output(1, "training")])
+    (first,) = catalogue.outputs_stored_before(datetime.now(UTC) + timedelta(days=1))
+    assert catalogue.clips_stored_before(datetime.now(UTC) - timedelta(days=1)) == []
+    with catalogue.transaction() as conn:
+        catalogue.forget_clips(conn, ["clip-1"], keep_outputs=True, status="expired")
+    # A rerun of de-identification (no raw clip left, so no output of it) keeps the output.
+    catalogue.replace_deidentified("training", [])
+    assert [d.clip_id for d in catalogue.deidentified("training")] == ["clip-1"]
+    file = catalogue.file(f"{1:064x}")
+    assert file is not None and file.status == "expired"
+    with catalogue.transaction() as conn:
+        catalogue.forget_outputs(conn, [first])
+    assert catalogue.deidentified() == []
