@@ -107,6 +107,8 @@ def test_an_erasure_reaches_the_copy_abroad_and_leaves_no_byte_of_the_vehicle(
     vin, *others = _vins(sent[CN])
     with SiteStore.open(sent[US]) as us:
         received_before = sorted(us.objects.find(RECEIVED_DIR))
+    inbox = sent[CN].root.parent.parent / "up-0"
+    uploads = sorted(inbox.iterdir())
     report = erase_vehicle(sent[CN], vin, reason="DSR-1", http=services.http)
     assert report.status == "erased", report.as_dict()
     assert report.recipients[US]["status"] == "confirmed"
@@ -116,6 +118,8 @@ def test_an_erasure_reaches_the_copy_abroad_and_leaves_no_byte_of_the_vehicle(
     files = _everything(sent[CN])
     assert not [name for name, data in files.items() if vin.encode() in data]
     assert _vins(sent[CN]) == others
+    # Its upload went from the inbox it was ingested from; the others' stayed.
+    assert len(sorted(inbox.iterdir())) == len(uploads) - 1
     with SiteStore.open(sent[CN]) as cn:
         assert all(c.vin != vin for c in cn.catalogue.clips())
         assert cn.catalogue.inventory()["vehicles"] == len(others)
@@ -290,8 +294,10 @@ def test_retention_deletes_what_the_periods_no_longer_allow(
         # A training set is still built from the outputs kept.
         assert build_site_dataset(cn, DatasetConfig()).info["funnel"]["clips_kept"]
         assert not list(cn.objects.find("clips"))
-        # Uploads of expired data are not ingested again.
-        assert ingest(cn, sorted((tmp_path / "up-0").iterdir())).as_dict()["clips"] == 0
+        # The uploads went from the inbox, and the same uploads again are not ingested.
+        assert not list((tmp_path / "up-0").iterdir())
+        again = write_clips(tmp_path / "again", 2, steps=1500)
+        assert ingest(cn, again).as_dict()["clips"] == 0
     # After the de-identified period too: the outputs go.
     last = run_retention(project, as_of=today + timedelta(days=deid_days + 1))
     assert last["deidentified"]["outputs"] == 4

@@ -12,8 +12,9 @@ At the origin (:func:`erase_vehicle`), in this order, each step safe to repeat:
    erasure reaches its copy, or refuses while it is unconfirmed) or finds the clips gone.
 2. The objects go from the store: the clips, their frames, the outputs and their masked frames,
    the detections and check results made of them, every cached training sample set, and any
-   quarantined upload naming the VIN. The database is scrubbed (SQLite's log truncated over
-   zeroed pages, PostgreSQL vacuumed), so nothing is left in its free pages.
+   quarantined upload naming the VIN, and the uploads wholly erased from the inbox they were
+   ingested from (when still there with the same content). The database is scrubbed (SQLite's
+   log truncated over zeroed pages, PostgreSQL vacuumed), so nothing is left in its free pages.
 3. Each recipient is asked, through its service, to erase what it received; it answers with
    its own signed ``erasure_in`` listing what it deleted, and the origin appends
    ``erasure_confirmed``. A recipient that does not answer is asked again on the next run.
@@ -33,6 +34,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 import httpx
@@ -58,6 +60,7 @@ from onshore.transfer.inbound import received_path, received_table
 
 __all__ = [
     "ErasureReport",
+    "delete_upload",
     "erase_received",
     "erase_vehicle",
     "erasures",
@@ -82,7 +85,9 @@ erasures_table: Final = Table(
 objects to delete (JSON: path, sha256, kind) and, per recipient, the paths it received and the
 seq of its confirmation once it came (JSON)."""
 
-_DERIVED_DIRS: Final = (DETECTIONS_DIR, CHECKS_DIR)
+_NAMED: Final = frozenset({"upload", "quarantined"})
+"""Kinds of objects whose names are not content hashes (and may hold the VIN): never in the
+ledger, and dropped from the request once deleted."""
 
 
 @dataclass(slots=True)
@@ -179,6 +184,7 @@ def erase_vehicle(
         report.recipients = {}  # from here on: the recipients that did not confirm, and why
         say(f"{site.id}: deleting {report.objects} objects from the store")
         _delete(site.store.objects, orjson.loads(row.objects))
+        _drop_names(site, row.request)
         report.scrubbed = site.store.catalogue.scrub()
         failpoint("erase.deleted")
         peers: dict[str, dict[str, Any]] = orjson.loads(row.peers)
@@ -340,6 +346,7 @@ def _start(site: OpenSite, key: str, clips: Sequence[ClipRecord], reason: str | 
         {"path": p, "sha256": "", "kind": "quarantined"}
         for p in _quarantined(site.store.objects, vin)
     ]
+    sources = {c.source_sha256: catalogue.file(c.source_sha256) for c in clips}
     now = datetime.now(UTC)
     request = hashlib.sha256(f"{key}:{now.isoformat()}".encode()).hexdigest()[:32]
     with catalogue.transaction() as conn:
@@ -361,6 +368,11 @@ def _start(site: OpenSite, key: str, clips: Sequence[ClipRecord], reason: str | 
         peers = _recipients(site, conn, objects)
         catalogue.forget_clips(conn, [c.clip_id for c in clips])
         catalogue.drop_withdrawals(conn, vin)
+        # The uploads now wholly erased, where they were ingested from (the site's inbox).
+        for digest in catalogue.files_with_status(conn, sources, "erased"):
+            upload = sources[digest]
+            if upload is not None and upload.path:
+                objects.append({"path": upload.path, "sha256": digest, "kind": "upload"})
         entry = site.ledger.append(
             "erasure",
             {
@@ -371,10 +383,11 @@ def _start(site: OpenSite, key: str, clips: Sequence[ClipRecord], reason: str | 
                 "erased": [
                     {"path": o["path"], "sha256": o["sha256"]}
                     for o in objects
-                    if o["sha256"] and o["kind"] != "quarantined"
+                    if o["sha256"] and o["kind"] not in _NAMED
                 ],
-                "derived": sum(o["kind"] != "quarantined" and not o["sha256"] for o in objects),
+                "derived": sum(o["kind"] not in _NAMED and not o["sha256"] for o in objects),
                 "quarantined": sum(o["kind"] == "quarantined" for o in objects) // 2,
+                "uploads": sum(o["kind"] == "upload" for o in objects),
                 "recipients": sorted(peers),
             },
             conn=conn,
@@ -382,19 +395,55 @@ def _start(site: OpenSite, key: str, clips: Sequence[ClipRecord], reason: str | 
         conn.execute(
             update(erasures_table)
             .where(erasures_table.c.site == site.id, erasures_table.c.request == request)
-            .values(erasure_seq=entry.seq, peers=orjson.dumps(peers).decode())
+            .values(
+                erasure_seq=entry.seq,
+                peers=orjson.dumps(peers).decode(),
+                objects=orjson.dumps(objects).decode(),
+            )
         )
     return _load(site, request)
 
 
 def _delete(objects: ObjectStore, items: Sequence[dict[str, str]]) -> None:
-    """Step 2: the objects go (each delete is a no-op for one already gone)."""
+    """Step 2: the objects go (each delete is a no-op for one already gone), and the uploads
+    they came from, from the inbox they were ingested from, when they are still there with the
+    same content."""
     for item in items:
-        objects.delete(item["path"])
+        if not item["path"]:
+            continue  # done on an earlier run, its name dropped
+        if item["kind"] == "upload":
+            delete_upload(Path(item["path"]), item["sha256"])
+        else:
+            objects.delete(item["path"])
     # A training cache built after the request was recorded (from the catalogue as it was
     # then) goes too: every sample set is built again from what is left.
     for path in objects.find(CACHE_DIR):
         objects.delete(path)
+
+
+def delete_upload(path: Path, digest: str) -> None:
+    """Delete the upload at ``path`` (absolute, as ingest recorded it) if it is still there
+    with the content hash ``digest``; anything else is left alone."""
+    if not path.is_absolute() or not path.is_file():
+        return
+    with path.open("rb") as source:
+        if hashlib.file_digest(source, "sha256").hexdigest() != digest:
+            return  # another file by that name now: not the vehicle's upload
+    path.unlink()
+
+
+def _drop_names(site: OpenSite, request: str) -> None:
+    """Once deleted, forget the names of the uploads and quarantined files (a file's name may
+    hold the VIN): the request keeps how many there were."""
+    with site.store.catalogue.transaction() as conn:
+        t = erasures_table.c
+        row = conn.execute(select(t.objects).where(t.site == site.id, t.request == request)).one()
+        kept = [{**o, "path": ""} if o["kind"] in _NAMED else o for o in orjson.loads(row.objects)]
+        conn.execute(
+            update(erasures_table)
+            .where(t.site == site.id, t.request == request)
+            .values(objects=orjson.dumps(kept).decode())
+        )
 
 
 def _ask(

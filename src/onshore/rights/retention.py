@@ -6,7 +6,8 @@ counted from when the data was stored (as the settings say): raw clips ingested 
 de-identified outputs stay, under their own period), and de-identified outputs first stored
 more than ``deidentified_days`` ago, with their masked frames. Cached training samples are
 dropped when anything goes (they are built again from what is left). The upload files whose
-clips are gone are marked ``expired``, so the same upload is never ingested again.
+clips are gone are marked ``expired``, so the same upload is never ingested again, and are
+deleted from the inbox they were ingested from if they are still there with the same content.
 
 One ``retention_run`` entry lists every object deleted (``erased``), in the transaction that
 removes their catalogue rows; the objects go after it, and a run after a crash deletes what an
@@ -17,6 +18,7 @@ ones. Each party applies its own periods to what it holds.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -24,6 +26,7 @@ import orjson
 from onshore.deidentify.video import DETECTIONS_DIR
 from onshore.gate.site import OpenSite
 from onshore.model.dataset import CACHE_DIR
+from onshore.rights.erase import delete_upload
 from onshore.settings import Project
 
 __all__ = ["run_retention"]
@@ -95,6 +98,8 @@ def run_retention(
             for p in objects.find(f"{DETECTIONS_DIR}/{f.sha256[:2]}")
             if p.rsplit("/", 1)[-1].startswith(f.sha256)
         ]
+        sources = {c.source_sha256: catalogue.file(c.source_sha256) for c in clips}
+        uploads: list[tuple[str, str]] = []
         with catalogue.transaction() as conn:
             entry = site.ledger.append(
                 "retention_run",
@@ -115,8 +120,15 @@ def run_retention(
                 catalogue.forget_clips(
                     conn, [c.clip_id for c in clips], keep_outputs=True, status="expired"
                 )
+                for digest in catalogue.files_with_status(conn, sources, "expired"):
+                    upload = sources[digest]
+                    if upload is not None and upload.path:
+                        uploads.append((upload.path, digest))
         for path in [e["path"] for e in erased] + derived + list(objects.find(CACHE_DIR)):
             objects.delete(path)
+        for path, digest in uploads:
+            delete_upload(Path(path), digest)
+        summary["raw"]["uploads"] = len(uploads)
         summary["scrubbed"] = catalogue.scrub()
         summary["ledger"] = {site.id: entry.seq}
         return summary

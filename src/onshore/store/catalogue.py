@@ -1301,6 +1301,18 @@ class Catalogue:
                 )
         self._keep_totals(conn, vins, ["", *profiles])
 
+    def files_with_status(self, conn: Connection, digests: Iterable[str], status: str) -> list[str]:
+        """Of the files with these content hashes, those with ``status`` (in the caller's
+        transaction, which sees its own writes)."""
+        found: list[str] = []
+        for part in _batches(sorted(set(digests))):
+            found += conn.execute(
+                select(_files.c.sha256).where(
+                    _files.c.site == self.site, _files.c.sha256.in_(part), _files.c.status == status
+                )
+            ).scalars()
+        return found
+
     def forget_outputs(self, conn: Connection, outputs: Sequence[DeidentifiedRecord]) -> None:
         """Delete these de-identified outputs' rows (a retention run), in the caller's
         transaction, and move the kept totals by the difference."""
