@@ -223,3 +223,10 @@ def test_the_demo_serves_an_erasure_that_reaches_a_copy_abroad(
     project = load_project(folder / "cn-shanghai")
     with SiteStore.open(project, "cn-shanghai") as opened:
         assert vin not in opened.catalogue.clip_vins()
+    # No byte of it is left in the site's folder: store, database, inbox, logs, reports.
+    left = [
+        str(p.relative_to(folder))
+        for p in (folder / "cn-shanghai").rglob("*")
+        if p.is_file() and vin.encode() in p.read_bytes()
+    ]
+    assert not left
