@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from conftest import Services, make_clip, make_parties, write_clips
 from onshore.deidentify import deidentify_site, resolve_profile
 from onshore.errors import ConfigError, ErasureBlocked, InvalidVin, PeerUnreachable, UnknownVehicle
-from onshore.gate import Approval
 from onshore.gate.record import add_approval
 from onshore.ledger import Ledger, verify
 from onshore.model.dataset import DatasetConfig, build_site_dataset
@@ -34,6 +33,7 @@ from onshore.store import SiteStore
 from onshore.store.ingest import ingest
 from onshore.store.objects import RECEIVED_DIR
 from onshore.transfer import transfer
+from test_transfer import _approval
 
 CN, US = "cn-shanghai", "us-oregon"
 DAY = date(2026, 11, 29)
@@ -52,23 +52,8 @@ def _stock(project: Project, folder: Path, count: int, start: int = 0) -> None:
 
 
 def _approve(project: Project) -> None:
-    add_approval(
-        project,
-        CN,
-        Approval.model_validate(
-            {
-                "id": "CAC-1",
-                "type": "cn_security_assessment",
-                "origin": "CN",
-                "recipient": "Onshore Mobility Inc.",
-                "categories": ["anonymized_motion"],
-                "purposes": ["adas_training"],
-                "max_subjects": 1000,
-                "valid_from": "2026-01-01",
-                "reference": "CAC-SA-1",
-            }
-        ),
-    )
+    """China's assessment for anonymised motion to the US site, for ADAS training."""
+    add_approval(project, CN, _approval())
 
 
 def _vins(project: Project) -> list[str]:

@@ -43,7 +43,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table, Text, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
 
 from onshore.deidentify.video import CHECKS_DIR, DETECTIONS_DIR
 from onshore.errors import ErasureBlocked, OnshoreError, RequestRefused, UnknownVehicle
@@ -54,7 +53,7 @@ from onshore.model.dataset import CACHE_DIR
 from onshore.processes import failpoint
 from onshore.rights.vin import check_vin, vehicle_key
 from onshore.settings import Project
-from onshore.store.catalogue import ClipRecord
+from onshore.store.catalogue import ClipRecord, create_tables
 from onshore.store.objects import QUARANTINE_DIR, ObjectStore
 from onshore.transfer.inbound import received_path, received_table
 
@@ -129,13 +128,7 @@ class ErasureReport:
 
 
 def _tables(site: OpenSite) -> None:
-    for attempt in range(5):
-        try:
-            _metadata.create_all(site.store.catalogue.engine)
-            return
-        except IntegrityError:  # another process made them at the same moment
-            if attempt == 4:
-                raise
+    create_tables(_metadata, site.store.catalogue.engine)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -623,7 +616,7 @@ def erase_received(site: OpenSite, origin: str, body: dict[str, Any]) -> dict[st
 
 
 def _received_tables(site: OpenSite) -> None:
-    received_table.metadata.create_all(site.store.catalogue.engine)
+    create_tables(received_table.metadata, site.store.catalogue.engine)
 
 
 def _erased_in(site: OpenSite, origin: str, request: str) -> Entry | None:

@@ -61,6 +61,7 @@ __all__ = [
     "FileRecord",
     "FramesRecord",
     "LabelRecord",
+    "create_tables",
     "is_training",
     "withdrawal_covers",
 ]
@@ -329,6 +330,19 @@ def withdrawal_covers(withdrawn: str, purpose: str) -> bool:
     if withdrawn == "training":
         return is_training(purpose)
     return purpose == "training" and is_training(withdrawn)
+
+
+def create_tables(metadata: MetaData, engine: Engine) -> None:
+    """Create ``metadata``'s tables in a site's database if missing: the tables another
+    module keeps beside the catalogue's (transfers received, erasure requests). Two processes
+    may race to make them; both end up fine."""
+    for attempt in range(_RETRIES):
+        try:
+            metadata.create_all(engine)
+            return
+        except IntegrityError:  # another process made them at the same moment
+            if attempt == _RETRIES - 1:
+                raise
 
 
 def _fields(
@@ -1063,16 +1077,13 @@ class Catalogue:
 
     def frames(self, clip_ids: Sequence[str] | None = None) -> list[FramesRecord]:
         """The frames records of the site's clips (of ``clip_ids`` only, when given)."""
-        out: list[FramesRecord] = []
-        where = _frames.c.site == self.site
+        if clip_ids is not None:
+            return self._of_clips(_frames, FramesRecord, clip_ids)
         with self._tx() as conn:
-            if clip_ids is None:
-                rows = conn.execute(select(_frames).where(where).order_by(_frames.c.clip_id))
-                return [_row_to(FramesRecord, row) for row in rows]
-            for part in _batches(clip_ids):
-                rows = conn.execute(select(_frames).where(where, _frames.c.clip_id.in_(part)))
-                out.extend(_row_to(FramesRecord, row) for row in rows)
-        return out
+            rows = conn.execute(
+                select(_frames).where(_frames.c.site == self.site).order_by(_frames.c.clip_id)
+            )
+            return [_row_to(FramesRecord, row) for row in rows]
 
     def record_quarantine(self, file: FileRecord) -> None:
         """Record that a file was quarantined, with its reason."""
@@ -1194,14 +1205,17 @@ class Catalogue:
 
     def deidentified_of(self, clip_ids: Sequence[str]) -> list[DeidentifiedRecord]:
         """The de-identified outputs, under every profile, of these clips."""
-        d = _deidentified.c
-        out: list[DeidentifiedRecord] = []
+        return self._of_clips(_deidentified, DeidentifiedRecord, clip_ids)
+
+    def _of_clips(self, table: Table, cls: type[_R], clip_ids: Sequence[str]) -> list[_R]:
+        """The rows of ``table`` of these clips, as ``cls`` records."""
+        out: list[_R] = []
         with self._tx() as conn:
             for part in _batches(sorted(set(clip_ids))):
                 rows = conn.execute(
-                    select(_deidentified).where(d.site == self.site, d.clip_id.in_(part))
+                    select(table).where(table.c.site == self.site, table.c.clip_id.in_(part))
                 ).all()
-                out.extend(_row_to(DeidentifiedRecord, r) for r in rows)
+                out.extend(_row_to(cls, r) for r in rows)
         return out
 
     def clips_stored_before(self, cutoff: datetime) -> list[ClipRecord]:
@@ -1228,15 +1242,7 @@ class Catalogue:
 
     def labels_of(self, clip_ids: Sequence[str]) -> list[LabelRecord]:
         """The labels of these clips."""
-        lab = _labels.c
-        out: list[LabelRecord] = []
-        with self._tx() as conn:
-            for part in _batches(sorted(set(clip_ids))):
-                rows = conn.execute(
-                    select(_labels).where(lab.site == self.site, lab.clip_id.in_(part))
-                ).all()
-                out.extend(_row_to(LabelRecord, r) for r in rows)
-        return out
+        return self._of_clips(_labels, LabelRecord, clip_ids)
 
     def forget_clips(
         self,

@@ -31,13 +31,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
 
 from onshore.errors import RequestRefused
 from onshore.gate.site import OpenSite
 from onshore.ledger import Entry, Head
 from onshore.ledger.entry import RECEIVED_DIR, is_hex64
 from onshore.parties.identity import Identity
+from onshore.store.catalogue import create_tables
 from onshore.store.objects import StoredObject
 from onshore.transfer.outbound import verify_entry
 
@@ -101,13 +101,7 @@ class Expected:
 
 
 def _tables(site: OpenSite) -> None:
-    for attempt in range(5):
-        try:
-            _metadata.create_all(site.store.catalogue.engine)
-            return
-        except IntegrityError:  # another process made them at the same moment
-            if attempt == 4:
-                raise
+    create_tables(_metadata, site.store.catalogue.engine)
 
 
 def _offered(site: OpenSite, sender: str, transfer: str) -> tuple[Entry, int | None]:
