@@ -345,6 +345,7 @@ class _DeidentifyVehicles:
                     detail=orjson.dumps(
                         {"removed": removed[i], "frames": _frames_detail(stored_frames[i])}
                     ).decode(),
+                    vin=meta[c["clip_id"]].vin,
                 )
             )
         return done

@@ -217,7 +217,10 @@ def build_site_dataset(
     if withdrawn:
         # A driver who withdrew consent for training is, from then on, one who never gave it.
         gone = {c.clip_id for c in site.catalogue.clips_of(sorted(withdrawn))}
-        records = [replace(r, consent_training=False) if r.clip_id in gone else r for r in records]
+        records = [
+            replace(r, consent_training=False) if r.clip_id in gone or r.vin in withdrawn else r
+            for r in records
+        ]
     key = _cache_key(records, config)
     folder = f"{CACHE_DIR}/{_config_digest(config)}"
     path = f"{folder}/{key}.npz"

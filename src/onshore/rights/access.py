@@ -26,6 +26,7 @@ from onshore.gate.site import OpenSite
 from onshore.rights.erase import erasures
 from onshore.rights.vin import check_vin, vehicle_key
 from onshore.settings import Project
+from onshore.store.catalogue import DeidentifiedRecord
 
 __all__ = ["access_vehicle"]
 
@@ -51,7 +52,7 @@ def access_vehicle(
         key = vehicle_key(site.keys.hmac_secret.reveal(), vin)
         clips = sorted(catalogue.clips_of([vin]), key=lambda c: (c.start_time, c.clip_id))
         erased = [e for e in erasures(site) if e["vehicle"] == key]
-        if not clips and not erased:
+        if not clips and not erased and not catalogue.outputs_of_vehicle(vin):
             raise UnknownVehicle(
                 f"{site.id} holds no data of vehicle {vin}, and erased none",
                 hint="check the VIN; an access request is answered by the site that recorded it",
@@ -78,7 +79,7 @@ def access_vehicle(
                 stamp = time.strftime("%Y%m%dT%H%M%S%f")
                 name = f"frames/{_safe(frames.clip_id)}/{_safe(camera)}-{stamp}.{_safe(kind)}"
                 written[name] = image
-        outputs = catalogue.deidentified_of(ids)
+        outputs = _unique(catalogue.deidentified_of(ids) + catalogue.outputs_of_vehicle(vin))
         for output in outputs:
             name = f"deidentified/{_safe(output.profile)}/{_safe(output.clip_id)}.parquet"
             written[name] = objects.read(output.path)
@@ -158,6 +159,11 @@ def access_vehicle(
             "bytes": total,
             "ledger": {site.id: entry.seq},
         }
+
+
+def _unique(outputs: list[DeidentifiedRecord]) -> list[DeidentifiedRecord]:
+    """Each output once (found by its clip and by its vehicle)."""
+    return list({(o.profile, o.clip_id): o for o in outputs}.values())
 
 
 def _sent(site: OpenSite, paths: dict[str, str]) -> list[dict[str, Any]]:

@@ -40,7 +40,7 @@ def withdraw_consent(
     with OpenSite.open(project, site_id) as site:
         catalogue = site.store.catalogue
         clips = catalogue.clips_of([vin])
-        if not clips:
+        if not clips and not catalogue.outputs_of_vehicle(vin):
             raise UnknownVehicle(
                 f"{site.id} holds no data of vehicle {vin}",
                 hint="a withdrawal is recorded at the site that holds the vehicle's data",

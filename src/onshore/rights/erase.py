@@ -53,7 +53,7 @@ from onshore.model.dataset import CACHE_DIR
 from onshore.processes import failpoint
 from onshore.rights.vin import check_vin, vehicle_key
 from onshore.settings import Project
-from onshore.store.catalogue import ClipRecord, create_tables
+from onshore.store.catalogue import ClipRecord, DeidentifiedRecord, create_tables
 from onshore.store.objects import QUARANTINE_DIR, ObjectStore
 from onshore.transfer.inbound import received_path, received_table
 
@@ -158,7 +158,8 @@ def erase_vehicle(
         row = _open_request(site, key)
         if row is None:
             clips = site.store.catalogue.clips_of([vin])
-            if not clips:
+            outputs = site.store.catalogue.outputs_of_vehicle(vin)
+            if not clips and not outputs:
                 last = _last_request(site, key)
                 if last is not None:
                     return _report(site, last, "already_erased")
@@ -171,7 +172,7 @@ def erase_vehicle(
                 f"{site.id}: recording the request and removing {len(clips)} clips from its "
                 "catalogue"
             )
-            row = _start(site, key, clips, reason)
+            row = _start(site, key, vin, clips, outputs, reason)
         failpoint("erase.recorded")
         report = _report(site, row, "incomplete")
         report.recipients = {}  # from here on: the recipients that did not confirm, and why
@@ -235,14 +236,17 @@ def _load(site: OpenSite, request: str) -> Any:
         ).one()
 
 
-def _objects(site: OpenSite, clips: Sequence[ClipRecord]) -> list[dict[str, str]]:
-    """Every object of the site made of these clips, as (path, sha256, kind) records."""
+def _objects(
+    site: OpenSite, clips: Sequence[ClipRecord], outputs: Sequence[DeidentifiedRecord]
+) -> list[dict[str, str]]:
+    """Every object of the site made of these clips (and of these outputs, whose raw clips
+    may be gone), as (path, sha256, kind) records."""
     catalogue, objects = site.store.catalogue, site.store.objects
     ids = [c.clip_id for c in clips]
     found = [{"path": c.path, "sha256": c.sha256, "kind": "clip"} for c in clips]
     frames = catalogue.frames(ids)
     found += [{"path": f.path, "sha256": f.sha256, "kind": "frames"} for f in frames]
-    for output in catalogue.deidentified_of(ids):
+    for output in [*catalogue.deidentified_of(ids), *outputs]:
         found.append({"path": output.path, "sha256": output.sha256, "kind": "deidentified"})
         masked = orjson.loads(output.detail).get("frames")
         if isinstance(masked, dict) and masked.get("path"):
@@ -330,11 +334,17 @@ def _recipients(
     return peers
 
 
-def _start(site: OpenSite, key: str, clips: Sequence[ClipRecord], reason: str | None) -> Any:
+def _start(
+    site: OpenSite,
+    key: str,
+    vin: str,
+    clips: Sequence[ClipRecord],
+    outputs: Sequence[DeidentifiedRecord],
+    reason: str | None,
+) -> Any:
     """Step 1: the request, the catalogue's rows gone and ``erasure``, in one transaction."""
     catalogue = site.store.catalogue
-    vin = clips[0].vin
-    objects = _objects(site, clips)
+    objects = _objects(site, clips, outputs)
     objects += [
         {"path": p, "sha256": "", "kind": "quarantined"}
         for p in _quarantined(site.store.objects, vin)
@@ -359,7 +369,9 @@ def _start(site: OpenSite, key: str, clips: Sequence[ClipRecord], reason: str | 
             )
         )
         peers = _recipients(site, conn, objects)
-        catalogue.forget_clips(conn, [c.clip_id for c in clips])
+        catalogue.forget_clips(
+            conn, sorted({c.clip_id for c in clips} | {o.clip_id for o in outputs})
+        )
         catalogue.drop_withdrawals(conn, vin)
         # The uploads now wholly erased, where they were ingested from (the site's inbox).
         for digest in catalogue.files_with_status(conn, sources, "erased"):
@@ -373,6 +385,7 @@ def _start(site: OpenSite, key: str, clips: Sequence[ClipRecord], reason: str | 
                 "vehicle": key,
                 "reason": reason,
                 "clips": len(clips),
+                "outputs": len({(o["path"]) for o in objects if o["kind"] == "deidentified"}),
                 "erased": [
                     {"path": o["path"], "sha256": o["sha256"]}
                     for o in objects

@@ -167,6 +167,8 @@ _deidentified = Table(
     Column("rows_in", Integer, nullable=False),
     Column("detail", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("vin", String(17), nullable=False, server_default=""),
+    Index("ix_deidentified_vin", "site", "vin"),
 )
 
 _dataset_vehicles = Table(
@@ -313,6 +315,10 @@ class DeidentifiedRecord:
     rows_in: int
     detail: str
     """JSON: the transforms with their parameters and what each removed, and the checks."""
+    vin: str = ""
+    """The raw clip's vehicle (inside the site, as :attr:`clip_id`; outputs never carry it):
+    what an erasure or a withdrawal finds the output by once the raw clip's storage period
+    has ended and its row is gone. Empty in rows written before it was kept."""
 
 
 def is_training(purpose: str) -> bool:
@@ -371,10 +377,10 @@ def _add_missing_indexes(conn: Connection) -> None:
     index only with its table): a vehicle's clips found by site and VIN."""
     have = {
         (table, index["name"])
-        for table in ("clips", "dataset_vehicles")
+        for table in ("clips", "dataset_vehicles", "deidentified")
         for index in inspect(conn).get_indexes(table)
     }
-    for table in (_clips, _dataset_vehicles):
+    for table in (_clips, _dataset_vehicles, _deidentified):
         for index in table.indexes:
             if (table.name, index.name) not in have:
                 index.create(conn, checkfirst=True)
@@ -1206,6 +1212,16 @@ class Catalogue:
     def deidentified_of(self, clip_ids: Sequence[str]) -> list[DeidentifiedRecord]:
         """The de-identified outputs, under every profile, of these clips."""
         return self._of_clips(_deidentified, DeidentifiedRecord, clip_ids)
+
+    def outputs_of_vehicle(self, vin: str) -> list[DeidentifiedRecord]:
+        """The de-identified outputs of the vehicle ``vin``, under every profile, whether or
+        not its raw clips are still held."""
+        d = _deidentified.c
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(_deidentified).where(d.site == self.site, d.vin == vin)
+            ).all()
+        return [_row_to(DeidentifiedRecord, r) for r in rows]
 
     def _of_clips(self, table: Table, cls: type[_R], clip_ids: Sequence[str]) -> list[_R]:
         """The rows of ``table`` of these clips, as ``cls`` records."""
