@@ -347,12 +347,14 @@ def test_an_approval_on_file_lets_the_rows_through(world: World) -> None:
     assert "under approval CAC-REMOTE-1" in text_of(page)
     read = world.reads(CN, "clips")[-1]
     assert read.data["allowed"] and read.data["decision"]["approval"]["id"] == "CAC-REMOTE-1"
-    # Each vehicle on the page has crossed for remote queries to Germany, once: the demo's
-    # own read of this page counted them already, and this read counts no one again.
+    # Each vehicle on the page has crossed for remote queries to Germany, once. (The demo's
+    # own read of this page counted its vehicles; one of them has since been erased, and stays
+    # counted: the law counts who crossed, and the count keeps only a keyed hash.)
     with SiteStore.open(world.parties[CN]) as store:
         vins = {c.vin for c in store.catalogue.clips()[:100]}
     crossed = [r for r in world.crossed(CN) if r[3:5] == ("remote_query", "DE")]
-    assert len([r for r in crossed if r[1] == "vehicle_id"]) == len(vins)
+    counted = [r for r in crossed if r[1] == "vehicle_id"]
+    assert len(counted) >= len(vins)
     # Shown again and again: one read, no one counted twice.
     rows = world.crossed(CN)
     for _ in range(5):
