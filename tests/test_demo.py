@@ -106,7 +106,17 @@ def test_demo_end_to_end(small_demo: tuple[Path, dict]) -> None:  # type: ignore
     # The rerun leaves training out (the federated runs' resumption and digests have tests of
     # their own in test_federation), to keep the suite's time.
     again = run_demo_cli(folder, rounds=0)
-    assert again["inventory"] == first["inventory"], "a rerun stores nothing twice"
+    before = {inv["site"]: inv for inv in first["inventory"]}
+    after = {inv["site"]: inv for inv in again["inventory"]}
+    assert {s: after[s] for s in ("eu-frankfurt", "us-oregon")} == {
+        s: before[s] for s in ("eu-frankfurt", "us-oregon")
+    }, "a rerun stores nothing twice"
+    # China holds what it held less the vehicle erased, whose uploads are not ingested again.
+    erased = first["rights"]["erasure"]
+    assert after["cn-shanghai"]["clips"] == before["cn-shanghai"]["clips"] - erased["clips"]
+    assert after["cn-shanghai"]["vehicles"] == before["cn-shanghai"]["vehicles"] - 1
+    assert again["rights"]["erasure"]["status"] == "already_erased"
+    assert again["rights"]["erasure"]["request"] == erased["request"]
     assert all(r["clips"] == 0 for r in again["ingest"])
     assert all(v["ok"] for v in again["ledgers"]), "every ledger verifies after a rerun"
     assert again["training"] is None
