@@ -159,6 +159,22 @@ def test_erasure_answers_bad_input_clearly_and_does_nothing(
     assert _everything(sent[CN]).keys() == before.keys()
 
 
+def test_two_erasures_of_one_vehicle_at_once_are_one_request(
+    parties: Parties, tmp_path: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    _stock(parties[CN], tmp_path, 2)
+    vin = _vins(parties[CN])[0]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reports = list(pool.map(lambda _n: erase_vehicle(parties[CN], vin), range(2)))
+    assert {r.request for r in reports} == {reports[0].request}
+    assert {r.status for r in reports} <= {"erased", "already_erased"}
+    with SiteStore.open(parties[CN]) as cn:
+        kinds = [e.kind for e in Ledger.open(cn.catalogue).entries()]
+    assert kinds.count("erasure") == 1 and kinds.count("erasure_completed") == 1
+
+
 def test_a_recipient_that_is_down_is_asked_again_on_the_next_run(
     sent: Parties, services: Services
 ) -> None:

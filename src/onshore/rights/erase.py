@@ -127,6 +127,15 @@ class ErasureReport:
         }
 
 
+class _Raced(Exception):
+    """Another request for the same vehicle was recorded first (its transaction rolls this
+    one's back)."""
+
+    def __init__(self, request: str) -> None:
+        super().__init__(request)
+        self.request = request
+
+
 def _tables(site: OpenSite) -> None:
     create_tables(_metadata, site.store.catalogue.engine)
 
@@ -172,7 +181,10 @@ def erase_vehicle(
                 f"{site.id}: recording the request and removing {len(clips)} clips from its "
                 "catalogue"
             )
-            row = _start(site, key, vin, clips, outputs, reason)
+            try:
+                row = _start(site, key, vin, clips, outputs, reason)
+            except _Raced as raced:  # a request for the same vehicle began meanwhile: join it
+                row = _load(site, raced.request)
         failpoint("erase.recorded")
         report = _report(site, row, "incomplete")
         report.recipients = {}  # from here on: the recipients that did not confirm, and why
@@ -368,6 +380,30 @@ def _start(
                 peers="{}",
             )
         )
+        others = conn.execute(
+            select(erasures_table.c.request).where(
+                erasures_table.c.site == site.id,
+                erasures_table.c.vehicle == key,
+                erasures_table.c.request != request,
+                erasures_table.c.finished_at.is_(None),
+            )
+        ).first()
+        if others is not None:
+            raise _Raced(str(others.request))
+        left = catalogue.clip_hashes([c.clip_id for c in clips])
+        if not left and not catalogue.outputs_of_vehicle(vin):  # erased, and done, meanwhile
+            done = conn.execute(
+                select(erasures_table.c.request)
+                .where(
+                    erasures_table.c.site == site.id,
+                    erasures_table.c.vehicle == key,
+                    erasures_table.c.request != request,
+                )
+                .order_by(erasures_table.c.started_at.desc())
+                .limit(1)
+            ).first()
+            if done is not None:
+                raise _Raced(str(done.request))
         peers = _recipients(site, conn, objects)
         catalogue.forget_clips(
             conn, sorted({c.clip_id for c in clips} | {o.clip_id for o in outputs})
@@ -430,12 +466,15 @@ def _delete(objects: ObjectStore, items: Sequence[dict[str, str]]) -> None:
 def delete_upload(path: Path, digest: str) -> None:
     """Delete the upload at ``path`` (absolute, as ingest recorded it) if it is still there
     with the content hash ``digest``; anything else is left alone."""
-    if not path.is_absolute() or not path.is_file():
+    if not path.is_absolute():
         return
-    with path.open("rb") as source:
-        if hashlib.file_digest(source, "sha256").hexdigest() != digest:
-            return  # another file by that name now: not the vehicle's upload
-    path.unlink()
+    try:
+        with path.open("rb") as source:
+            if hashlib.file_digest(source, "sha256").hexdigest() != digest:
+                return  # another file by that name now: not the vehicle's upload
+        path.unlink()
+    except FileNotFoundError:
+        return  # gone already (moved away, or deleted by a run beside this one)
 
 
 def _drop_names(site: OpenSite, request: str) -> None:
@@ -482,6 +521,7 @@ def _ask(
         )
     heads = [answer.head] if answer.head is not None else []
     with site.store.catalogue.transaction() as conn:
+        _lock(conn, site, request)
         row = conn.execute(
             select(erasures_table.c.peers).where(
                 erasures_table.c.site == site.id, erasures_table.c.request == request
@@ -510,9 +550,22 @@ def _ask(
     return confirmed.seq
 
 
+def _lock(conn: Connection, site: OpenSite, request: str) -> None:
+    """Take the request's row for this transaction before reading it (a write first: SQLite's
+    write lock, PostgreSQL's row lock), so that two runs of the same request never both find
+    a step undone and both record it."""
+    t = erasures_table.c
+    conn.execute(
+        update(erasures_table)
+        .where(t.site == site.id, t.request == request)
+        .values(request=t.request)
+    )
+
+
 def _finish(site: OpenSite, row: Any) -> Any:
     """Step 4: ``erasure_completed`` once every recipient confirmed."""
     with site.store.catalogue.transaction() as conn:
+        _lock(conn, site, row.request)
         current = conn.execute(
             select(erasures_table.c.finished_at).where(
                 erasures_table.c.site == site.id, erasures_table.c.request == row.request

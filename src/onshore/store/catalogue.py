@@ -346,9 +346,11 @@ def create_tables(metadata: MetaData, engine: Engine) -> None:
         try:
             metadata.create_all(engine)
             return
-        except IntegrityError:  # another process made them at the same moment
+        except (OperationalError, ProgrammingError, IntegrityError):
+            # Another process made them at the same moment: the next look finds them.
             if attempt == _RETRIES - 1:
                 raise
+            time.sleep(0.05 * 2**attempt * (1 + random.random()))
 
 
 def _fields(
