@@ -15,8 +15,10 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from conftest import Services, make_clip, make_parties, write_clips
+from onshore.cli.app import app
 from onshore.deidentify import deidentify_site, resolve_profile
 from onshore.errors import ConfigError, ErasureBlocked, InvalidVin, PeerUnreachable, UnknownVehicle
 from onshore.gate.record import add_approval
@@ -307,6 +309,10 @@ def test_retention_deletes_what_the_periods_no_longer_allow(
         assert cn.catalogue.deidentified() == []
         report = verify(Ledger.open(cn.catalogue), objects=cn.objects)
     assert report.ok, report.as_dict()["problems"]
+    # As a user checks it: the store and the ledger hold (erased objects are not lost ones).
+    for command in (["store", "verify", "--deep"], ["ledger", "verify", "--offline"]):
+        done = CliRunner().invoke(app, [*command, "--project", str(project.root), "--json"])
+        assert done.exit_code == 0, done.output
 
 
 # -- the property -----------------------------------------------------------------------------
