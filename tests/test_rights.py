@@ -106,8 +106,14 @@ def test_an_erasure_reaches_the_copy_abroad_and_leaves_no_byte_of_the_vehicle(
     files = _everything(sent[CN])
     assert not [name for name, data in files.items() if vin.encode() in data]
     assert _vins(sent[CN]) == others
-    # Its upload went from the inbox it was ingested from; the others' stayed.
+    # Its upload went from the inbox it was ingested from; the others' stayed. Sent again,
+    # it is removed, not ingested.
     assert len(sorted(inbox.iterdir())) == len(uploads) - 1
+    resent = write_clips(inbox.parent / "again", 3, steps=1500)
+    with SiteStore.open(sent[CN]) as cn:
+        reingest = ingest(cn, resent).as_dict()
+    assert reingest["erased_before"] == 1 and reingest["clips"] == 0
+    assert len(list((inbox.parent / "again").iterdir())) == 2
     with SiteStore.open(sent[CN]) as cn:
         assert all(c.vin != vin for c in cn.catalogue.clips())
         assert cn.catalogue.inventory()["vehicles"] == len(others)

@@ -74,6 +74,11 @@ def ingest(
             f"{d['site']}: {d['files']} files, {d['clips']} new clips, {d['rows']:,} rows, "
             f"{d['bytes'] / 1e6:.1f} MB read in {d['seconds']:.1f} s"
             + (f", {d['already_ingested']} already ingested" if d["already_ingested"] else "")
+            + (
+                f", {d['erased_before']} erased on a driver's request (removed, not ingested)"
+                if d["erased_before"]
+                else ""
+            )
         )
         for q in d["quarantined"]:
             kept = "quarantined" if q["quarantine"] else "skipped"

@@ -1013,6 +1013,16 @@ class Catalogue:
             ).scalars()
             return set(rows)
 
+    def erased_files(self) -> set[str]:
+        """Content hashes of the files whose data was erased on a driver's request."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(_files.c.sha256).where(
+                    _files.c.site == self.site, _files.c.status == "erased"
+                )
+            ).scalars()
+            return set(rows)
+
     def register(
         self, file: FileRecord, clips: Sequence[ClipRecord], frames: Sequence[FramesRecord] = ()
     ) -> list[str]:

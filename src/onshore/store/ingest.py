@@ -12,6 +12,7 @@ uncatalogued object that the rerun adopts, never a catalogued clip without its o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
@@ -90,6 +91,9 @@ class IngestReport:
     """Bytes of Parquet newly written to the store."""
     already_ingested: int = 0
     """Files skipped because the catalogue already has them."""
+    erased_before: int = 0
+    """Files whose data the site erased on a driver's request: not ingested, and removed from
+    where they were (an erasure leaves no copy, a vehicle's upload sent again included)."""
     duplicate_clips: int = 0
     """Clips in new files that the store already held."""
     quarantined: list[dict[str, str | None]] = field(default_factory=list)
@@ -363,6 +367,7 @@ def ingest(
     if on_start is not None:
         on_start(sum(_size(path) for path in files))
     run = _Run(site, on_file, remove_quarantined_source)
+    run.erased = frozenset(site.catalogue.erased_files())
     run.report.ignored = [str(p) for p in ignored]
     started = time.perf_counter()
     site.objects.clean_staging()
@@ -399,6 +404,8 @@ class _Run:
         """Objects of the files this run registered."""
         self.unregistered: set[str] = set()
         """Objects written for files this run quarantined (conflicts found after storing)."""
+        self.erased: frozenset[str] = frozenset()
+        """Content hashes of files erased on a driver's request."""
 
     def consume(self, prepared: Iterable[_Prepared]) -> None:
         seen: set[str] = set()
@@ -411,6 +418,12 @@ class _Run:
                 self._unreadable(item.path, item.problem)
                 continue
             self.report.bytes += item.size
+            if item.status == "known" and item.digest in self.erased:
+                with contextlib.suppress(FileNotFoundError):
+                    item.path.unlink()
+                self.report.erased_before += 1
+                self.on_file(item.path, item.size)
+                continue
             if item.status == "known" or item.digest in seen:
                 # The same content twice in one run is ingested once.
                 self.report.already_ingested += 1
