@@ -1,9 +1,10 @@
 """Erasing one vehicle from a site of about a million positions, against one scan of the site's
 catalogue, measured in the same run, with the erasure's peak memory.
 
-The site is real: a SUMO fleet of ``--vehicles`` simulated for ``--minutes`` (about a million
-positions at the defaults), ingested, classified, de-identified under ``training`` and
-``export``, and its training samples built and cached. Then:
+The site is real: a SUMO fleet of ``--vehicles`` departing over ``--minutes``,
+``--fleet-share`` of them recording (about a million positions at the defaults), ingested,
+classified, de-identified under ``training`` and ``export``, and its training samples built
+and cached. Then:
 
 - ``erase``: :func:`onshore.rights.erase.erase_vehicle` end to end for ``--repeat`` vehicles,
   one after the other (each erasure records the request, removes the catalogue rows, deletes
@@ -14,7 +15,8 @@ positions at the defaults), ingested, classified, de-identified under ``training
 
 Aim (issue 17): erasing a vehicle within 2x of one scan of the catalogue.
 
-    .venv/bin/python bench/erase.py [--vehicles 250] [--minutes 7] [--repeat 5] [--json]
+    .venv/bin/python bench/erase.py [--vehicles 250] [--minutes 7] [--fleet-share 0.7]
+        [--repeat 5] [--json]
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vehicles", type=int, default=250)
     parser.add_argument("--minutes", type=float, default=7.0)
+    parser.add_argument(
+        "--fleet-share",
+        type=float,
+        default=0.7,
+        help="share of the simulated vehicles that are the fleet's (record clips)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", action="store_true")
@@ -64,6 +72,7 @@ def main() -> None:
             seed=args.seed,
             out=scratch / "uploads",
             recorded_in=SITE,
+            fleet_share=args.fleet_share,
         )
         with SiteStore.open(project, SITE) as site:
             print("ingesting, classifying, de-identifying...", file=sys.stderr)
