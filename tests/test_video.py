@@ -339,3 +339,30 @@ def test_simulated_frames_are_deterministic_and_show_what_was_drawn() -> None:
         found_plates += sum(any(b.covers(p, 0.5) for b in boxes) for p in frame.plates)
     assert found_faces >= 0.8 * len(faces)
     assert found_plates >= 0.8 * len(plates)
+
+
+def test_an_erasure_takes_the_detections_and_check_results_made_of_the_frames(
+    filmed: Project,
+) -> None:
+    from onshore.deidentify.video import CHECKS_DIR, DETECTIONS_DIR
+    from onshore.rights.erase import erase_vehicle
+
+    steps = [{"name": n} for n in ("pseudonymise", "drop_zones", "to_local", "mask_frames")]
+    profile = resolve_profile("training", {"training": steps})
+    with SiteStore.open(filmed, SITE) as site:
+        classify_site(site, as_of=date(2026, 11, 29))
+        secret = load_keystore(filmed.keystore_path(filmed.site(SITE))).hmac_secret
+        deidentify_site(site, profile, secret=secret)
+        erased, kept = site.catalogue.clip("cam-010"), site.catalogue.clip("cam-011")
+        assert erased is not None and kept is not None and erased.vin != kept.vin
+        frames = {f.clip_id: f.sha256 for f in site.catalogue.frames()}
+        before = set(site.objects.find(DETECTIONS_DIR)) | set(site.objects.find(CHECKS_DIR))
+    assert any(frames["cam-010"] in p for p in before), "detections were kept of its frames"
+    erase_vehicle(filmed, erased.vin, site_id=SITE)
+    with SiteStore.open(filmed, SITE) as site:
+        after = set(site.objects.find(DETECTIONS_DIR)) | set(site.objects.find(CHECKS_DIR))
+        assert site.catalogue.clip("cam-010") is None and site.check(deep=True)["ok"]
+    assert not any(frames["cam-010"] in p for p in after)
+    assert any(frames["cam-011"] in p for p in after), "the other vehicle's are kept"
+    gone = before - after
+    assert any(p.startswith(CHECKS_DIR) for p in gone), "its masked images' check results too"

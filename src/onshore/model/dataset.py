@@ -9,8 +9,8 @@ moved.
 Only outputs of the ``training`` profile are read, and of them only the clips whose driver
 consented to training, by both the catalogue and the output's own record, and has not withdrawn
 that consent since (``onshore consent withdraw``, for any training purpose): a clip without
-consent never reaches a model. A window must be 50 rows of one clip, 0.1 s apart: rows dropped inside
-sensitive areas or at trip ends leave gaps in time, and no window spans one. The split into
+consent never reaches a model. A window must be 50 rows of one clip, 0.1 s apart: rows dropped
+inside sensitive areas or at trip ends leave gaps in time, and no window spans one. The split into
 train and test is by vehicle (the output's keyed vehicle pseudonym, hashed), so no vehicle is on
 both sides, and both stay at the site.
 

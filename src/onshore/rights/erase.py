@@ -31,7 +31,7 @@ rows of what it received, then the objects go; asked again, it answers with the 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -269,9 +269,12 @@ def _objects(
                     "kind": "deidentified_frames",
                 }
             )
-    derived = [_detections(objects, f.sha256) for f in frames]
-    derived += [_checks(objects, o["path"]) for o in found if o["kind"] == "deidentified_frames"]
-    found += [{"path": p, "sha256": "", "kind": "derived"} for paths in derived for p in paths]
+    images = [
+        d for o in found if o["kind"] == "deidentified_frames" for d in _images(objects, o["path"])
+    ]
+    derived = _keyed(objects, DETECTIONS_DIR, [f.sha256 for f in frames])
+    derived += _keyed(objects, CHECKS_DIR, images)
+    found += [{"path": p, "sha256": "", "kind": "derived"} for p in derived]
     found += [{"path": p, "sha256": "", "kind": "training_cache"} for p in objects.find(CACHE_DIR)]
     unique: dict[str, dict[str, str]] = {}
     for item in found:
@@ -279,25 +282,28 @@ def _objects(
     return list(unique.values())
 
 
-def _detections(objects: ObjectStore, frames_sha256: str) -> list[str]:
-    """The detections kept of a raw frames object (keyed by its hash, then the detectors)."""
-    folder = f"{DETECTIONS_DIR}/{frames_sha256[:2]}"
-    return [p for p in objects.find(folder) if p.rsplit("/", 1)[-1].startswith(frames_sha256)]
+def _keyed(objects: ObjectStore, folder: str, digests: Iterable[str]) -> list[str]:
+    """The objects under ``folder`` named by one of ``digests`` (``<folder>/<d[:2]>/<d>-...``,
+    as detections and check results are kept), each sub-folder listed once."""
+    by_prefix: dict[str, set[str]] = {}
+    for digest in digests:
+        by_prefix.setdefault(digest[:2], set()).add(digest)
+    found = []
+    for prefix, wanted in sorted(by_prefix.items()):
+        for path in objects.find(f"{folder}/{prefix}"):
+            if path.rsplit("/", 1)[-1][:64] in wanted:
+                found.append(path)
+    return found
 
 
-def _checks(objects: ObjectStore, masked_frames: str) -> list[str]:
-    """The check results kept of a masked frames object's images (keyed by each image's
-    hash)."""
+def _images(objects: ObjectStore, masked_frames: str) -> list[str]:
+    """The hashes of a masked frames object's images (what their check results are keyed
+    by); none when it is gone (a rerun found its checks the first time)."""
     try:
         table = pq.read_table(pa.BufferReader(objects.read(masked_frames)), columns=["data"])
     except (OnshoreError, pa.ArrowInvalid, OSError):
-        return []  # already gone: a rerun found its checks the first time
-    found = []
-    for image in table["data"].to_pylist():
-        digest = hashlib.sha256(image).hexdigest()
-        folder = f"{CHECKS_DIR}/{digest[:2]}"
-        found += [p for p in objects.find(folder) if p.rsplit("/", 1)[-1].startswith(digest)]
-    return found
+        return []
+    return [hashlib.sha256(image).hexdigest() for image in table["data"].to_pylist()]
 
 
 def _quarantined(objects: ObjectStore, vin: str) -> list[str]:
