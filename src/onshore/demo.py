@@ -588,9 +588,10 @@ def _rights(
     )
     for peer, got in erased["recipients"].items():
         say(f"{peer}: {got['objects']} objects received from {_CN} erased ({got['status']})")
+    done = {"erased": "complete", "incomplete": "incomplete (a recipient did not confirm)"}
     say(
-        f"{_CN}: erasure {erased['status']}: {erased['clips']} clips, {erased['objects']} "
-        "objects; the ledgers name the vehicle by a keyed hash only"
+        f"{_CN}: erasure {done.get(erased['status'], erased['status'])}: {erased['clips']} "
+        f"clips, {erased['objects']} objects; the ledgers name the vehicle by a keyed hash only"
         if erased["status"] != "already_erased"
         else f"{_CN}: already erased on {erased['finished_at']}: nothing more is held of it"
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import typer
 from rich.markup import escape
@@ -106,6 +106,10 @@ def demo(
     emit(result, as_json, render)
 
 
+_ERASURE: Final = {"erased": "complete", "already_erased": "done before"}
+"""An erasure's status, as the summary says it."""
+
+
 def _print_summary(d: dict[str, Any]) -> None:
     """What the demo did, in a few lines, and how to look at it in the console."""
     clips = sum(inv["clips"] for inv in d["inventory"])
@@ -146,6 +150,16 @@ def _print_summary(d: dict[str, Any]) -> None:
                 f"licensed to {release['licence']['licensee']} for "
                 f"{', '.join(release['licence']['territories'])}"
             )
+    rights = d.get("rights")
+    if rights:
+        erased = rights["erasure"]
+        confirmed = [p for p, r in erased["recipients"].items() if r["status"] == "confirmed"]
+        lines.append(
+            f"a driver's rights at {erased['site']}: access answered ({rights['access']['out']}), "
+            f"erasure {_ERASURE.get(erased['status'], erased['status'])} ({erased['clips']} "
+            "clips; the copy at "
+            f"{', '.join(confirmed) or 'no other party'} erased and confirmed)"
+        )
     lines.append(f"reports: {len(d.get('reports', []))} written, each in its site's folder")
     plan = d.get("plan")
     if plan:
