@@ -148,22 +148,40 @@ def rights(
     sites the user sees, newest first, with counts per site; each site answers through its gate
     (dates and counts, no vehicle)."""
     today = today or datetime.now(UTC).date()
-    rows: list[dict[str, Any]] = []
-    counts: dict[str, dict[str, int]] = {}
+    answers, failed = _read_sites(
+        project, user, visible_sites(project, user), "rights", http_for=http_for, today=today
+    )
+    rows = [row for data in answers.values() for row in data.get("rights", [])]
+    counts = {site_id: dict(data.get("counts", {})) for site_id, data in answers.items()}
+    rows.sort(key=lambda r: str(r["time"]), reverse=True)
+    return {"rights": rows, "counts": counts, "failed": failed}
+
+
+def _read_sites(
+    project: Project,
+    user: User,
+    sites: list[str],
+    view: str,
+    *,
+    http_for: HttpFor,
+    today: date | None,
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """``view`` of each of ``sites`` as its gate lets the user read it: the data of those that
+    answered, and for the others why not (a refusal, a withholding, no answer)."""
+    answers: dict[str, dict[str, Any]] = {}
     failed: list[dict[str, Any]] = []
-    for site_id in visible_sites(project, user):
+    for site_id in sites:
+        _check_site(project, user, site_id)
         try:
-            found = read_site(project, user, site_id, "rights", http_for=http_for, day=today)
+            read = read_site(project, user, site_id, view, http_for=http_for, day=today)
         except OnshoreError as exc:
             failed.append({"site": site_id, "access": RowAccess.failed(exc)})
             continue
-        if not found.access.allowed or found.data is None:
-            failed.append({"site": site_id, "access": found.access})
+        if not read.access.allowed or read.data is None:
+            failed.append({"site": site_id, "access": read.access})
             continue
-        rows.extend(found.data.get("rights", []))
-        counts[site_id] = dict(found.data.get("counts", {}))
-    rows.sort(key=lambda r: str(r["time"]), reverse=True)
-    return {"rights": rows, "counts": counts, "failed": failed}
+        answers[site_id] = read.data
+    return answers, failed
 
 
 def decisions(
@@ -182,21 +200,15 @@ def decisions(
     (transfers, model updates, remote reads), newest first, filtered. Each site answers with
     its own, through its gate (as aggregate metrics: counts and reasons, no person's data)."""
     sites = [site] if site else visible_sites(project, user)
-    found: list[dict[str, Any]] = []
-    withheld: list[dict[str, Any]] = []
-    for site_id in sites:
-        _check_site(project, user, site_id)
-        try:
-            read = read_site(project, user, site_id, "decisions", http_for=http_for, day=today)
-        except OnshoreError as exc:
-            withheld.append({"site": site_id, "access": RowAccess.failed(exc)})
-            continue
-        if not read.access.allowed or read.data is None:
-            withheld.append({"site": site_id, "access": read.access})
-            continue
-        found.extend(
-            row for row in read.data.get("decisions", []) if _matches(row, outcome, what, text)
-        )
+    answers, withheld = _read_sites(
+        project, user, sites, "decisions", http_for=http_for, today=today
+    )
+    found = [
+        row
+        for data in answers.values()
+        for row in data.get("decisions", [])
+        if _matches(row, outcome, what, text)
+    ]
     found.sort(key=lambda r: (r["time"], r["site"], r["seq"]), reverse=True)
     kinds = sorted({r["what"] for r in found} | {"transfer", "model_update", "remote_read"})
     pages = max(1, -(-len(found) // PAGE_ROWS))

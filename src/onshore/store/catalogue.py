@@ -1249,24 +1249,24 @@ class Catalogue:
     def clips_stored_before(self, cutoff: datetime) -> list[ClipRecord]:
         """The clips ingested before ``cutoff`` (a storage period's start), oldest first."""
         c = _clips.c
-        with self._tx() as conn:
-            rows = conn.execute(
-                select(_clips)
-                .where(c.site == self.site, c.ingested_at < cutoff)
-                .order_by(c.ingested_at, c.clip_id)
-            ).all()
-        return [_row_to(ClipRecord, r) for r in rows]
+        return self._stored_before(_clips, ClipRecord, c.ingested_at < cutoff, c.ingested_at)
 
     def outputs_stored_before(self, cutoff: datetime) -> list[DeidentifiedRecord]:
         """The de-identified outputs first stored before ``cutoff``, under every profile."""
         d = _deidentified.c
+        return self._stored_before(
+            _deidentified, DeidentifiedRecord, d.created_at < cutoff, d.profile
+        )
+
+    def _stored_before(self, table: Table, cls: type[_R], older: Any, first: Any) -> list[_R]:
+        """The site's rows of ``table`` that ``older`` selects, by ``first`` then clip id."""
         with self._tx() as conn:
             rows = conn.execute(
-                select(_deidentified)
-                .where(d.site == self.site, d.created_at < cutoff)
-                .order_by(d.profile, d.clip_id)
+                select(table)
+                .where(table.c.site == self.site, older)
+                .order_by(first, table.c.clip_id)
             ).all()
-        return [_row_to(DeidentifiedRecord, r) for r in rows]
+        return [_row_to(cls, r) for r in rows]
 
     def labels_of(self, clip_ids: Sequence[str]) -> list[LabelRecord]:
         """The labels of these clips."""
