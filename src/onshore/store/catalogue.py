@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -449,23 +449,33 @@ class Catalogue:
 
     def _reach(self, parsed: URL) -> None:
         """Connect once, so that a database that cannot be reached is said to be so, within
-        the connect timeout (the pool keeps the connection for what follows)."""
-        try:
-            with self._engine.connect():
-                pass
-        except OperationalError as exc:
-            self._engine.dispose()
-            why = (str(exc.orig or exc).strip().splitlines() or ["no reason given"])[0]
-            if parsed.password:
-                why = why.replace(str(parsed.password), "***")
-            if parsed.get_backend_name() == "sqlite":
-                raise CatalogueError(f"cannot open catalogue {self.url}: {why}") from None
-            # Not chained: the driver's error is summed up above, and only that is vetted.
-            raise CatalogueError(
-                f"cannot reach catalogue {self.url}: {why}",
-                hint="check that the database server is up and reachable from here, and the "
-                "catalogue URL in onshore.toml",
-            ) from None
+        the connect timeout (the pool keeps the connection for what follows). A new SQLite
+        file that another process is creating this moment may refuse the first connection
+        (its switch to WAL answers "locked" at once): that one is tried again."""
+        for attempt in range(_RETRIES):
+            try:
+                with self._engine.connect():
+                    return
+            except OperationalError as exc:
+                locked = "locked" in str(exc.orig or exc) and parsed.get_backend_name() == "sqlite"
+                if not locked or attempt == _RETRIES - 1:
+                    self._unreachable(parsed, exc)
+                time.sleep(0.05 * 2**attempt * (1 + random.random()))
+
+    def _unreachable(self, parsed: URL, exc: OperationalError) -> NoReturn:
+        """Say why the database cannot be reached (its password never in the message)."""
+        self._engine.dispose()
+        why = (str(exc.orig or exc).strip().splitlines() or ["no reason given"])[0]
+        if parsed.password:
+            why = why.replace(str(parsed.password), "***")
+        if parsed.get_backend_name() == "sqlite":
+            raise CatalogueError(f"cannot open catalogue {self.url}: {why}") from None
+        # Not chained: the driver's error is summed up above, and only that is vetted.
+        raise CatalogueError(
+            f"cannot reach catalogue {self.url}: {why}",
+            hint="check that the database server is up and reachable from here, and the "
+            "catalogue URL in onshore.toml",
+        ) from None
 
     def _create_schema(self) -> None:
         """Create the tables on first use and refuse a catalogue a newer onshore wrote."""
