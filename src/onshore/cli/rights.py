@@ -30,7 +30,10 @@ def erase(
     vin: VinOption,
     reason: Annotated[
         str | None,
-        typer.Option("--reason", help="Why (e.g. the request's reference); kept in the ledger."),
+        typer.Option(
+            "--reason",
+            help="Why, e.g. the request's reference (kept in the ledger: no personal data).",
+        ),
     ] = None,
     site: SiteOption = None,
     project: ProjectOption = None,
@@ -143,8 +146,8 @@ def retention_run(
     as_json: JsonOption = False,
 ) -> None:
     """Delete raw clips stored longer than ``raw_days`` and de-identified outputs stored
-    longer than ``deidentified_days`` ([sites.<id>] retention), the deletions listed in one
-    ledger entry."""
+    longer than ``deidentified_days`` (the site's ``retention`` in onshore.toml), the deletions
+    listed in one ledger entry."""
     from onshore.rights.retention import run_retention
 
     day: date | None = as_of.date() if as_of is not None else None
