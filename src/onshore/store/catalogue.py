@@ -954,14 +954,7 @@ class Catalogue:
 
     def clips_of(self, vins: Sequence[str]) -> list[ClipRecord]:
         """The site's clips of the vehicles with these VINs."""
-        out: list[ClipRecord] = []
-        with self._tx() as conn:
-            for part in _batches(sorted(set(vins))):
-                rows = conn.execute(
-                    select(_clips).where(_clips.c.site == self.site, _clips.c.vin.in_(part))
-                ).all()
-                out.extend(_row_to(ClipRecord, r) for r in rows)
-        return out
+        return self._rows_in(_clips, ClipRecord, "vin", vins)
 
     def clip_origins(self) -> dict[str, int]:
         """How many of the site's clips a simulator made and how many vehicles recorded, as
@@ -1014,21 +1007,17 @@ class Catalogue:
         """Content hashes of every file already ingested (quarantined ones may be retried),
         or erased or expired: a file whose data was erased, or whose storage period ended, is
         never ingested again."""
-        with self._tx() as conn:
-            rows = conn.execute(
-                select(_files.c.sha256).where(
-                    _files.c.site == self.site,
-                    _files.c.status.in_(("ingested", "erased", "expired")),
-                )
-            ).scalars()
-            return set(rows)
+        return self._file_hashes("ingested", "erased", "expired")
 
     def erased_files(self) -> set[str]:
         """Content hashes of the files whose data was erased on a driver's request."""
+        return self._file_hashes("erased")
+
+    def _file_hashes(self, *statuses: str) -> set[str]:
         with self._tx() as conn:
             rows = conn.execute(
                 select(_files.c.sha256).where(
-                    _files.c.site == self.site, _files.c.status == "erased"
+                    _files.c.site == self.site, _files.c.status.in_(statuses)
                 )
             ).scalars()
             return set(rows)
@@ -1106,7 +1095,7 @@ class Catalogue:
     def frames(self, clip_ids: Sequence[str] | None = None) -> list[FramesRecord]:
         """The frames records of the site's clips (of ``clip_ids`` only, when given)."""
         if clip_ids is not None:
-            return self._of_clips(_frames, FramesRecord, clip_ids)
+            return self._rows_in(_frames, FramesRecord, "clip_id", clip_ids)
         with self._tx() as conn:
             rows = conn.execute(
                 select(_frames).where(_frames.c.site == self.site).order_by(_frames.c.clip_id)
@@ -1233,25 +1222,33 @@ class Catalogue:
 
     def deidentified_of(self, clip_ids: Sequence[str]) -> list[DeidentifiedRecord]:
         """The de-identified outputs, under every profile, of these clips."""
-        return self._of_clips(_deidentified, DeidentifiedRecord, clip_ids)
+        return self._rows_in(_deidentified, DeidentifiedRecord, "clip_id", clip_ids)
+
+    def outputs_without_clip(self, profile: str) -> list[DeidentifiedRecord]:
+        """The outputs under ``profile`` whose raw clip is gone (its storage period ended)."""
+        d = _deidentified.c
+        held = select(_clips.c.clip_id).where(_clips.c.site == self.site)
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(_deidentified).where(
+                    d.site == self.site, d.profile == profile, d.clip_id.not_in(held)
+                )
+            ).all()
+        return [_row_to(DeidentifiedRecord, r) for r in rows]
 
     def outputs_of_vehicle(self, vin: str) -> list[DeidentifiedRecord]:
         """The de-identified outputs of the vehicle ``vin``, under every profile, whether or
         not its raw clips are still held."""
-        d = _deidentified.c
-        with self._tx() as conn:
-            rows = conn.execute(
-                select(_deidentified).where(d.site == self.site, d.vin == vin)
-            ).all()
-        return [_row_to(DeidentifiedRecord, r) for r in rows]
+        return self._rows_in(_deidentified, DeidentifiedRecord, "vin", [vin])
 
-    def _of_clips(self, table: Table, cls: type[_R], clip_ids: Sequence[str]) -> list[_R]:
-        """The rows of ``table`` of these clips, as ``cls`` records."""
+    def _rows_in(self, table: Table, cls: type[_R], column: str, values: Sequence[str]) -> list[_R]:
+        """The site's rows of ``table`` whose ``column`` is one of ``values``, as ``cls``
+        records (an indexed lookup, a batch of values at a time)."""
         out: list[_R] = []
         with self._tx() as conn:
-            for part in _batches(sorted(set(clip_ids))):
+            for part in _batches(sorted(set(values))):
                 rows = conn.execute(
-                    select(table).where(table.c.site == self.site, table.c.clip_id.in_(part))
+                    select(table).where(table.c.site == self.site, table.c[column].in_(part))
                 ).all()
                 out.extend(_row_to(cls, r) for r in rows)
         return out
@@ -1280,7 +1277,7 @@ class Catalogue:
 
     def labels_of(self, clip_ids: Sequence[str]) -> list[LabelRecord]:
         """The labels of these clips."""
-        return self._of_clips(_labels, LabelRecord, clip_ids)
+        return self._rows_in(_labels, LabelRecord, "clip_id", clip_ids)
 
     def forget_clips(
         self,
@@ -1309,9 +1306,10 @@ class Catalogue:
         profiles = list(
             conn.execute(select(d.profile).where(d.site == self.site).distinct()).scalars()
         )
+        outputs = [] if keep_outputs else [(_deidentified, d)]
+        tables = [(_frames, f), (_labels, lab), *outputs, (_clips, c)]
         for part in _batches(ids):
-            tables = [(_frames, f), (_labels, lab), (_deidentified, d), (_clips, c)]
-            for table, column in tables[:2] + tables[3:] if keep_outputs else tables:
+            for table, column in tables:
                 conn.execute(
                     table.delete().where(column.site == self.site, column.clip_id.in_(part))
                 )
