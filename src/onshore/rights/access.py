@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from onshore.errors import ConfigError, UnknownVehicle
 from onshore.gate.site import OpenSite
-from onshore.rights.erase import erasures
+from onshore.rights.erase import erasures, transfers_carrying
 from onshore.rights.vin import check_vin, vehicle_key
 from onshore.settings import Project
 from onshore.store.catalogue import DeidentifiedRecord
@@ -169,17 +169,8 @@ def _unique(outputs: list[DeidentifiedRecord]) -> list[DeidentifiedRecord]:
 def _sent(site: OpenSite, paths: dict[str, str]) -> list[dict[str, Any]]:
     """Each transfer (from the ledger) that carried any of the vehicle's objects."""
     out = []
-    confirmed = {e.data.get("transfer"): e for e in site.ledger.entries(kind="transfer_confirmed")}
-    for entry in site.ledger.entries(kind="transfer_out"):
-        carried = [
-            paths[s["path"]]
-            for s in entry.data.get("sent") or []
-            if isinstance(s, dict) and s.get("path") in paths
-        ]
-        if not carried:
-            continue
-        data = entry.data
-        receipt = confirmed.get(data.get("transfer"))
+    for carried in transfers_carrying(site, set(paths)):
+        data, receipt = carried.entry.data, carried.receipt
         out.append(
             {
                 "transfer": data.get("transfer"),
@@ -187,14 +178,14 @@ def _sent(site: OpenSite, paths: dict[str, str]) -> list[dict[str, Any]]:
                 "recipient": data.get("recipient"),
                 "destination": data.get("destination"),
                 "purpose": data.get("purpose"),
-                "sent_at": entry.time,
+                "sent_at": carried.entry.time,
                 "received_confirmed_at": receipt.time if receipt is not None else None,
                 "decision": {
                     k: (data.get("decision") or {}).get(k)
                     for k in ("allowed", "approval", "reasons")
                 },
-                "files": carried,
-                "ledger_seq": entry.seq,
+                "files": [paths[p] for p in carried.paths],
+                "ledger_seq": carried.entry.seq,
             }
         )
     return out

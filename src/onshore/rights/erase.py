@@ -31,7 +31,7 @@ rows of what it received, then the objects go; asked again, it answers with the 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,12 +58,14 @@ from onshore.store.objects import QUARANTINE_DIR, ObjectStore
 from onshore.transfer.inbound import received_path, received_table
 
 __all__ = [
+    "Carried",
     "ErasureReport",
     "delete_upload",
     "erase_received",
     "erase_vehicle",
     "erasures",
     "erasures_table",
+    "transfers_carrying",
 ]
 
 _metadata = MetaData()
@@ -322,32 +324,55 @@ def _quarantined(objects: ObjectStore, vin: str) -> list[str]:
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class Carried:
+    """A transfer out (from the ledger) that carried some given objects of the site."""
+
+    entry: Entry
+    """Its ``transfer_out`` entry."""
+    paths: list[str]
+    """The objects of those given that it carried, by path."""
+    receipt: Entry | None
+    """Its ``transfer_confirmed`` entry; None while the recipient has not confirmed it."""
+
+
+def transfers_carrying(
+    site: OpenSite, paths: Set[str], *, conn: Connection | None = None
+) -> list[Carried]:
+    """Every transfer out of the site that carried any of the objects at ``paths``, in ledger
+    order, with its confirmation if it came."""
+    confirmed = {
+        e.data.get("transfer"): e for e in site.ledger.entries(kind="transfer_confirmed", conn=conn)
+    }
+    found = []
+    for entry in site.ledger.entries(kind="transfer_out", conn=conn):
+        sent = entry.data.get("sent") or []
+        hit = sorted({s["path"] for s in sent if isinstance(s, dict) and s.get("path") in paths})
+        if hit:
+            found.append(Carried(entry, hit, confirmed.get(entry.data.get("transfer"))))
+    return found
+
+
 def _recipients(
     site: OpenSite, conn: Connection, objects: Sequence[dict[str, str]]
 ) -> dict[str, dict[str, Any]]:
     """Per party that received any of ``objects``: the paths it received and the transfers.
     Raises :class:`ErasureBlocked` for a transfer of any of them not confirmed yet."""
-    paths = {o["path"] for o in objects}
-    confirmed = {
-        e.data.get("transfer") for e in site.ledger.entries(kind="transfer_confirmed", conn=conn)
-    }
     peers: dict[str, dict[str, Any]] = {}
-    for entry in site.ledger.entries(kind="transfer_out", conn=conn):
-        sent = entry.data.get("sent") or []
-        hit = sorted({s["path"] for s in sent if isinstance(s, dict) and s.get("path") in paths})
-        if not hit:
-            continue
-        transfer, to = str(entry.data.get("transfer")), str(entry.data.get("to"))
-        if transfer not in confirmed:
+    for carried in transfers_carrying(site, {o["path"] for o in objects}, conn=conn):
+        data = carried.entry.data
+        transfer, to = str(data.get("transfer")), str(data.get("to"))
+        if carried.receipt is None:
             raise ErasureBlocked(
                 f"transfer {transfer} to {to} of this vehicle's data was sent (ledger entry "
-                f"{entry.seq}) but {to} has not confirmed it: a copy may still be arriving",
+                f"{carried.entry.seq}) but {to} has not confirmed it: a copy may still be "
+                "arriving",
                 hint=f"rerun that transfer ('onshore transfer --to {to} --dataset "
-                f"{entry.data.get('dataset')} --purpose {entry.data.get('purpose')}') until it "
+                f"{data.get('dataset')} --purpose {data.get('purpose')}') until it "
                 "is confirmed, then erase: the erasure then reaches the copy",
             )
         held = peers.setdefault(to, {"paths": [], "transfers": [], "confirmed": None})
-        held["paths"] = sorted(set(held["paths"]) | set(hit))
+        held["paths"] = sorted(set(held["paths"]) | set(carried.paths))
         held["transfers"].append(transfer)
     return peers
 
