@@ -559,8 +559,8 @@ def _rights(
     held: dict[str, Any] | None = None
     chosen = None
     if request.is_file():
-        chosen = orjson.loads(request.read_bytes())["vin"]
-        held = orjson.loads(request.read_bytes())["access"]
+        asked = orjson.loads(request.read_bytes())
+        chosen, held = asked["vin"], asked["access"]
         say(f"{_CN}: the driver asks again for the erasure they asked for before")
     for n, vin in enumerate(dict.fromkeys(vins) if chosen is None else ()):
         if n == 8:
