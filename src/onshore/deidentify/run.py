@@ -516,10 +516,11 @@ def _promised(check: str, profile: Profile) -> bool:
 
 
 def _collect_garbage(site: SiteStore, profile: str, referenced: set[str]) -> None:
-    """Remove the profile's objects that no catalogue record refers to any more: those this
-    run made, and those of outputs kept whose raw clip's storage period ended before."""
+    """Remove the profile's objects that no catalogue record refers to any more: ``referenced``
+    (what this run made) stays, and so do the objects of outputs kept whose raw clip's storage
+    period ended before (no run makes them again)."""
     referenced = set(referenced)
-    for record in site.catalogue.deidentified(profile):
+    for record in site.catalogue.outputs_without_clip(profile):
         referenced.add(record.path)
         frames = orjson.loads(record.detail).get("frames")
         if isinstance(frames, dict) and frames.get("path"):
