@@ -30,6 +30,8 @@ __all__ = [
     "ComputeProfile",
     "CoordinatorSettings",
     "FleetSettings",
+    "IngestSettings",
+    "MessageMapping",
     "PartySettings",
     "PrivacySettings",
     "Project",
@@ -38,6 +40,7 @@ __all__ = [
     "RulebookSettings",
     "Settings",
     "SiteSettings",
+    "UploadRole",
     "find_project",
     "load_project",
     "parse_settings",
@@ -114,6 +117,68 @@ class FleetSettings(_Model):
     """Camera frames per second in those uploads."""
 
 
+UploadRole = Literal["position", "motion", "objects", "camera"]
+"""What a channel of an upload gives a clip: GNSS fixes, the vehicle's motion, the objects
+tracked around it, or a camera."""
+
+
+class MessageMapping(_Model):
+    """How the messages of one type give one part of a clip (``[sites.<id>.ingest.types]``).
+
+    ``fields`` maps each of the role's fields to a path in the decoded message: names joined
+    by dots, ``name[3]`` for an element of a list, ``name[key]`` for the ``value`` of the
+    key/value pair with that key (Foxglove's ``metadata``), and ``@log_time`` for the time the
+    recorder logged the message. Fields per role (required ones marked *):
+
+    - ``position``: ``stamp``*, ``lat``*, ``lon``* (degrees), ``status`` (below 0: no fix);
+    - ``motion``: ``stamp``*, ``speed``* (m/s, forward), ``yaw_rate`` (counter-clockwise
+      positive, as ROS has it), and, for objects given in a world frame, ``frame``, ``x``,
+      ``y`` and ``orientation`` (a quaternion) of the vehicle in that frame;
+    - ``objects``: ``stamp``*, ``list``* (the array of objects), ``frame``, and per object
+      ``id``*, ``class``*, ``x``*, ``y``* (metres);
+    - ``camera``: ``stamp``*, ``data``*, ``format``*, ``frame``.
+    """
+
+    role: UploadRole
+    fields: dict[str, str] = Field(min_length=1)
+    classes: dict[str, str] = Field(default_factory=dict)
+    """Objects: each class value as the message gives it (as text) to one of onshore's
+    classes (``car``, ``bus``, ``truck``, ``motorcycle``, ``bicycle``, ``pedestrian``) or
+    ``ignore``; a value not listed refuses the upload."""
+    yaw_rate_unit: Literal["rad/s", "deg/s"] = "rad/s"
+
+
+class IngestSettings(_Model):
+    """How the site reads uploads in standard message types (``[sites.<id>.ingest]``).
+
+    Channels are matched by their message type: the built-in mappings cover
+    ``sensor_msgs/msg/NavSatFix``, ``foxglove.LocationFix``, ``nav_msgs/msg/Odometry``,
+    ``geometry_msgs/msg/TwistStamped``, ``autoware_perception_msgs/msg/TrackedObjects``,
+    ``foxglove.SceneUpdate``, ``foxglove.CompressedVideo``, ``foxglove.CompressedImage`` and
+    ``sensor_msgs/msg/CompressedImage``, in ROS 2 CDR, Protobuf or JSON. ``types`` adds
+    mappings (or replaces a built-in one) and ``topics`` says what a channel is where its
+    type alone does not.
+    """
+
+    topics: dict[str, str] = Field(default_factory=dict)
+    """Topic to role: ``position``, ``motion``, ``objects``, ``camera`` or ``camera:<name>``,
+    or ``ignore`` for a channel to leave out."""
+    types: dict[str, MessageMapping] = Field(default_factory=dict)
+    """Message type (its schema name, ``sensor_msgs/msg/NavSatFix``) to its mapping."""
+    meta_record: str = Field(default="onshore.clip", min_length=1)
+    """The MCAP metadata record holding the clip's fields (vin, trigger, consent...)."""
+    meta_fields: dict[str, str] = Field(default_factory=dict)
+    """Clip field to the key the record gives it under, where they differ."""
+    meta_defaults: dict[str, str] = Field(default_factory=dict)
+    """Clip field to its value when the record does not give it."""
+    ego_frames: list[str] = Field(
+        default_factory=lambda: ["base_link", "base_footprint", "ego", "vehicle"]
+    )
+    """Frame ids of the vehicle itself: objects in them are relative to the vehicle already;
+    objects in any other frame are moved into the vehicle's through the motion channel's pose
+    in that frame."""
+
+
 class RetentionSettings(_Model):
     """How long the site keeps each kind of data (``retention = {...}``), in days from when it
         was stored: the storage period the CN annual report and the GDPR Art. 30 record state. A
@@ -166,6 +231,7 @@ class SiteSettings(_Model):
     fleet: FleetSettings = FleetSettings()
     privacy: PrivacySettings = PrivacySettings()
     retention: RetentionSettings = RetentionSettings()
+    ingest: IngestSettings = IngestSettings()
     responsible_person: ResponsiblePerson | None = None
     """Who answers for the site's data security; reports say it is missing when unset."""
 

@@ -1,5 +1,9 @@
 """Clips as vehicles upload them: MCAP files of ROS 2 messages (CDR-encoded).
 
+This module reads and writes onshore's own messages, described below; an upload of the
+standard types vehicles log (NavSatFix, Odometry, Foxglove's schemas...) is mapped onto a clip
+by :mod:`onshore.clips.adapters`.
+
 An upload holds three things, the way a ROS 2 vehicle's recorder writes them:
 
 - ``/vehicle/ego``: one ``onshore_msgs/msg/EgoState`` per 10 Hz step;
@@ -34,6 +38,7 @@ from zstandard import ZstdDecompressor, ZstdError
 from onshore.clips.camera import check_image, frames_table, image_format
 from onshore.clips.schema import CLASS_ARRAY, OBJECT_CLASSES, OBJECT_TYPE, SCHEMA, Clip, ClipMeta
 from onshore.errors import SchemaError, UnreadableFile
+from onshore.settings import IngestSettings
 
 __all__ = ["EGO_TOPIC", "IMAGE_TYPE", "OBJECTS_TOPIC", "camera_topic", "read_mcap", "write_mcap"]
 
@@ -309,8 +314,13 @@ class _ObjectArrays:
         return b"".join(parts)
 
 
-def read_mcap(data: bytes, name: str) -> Clip:
+def read_mcap(data: bytes, name: str, ingest: IngestSettings | None = None) -> Clip:
     """Decode an uploaded MCAP file held in ``data``; ``name`` is used in error messages.
+
+    An upload of onshore's own messages (an ``/vehicle/ego`` channel) is decoded here, with
+    NumPy; any other is an upload of standard message types, which
+    :func:`~onshore.clips.adapters.read_standard` maps with ``ingest`` (the site's
+    ``[ingest]`` settings; the built-in mappings when None).
 
     Raises :class:`UnreadableFile` for an empty, truncated or corrupt file, and
     :class:`SchemaError` when a channel, field or the metadata record is missing or mistyped.
@@ -342,6 +352,10 @@ def read_mcap(data: bytes, name: str) -> Clip:
             f"{name}: truncated MCAP (the file ends before its footer)",
             hint="the upload was probably cut off; ask the vehicle to upload it again",
         )
+    if EGO_TOPIC not in scan.encodings:
+        from onshore.clips.adapters import read_standard
+
+        return read_standard(data, name, ingest or IngestSettings())
     for topic in (EGO_TOPIC, OBJECTS_TOPIC):
         encoding = scan.encodings.get(topic)
         if encoding is None:
