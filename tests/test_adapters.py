@@ -445,3 +445,49 @@ def test_the_track_heading_holds_while_standing() -> None:
     heading = clip.table["heading"].to_numpy()
     assert np.allclose(heading[85:], heading[35], atol=1.0)
     assert clip.table["speed"].to_numpy()[90] < 0.5
+
+
+@pytest.mark.parametrize("upload_format", ["ros2", "foxglove"])
+def test_the_simulators_recorder_formats_read_back_as_the_clip(
+    upload_format: str, tmp_path: Path
+) -> None:
+    """A clip written as an Autoware vehicle or a Foxglove recorder would comes back with its
+    positions, speed and objects; Foxglove's camera comes back as H.264 video."""
+    from conftest import make_clip
+    from onshore.clips import codec
+    from onshore.clips.camera import decode_image
+    from onshore.clips.recorder import write_upload
+    from onshore.clips.schema import Clip
+    from onshore.fleet.camera import CameraSettings, render_frames
+
+    clip = make_clip(4, steps=80)
+    frames, _ = render_frames(clip, "cn", CameraSettings(rate_hz=2.0, passers_by=0))
+    clip = Clip(clip.meta, clip.table, frames)
+    path = tmp_path / f"clip.{upload_format}.mcap"
+    write_upload(clip, path, upload_format)  # type: ignore[arg-type]
+    back = read_mcap(path.read_bytes(), path.name)
+    validate_clip(back, path.name)
+    assert back.meta == clip.meta
+    assert back.rows == clip.rows
+    for column in ("lat", "lon"):
+        assert np.allclose(back.table[column].to_numpy(), clip.table[column].to_numpy(), atol=1e-9)
+    speed, expected = back.table["speed"].to_numpy(), clip.table["speed"].to_numpy()
+    tolerance = 1e-4 if upload_format == "ros2" else 0.3  # Foxglove has no motion type
+    assert np.allclose(speed[5:-5], expected[5:-5], atol=tolerance)
+    heading = back.table["heading"].to_numpy()
+    turn = (heading - clip.table["heading"].to_numpy() + 180) % 360 - 180
+    assert np.abs(turn[5:-5]).max() < 2.0
+    for got, want in zip(
+        back.table["objects"].to_pylist(), clip.table["objects"].to_pylist(), strict=True
+    ):
+        assert sorted((o["class"], round(o["x"], 3), round(o["y"], 3)) for o in got) == sorted(
+            (o["class"], round(o["x"], 3), round(o["y"], 3)) for o in want
+        )
+    assert back.frames is not None and back.frames.num_rows == frames.num_rows
+    formats = set(back.frames["format"].to_pylist())
+    assert formats == ({"jpeg"} if upload_format == "ros2" else {"h264"})
+    if upload_format == "foxglove":
+        packets = [bytes(p) for p in back.frames["data"].to_pylist()]
+        pictures = list(codec.decode_stream(packets, "h264", path.name, "front"))
+        assert len(pictures) == frames.num_rows
+        assert pictures[0].shape == decode_image(frames["data"][0].as_py(), "f").shape

@@ -115,6 +115,10 @@ class FleetSettings(_Model):
     """Share of fleet vehicles whose uploads carry front-camera frames."""
     camera_hz: float = Field(default=0.5, gt=0, le=10)
     """Camera frames per second in those uploads."""
+    upload_format: Literal["onshore", "ros2", "foxglove"] = "onshore"
+    """How the simulated vehicles write their uploads: onshore's own messages, the ROS 2
+    types an Autoware vehicle records, or Foxglove's schemas with H.264 video
+    (:mod:`onshore.clips.recorder`)."""
 
 
 UploadRole = Literal["position", "motion", "objects", "camera"]

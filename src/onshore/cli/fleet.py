@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
 from onshore.cli.output import JsonOption, ProjectOption, console, emit, progress_bar
 from onshore.errors import ConfigError, ProjectNotFound
 from onshore.settings import load_project
+
+if TYPE_CHECKING:
+    from onshore.clips.recorder import UploadFormat
+
+_UPLOAD_FORMATS = ("onshore", "ros2", "foxglove")
 
 TripKmOption = Annotated[
     float | None,
@@ -69,6 +74,15 @@ def simulate(
             "(default: the site's fleet settings, else 0.1).",
         ),
     ] = None,
+    upload_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="How vehicles write uploads: onshore (its own messages), ros2 (NavSatFix, "
+            "Odometry, Autoware's TrackedObjects) or foxglove (LocationFix, SceneUpdate, "
+            "H.264 video); default: the site's fleet settings, else onshore.",
+        ),
+    ] = None,
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -87,6 +101,12 @@ def simulate(
                 site = found.party.id  # a site's own folder simulates its own fleet
     if (site is None) == (region is None):
         raise ConfigError("give exactly one of --site (in a project) or --region (cn, eu, us)")
+    if upload_format is not None and upload_format not in _UPLOAD_FORMATS:
+        raise ConfigError(
+            f"--format {upload_format!r} is none of {', '.join(_UPLOAD_FORMATS)}",
+            hint="onshore, ros2 or foxglove",
+        )
+    chosen = cast("UploadFormat | None", upload_format)
     with progress_bar(f"simulate {site or region}", len(_STAGES), unit="stages") as bar:
         task = bar.task_ids[0]
 
@@ -105,6 +125,7 @@ def simulate(
                 progress=report,
                 camera_share=camera_share,
                 trip_km=trip_km,
+                upload_format=chosen,
             )
         else:
             region = str(region).lower()
@@ -118,6 +139,7 @@ def simulate(
                 progress=report,
                 camera_share=0.1 if camera_share is None else camera_share,
                 trip_km=trip_km,
+                upload_format=chosen or "onshore",
             )
     data: dict[str, Any] = {
         "region": result.region,

@@ -30,6 +30,7 @@ import math
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Final
 
 import numpy as np
@@ -191,6 +192,7 @@ class _Step:
     key: str | None = None
 
 
+@cache
 def _parse(path: str) -> tuple[_Step, ...]:
     steps = []
     for part in path.split("."):
@@ -206,22 +208,36 @@ def _parse(path: str) -> tuple[_Step, ...]:
     return tuple(steps)
 
 
+_PRESENCE: dict[tuple[type, str], bool] = {}
+"""Per message class and field, whether the field has presence (a Protobuf sub-message, which
+reads as an empty message when unset); asked once per class, as the answer never changes."""
+
+
+def _has_presence(value: Any, name: str) -> bool:
+    key = (type(value), name)
+    known = _PRESENCE.get(key)
+    if known is None:
+        try:
+            value.HasField(name)
+            known = True
+        except (AttributeError, ValueError):
+            known = False  # not Protobuf, or a scalar or repeated field
+        _PRESENCE[key] = known
+    return known
+
+
 def _attribute(value: Any, name: str, path: str) -> Any:
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         if name not in value:
             raise _Missing(path)
         return value[name]
-    if not hasattr(value, name):
+    try:
+        found = getattr(value, name)
+    except AttributeError:
+        raise _Missing(path) from None
+    if _has_presence(value, name) and not value.HasField(name):
         raise _Missing(path)
-    has_field = getattr(value, "HasField", None)
-    if has_field is not None:
-        # Protobuf answers an unset sub-message with an empty one: unset is missing.
-        try:
-            if not has_field(name):
-                raise _Missing(path)
-        except ValueError:
-            pass  # scalars and repeated fields have no presence
-    return getattr(value, name)
+    return found
 
 
 def _get(message: Any, steps: tuple[_Step, ...], path: str) -> Any:
@@ -398,7 +414,7 @@ def read_standard(data: bytes, name: str, settings: IngestSettings) -> Clip:
             if record.name == settings.meta_record:
                 meta = dict(record.metadata)
         counts: dict[int, int] = {}
-        for schema, channel, message in mcap.iter_messages():
+        for schema, channel, message in mcap.iter_messages(log_time_order=False):
             if channel.id not in channels:
                 channels[channel.id] = reader.channel(
                     channel.topic, schema.name if schema is not None else ""

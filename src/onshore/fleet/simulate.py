@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from onshore.clips.mcap import write_mcap
+from onshore.clips.recorder import UploadFormat, write_upload
 from onshore.clips.schema import TRIGGERS, Clip
 from onshore.errors import ConfigError, SimulationError
 from onshore.fleet.camera import CameraSettings, PlateStyle, render_frames
@@ -126,6 +126,7 @@ def simulate_fleet(
     camera_share: float = 0.1,
     camera: CameraSettings = CameraSettings(),
     trip_km: float | None = None,
+    upload_format: UploadFormat = "onshore",
     cache_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> SimulationResult:
@@ -239,7 +240,7 @@ def simulate_fleet(
             frames += table.num_rows
         path = out / f"{clip.meta.clip_id}.mcap"
         partial = path.with_name(f".{path.name}.partial")
-        write_mcap(clip, partial)
+        write_upload(clip, partial, upload_format)
         # A clip appears under its name only once it is complete.
         partial.replace(path)
         paths.append(path)
@@ -377,10 +378,11 @@ def simulate_site(
     progress: Progress | None = None,
     camera_share: float | None = None,
     trip_km: float | None = None,
+    upload_format: UploadFormat | None = None,
 ) -> SimulationResult:
     """:func:`simulate_fleet` for a site of a project: its region profile and fleet settings
-    (``camera_share`` and ``trip_km`` override the site's and the region's), its clips
-    recorded in the site."""
+    (``camera_share``, ``trip_km`` and ``upload_format`` override the site's and the
+    region's), its clips recorded in the site."""
     return simulate_fleet(
         site.region_profile,
         vehicles=vehicles,
@@ -394,6 +396,7 @@ def simulate_site(
         camera_share=site.fleet.camera_share if camera_share is None else camera_share,
         camera=CameraSettings(rate_hz=site.fleet.camera_hz),
         trip_km=trip_km,
+        upload_format=site.fleet.upload_format if upload_format is None else upload_format,
         progress=progress,
     )
 
