@@ -491,3 +491,58 @@ def test_the_simulators_recorder_formats_read_back_as_the_clip(
         pictures = list(codec.decode_stream(packets, "h264", path.name, "front"))
         assert len(pictures) == frames.num_rows
         assert pictures[0].shape == decode_image(frames["data"][0].as_py(), "f").shape
+
+
+def test_a_site_ingests_standard_uploads_with_its_own_mapping(project: Any, tmp_path: Path) -> None:
+    """Ingest at the EU site: the ROS 2 bag, the site's own JSON type once onshore.toml maps
+    it, and a bag whose object class the site did not map is quarantined naming the channel,
+    while the other files land."""
+    from onshore.settings import load_project
+    from onshore.store import SiteStore
+    from onshore.store.ingest import ingest
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "bag.mcap").write_bytes(ros2_bag())
+    (inbox / "custom.mcap").write_bytes(_acme_upload(48.14, 11.58, "r-2", recorded_in="EU"))
+    # A bag recording a trailer's class as 9, which no mapping knows.
+    (inbox / "odd.mcap").write_bytes(ros2_bag(labels=(1, 9), meta={**META, "clip_id": "odd"}))
+    config = project.root / "onshore.toml"
+    config.write_text(
+        config.read_text()
+        + """
+[sites.eu-frankfurt.ingest]
+meta_fields = { clip_id = "recording" }
+
+[sites.eu-frankfurt.ingest.types."acme.Gnss"]
+role = "position"
+fields = { stamp = "t_ns", lat = "fix.lat", lon = "fix.lng" }
+"""
+    )
+    with SiteStore.open(load_project(project.root), "eu-frankfurt") as site:
+        report = ingest(site, [inbox], remove_quarantined_source=False)
+        ids = {c.clip_id for c in site.catalogue.clips()}
+    assert ids == {"std-1", "r-2"}, report.quarantined
+    (refused,) = report.quarantined
+    assert "odd.mcap" in str(refused["path"])
+    assert "tracking/objects" in str(refused["reason"]) and "class '9'" in str(refused["reason"])
+
+
+def _acme_upload(lat: float, lon: float, recording: str, *, recorded_in: str) -> bytes:
+    import orjson
+
+    out = io.BytesIO()
+    writer = McapWriter(out)
+    writer.start()
+    schema = writer.register_schema("acme.Gnss", "jsonschema", b'{"type": "object"}')
+    channel = writer.register_channel("/acme/gnss", "json", schema)
+    for i in range(50):
+        t = T0 + 3600 * 10**9 + i * STEP  # an hour after the bag: the same vehicle
+        body = {"t_ns": t, "fix": {"lat": lat + i * 1e-5, "lng": lon}}
+        writer.add_message(channel, t, orjson.dumps(body), t)
+    meta = {k: v for k, v in META.items() if k != "clip_id"}
+    writer.add_metadata(
+        "onshore.clip", {**meta, "recording": recording, "recorded_in": recorded_in}
+    )
+    writer.finish()
+    return out.getvalue()

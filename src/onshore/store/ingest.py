@@ -42,6 +42,7 @@ from onshore.errors import (
     StoreError,
     UnreadableFile,
 )
+from onshore.settings import IngestSettings
 from onshore.sites.compute import Engine
 from onshore.store.catalogue import ClipRecord, FileRecord, FramesRecord
 from onshore.store.objects import ObjectStore, sha256
@@ -149,7 +150,12 @@ def _sniff(data: bytes) -> str:
     return "text"
 
 
-def decode_file(path: Path, data: bytes, residency: Residency | None = None) -> list[Clip]:
+def decode_file(
+    path: Path,
+    data: bytes,
+    residency: Residency | None = None,
+    uploads: IngestSettings | None = None,
+) -> list[Clip]:
     """Decode and validate the clips in one input file; with ``residency``, first refuse clips
     recorded under another jurisdiction (before anything else is looked at).
 
@@ -166,7 +172,7 @@ def decode_file(path: Path, data: bytes, residency: Residency | None = None) -> 
         raise UnreadableFile(f"{name}: the file is empty (0 bytes)", hint="re-upload it")
     try:
         if kind == "mcap":
-            clips = [read_mcap(data, name)]
+            clips = [read_mcap(data, name, uploads)]
         elif kind == "parquet":
             clips = read_parquet(data, name)
         else:
@@ -270,12 +276,14 @@ class _Encoded:
     objects: list[tuple[str, bytes]] = field(default_factory=list)
 
 
-def _prepare(path: Path, data: bytes, digest: str, residency: Residency) -> _Encoded:
+def _prepare(
+    path: Path, data: bytes, digest: str, residency: Residency, uploads: IngestSettings
+) -> _Encoded:
     """The CPU-heavy part of ingest: decode, check, encode; no I/O."""
     encoded = _Encoded(_Prepared(path, len(data), digest))
     frames: list[tuple[str, bytes]] = []
     try:
-        for clip in decode_file(path, data, residency):
+        for clip in decode_file(path, data, residency, uploads):
             parquet = clip_to_parquet(clip)
             record = _record(clip, sha256(parquet), len(parquet), digest)
             encoded.prepared.records.append(record)
@@ -297,8 +305,15 @@ class _IngestFiles:
     were never registered (the driver died) are adopted by the rerun, being named by content.
     """
 
-    def __init__(self, store: ObjectStore, residency: Residency, known: frozenset[str]) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        residency: Residency,
+        known: frozenset[str],
+        uploads: IngestSettings | None = None,
+    ) -> None:
         self.store, self.residency, self.known = store, residency, known
+        self.uploads = uploads or IngestSettings()
 
     def __call__(self, files: list[Path]) -> list[_Prepared]:
         out: list[_Prepared] = []
@@ -317,7 +332,7 @@ class _IngestFiles:
             if digest in self.known:
                 out.append(_Prepared(path, len(data), digest, status="known"))
                 continue
-            encoded = _prepare(path, data, digest, self.residency)
+            encoded = _prepare(path, data, digest, self.residency, self.uploads)
             out.append(encoded.prepared)
             if encoded.prepared.error is None:
                 pending.append(encoded)
@@ -373,7 +388,7 @@ def ingest(
     site.objects.clean_staging()
     known = frozenset(site.catalogue.ingested_files())
     engine = engine or Engine()
-    worker = (site.objects, site.residency, known)
+    worker = (site.objects, site.residency, known, site.uploads)
     # In this process, a worker's batch is a catalogue batch (one sync of each folder for the
     # lot); on Ray, smaller batches keep every worker busy.
     batch = _WORKER_FILES if engine.uses_ray else _BATCH_FILES

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from onshore.settings import Project
+from onshore.settings import IngestSettings, Project
 from onshore.sites.keystore import load_s3_credentials
 from onshore.store.catalogue import Catalogue
 from onshore.store.objects import (
@@ -63,6 +63,8 @@ class SiteStore:
     objects: ObjectStore
     catalogue: Catalogue
     residency: Residency
+    uploads: IngestSettings = IngestSettings()
+    """How ingest maps uploads of standard message types (``[sites.<id>.ingest]``)."""
 
     @classmethod
     def open(cls, project: Project, site_id: str | None = None) -> SiteStore:
@@ -86,6 +88,7 @@ class SiteStore:
             ObjectStore(url, credentials=credentials),
             Catalogue(project.catalogue_url(site), site_id),
             Residency.of(project, site_id),
+            site.ingest,
         )
 
     def close(self) -> None:
