@@ -62,7 +62,17 @@ What was tried, one core, 1280x720, best of 7 (ms per frame; the machine was sha
   take 140-1,100 ms a frame and find the bus's plate at best. So plates stay at 1/7 on real
   photos (the bus), and 30-160 px on the resized bus plate.
 
+Video (``--video``): the simulated front camera at 1280x720 and 10 Hz (a pedestrian and cars
+ahead, passers-by with LFW faces, drawn plates), sensor noise added (sigma ``--noise``) so that
+the stream has a camera's bitrate, encoded as H.264 by :func:`~onshore.clips.codec.encode_stream`.
+Each worker process (one per core, detectors and codec on one thread each, as the site's engine
+runs them) takes the whole stream through: decode + encode alone (the reference); decode +
+detect + mask + encode; and that plus what de-identification adds, decoding the encoded output
+and checking every frame of it. Frames per second are summed over the workers. Before them, on
+one core, what ingest's check of the stream costs (the NAL parse) against a strict decode.
+
     .venv/bin/python bench/deidentify_frames.py [--frames 40] [--repeat 3] [--workers 2] [--json]
+    .venv/bin/python bench/deidentify_frames.py --video [--frames 40] [--noise 1]
     .venv/bin/python bench/deidentify_frames.py --calibrate Entropy  # int8 ranges; ~16 GB
 """
 
@@ -87,7 +97,10 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pyarrow as pa
 
+from onshore.clips.codec import check_stream, decode_stream, encode_stream
+from onshore.clips.schema import OBJECT_TYPE, SCHEMA, Clip, ClipMeta
 from onshore.deidentify.detectors import (
     Box,
     DetectorConfig,
@@ -97,7 +110,15 @@ from onshore.deidentify.detectors import (
     detect_plates,
     warm_up,
 )
-from onshore.deidentify.frames import MaskSettings, check_masked, mask_frames
+from onshore.deidentify.frames import (
+    CHECK,
+    MaskSettings,
+    carry_over,
+    check_masked,
+    mask_frame,
+    mask_frames,
+)
+from onshore.fleet.camera import CameraSettings, render_frames
 
 MASK = MaskSettings()
 LABELS = Path(__file__).resolve().parent.parent / "tests" / "data" / "frames_labels.json"
@@ -469,6 +490,136 @@ def calibrate(method: str) -> None:
     print(f"wrote {len(ranges)} ranges to {RANGES_MODULE}")
 
 
+# --- video -------------------------------------------------------------------------------------
+
+VIDEO_HZ = 10.0
+
+
+def street_clip(steps: int) -> Clip:
+    """An ego driving at 8 m/s down a street: a pedestrian crossing 6-12 m ahead, a car and a
+    bus further on (their faces and plates are what the detectors must find)."""
+    t0 = np.datetime64("2026-03-02T08:00:00", "us").astype(np.int64)
+    time_us = t0 + np.arange(steps, dtype=np.int64) * 100_000
+    objects = [
+        [
+            {"track_id": 7, "class": "pedestrian", "x": 12.0 - 0.15 * i, "y": 2.5 - 0.08 * i,
+             "vx": -0.5, "vy": -0.8},
+            {"track_id": 8, "class": "car", "x": 9.0, "y": -1.8, "vx": 0.0, "vy": 0.0},
+            {"track_id": 9, "class": "bus", "x": 24.0, "y": 1.6, "vx": 0.0, "vy": 0.0},
+        ]
+        for i in range(steps)
+    ]  # fmt: skip
+    zeros = np.zeros(steps)
+    table = pa.Table.from_arrays(
+        [
+            pa.array(time_us).cast(SCHEMA.field("time").type),
+            pa.array(31.23 + np.arange(steps) * 8e-6),
+            pa.array(np.full(steps, 121.47)),
+            pa.array(np.full(steps, 8.0), pa.float32()),
+            *(pa.array(zeros, pa.float32()) for _ in range(5)),
+            pa.array(objects, pa.list_(OBJECT_TYPE)),
+        ],
+        schema=SCHEMA,
+    )
+    meta = ClipMeta("bench-video", "LSVAB12C2SS140891", "Bench", "random_sample", True, "CN")
+    return Clip(meta, table)
+
+
+def video_frames(count: int, noise: float) -> list[Frame]:
+    """``count`` 1280x720 frames of the simulated front camera at 10 Hz, with sensor noise."""
+    camera = CameraSettings(width=WIDTH, height=HEIGHT, focal_px=1040.0, rate_hz=VIDEO_HZ)
+    _, drawn = render_frames(street_clip(count), "cn", camera)
+    rng = np.random.default_rng(0)
+    return [
+        np.clip(d.pixels + rng.normal(0.0, noise, d.pixels.shape), 0, 255).astype(np.uint8)
+        for d in drawn
+    ]
+
+
+def _init_video_worker(config: DetectorConfig) -> None:
+    warm_up(config)
+
+
+def _video_run(job: tuple[list[bytes], str]) -> int:
+    """One stream through one stage, in a worker: the frames it took through."""
+    packets, stage = job
+    frames = decode_stream(packets, "h264", "bench", "front")
+    if stage == "codec":
+        return len(encode_stream(frames, fps=VIDEO_HZ))
+    config = DetectorConfig(threads=1)
+    pixels = list(frames)
+    boxes = carry_over([detect(frame, config) for frame in pixels], MASK.carry)
+    masked = (mask_frame(frame, b, MASK) for frame, b in zip(pixels, boxes, strict=True))
+    out = encode_stream(masked, fps=VIDEO_HZ)
+    if stage == "checked":
+        for frame in decode_stream(out, "h264", "bench output", "front"):
+            check_masked([frame], replace(CHECK, threads=1))
+    return len(out)
+
+
+def video(args: argparse.Namespace) -> None:
+    """Frames per second of video through de-identification's stages, against decode +
+    encode alone, measured in the same run."""
+    load_before = os.getloadavg()[0]
+    frames = video_frames(args.frames, args.noise)
+    packets = encode_stream(frames, fps=VIDEO_HZ)
+    stages = {
+        "codec": "decode + encode (reference)",
+        "masked": "decode + detect + mask + encode",
+        "checked": "decode + detect + mask + encode + decode + check (de-identification)",
+    }
+    # What ingest's check costs, on one core in this process: the NAL parse it does, and the
+    # strict decode it leaves to classification.
+    ingest: dict[str, float] = {}
+    for name, decode in (("parse (ingest)", False), ("strict decode, no RGB", True)):
+        start = time.perf_counter()
+        for _ in range(args.repeat):
+            check_stream(packets, "h264", "bench", "front", decode=decode)
+        ingest[name] = args.repeat * len(packets) / (time.perf_counter() - start)
+    context = multiprocessing.get_context("spawn")
+    rates: dict[str, tuple[float, float]] = {}
+    with ProcessPoolExecutor(
+        args.workers, context, initializer=_init_video_worker, initargs=(DetectorConfig(threads=1),)
+    ) as pool:
+        list(pool.map(_video_run, [(packets[:2], "masked")] * args.workers))
+        for stage in stages:
+            runs = []
+            for _ in range(args.repeat):
+                start = time.perf_counter()
+                done = sum(pool.map(_video_run, [(packets, stage)] * args.workers))
+                runs.append(done / (time.perf_counter() - start))
+            rates[stage] = (max(runs), statistics.median(runs))
+    report = {
+        "frame": f"{WIDTH}x{HEIGHT}",
+        "stream": f"H.264, {len(packets)} frames at {VIDEO_HZ:g} Hz, "
+        f"{sum(map(len, packets)) / len(packets) / 1000:.1f} kB a frame (noise {args.noise:g})",
+        "workers": args.workers,
+        "runs_per_figure": args.repeat,
+        "load_average_before": round(load_before, 2),
+        "fps": {stages[s]: {"best": best, "median": median} for s, (best, median) in rates.items()},
+        "ingest_check_one_core_fps": ingest,
+        "ratio_masked_to_codec": rates["masked"][0] / rates["codec"][0],
+        "ratio_checked_to_codec": rates["checked"][0] / rates["codec"][0],
+        "load_average_after": round(os.getloadavg()[0], 2),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(
+        f"video de-identification: {report['frame']}, {report['stream']}; {args.workers} worker "
+        f"processes x 1 thread, best of {args.repeat} runs (median in brackets), load average "
+        f"{report['load_average_before']} before, {report['load_average_after']} after"
+    )
+    for name, rate in ingest.items():
+        print(f"  ingest check, one core: {name:48s} {rate:9.0f} frames/s")
+    for stage, (best, median) in rates.items():
+        print(f"  {stages[stage]:72s} {best:7.2f} frames/s ({median:.2f})")
+    print(
+        f"  full pipeline / decode + encode alone: {report['ratio_checked_to_codec']:.3f} "
+        f"(without the check: {report['ratio_masked_to_codec']:.3f})"
+    )
+
+
 # --- report ------------------------------------------------------------------------------------
 
 
@@ -486,9 +637,18 @@ def main() -> None:
         choices=("Entropy", "MinMax", "Percentile"),
         help="regenerate the int8 CenterFace's activation ranges instead of measuring",
     )
+    parser.add_argument(
+        "--video", action="store_true", help="H.264 video at 1280x720 through de-identification"
+    )
+    parser.add_argument(
+        "--noise", type=float, default=1.0, help="--video: sensor noise sigma, in 8-bit levels"
+    )
     args = parser.parse_args()
     if args.calibrate:
         calibrate(args.calibrate)
+        return
+    if args.video:
+        video(args)
         return
 
     load_before = os.getloadavg()[0]

@@ -4,7 +4,8 @@ Vehicles upload compressed images (JPEG or PNG) as ROS 2 ``sensor_msgs/msg/Compr
 messages, one channel per camera (see :mod:`onshore.clips.mcap`). A site stores a clip's frames
 as one Parquet object beside the clip's table (:data:`~onshore.clips.schema.FRAMES_SCHEMA`),
 bytes as the camera sent them; pixels are decoded only where a stage needs them (classification
-and de-identification), one clip at a time.
+and de-identification), one clip at a time. Cameras that send video (H.264 or H.265, one row per
+access unit) are read through :mod:`onshore.clips.codec`.
 
 Cameras are told apart by name: a camera whose name says it looks inside the vehicle
 (``cabin``, ``interior``, ``driver``, ``occupant``) films the people in it, which is

@@ -143,8 +143,10 @@ FRAMES_SCHEMA: Final = pa.schema(
 )
 """Camera frames of a clip, one row per compressed image: which camera took it (``front``,
 ``rear``, ``cabin``...), when, its encoding (``jpeg`` or ``png``) and its bytes as the camera
-sent them. Frames are stored beside the clip's table, not in it: a camera runs at its own rate,
-and most clips have no frames at all."""
+sent them. A camera that sends video has a row per frame too, its encoding ``h264`` or ``h265``
+and its bytes one access unit in Annex B form; its rows, in time order, are its stream
+(:mod:`onshore.clips.codec`). Frames are stored beside the clip's table, not in it: a camera
+runs at its own rate, and most clips have no frames at all."""
 
 
 @dataclass(frozen=True, slots=True)

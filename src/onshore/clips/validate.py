@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from onshore.clips.camera import check_image, frame_times
+from onshore.clips.codec import check_stream, is_video
 from onshore.clips.geo import haversine
 from onshore.clips.schema import (
     CLASS_ARRAY,
@@ -178,9 +179,25 @@ def _check_frames(frames: pa.Table, table: pa.Table, name: str) -> None:
             f"time span {_iso(t.min())} to {_iso(t.max())}",
             hint="the camera's clock or the clip's cut is wrong; re-export the clip",
         )
+    streams: dict[str, tuple[str, list[bytes]]] = {}
     for i, (fmt, data) in enumerate(
         zip(frames["format"].to_pylist(), frames["data"].to_pylist(), strict=True)
     ):
+        # A camera sends stills or one video stream, never both: its rows are that stream.
+        fmt_before = streams.get(cameras[i], (fmt, []))[0]
+        if is_video(fmt) or is_video(fmt_before):
+            if fmt != fmt_before:
+                raise SchemaError(
+                    f"{name}: camera frame {i} ({cameras[i]}) is {fmt}, the camera's earlier "
+                    f"frames {fmt_before}: a camera sends one video stream or stills"
+                )
+            streams.setdefault(cameras[i], (fmt, []))[1].append(data)
+            continue
+        streams.setdefault(cameras[i], (fmt, []))
         problem = check_image(data, fmt)
         if problem is not None:
             raise SchemaError(f"{name}: camera frame {i} ({cameras[i]}): {problem}")
+    for camera, (fmt, packets) in streams.items():
+        if is_video(fmt):
+            # Rows are in time order within a camera (frames tables are sorted so).
+            check_stream(packets, fmt, name, camera)

@@ -12,6 +12,15 @@ derived from the site's secret, which the store does not hold: a rerun, or a sec
 that masks the same frames alike, reads the result for the very same bytes back, and a result
 that does not verify, written by anyone without the secret, is ignored and the check runs.
 
+A camera that sends video (:mod:`onshore.clips.codec`) is scanned and masked as its stream: its
+frames are decoded in order, one per row, detected and masked like stills, and the kept frames
+of the masked output are re-encoded as one H.264 stream, one access unit per kept frame (a frame
+dropped from the middle is simply not encoded; the raw stream stays where it is in the store).
+The check decodes that encoded stream, so what it holds to is what is stored; a frame in which
+it still finds a face or plate is dropped and the rest re-encoded and checked again, until a
+stream holds. Its result is kept per encoded stream, with the face and plate count of each
+frame, under the raw frames' hash and the stream's (:func:`~onshore.clips.codec.stream_digest`).
+
 People and plates are counted as tracks: a box in one frame continues a track of the previous
 frame of the same camera when they overlap enough. Frames a second or more apart rarely
 overlap, so the count is an upper bound on the distinct persons and plates seen, which is the
@@ -22,13 +31,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Final
 
+import av
 import cv2
 import numpy as np
 import orjson
@@ -36,7 +46,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numpy.typing import NDArray
 
+from onshore.clips import codec
 from onshore.clips.camera import decode_image, encode_jpeg, is_cabin, read_frames
+from onshore.clips.codec import decode_stream, encode_stream, is_video, stream_digest
 from onshore.deidentify import _centerface_int8, detectors
 from onshore.deidentify import frames as masking
 from onshore.deidentify.detectors import DEFAULT, Box, DetectorConfig, detect
@@ -49,6 +61,7 @@ __all__ = [
     "CHECKS_DIR",
     "DETECTIONS_DIR",
     "LOCAL_FRAMES_SCHEMA",
+    "OUTPUT_VIDEO",
     "CheckMemo",
     "FrameScan",
     "FramesOutput",
@@ -59,7 +72,10 @@ __all__ = [
 
 DETECTIONS_DIR: Final = "derived/detections"
 CHECKS_DIR: Final = "derived/checks"
-"""Where :class:`CheckMemo` keeps the results of the check on masked output images."""
+"""Where :class:`CheckMemo` keeps the results of the check on masked output images and
+streams."""
+OUTPUT_VIDEO: Final = "h264"
+"""The format of a video camera's masked frames: one H.264 stream, whatever the camera sent."""
 _TRACK_IOU: Final = 0.3
 
 
@@ -74,10 +90,18 @@ class FrameScan:
     """Per frame, its faces and plates; always empty for cabin frames, which are not
     scanned: a cabin camera films the occupants, all of it is ``cabin_video``."""
     config: DetectorConfig
+    source: str
+    """The SHA-256 of the stored frames object they were read from: what the check results of
+    their masked video are kept under, so that an erasure of the frames finds them."""
 
     @property
     def cameras(self) -> list[str]:
         return [str(c) for c in self.frames["camera"].to_pylist()]
+
+    @property
+    def formats(self) -> list[str]:
+        """Each frame's format: a still's (``jpeg``, ``png``) or its camera's video codec."""
+        return [str(f) for f in self.frames["format"].to_pylist()]
 
     def outside(self) -> NDArray[np.bool_]:
         """Which frames come from a camera looking outside."""
@@ -154,14 +178,38 @@ def scan_frames(
     cache = f"{DETECTIONS_DIR}/{record.sha256[:2]}/{record.sha256}-{_detector_key(config)}.json"
     found = _cached(store, cache, frames.num_rows)
     if found is None:
-        outside = [not is_cabin(str(c)) for c in frames["camera"].to_pylist()]
-        found = [
-            detect(decode_image(data, f"{record.path} frame {i}"), config) if look else []
-            for i, (data, look) in enumerate(zip(frames["data"].to_pylist(), outside, strict=True))
-        ]
+        found = [[] for _ in range(frames.num_rows)]
+        for camera, index in _by_camera(frames).items():
+            if not is_cabin(camera):
+                for i, pixels in _pixels(frames, camera, index, record.path):
+                    found[i] = detect(pixels, config)
         payload = [[[b.kind, b.x1, b.y1, b.x2, b.y2, b.score] for b in boxes] for boxes in found]
         store.put(cache, orjson.dumps({"frames": record.sha256, "found": payload}))
-    return FrameScan(clip_id, frames, found, config)
+    return FrameScan(clip_id, frames, found, config, record.sha256)
+
+
+def _by_camera(frames: pa.Table) -> dict[str, list[int]]:
+    """The rows of each camera, in stored (time) order."""
+    index: dict[str, list[int]] = {}
+    for i, camera in enumerate(frames["camera"].to_pylist()):
+        index.setdefault(str(camera), []).append(i)
+    return index
+
+
+def _pixels(
+    frames: pa.Table, camera: str, index: Sequence[int], name: str
+) -> Iterator[tuple[int, NDArray[np.uint8]]]:
+    """Row and RGB pixels of each of one camera's rows ``index``, in order: a video camera's
+    decoded as its stream (every row: each frame is predicted from those before it), stills
+    each alone."""
+    data = frames["data"]
+    fmt = str(frames["format"][index[0]].as_py())
+    if is_video(fmt):
+        packets = (bytes(data[i].as_py()) for i in index)
+        yield from zip(index, decode_stream(packets, fmt, name, camera), strict=True)
+        return
+    for i in index:
+        yield i, decode_image(bytes(data[i].as_py()), f"{name} frame {i}")
 
 
 def _cached(store: ObjectStore, path: str, count: int) -> list[list[Box]] | None:
@@ -195,13 +243,48 @@ def _check_key(config: DetectorConfig) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-class CheckMemo:
-    """:func:`check_masked` on one encoded output image, kept in the site's store.
+@cache
+def _stream_check_key(config: DetectorConfig) -> str:
+    """:func:`_check_key` for an encoded stream, which FFmpeg decodes (through PyAV and
+    :mod:`onshore.clips.codec`), not OpenCV."""
+    code = Path(str(codec.__file__)).read_bytes()
+    libraries = orjson.dumps(av.library_versions, option=orjson.OPT_SORT_KEYS).decode()
+    raw = f"{_check_key(config)}:{av.__version__}:{libraries}:{hashlib.sha256(code).hexdigest()}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
-    Each result is stored under the image's hash and :func:`_check_key`, with a MAC under a key
-    derived from the site's secret: one that is missing, unreadable or does not verify is
-    ignored, and the check runs. New results wait in :meth:`take` for the caller to store with
-    its outputs.
+
+def _stream_findings(
+    packets: Sequence[bytes],
+    config: DetectorConfig,
+    name: str,
+    camera: str,
+    known: Sequence[int] = (),
+) -> list[int]:
+    """Faces and plates :func:`check_masked` finds in each frame of an encoded stream, but for
+    its first frames, whose counts are ``known`` (every frame is decoded all the same: those
+    after them are predicted from them)."""
+    return [
+        known[j] if j < len(known) else len(check_masked([pixels], config).findings)
+        for j, pixels in enumerate(decode_stream(packets, OUTPUT_VIDEO, name, camera))
+    ]
+
+
+class CheckMemo:
+    """:func:`check_masked` on one encoded output image, or one encoded output stream, kept in
+    the site's store.
+
+    Each result is stored under the image's hash (a stream's :func:`stream_digest`) and
+    :func:`_check_key`, with a MAC under a key derived from the site's secret: one that is
+    missing, unreadable or does not verify is ignored, and the check runs. New results wait in
+    :meth:`take` for the caller to store with its outputs.
+
+    A stream is memoised whole, with the count of each of its frames: its frames are not
+    images of their own (each is decoded from those before it), and a rerun that masks a clip
+    alike encodes the same bytes (the encoder runs on one thread, see
+    :func:`~onshore.clips.codec.encode_stream`). Its result is stored under the hash of the
+    raw frames object it was made from, then the stream's: an erasure of a vehicle finds the
+    results of every stream made of its frames from the frames it erases, the streams that a
+    check refused (and that were never stored) included.
     """
 
     def __init__(self, store: ObjectStore, secret: bytes) -> None:
@@ -224,6 +307,34 @@ class CheckMemo:
         self._pending.append((path, orjson.dumps({"held": held, "findings": findings, "mac": mac})))
         return held, findings
 
+    def check_stream(
+        self,
+        packets: Sequence[bytes],
+        config: DetectorConfig,
+        source: str,
+        *,
+        name: str,
+        camera: str,
+        known: Sequence[int] = (),
+    ) -> list[int]:
+        """Faces and plates found in each frame of the encoded :data:`OUTPUT_VIDEO` stream
+        ``packets`` at ``config``'s thresholds (0 where nothing is). ``source`` is the hash of
+        the raw frames object the stream was made from (:attr:`FrameScan.source`); ``name``
+        and ``camera`` say which stream it is in errors. ``known`` are the counts of its first
+        frames, where the caller checked a stream with the very same first packets: a frame
+        decodes from its own packet and those before it only, so those frames are not checked
+        again."""
+        digest, key = stream_digest(packets), _stream_check_key(config)
+        subject = f"{source}:{digest}:{key}"
+        path = f"{CHECKS_DIR}/{source[:2]}/{source}-{digest}-{key}.json"
+        kept = self._read_stream(path, subject, len(packets))
+        if kept is not None:
+            return kept
+        findings = _stream_findings(packets, config, name, camera, known)
+        mac = self._stream_mac(subject, findings)
+        self._pending.append((path, orjson.dumps({"findings": findings, "mac": mac})))
+        return findings
+
     def take(self) -> list[tuple[str, bytes]]:
         """The results made since the last call, as (path, bytes) to store."""
         pending, self._pending = self._pending, []
@@ -245,6 +356,24 @@ class CheckMemo:
             return None
         return held, findings
 
+    def _stream_mac(self, subject: str, findings: Sequence[int]) -> str:
+        message = f"{subject}:stream:{','.join(map(str, findings))}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def _read_stream(self, path: str, subject: str, frames: int) -> list[int] | None:
+        try:
+            kept = orjson.loads(self._store.read(path))
+            findings, mac = kept["findings"], kept["mac"]
+        except (StoreError, orjson.JSONDecodeError, KeyError, TypeError):
+            return None
+        if not isinstance(findings, list) or not isinstance(mac, str) or len(findings) != frames:
+            return None
+        if any(type(n) is not int for n in findings):
+            return None
+        if not hmac.compare_digest(mac, self._stream_mac(subject, findings)):
+            return None
+        return findings
+
 
 LOCAL_FRAMES_SCHEMA: Final = pa.schema(
     [
@@ -257,7 +386,8 @@ LOCAL_FRAMES_SCHEMA: Final = pa.schema(
 )
 """De-identified frames: ``clip`` the clip's keyed pseudonym (as in the trajectory output),
 ``t`` seconds since the clip's first kept row, and the image re-encoded as JPEG (which also
-drops any EXIF the camera wrote)."""
+drops any EXIF the camera wrote); a video camera's kept frames are one :data:`OUTPUT_VIDEO`
+stream, a row per frame (``format`` ``h264``, ``data`` its access unit), in order."""
 
 _ROW_TOLERANCE_US: Final = 100_000
 """A frame stays only if a kept row of its clip lies within this of it (one 10 Hz step): a
@@ -299,12 +429,16 @@ def deidentify_frames(
     Cabin frames are dropped; outside frames are dropped where their clip's rows were, masked
     (when ``mask`` is given) with the scan's detections and carry-over, re-encoded, and checked
     with ``check``'s thresholds on the re-encoded output: a frame in which a face or plate is
-    still found is dropped rather than stored. ``time_step_s`` rounds frame times as the
-    profile's coarsening rounds the rows'. ``memo`` keeps the check's results, and reads back
-    those of images checked before.
+    still found is dropped rather than stored. A video camera's kept frames are re-encoded as
+    one stream, and checked as decoded from it (see :func:`_masked_stream`); without ``mask``
+    they are re-encoded unmasked, as a stream with frames cut out of it cannot be kept as it
+    came. ``time_step_s`` rounds frame times as the profile's coarsening rounds the rows'.
+    ``memo`` keeps the check's results, and reads back those of images and streams checked
+    before. Raises UnreadableFile for a raw frame or stream that cannot be decoded.
     """
     frames = scan.frames
     cameras = scan.cameras
+    formats = scan.formats
     times = pc.cast(frames["time"], pa.int64()).to_numpy()
     images = frames["data"].combine_chunks()
 
@@ -319,16 +453,26 @@ def deidentify_frames(
     keep = outside & near
     faces = plates = findings = 0
     out: dict[int, bytes] = {}
+    out_format: dict[int, str] = {}
     for camera in dict.fromkeys(c for c, o in zip(cameras, outside, strict=True) if o):
         index = [i for i, c in enumerate(cameras) if c == camera and outside[i]]
+        if mask is not None:
+            faces += sum(1 for i in index if keep[i] for b in scan.found[i] if b.kind == "face")
+            plates += sum(1 for i in index if keep[i] for b in scan.found[i] if b.kind == "plate")
+        if is_video(formats[index[0]]):
+            stream = _masked_stream(scan, camera, index, keep, mask, check, memo, times)
+            out.update(stream.kept)
+            out_format.update(dict.fromkeys(stream.kept, OUTPUT_VIDEO))
+            dropped["still_identifiable"] += stream.dropped
+            findings += stream.findings
+            continue
         if mask is None:
             out.update({i: data(i) for i in index if keep[i]})
+            out_format.update({i: formats[i] for i in index if keep[i]})
             continue
         # Boxes carry over from every frame of the camera, kept or not; only the kept frames
         # are decoded and masked (what mask_frames would do, less the frames it would drop).
         boxes = carry_over([scan.found[i] for i in index], mask.carry)
-        faces += sum(1 for i in index if keep[i] for b in scan.found[i] if b.kind == "face")
-        plates += sum(1 for i in index if keep[i] for b in scan.found[i] if b.kind == "plate")
         for i, masked_boxes in zip(index, boxes, strict=True):
             if not keep[i]:
                 continue
@@ -342,6 +486,7 @@ def deidentify_frames(
                 held, found = left.held, len(left.findings)
             if held:
                 out[i] = encoded
+                out_format[i] = "jpeg"
             else:
                 dropped["still_identifiable"] += 1
                 findings += found
@@ -355,14 +500,117 @@ def deidentify_frames(
             pa.array([output_id] * len(order), pa.string()),
             pa.array([cameras[i] for i in order], pa.string()),
             pa.array(t, pa.float64()),
-            pa.array(
-                ["jpeg" if mask is not None else str(frames["format"][i].as_py()) for i in order]
-            ),
+            pa.array([out_format[i] for i in order], pa.string()),
             pa.array([out[i] for i in order], pa.binary()),
         ],
         schema=LOCAL_FRAMES_SCHEMA,
     )
     return FramesOutput(table, frames.num_rows, dropped, faces, plates, findings, output_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Stream:
+    """One video camera's masked output."""
+
+    kept: dict[int, bytes]
+    """Per kept row, its access unit of the output stream."""
+    dropped: int
+    """Frames dropped because the check still found a face or plate in them."""
+    findings: int
+    """Faces and plates the check found in the frames dropped."""
+
+
+def _masked_stream(
+    scan: FrameScan,
+    camera: str,
+    index: list[int],
+    keep: NDArray[np.bool_],
+    mask: MaskSettings | None,
+    check: DetectorConfig,
+    memo: CheckMemo | None,
+    times: NDArray[np.int64],
+) -> _Stream:
+    """One video camera's kept frames (rows ``index``, kept where ``keep``), masked, as one
+    :data:`OUTPUT_VIDEO` stream on which the check holds.
+
+    The raw stream is decoded whole (each frame is predicted from those before it), the kept
+    frames are masked with their carried-over boxes and encoded as they come, so a clip's
+    frames are never all in memory at once. The check decodes the encoded stream; where it
+    still finds a face or plate, those frames are dropped and the others encoded and checked
+    again (those after the first one dropped are encoded anew, so their old check no longer
+    holds for them; those before it are the same bytes and keep theirs), until the check
+    holds on every frame of the stream: that stream is the one stored. Each round drops a
+    frame at least, so the rounds end. Without ``mask`` the kept frames are encoded unmasked
+    and not checked, as stills without a mask are kept.
+    """
+    name = f"{scan.clip_id} output"
+    found = [scan.found[i] for i in index]
+    boxes = carry_over(found, mask.carry) if mask is not None else [[] for _ in index]
+    wanted = {i for i in index if keep[i]}
+    dropped = findings = 0
+    checked: list[tuple[int, bytes, int]] = []
+    while wanted:
+        rows = [i for i in index if i in wanted]
+        frames = _masked_frames(scan, camera, index, boxes, wanted, mask)
+        # The encoder looks at no frame ahead and runs on one thread: up to the first frame
+        # dropped, the stream is the same bytes as before, and so is the check of those frames.
+        packets = encode_stream(frames, OUTPUT_VIDEO, fps=_frame_rate(times[rows]))
+        if mask is None:
+            return _Stream(dict(zip(rows, packets, strict=True)), 0, 0)
+        known = _same_start(rows, packets, checked)
+        if memo is not None:
+            left = memo.check_stream(
+                packets, check, scan.source, name=name, camera=camera, known=known
+            )
+        else:
+            left = _stream_findings(packets, check, name, camera, known)
+        if not any(left):
+            return _Stream(dict(zip(rows, packets, strict=True)), dropped, findings)
+        checked = list(zip(rows, packets, left, strict=True))
+        failed = {row for row, count in zip(rows, left, strict=True) if count}
+        dropped += len(failed)
+        findings += sum(left)
+        wanted -= failed
+    return _Stream({}, dropped, findings)
+
+
+def _same_start(
+    rows: Sequence[int], packets: Sequence[bytes], checked: Sequence[tuple[int, bytes, int]]
+) -> list[int]:
+    """The counts of ``checked`` (row, packet, count) for the first frames of a stream whose
+    rows and packets are the same as there."""
+    known = []
+    for row, packet, (before_row, before, count) in zip(rows, packets, checked, strict=False):
+        if row != before_row or packet != before:
+            break
+        known.append(count)
+    return known
+
+
+def _masked_frames(
+    scan: FrameScan,
+    camera: str,
+    index: list[int],
+    boxes: list[list[Box]],
+    wanted: set[int],
+    mask: MaskSettings | None,
+) -> Iterator[NDArray[np.uint8]]:
+    """The ``wanted`` frames of a video camera's rows ``index``, decoded, masked with their
+    ``boxes`` (unless ``mask`` is None), in order."""
+    decoded = _pixels(scan.frames, camera, index, scan.clip_id)
+    for (i, pixels), frame_boxes in zip(decoded, boxes, strict=True):
+        if i in wanted:
+            yield pixels if mask is None else mask_frame(pixels, frame_boxes, mask)
+
+
+def _frame_rate(times: NDArray[np.int64]) -> float:
+    """Frames per second of frames taken at ``times`` (µs): the median interval's, 10 where
+    there is no interval."""
+    steps = np.diff(times)
+    steps = steps[steps > 0]
+    if not len(steps):
+        return 10.0
+    return min(1000.0, 1e6 / float(np.median(steps)))
 
 
 def _near_kept(times: NDArray[np.int64], kept_us: NDArray[np.int64]) -> NDArray[np.bool_]:

@@ -275,7 +275,9 @@ def _objects(
         d for o in found if o["kind"] == "deidentified_frames" for d in _images(objects, o["path"])
     ]
     derived = _keyed(objects, DETECTIONS_DIR, [f.sha256 for f in frames])
-    derived += _keyed(objects, CHECKS_DIR, images)
+    # Checks of masked images are kept by the image's hash, those of masked video streams by
+    # the raw frames object's (see CheckMemo).
+    derived += _keyed(objects, CHECKS_DIR, [*images, *(f.sha256 for f in frames)])
     found += [{"path": p, "sha256": "", "kind": "derived"} for p in derived]
     found += [{"path": p, "sha256": "", "kind": "training_cache"} for p in objects.find(CACHE_DIR)]
     unique: dict[str, dict[str, str]] = {}

@@ -1,0 +1,480 @@
+"""Camera video: H.264 and H.265 streams checked at ingest, decoded, classified, masked and
+re-encoded, and the masked output checked as decoded from the stream that is stored.
+
+The video is real: the simulated front camera's scenes (a pedestrian with a real LFW face just
+ahead, a car with a drawn plate) encoded by libx264 and libx265, run through the real detectors.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from fractions import Fraction
+from pathlib import Path
+from unittest.mock import patch
+
+import av
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import make_clip
+from onshore.classify import classify_site, frame_labels
+from onshore.clips.camera import frames_table, frames_to_parquet, read_frames
+from onshore.clips.codec import (
+    VIDEO_FORMATS,
+    check_stream,
+    decode_stream,
+    encode_stream,
+    is_video,
+    stream_digest,
+)
+from onshore.clips.schema import OBJECT_TYPE, Clip
+from onshore.clips.validate import validate_clip
+from onshore.deidentify import deidentify_site, resolve_profile
+from onshore.deidentify.frames import CHECK, MaskSettings, check_masked
+from onshore.deidentify.video import (
+    CHECKS_DIR,
+    DETECTIONS_DIR,
+    CheckMemo,
+    FrameScan,
+    deidentify_frames,
+    scan_frames,
+)
+from onshore.errors import SchemaError, UnreadableFile
+from onshore.fleet.camera import CameraSettings, DrawnFrame, render_frames
+from onshore.rights.erase import erase_vehicle
+from onshore.settings import Project
+from onshore.sites.keystore import load_keystore
+from onshore.store import SiteStore
+from onshore.store.catalogue import FramesRecord
+from onshore.store.ingest import ingest
+from onshore.store.objects import ObjectStore, sha256
+
+SITE = "cn-shanghai"
+SECRET = b"s" * 32
+RATE_HZ = 5.0
+KEYFRAME_EVERY = 8
+
+
+def _pedestrian_ahead(clip: Clip) -> Clip:
+    """The clip with a pedestrian walking towards the ego and a car just ahead of it."""
+    objects = clip.table["objects"].to_pylist()
+    for i, step in enumerate(objects):
+        step.append(
+            {"track_id": 7, "class": "pedestrian", "x": 4.2 - i * 0.01, "y": 0.4, "vx": 0, "vy": 0}
+        )
+        step.append({"track_id": 8, "class": "car", "x": 7.0, "y": -1.2, "vx": 0.0, "vy": 0.0})
+    column = pa.array(objects, pa.list_(OBJECT_TYPE))
+    return Clip(clip.meta, clip.table.set_column(9, "objects", column))
+
+
+def _video_clip(seed: int, fmt: str = "h264", steps: int = 40) -> tuple[Clip, list[DrawnFrame]]:
+    """A clip whose front camera sends ``fmt`` video at 5 Hz (a frame every other row)."""
+    clip = _pedestrian_ahead(make_clip(seed, steps=steps, clip_id=f"vid-{seed:03d}"))
+    _, drawn = render_frames(clip, "cn", CameraSettings(rate_hz=RATE_HZ, passers_by=0))
+    packets = encode_stream(
+        [d.pixels for d in drawn], fmt, fps=RATE_HZ, keyframe_every=KEYFRAME_EVERY
+    )
+    count = len(drawn)
+    frames = frames_table(["front"] * count, [d.time_us for d in drawn], [fmt] * count, packets)
+    return Clip(clip.meta, clip.table, frames), drawn
+
+
+def _packets(clip: Clip) -> list[bytes]:
+    assert clip.frames is not None
+    return [bytes(p) for p in clip.frames["data"].to_pylist()]
+
+
+def _stored(store: ObjectStore, clip: Clip) -> FramesRecord:
+    """The clip's frames put in ``store`` as ingest stores them, and their catalogue record."""
+    assert clip.frames is not None
+    data = frames_to_parquet(clip.meta.clip_id, clip.frames)
+    digest = sha256(data)
+    path = ObjectStore.frames_path(digest)
+    store.put(path, data)
+    count = clip.frames.num_rows
+    return FramesRecord(clip.meta.clip_id, digest, path, len(data), count, f"front:{count}")
+
+
+def _nal_types(packet: bytes) -> list[int]:
+    """The H.264 NAL unit types of an access unit."""
+    types, at = [], packet.find(b"\x00\x00\x01")
+    while at >= 0:
+        types.append(packet[at + 3] & 0x1F)
+        at = packet.find(b"\x00\x00\x01", at + 3)
+    return types
+
+
+def _rows_us(clip: Clip) -> np.ndarray:
+    return np.asarray(pc.cast(clip.table["time"], pa.int64()).to_numpy(), dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def h264() -> tuple[Clip, list[DrawnFrame]]:
+    return _video_clip(1)
+
+
+@pytest.fixture(scope="module")
+def scanned(
+    h264: tuple[Clip, list[DrawnFrame]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[ObjectStore, FrameScan]:
+    """The H.264 clip's frames in a store, scanned once for the module (detections cached)."""
+    store = ObjectStore(str(tmp_path_factory.mktemp("video-store")))
+    return store, scan_frames(store, _stored(store, h264[0]))
+
+
+# --- the codec ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", VIDEO_FORMATS)
+def test_a_stream_round_trips_with_small_error(
+    fmt: str, h264: tuple[Clip, list[DrawnFrame]]
+) -> None:
+    pictures = [d.pixels for d in h264[1]]
+    packets = encode_stream(pictures, fmt, fps=RATE_HZ, keyframe_every=KEYFRAME_EVERY)
+    assert len(packets) == len(pictures) and is_video(fmt) and not is_video("jpeg")
+    back = list(decode_stream(packets, fmt, "round.mcap", "front"))
+    assert len(back) == len(pictures)
+    for before, after in zip(pictures, back, strict=True):
+        assert after.shape == before.shape and after.dtype == np.uint8
+        assert np.abs(after.astype(np.int16) - before).mean() < 2.0
+    # Any keyframe starts decoding: each carries its parameter sets.
+    assert (
+        len(list(decode_stream(packets[KEYFRAME_EVERY:], fmt, "cut.mcap", "front")))
+        == len(pictures) - KEYFRAME_EVERY
+    )
+
+
+def test_h264_keyframes_carry_their_parameter_sets_and_nothing_is_reordered(
+    h264: tuple[Clip, list[DrawnFrame]],
+) -> None:
+    packets = _packets(h264[0])
+    for index, packet in enumerate(packets):
+        types = _nal_types(packet)
+        if index % KEYFRAME_EVERY == 0:
+            assert {7, 8, 5} <= set(types), f"keyframe {index} has NAL types {types}"
+        else:
+            assert 5 not in types and 1 in types
+    # One frame out per packet in, at once: no B-frames, no delay.
+    check_stream(packets, "h264", "upload.mcap", "front", decode=True)
+
+
+def test_odd_sizes_and_changing_sizes_are_encoded() -> None:
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (37, 51, 3), dtype=np.uint8) for _ in range(2)]
+    frames.append(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    back = list(decode_stream(encode_stream(frames), "h264", "odd", "front"))
+    assert [f.shape for f in back] == [(38, 52, 3)] * 3  # padded to even, scaled to the first
+    assert encode_stream([]) == []
+    with pytest.raises(SchemaError, match="not an H x W x 3"):
+        encode_stream([np.zeros((8, 8), np.uint8)])
+
+
+def _panning(count: int) -> list[np.ndarray]:
+    """A textured scene panning by a pixel a frame: predicted frames, no scene cut."""
+    texture = np.random.default_rng(1).integers(40, 200, (64, 96 + count, 3), dtype=np.uint8)
+    return [np.ascontiguousarray(texture[:, i : i + 96]) for i in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("encoder", "fmt", "options"),
+    [
+        ("libx264", "h264", {"bframes": "2", "x264-params": "repeat-headers=1"}),
+        ("libx265", "h265", {"x265-params": "bframes=3:repeat-headers=1:log-level=error"}),
+    ],
+)
+def test_a_stream_with_b_frames_decodes_in_display_order(
+    encoder: str, fmt: str, options: dict[str, str]
+) -> None:
+    """A camera's encoder may reorder pictures: the decoder then holds frames back, and they
+    still come out one per packet, in the order they were taken."""
+    pictures = _panning(24)
+    context = av.CodecContext.create(encoder, "w")
+    assert isinstance(context, av.VideoCodecContext)
+    context.width, context.height, context.pix_fmt = 96, 64, "yuv420p"
+    context.time_base, context.framerate = Fraction(1, 10), Fraction(10)
+    context.options = options
+    packets: list[bytes] = []
+    for index, picture in enumerate([*pictures, None]):
+        frame = None
+        if picture is not None:
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts = index
+        packets.extend(bytes(packet) for packet in context.encode(frame))
+    check_stream(packets, fmt, "upload.mcap", "front", decode=True)
+    decoded = list(decode_stream(packets, fmt, "upload.mcap", "front"))
+    assert len(decoded) == len(packets) == len(pictures)
+    nearest = [
+        int(np.argmin([np.abs(d.astype(np.int16) - p).mean() for p in pictures])) for d in decoded
+    ]
+    assert nearest == list(range(len(pictures)))
+
+
+def _truncated(packets: list[bytes]) -> list[bytes]:
+    """The last packet cut in half."""
+    return [*packets[:-1], packets[-1][: len(packets[-1]) // 2]]
+
+
+def _cut_in_header(packets: list[bytes]) -> list[bytes]:
+    """The last packet cut inside its slice header: FFmpeg's H.265 decoder reads a slice cut
+    inside its data without an error (see :mod:`onshore.clips.codec`), but not this."""
+    return [*packets[:-1], packets[-1][:12]]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "damage", "found_by", "reason"),
+    [
+        ("h264", lambda p: p[1:], "parse", "missing keyframe"),
+        ("h265", lambda p: p[1:], "parse", "missing keyframe"),
+        ("h264", lambda p: [*p[:5], *p[7:]], "parse", "frame_num jumps"),
+        ("h264", lambda p: [p[0][4:], *p[1:]], "parse", "Annex B"),
+        ("h264", lambda p: [*p[:3], b"", *p[3:]], "parse", "Annex B"),
+        ("h264", lambda p: [p[0] + p[1], *p[2:]], "parse", "2 pictures where one is due"),
+        ("h264", lambda p: [], "parse", "without packets"),
+        ("h264", _truncated, "decode", "cannot be decoded"),
+        ("h265", _cut_in_header, "decode", "cannot be decoded"),
+        ("h265", lambda p: [*p[:5], *p[7:]], "decode", "cannot be decoded"),
+    ],
+)
+def test_a_broken_stream_is_unreadable_naming_file_and_camera(
+    fmt: str, damage: object, found_by: str, reason: str
+) -> None:
+    packets = encode_stream(_panning(12), fmt, keyframe_every=10)
+    assert callable(damage)
+    broken = damage(packets)
+    if found_by == "parse":
+        with pytest.raises(UnreadableFile, match=reason) as raised:
+            check_stream(broken, fmt, "upload.mcap", "/camera/front/video")
+    else:
+        # The parse at ingest does not look into slice data; decoding does, and fails.
+        check_stream(broken, fmt, "upload.mcap", "/camera/front/video")
+        with pytest.raises(UnreadableFile, match=reason):
+            check_stream(broken, fmt, "upload.mcap", "/camera/front/video", decode=True)
+    with pytest.raises(UnreadableFile, match=reason) as raised:
+        list(decode_stream(broken, fmt, "upload.mcap", "/camera/front/video"))
+    assert "upload.mcap" in str(raised.value) and "/camera/front/video" in str(raised.value)
+    assert raised.value.hint
+
+
+@pytest.mark.parametrize("fmt", ["vp9", "av1", "mjpeg"])
+def test_other_codecs_are_refused(fmt: str) -> None:
+    packets = encode_stream([np.zeros((16, 16, 3), np.uint8)])
+    for run in (
+        lambda: check_stream(packets, fmt, "upload.mcap", "front"),
+        lambda: list(decode_stream(packets, fmt, "upload.mcap", "front")),
+    ):
+        with pytest.raises(UnreadableFile, match=f"'{fmt}' video; onshore reads h264 and h265"):
+            run()
+
+
+def test_ingest_checks_each_camera_stream(h264: tuple[Clip, list[DrawnFrame]]) -> None:
+    clip = h264[0]
+    assert clip.frames is not None
+    validate_clip(clip, "upload.mcap")
+    keyless = clip.frames.slice(1)
+    with pytest.raises(UnreadableFile, match=r"upload\.mcap: camera front.*missing keyframe"):
+        validate_clip(Clip(clip.meta, clip.table, keyless), "upload.mcap")
+    formats = clip.frames["format"].to_pylist()
+    formats[-1] = "jpeg"
+    cameras, data = clip.frames["camera"].to_pylist(), clip.frames["data"].to_pylist()
+    times = pc.cast(clip.frames["time"], pa.int64()).to_pylist()
+    mixed = frames_table(cameras, times, formats, data)
+    with pytest.raises(SchemaError, match="one video stream or stills"):
+        validate_clip(Clip(clip.meta, clip.table, mixed), "upload.mcap")
+
+
+# --- classification ----------------------------------------------------------------------------
+
+
+def test_classification_counts_the_persons_in_a_video_camera(
+    scanned: tuple[ObjectStore, FrameScan], h264: tuple[Clip, list[DrawnFrame]]
+) -> None:
+    store, scan = scanned
+    drawn = h264[1]
+    faces = [d for d in drawn if d.faces]
+    found = sum(
+        any(b.kind == "face" and b.covers(d.faces[0], 0.5) for b in boxes)
+        for d, boxes in zip(drawn, scan.found, strict=True)
+        if d.faces
+    )
+    assert found >= 0.8 * len(faces)
+    labels = {label.category: label for label in frame_labels(scan)}
+    identifiable = labels["outside_video_identifiable"]
+    persons = scan.tracks("face")
+    # One pedestrian, seen in frame after frame: a track, not a person per frame.
+    assert 1 <= persons <= 3 < len(faces)
+    assert f"at most {persons} persons" in identifiable.evidence
+    assert "of camera front" in identifiable.evidence
+    record = _stored(store, h264[0])
+    with patch("onshore.deidentify.video.detect") as detect:
+        again = scan_frames(store, record)
+    assert again.found == scan.found and not detect.called, "read back from the cache"
+
+
+# --- de-identification -------------------------------------------------------------------------
+
+
+def test_video_is_masked_re_encoded_and_checked_on_the_stored_stream(
+    scanned: tuple[ObjectStore, FrameScan], h264: tuple[Clip, list[DrawnFrame]]
+) -> None:
+    store, scan = scanned
+    clip, drawn = h264
+    rows = _rows_us(clip)
+    # The rows of one second in the middle were dropped (a sensitive area): the frames there go
+    # with them, and the stream is encoded without them.
+    kept_us = np.concatenate([rows[:14], rows[26:]])
+    memo = CheckMemo(store, SECRET)
+    out = deidentify_frames(scan, kept_us, "out-1", mask=MaskSettings(), check=CHECK, memo=memo)
+    table = out.table
+    assert out.dropped["rows_dropped"] >= 5 and out.faces >= 1
+    assert (
+        table.num_rows
+        == out.frames_in - out.dropped["rows_dropped"] - out.dropped["still_identifiable"]
+    )
+    assert table.num_rows >= 10
+    assert set(table["format"].to_pylist()) == {"h264"}
+    packets = [bytes(p) for p in table["data"].to_pylist()]
+    assert len(packets) == table.num_rows
+    masked = list(decode_stream(packets, "h264", "out", "front"))
+    assert check_masked(masked, CHECK).held
+    # The drawn faces are hidden: the pixels inside them differ from the camera's.
+    by_time = {d.time_us: d for d in drawn}
+    first = int(kept_us[0])
+    for pixels, t in zip(masked, table["t"].to_pylist(), strict=True):
+        frame = by_time[first + round(t * 1e6)]
+        for x1, y1, x2, y2 in frame.faces:
+            raw = frame.pixels[y1:y2, x1:x2].astype(np.int16)
+            assert np.abs(pixels[y1:y2, x1:x2] - raw).mean() > 8
+    # The check's result is kept per stream, under the raw frames' hash (what an erasure of
+    # them looks for), then the stream's.
+    pending = memo.take()
+    source, digest = scan.source, stream_digest(packets)
+    assert source and pending
+    assert all(p.startswith(f"{CHECKS_DIR}/{source[:2]}/{source}-") for p, _ in pending)
+    assert [p for p, _ in pending if f"{source}-{digest}-" in p]
+    store.put_many(pending)
+    with patch("onshore.deidentify.video.check_masked", wraps=check_masked) as check:
+        again = deidentify_frames(
+            scan, kept_us, "out-1", mask=MaskSettings(), check=CHECK, memo=CheckMemo(store, SECRET)
+        )
+    assert again.table.equals(table), "the same frames encode to the same stream"
+    assert check.call_count == 0, "its check is read back"
+
+
+def test_a_video_left_unmasked_is_refused_by_the_check(
+    scanned: tuple[ObjectStore, FrameScan], h264: tuple[Clip, list[DrawnFrame]]
+) -> None:
+    store, scan = scanned
+    raw = _packets(h264[0])
+    # The camera's own stream as the "output": faces in most of its frames.
+    found = CheckMemo(store, SECRET).check_stream(
+        raw, CHECK, scan.source, name="raw as output", camera="front"
+    )
+    assert sum(1 for n in found if n) >= 0.8 * sum(1 for d in h264[1] if d.faces)
+    # Masking with no detections masks nothing: the frames that still show a face are dropped,
+    # and what is kept, re-encoded without them, holds.
+    blind = FrameScan(scan.clip_id, scan.frames, [[] for _ in scan.found], scan.config, scan.source)
+    kept_us = _rows_us(h264[0])
+    memo = CheckMemo(store, SECRET)
+    out = deidentify_frames(blind, kept_us, "out-2", mask=MaskSettings(), check=CHECK, memo=memo)
+    assert out.dropped["still_identifiable"] >= 0.8 * sum(1 for n in found if n)
+    assert out.findings >= out.dropped["still_identifiable"]
+    # Each stream checked is kept, those refused too, under the raw frames' hash.
+    kept = [path for path, _ in memo.take()]
+    assert kept and all(scan.source in path for path in kept)
+    if out.table.num_rows:
+        packets = [bytes(p) for p in out.table["data"].to_pylist()]
+        assert check_masked(list(decode_stream(packets, "h264", "out", "front")), CHECK).held
+    # Without a mask step, a video is kept unmasked (and unchecked, as stills are), re-encoded.
+    plain = deidentify_frames(scan, kept_us, "out-3", mask=None, check=CHECK)
+    assert plain.table.num_rows == scan.frames.num_rows and plain.faces == 0
+    assert set(plain.table["format"].to_pylist()) == {"h264"}
+
+
+def test_a_stream_check_is_read_back_unless_edited(
+    scanned: tuple[ObjectStore, FrameScan],
+) -> None:
+    store, _ = scanned
+    packets = encode_stream([np.full((48, 64, 3), 120, np.uint8)] * 3)
+
+    def checked(
+        source: str, known: list[int] | None = None
+    ) -> tuple[list[int], int, list[tuple[str, bytes]]]:
+        """The memo's answer, the frames the detectors ran on, and what it would store."""
+        memo = CheckMemo(store, SECRET)
+        with patch("onshore.deidentify.video.check_masked", wraps=check_masked) as check:
+            found = memo.check_stream(
+                packets, CHECK, source, name="grey", camera="front", known=known or []
+            )
+        return found, check.call_count, memo.take()
+
+    kept, edited = "ab" * 32, "cd" * 32
+    found, runs, pending = checked(kept)
+    assert (found, runs, len(pending)) == ([0, 0, 0], 3, 1)
+    store.put_many(pending)
+    assert checked(kept)[:2] == ([0, 0, 0], 0), "read back"
+    ((path, data),) = checked(edited)[2]
+    store.put(path, orjson.dumps({**orjson.loads(data), "findings": [0, 1, 0]}))
+    assert checked(edited)[:2] == ([0, 0, 0], 3), "an edited result is checked again"
+    # Frames of a stream that begins as one checked before are not checked again.
+    assert checked("ef" * 32, known=[2, 0])[:2] == ([2, 0, 0], 1)
+
+
+def test_an_h265_camera_is_masked_into_h264(tmp_path: Path) -> None:
+    clip, _ = _video_clip(2, "h265", steps=20)
+    assert clip.frames is not None and set(clip.frames["format"].to_pylist()) == {"h265"}
+    store = ObjectStore(str(tmp_path / "store"))
+    scan = scan_frames(store, _stored(store, clip))
+    assert scan.boxes("face") >= 1
+    out = deidentify_frames(scan, _rows_us(clip), "out-4", mask=MaskSettings(), check=CHECK)
+    assert out.table.num_rows >= 1 and set(out.table["format"].to_pylist()) == {"h264"}
+    packets = [bytes(p) for p in out.table["data"].to_pylist()]
+    assert check_masked(list(decode_stream(packets, "h264", "out", "front")), CHECK).held
+
+
+# --- through a site ----------------------------------------------------------------------------
+
+
+def test_a_video_upload_through_ingest_classification_and_deidentification(
+    project: Project, tmp_path: Path
+) -> None:
+    """What a vehicle's Foxglove recorder uploads (``foxglove.CompressedVideo``), end to end."""
+    recorder = pytest.importorskip("onshore.clips.recorder")
+    clip = _pedestrian_ahead(make_clip(3, steps=30, clip_id="vid-003"))
+    stills, _ = render_frames(clip, "cn", CameraSettings(rate_hz=RATE_HZ, passers_by=0))
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    recorder.write_upload(Clip(clip.meta, clip.table, stills), uploads / "v.mcap", "foxglove")
+    steps = [{"name": n} for n in ("pseudonymise", "drop_zones", "to_local", "mask_frames")]
+    profile = resolve_profile("training", {"training": steps})
+    with SiteStore.open(project, SITE) as site:
+        assert ingest(site, [uploads]).frames == stills.num_rows
+        (frames,) = site.catalogue.frames()
+        _, stored = read_frames(site.objects.read(frames.path), frames.path)
+        assert set(stored["format"].to_pylist()) == {"h264"}
+        summary = classify_site(site, as_of=date(2026, 11, 29))
+        secret = load_keystore(project.keystore_path(project.site(SITE))).hmac_secret
+        deidentified = deidentify_site(site, profile, secret=secret)
+        (record,) = site.catalogue.deidentified("training")
+        masked = orjson.loads(record.detail)["frames"]
+        table = pq.read_table(pa.BufferReader(site.objects.read(masked["path"])))
+    assert summary["subjects"]["persons"] >= 1
+    shown = {label["category"] for label in summary["clip_labels"]["vid-003"]}
+    assert "outside_video_identifiable" in shown
+    check = next(c for c in deidentified["checks"] if c["name"] == "no_unmasked_face_or_plate")
+    assert check["held"] and deidentified["frames"]["faces_masked"] >= 1
+    assert set(table["format"].to_pylist()) == {"h264"}
+    assert table.num_rows == deidentified["frames"]["kept"] > 0
+    pixels = list(decode_stream(table["data"].to_pylist(), "h264", "output", "front"))
+    assert check_masked(pixels, CHECK).held
+    # An erasure of the vehicle takes the detections of its video and the check of its
+    # masked stream (kept under the stream's digest) with it.
+    with SiteStore.open(project, SITE) as site:
+        assert list(site.objects.find(CHECKS_DIR)) and list(site.objects.find(DETECTIONS_DIR))
+    erase_vehicle(project, clip.meta.vin, site_id=SITE)
+    with SiteStore.open(project, SITE) as site:
+        assert not list(site.objects.find(CHECKS_DIR))
+        assert not list(site.objects.find(DETECTIONS_DIR))
