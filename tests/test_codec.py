@@ -22,7 +22,7 @@ import pytest
 
 from conftest import make_clip
 from onshore.classify import classify_site, frame_labels
-from onshore.clips.camera import frames_table, frames_to_parquet, read_frames
+from onshore.clips.camera import decode_image, frames_table, frames_to_parquet, read_frames
 from onshore.clips.codec import (
     VIDEO_FORMATS,
     check_stream,
@@ -31,6 +31,7 @@ from onshore.clips.codec import (
     is_video,
     stream_digest,
 )
+from onshore.clips.recorder import UploadFormat, write_upload
 from onshore.clips.schema import OBJECT_TYPE, Clip
 from onshore.clips.validate import validate_clip
 from onshore.deidentify import deidentify_site, resolve_profile
@@ -438,23 +439,26 @@ def test_an_h265_camera_is_masked_into_h264(tmp_path: Path) -> None:
 # --- through a site ----------------------------------------------------------------------------
 
 
-def test_a_video_upload_through_ingest_classification_and_deidentification(
-    project: Project, tmp_path: Path
+@pytest.mark.parametrize("upload_format", ["foxglove", "ros2"])
+def test_a_standard_upload_through_ingest_classification_and_deidentification(
+    upload_format: UploadFormat, project: Project, tmp_path: Path
 ) -> None:
-    """What a vehicle's Foxglove recorder uploads (``foxglove.CompressedVideo``), end to end."""
-    recorder = pytest.importorskip("onshore.clips.recorder")
+    """What a vehicle's Foxglove recorder uploads (``foxglove.CompressedVideo``), and what a
+    ROS 2 vehicle records (NavSatFix, Odometry, TrackedObjects, JPEG CompressedImage), end to
+    end."""
     clip = _pedestrian_ahead(make_clip(3, steps=30, clip_id="vid-003"))
     stills, _ = render_frames(clip, "cn", CameraSettings(rate_hz=RATE_HZ, passers_by=0))
     uploads = tmp_path / "uploads"
     uploads.mkdir()
-    recorder.write_upload(Clip(clip.meta, clip.table, stills), uploads / "v.mcap", "foxglove")
+    write_upload(Clip(clip.meta, clip.table, stills), uploads / "v.mcap", upload_format)
+    fmt = "h264" if upload_format == "foxglove" else "jpeg"
     steps = [{"name": n} for n in ("pseudonymise", "drop_zones", "to_local", "mask_frames")]
     profile = resolve_profile("training", {"training": steps})
     with SiteStore.open(project, SITE) as site:
         assert ingest(site, [uploads]).frames == stills.num_rows
         (frames,) = site.catalogue.frames()
         _, stored = read_frames(site.objects.read(frames.path), frames.path)
-        assert set(stored["format"].to_pylist()) == {"h264"}
+        assert set(stored["format"].to_pylist()) == {fmt}
         summary = classify_site(site, as_of=date(2026, 11, 29))
         secret = load_keystore(project.keystore_path(project.site(SITE))).hmac_secret
         deidentified = deidentify_site(site, profile, secret=secret)
@@ -466,9 +470,12 @@ def test_a_video_upload_through_ingest_classification_and_deidentification(
     assert "outside_video_identifiable" in shown
     check = next(c for c in deidentified["checks"] if c["name"] == "no_unmasked_face_or_plate")
     assert check["held"] and deidentified["frames"]["faces_masked"] >= 1
-    assert set(table["format"].to_pylist()) == {"h264"}
+    assert set(table["format"].to_pylist()) == {fmt}
     assert table.num_rows == deidentified["frames"]["kept"] > 0
-    pixels = list(decode_stream(table["data"].to_pylist(), "h264", "output", "front"))
+    if fmt == "h264":
+        pixels = list(decode_stream(table["data"].to_pylist(), "h264", "output", "front"))
+    else:
+        pixels = [decode_image(d, "output") for d in table["data"].to_pylist()]
     assert check_masked(pixels, CHECK).held
     # An erasure of the vehicle takes the detections of its video and the check of its
     # masked stream (kept under the stream's digest) with it.
