@@ -25,17 +25,28 @@ from onshore.sites import init_project
 POSTGRES_URL = os.environ.get("ONSHORE_TEST_POSTGRES_URL")
 
 
+PLACES = {"CN": (31.23, 121.47), "EU": (50.11, 8.68), "US": (45.52, -122.68)}
+"""Where synthetic clips start by default: Shanghai, Frankfurt, Portland, by the jurisdiction
+(or the site id's prefix) they say they were recorded in, so that ingest's check of positions
+against the territory passes."""
+
+
 def make_clip(
     seed: int = 0,
     *,
     steps: int = 120,
     clip_id: str | None = None,
     consent: bool = True,
-    lat0: float = 31.23,
-    lon0: float = 121.47,
+    lat0: float | None = None,
+    lon0: float | None = None,
     recorded_in: str = "cn-shanghai",
 ) -> Clip:
-    """A plausible clip: an ego driving a gentle curve at ~12 m/s with two tracked cars."""
+    """A plausible clip: an ego driving a gentle curve at ~12 m/s with two tracked cars,
+    starting at ``lat0``, ``lon0`` (default: in the region of ``recorded_in``, see
+    :data:`PLACES`)."""
+    place = PLACES.get(recorded_in.split("-")[0].upper(), PLACES["CN"])
+    lat0 = place[0] if lat0 is None else lat0
+    lon0 = place[1] if lon0 is None else lon0
     rng = np.random.default_rng(seed)
     t0 = np.datetime64("2026-03-02T08:00:00", "us").astype(np.int64) + seed * 60_000_000
     time_us = t0 + np.arange(steps, dtype=np.int64) * 100_000

@@ -4,8 +4,10 @@ One vocabulary of data categories (:mod:`onshore.rulebook.categories`) shared by
 jurisdiction; one versioned YAML rulebook per jurisdiction mapping those categories to its legal
 classes, thresholds, counting windows, destinations, purposes and mechanisms, each rule citing its
 source and confidence (:mod:`~onshore.rulebook.model`); built-in ``cn``, ``eu`` and ``us``
-rulebooks and users' own files (:mod:`~onshore.rulebook.loader`); ``lint`` and ``diff``; and
-:func:`evaluate`, which tells the gate which rules match a transfer and what they require.
+rulebooks and users' own files (:mod:`~onshore.rulebook.loader`); each territory's boundary on
+the map, against which ingest checks where clips were driven (:mod:`~onshore.rulebook.territory`);
+``lint`` and ``diff``; and :func:`evaluate`, which tells the gate which rules match a transfer and
+what they require.
 """
 
 from onshore.rulebook.categories import (
@@ -58,6 +60,7 @@ from onshore.rulebook.model import (
 )
 from onshore.rulebook.periods import shift_months, shift_working_days, window_start
 from onshore.rulebook.problems import Problem, RulebookError, RulebookNotFound
+from onshore.rulebook.territory import Boundary, Outside
 
 __all__ = [
     "APPROVAL_MECHANISMS",
@@ -67,6 +70,7 @@ __all__ = [
     "MECHANISMS",
     "PROHIBITED",
     "PURPOSES",
+    "Boundary",
     "CategoryId",
     "Change",
     "Comparison",
@@ -83,6 +87,7 @@ __all__ = [
     "MechanismTerms",
     "Membership",
     "Obligation",
+    "Outside",
     "PastTransfer",
     "Problem",
     "Recipient",

@@ -1,8 +1,10 @@
 """``lint``: every error and warning in a rulebook file, not only the first.
 
-Errors are what stops a rulebook from loading (each with its file, line and reason). Warnings are
-what a compliance officer should look at: every ``unchecked`` entry, thresholds no count can
-meet, categories no rule covers (their transfers are denied by default).
+Errors are what stops a rulebook from loading (each with its file, line and reason), a missing
+or malformed ``boundary`` file included. Warnings are what a compliance officer should look at:
+every ``unchecked`` entry, thresholds no count can meet, categories no rule covers (their
+transfers are denied by default), and a rulebook without a ``boundary``, whose sites' ingest
+cannot check where clips were driven and takes their ``recorded_in`` on trust.
 """
 
 from __future__ import annotations

@@ -7,6 +7,13 @@ A user's file either stands alone (a whole rulebook) or starts with ``extends: c
 holds only what differs from the built-in ``cn`` rulebook. Entries (rules, memberships,
 mechanisms, country sets, obligations, restrictions) replace the built-in entry with the same id
 or add a new one; ``remove: [id, ...]`` drops entries; it must give its own ``version``.
+
+A rulebook's ``boundary`` (a GeoJSON file, see :mod:`onshore.rulebook.territory`) is a path
+relative to the file that names it (text given without a file: to the current folder), or
+``builtin:territory/cn.geojson`` for one shipped in the package's ``builtin`` folder, as the
+built-in rulebooks name theirs (so a copy of one keeps working). A file that ``extends`` a
+built-in keeps the built-in's boundary unless it names its own. The boundary is read when the
+rulebook is, so a missing or malformed file is an error on the ``boundary`` line.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from pydantic_core import ErrorDetails
 from onshore.rulebook.categories import CATEGORIES, DEID_STATES
 from onshore.rulebook.model import Rulebook
 from onshore.rulebook.problems import Problem, RulebookError, RulebookNotFound
+from onshore.rulebook.territory import Boundary
 from onshore.settings import Project
 
 __all__ = [
@@ -236,6 +244,11 @@ def _builtin_text(name: str) -> str:
         .joinpath("builtin", f"{name}.yaml")
         .read_text(encoding="utf-8")
     )
+
+
+def _builtin_folder() -> Path:
+    """The package's ``builtin`` folder, where the built-in rulebooks' boundaries are."""
+    return Path(str(resources.files("onshore.rulebook").joinpath("builtin")))
 
 
 @cache
@@ -499,6 +512,16 @@ def _warnings(parsed: _Parsed, book: Rulebook) -> list[Problem]:
                     "warning",
                 )
             )
+    if book.boundary is None:
+        out.append(
+            parsed.problem(
+                ("territory",),
+                "no 'boundary': ingest cannot check that clips were recorded in the territory "
+                "and takes each upload's recorded_in on trust; name a GeoJSON file of the "
+                "territory's area (as the built-in rulebooks do)",
+                "warning",
+            )
+        )
     for rule in book.rules.values():
         if rule.count is not None and not _satisfiable(rule.count.when):
             out.append(
@@ -541,6 +564,28 @@ def _satisfiable(comparisons: Sequence[Any]) -> bool:
     return high is None or low <= high
 
 
+def _boundary_file(parsed: _Parsed, book: Rulebook, problems: list[Problem]) -> Path | None:
+    """The boundary file ``book`` names, read once to check it: ``builtin:`` and a path in the
+    package's ``builtin`` folder, or a path from the folder of the file whose ``boundary`` line
+    it is. A file that is missing or malformed is an error on that line, added to
+    ``problems``."""
+    if book.boundary is None:
+        return None
+    file = parsed.where(("boundary",))[0]
+    if book.boundary.startswith("builtin:"):
+        path = _builtin_folder() / book.boundary.removeprefix("builtin:")
+    elif file.startswith("builtin:"):
+        path = _builtin_folder() / book.boundary
+    else:
+        path = Path(file).parent / book.boundary
+    try:
+        Boundary.load(path)
+    except RulebookError as exc:
+        problems.append(parsed.problem(("boundary",), exc.message))
+        return None
+    return path.resolve()
+
+
 def _build(parsed: _Parsed, *, with_warnings: bool) -> tuple[Rulebook | None, list[Problem]]:
     if parsed.problems and parsed.data is None:
         return None, parsed.problems
@@ -552,9 +597,11 @@ def _build(parsed: _Parsed, *, with_warnings: bool) -> tuple[Rulebook | None, li
     except ValidationError as exc:
         return None, problems + _pydantic_problems(parsed, exc)
     problems += _semantic_problems(parsed, book)
+    boundary = _boundary_file(parsed, book, problems)
     if any(p.severity == "error" for p in problems):
         return None, problems
     book._file = parsed.lines[()][0]
+    book._boundary_file = boundary
     book._lines = {str(key[-1]): parsed.where(key) for key in _entry_keys(parsed.data)}
     if with_warnings:
         problems += _warnings(parsed, book)

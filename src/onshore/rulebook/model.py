@@ -50,7 +50,10 @@ Entries are keyed by their id, so an id used twice is a duplicate key, refused w
         confidence: checked
 
 A user's file may instead start with ``extends: cn`` and hold only what differs (see
-:mod:`onshore.rulebook.loader`).
+:mod:`onshore.rulebook.loader`). ``boundary: cn.geojson`` (a path relative to the rulebook
+file, or ``builtin:territory/cn.geojson`` for the one onshore ships) names the territory's area
+on the map, against which ingest checks where clips were driven (see
+:mod:`onshore.rulebook.territory`).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cached_property
+from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
@@ -547,6 +551,13 @@ class Rulebook(_Model):
     territory: tuple[CountryCode, ...] = Field(min_length=1)
     """Countries where this law governs the data: a request whose origin is one of them is
     decided by this rulebook, and a destination in them is ``domestic``."""
+    boundary: Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)] | None = None
+    """A GeoJSON file covering the territory on the map, with a margin (a Polygon or
+    MultiPolygon in longitude/latitude; see :mod:`onshore.rulebook.territory`): a path relative
+    to the rulebook file, or ``builtin:territory/cn.geojson`` for one onshore ships. Ingest at a
+    site under this law refuses clips whose positions lie outside it; without one, positions
+    are not checked. A rulebook that ``extends`` another keeps its boundary unless it names its
+    own (or ``boundary: null``)."""
     description: str = ""
     country_sets: dict[Name, CountrySet] = {}
     classes: dict[Name, LegalClass] = Field(min_length=1)
@@ -556,6 +567,7 @@ class Rulebook(_Model):
     software_restrictions: dict[EntryId, SoftwareRestriction] = {}
 
     _file: str = PrivateAttr(default="")
+    _boundary_file: Path | None = PrivateAttr(default=None)
     _lines: Mapping[str, tuple[str, int | None]] = PrivateAttr(default_factory=dict)
     _countries: dict[tuple[str, ...], frozenset[str]] = PrivateAttr(default_factory=dict)
     _profiles: dict[tuple[str, str, str | None], Profile] = PrivateAttr(default_factory=dict)
@@ -569,6 +581,13 @@ class Rulebook(_Model):
     def file(self) -> str:
         """Where it was loaded from (a path, or ``builtin:cn``)."""
         return self._file
+
+    @property
+    def boundary_file(self) -> Path | None:
+        """The ``boundary`` file, found from the file that names it (for a built-in, the
+        package's ``builtin`` folder); ``None`` without one, or when the rulebook was not
+        read by the loader."""
+        return self._boundary_file
 
     def location(self, entry_id: str) -> tuple[str, int | None] | None:
         """``(file, line)`` where an entry (rule, membership, mechanism...) was defined."""

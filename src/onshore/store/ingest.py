@@ -1,9 +1,11 @@
 """Ingest: fleet uploads land in the store and catalogue of the site where they were recorded.
 
-For each input file: read it once, decode it by its extension (MCAP, Parquet, CSV), check every
-clip's schema and physics, write each clip as content-addressed Parquet into the site's store,
-then register file, clips and vehicles in the catalogue in one transaction. A bad file is moved
-to the site's quarantine with a reason a person can act on, and the run carries on.
+For each input file: read it once, decode it by its extension (MCAP, Parquet, CSV), check that
+every clip was recorded under the site's jurisdiction (its label, and its positions against the
+territory's boundary) and its schema and physics, write each clip as content-addressed Parquet
+into the site's store, then register file, clips and vehicles in the catalogue in one
+transaction. A bad file is moved to the site's quarantine with a reason a person can act on, and
+the run carries on; a clip of another region is left where it is, not a byte of it stored.
 
 Order matters for crash safety: store objects are written (atomically) before the catalogue
 transaction that makes them visible, so a process killed at any point leaves at worst an
@@ -25,6 +27,7 @@ from typing import Any, Final
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numpy.typing import NDArray
 
 from onshore.clips.camera import frames_to_parquet
 from onshore.clips.mcap import read_mcap
@@ -157,7 +160,8 @@ def decode_file(
     uploads: IngestSettings | None = None,
 ) -> list[Clip]:
     """Decode and validate the clips in one input file; with ``residency``, first refuse clips
-    recorded under another jurisdiction (before anything else is looked at).
+    recorded under another jurisdiction, by their label or by their positions (before anything
+    else is looked at, see :func:`_check_residency`).
 
     Raises a :class:`ClipError` subclass naming the file and what is wrong with it.
     """
@@ -185,18 +189,68 @@ def decode_file(
                 f"{name}: named {path.suffix} but its content is {actual}", hint=exc.hint
             ) from exc
         raise
-    for clip in clips:
-        if residency is not None and not residency.allows(clip.meta.recorded_in):
-            raise ResidencyError(
-                f"{path}: clip {clip.meta.clip_id} was recorded in {clip.meta.recorded_in!r}, "
-                f"not under site {residency.site}'s jurisdiction ({residency.jurisdiction}); "
-                "left where it is",
-                hint="ingest it at the site of the region where it was recorded; "
-                "data crosses borders only through the gate",
-            )
+    if residency is not None:
+        for clip in clips:
+            _check_residency(path, clip, residency)
     for clip in clips:
         validate_clip(clip, name)
     return clips
+
+
+_GLITCH_SHARE: Final = 0.01
+"""Largest share of a clip's positions outside the territory that is taken for a bad GNSS fix
+rather than a drive abroad, as far as which error to report goes: such a clip is validated
+first, so that a fix that jumped away is refused (and quarantined here) as the jump it is. A
+clip with a position outside is never stored either way."""
+
+
+def _check_residency(path: Path, clip: Clip, residency: Residency) -> None:
+    """Raise :class:`ResidencyError` unless ``clip`` was recorded under ``residency``'s
+    jurisdiction: by its ``recorded_in``, and, where the jurisdiction's rulebook has a
+    boundary, by every one of its positions.
+
+    The boundary's margin (10 km over land, 25 km over water for the built-in rulebooks) is the
+    whole tolerance. GNSS errors are metres to hundreds of metres; a fix that jumps further is
+    a jump :func:`validate_clip` refuses anyway, so a position past the margin in a clip that
+    holds together means the vehicle drove there, and a share of another country's data,
+    however small, is not this site's to store.
+    """
+    meta = clip.meta
+    if not residency.allows(meta.recorded_in):
+        raise ResidencyError(
+            f"{path}: clip {meta.clip_id} was recorded in {meta.recorded_in!r}, "
+            f"not under site {residency.site}'s jurisdiction ({residency.jurisdiction}); "
+            "left where it is",
+            hint="ingest it at the site of the region where it was recorded; "
+            "data crosses borders only through the gate",
+        )
+    positions = _positions(clip.table)
+    outside = None if positions is None else residency.outside(*positions)
+    if outside is None:
+        return
+    if outside.share <= _GLITCH_SHARE:
+        validate_clip(clip, str(path))
+    raise ResidencyError(
+        f"{path}: clip {meta.clip_id}: {outside.count} of its {outside.of} positions lie "
+        f"outside the territory of site {residency.site}'s jurisdiction "
+        f"({residency.jurisdiction}), the first at row {outside.first} (lat {outside.lat:.5f}, "
+        f"lon {outside.lon:.5f}), though it says it was recorded in {meta.recorded_in!r}; "
+        "left where it is",
+        hint="ingest it at the site of the region where it was recorded; if its positions are "
+        "wrong, fix the vehicle's GNSS and upload the clip again",
+    )
+
+
+def _positions(table: pa.Table) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
+    """A clip's latitudes and longitudes, or ``None`` where the table has no such columns of
+    floats (validation refuses its schema)."""
+    names = table.schema.names
+    if "lat" not in names or "lon" not in names:
+        return None
+    lat, lon = table["lat"], table["lon"]
+    if not (pa.types.is_floating(lat.type) and pa.types.is_floating(lon.type)):
+        return None
+    return lat.to_numpy(), lon.to_numpy()
 
 
 def _record(clip: Clip, digest: str, size: int, source: str) -> ClipRecord:
@@ -366,7 +420,8 @@ def ingest(
 ) -> IngestReport:
     """Ingest ``paths`` (files or folders) into ``site``'s store and catalogue.
 
-    Each clip must have been recorded under the site's jurisdiction (:class:`Residency`).
+    Each clip must have been recorded under the site's jurisdiction, and driven inside the
+    boundary of its territory where the site's rulebook has one (:class:`Residency`).
     Files are registered in the catalogue in batches, each batch in one transaction after its
     objects are durable in the store. ``on_start(total_bytes)`` is called once the inputs are
     found, and ``on_file(path, size)`` as each file is done (for a progress bar). A bad file
