@@ -156,6 +156,14 @@ def _iou(a: Box, b: Box) -> float:
 
 
 @cache
+@cache
+def _plate_weights() -> str:
+    """The hash of onshore's own plate model: retrained weights make other detections."""
+    from onshore.deidentify.plates import weights
+
+    return hashlib.sha256(weights()).hexdigest()
+
+
 def _detector_key(config: DetectorConfig) -> str:
     """A short hash of what decides detections: thresholds, passes, and the model packages
     (looked up once per process: reading package metadata costs a millisecond each time)."""
@@ -165,7 +173,9 @@ def _detector_key(config: DetectorConfig) -> str:
             packages[name] = version(name)
         except PackageNotFoundError:
             packages[name] = None
-    settings = {k: v for k, v in asdict(config).items() if k != "threads"}
+    settings: dict[str, Any] = {k: v for k, v in asdict(config).items() if k != "threads"}
+    if config.plate_model == "onshore":
+        settings["plate_weights"] = _plate_weights()
     raw = orjson.dumps({"config": settings, "packages": packages}, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(raw).hexdigest()[:16]
 
