@@ -45,8 +45,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+# The same recall and the same match as the frames bench (its folder is on the path).
+from deidentify_frames import Recall as Tally
+from deidentify_frames import matches
 from onshore.deidentify.detectors import Box, DetectorConfig, Frame, detect_plates
-from onshore.deidentify.frames import MaskSettings
 from onshore.deidentify.plate_scenes import (
     REGIONS,
     Fonts,
@@ -61,7 +63,6 @@ from onshore.deidentify.plates import PlateDetector, weights
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 LABEL_FILES = (DATA / "frames_labels.json", DATA / "plates_labels.json")
 WIDTH, HEIGHT = 1280, 720
-MARGIN = MaskSettings().plate_margin
 WIDTH_BINS = ((20, 40), (40, 80), (80, 251))
 
 Detect = Callable[[Frame], list[Box]]
@@ -78,38 +79,12 @@ class Labelled:
 
 
 @dataclass
-class Tally:
-    found: int = 0
-    total: int = 0
-
-    def add(self, hit: bool) -> None:
-        self.found += hit
-        self.total += 1
-
-    @property
-    def value(self) -> float:
-        return self.found / self.total if self.total else float("nan")
-
-    def __str__(self) -> str:
-        return f"{self.value:.3f} ({self.found}/{self.total})"
-
-
-@dataclass
 class Report:
     recall: dict[str, Tally] = field(default_factory=dict)
     false_boxes: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Per set: false boxes, frames."""
     per_image: dict[str, str] = field(default_factory=dict)
     ms: tuple[float, float] = (float("nan"), float("nan"))
-
-
-def matches(label: Sequence[float], box: Box) -> bool:
-    """IoU >= 0.3, or the box grown by the mask's margin covers 70% of the label."""
-    lx1, ly1, lx2, ly2 = label
-    ix = max(0.0, min(lx2, box.x2) - max(lx1, box.x1))
-    iy = max(0.0, min(ly2, box.y2) - max(ly1, box.y1))
-    union = (lx2 - lx1) * (ly2 - ly1) + box.width * box.height - ix * iy
-    return ix * iy / union >= 0.3 or box.expanded(MARGIN).covers(label, 0.7)
 
 
 # --- test sets ---------------------------------------------------------------------------------
