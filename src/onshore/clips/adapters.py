@@ -112,7 +112,6 @@ _SCENE_UPDATE: Final = _mapping(
 _VIDEO: Final = _mapping(
     "camera", stamp="timestamp", data="data", format="format", frame="frame_id"
 )
-_IMAGE: Final = _VIDEO
 _ROS_IMAGE: Final = _mapping(
     "camera", stamp="header.stamp", data="data", format="format", frame="header.frame_id"
 )
@@ -152,10 +151,8 @@ BUILTIN: Final[Mapping[str, MessageMapping]] = {
     "foxglove.SceneUpdate": _SCENE_UPDATE,
     "foxglove_msgs/msg/SceneUpdate": _SCENE_UPDATE,
     "foxglove.CompressedVideo": _VIDEO,
-    "foxglove.CompressedImage": _IMAGE,
-    "foxglove_msgs/msg/CompressedVideo": _mapping(
-        "camera", stamp="timestamp", data="data", format="format", frame="frame_id"
-    ),
+    "foxglove.CompressedImage": _VIDEO,  # the same fields as video
+    "foxglove_msgs/msg/CompressedVideo": _VIDEO,
     "sensor_msgs/msg/CompressedImage": _ROS_IMAGE,
 }
 """The message types every site reads without a word of configuration."""
