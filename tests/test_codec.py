@@ -7,6 +7,7 @@ ahead, a car with a drawn plate) encoded by libx264 and libx265, run through the
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date
 from fractions import Fraction
 from pathlib import Path
@@ -35,14 +36,18 @@ from onshore.clips.recorder import UploadFormat, write_upload
 from onshore.clips.schema import OBJECT_TYPE, Clip
 from onshore.clips.validate import validate_clip
 from onshore.deidentify import deidentify_site, resolve_profile
-from onshore.deidentify.frames import CHECK, MaskSettings, check_masked
+from onshore.deidentify.detectors import DEFAULT, Box, detect
+from onshore.deidentify.frames import CHECK, MaskSettings, carry_over, check_masked
 from onshore.deidentify.video import (
     CHECKS_DIR,
     DETECTIONS_DIR,
+    UNCHECKED,
     CheckMemo,
     FrameScan,
     deidentify_frames,
+    interpolate,
     scan_frames,
+    stream_findings,
 )
 from onshore.errors import SchemaError, UnreadableFile
 from onshore.fleet.camera import CameraSettings, DrawnFrame, render_frames
@@ -82,6 +87,10 @@ def _video_clip(seed: int, fmt: str = "h264", steps: int = 40) -> tuple[Clip, li
     count = len(drawn)
     frames = frames_table(["front"] * count, [d.time_us for d in drawn], [fmt] * count, packets)
     return Clip(clip.meta, clip.table, frames), drawn
+
+
+EVERY = replace(CHECK, video_stride=1)
+"""The check on every frame of a stream."""
 
 
 def _packets(clip: Clip) -> list[bytes]:
@@ -328,7 +337,9 @@ def test_video_is_masked_re_encoded_and_checked_on_the_stored_stream(
     # with them, and the stream is encoded without them.
     kept_us = np.concatenate([rows[:14], rows[26:]])
     memo = CheckMemo(store, SECRET)
-    out = deidentify_frames(scan, kept_us, "out-1", mask=MaskSettings(), check=CHECK, memo=memo)
+    # Checked on every frame, the stored stream holds on every frame (at the default stride it
+    # holds on those the check ran on: test_the_check_of_a_stream_runs_on_its_stride...).
+    out = deidentify_frames(scan, kept_us, "out-1", mask=MaskSettings(), check=EVERY, memo=memo)
     table = out.table
     assert out.dropped["rows_dropped"] >= 5 and out.faces >= 1
     assert (
@@ -359,7 +370,7 @@ def test_video_is_masked_re_encoded_and_checked_on_the_stored_stream(
     store.put_many(pending)
     with patch("onshore.deidentify.video.check_masked", wraps=check_masked) as check:
         again = deidentify_frames(
-            scan, kept_us, "out-1", mask=MaskSettings(), check=CHECK, memo=CheckMemo(store, SECRET)
+            scan, kept_us, "out-1", mask=MaskSettings(), check=EVERY, memo=CheckMemo(store, SECRET)
         )
     assert again.table.equals(table), "the same frames encode to the same stream"
     assert check.call_count == 0, "its check is read back"
@@ -408,7 +419,7 @@ def test_a_stream_check_is_read_back_unless_edited(
         memo = CheckMemo(store, SECRET)
         with patch("onshore.deidentify.video.check_masked", wraps=check_masked) as check:
             found = memo.check_stream(
-                packets, CHECK, source, name="grey", camera="front", known=known or []
+                packets, EVERY, source, name="grey", camera="front", known=known or []
             )
         return found, check.call_count, memo.take()
 
@@ -434,6 +445,111 @@ def test_an_h265_camera_is_masked_into_h264(tmp_path: Path) -> None:
     assert out.table.num_rows >= 1 and set(out.table["format"].to_pylist()) == {"h264"}
     packets = [bytes(p) for p in out.table["data"].to_pylist()]
     assert check_masked(list(decode_stream(packets, "h264", "out", "front")), CHECK).held
+
+
+def test_the_check_of_a_stream_runs_on_its_stride_and_follows_a_finding(
+    h264: tuple[Clip, list[DrawnFrame]],
+) -> None:
+    raw = _packets(h264[0])
+    every = stream_findings(raw, EVERY, "raw", "front")
+    with patch("onshore.deidentify.video.check_masked", wraps=check_masked) as check:
+        strided = stream_findings(raw, CHECK, "raw", "front")
+    stride, last = CHECK.video_stride, len(raw) - 1
+    assert stride > 1 and UNCHECKED not in every and sum(1 for n in every if n) >= 5
+    ran = [j for j, n in enumerate(strided) if n != UNCHECKED]
+    assert check.call_count == len(ran)
+    # Where it ran, it found what the check of every frame finds.
+    assert all(strided[j] == every[j] for j in ran)
+    # It ran on every stride-th frame and the last, and on every frame near one with a finding.
+    assert set(range(0, len(raw), stride)) | {last} <= set(ran)
+    for j in (j for j in ran if strided[j] > 0):
+        assert set(range(max(0, j - stride + 1), min(last, j + stride - 1) + 1)) <= set(ran)
+    # So a face or plate shown on `stride` frames in a row or more is found on each of them.
+    for j in range(len(raw) - stride + 1):
+        if all(every[j : j + stride]):
+            assert all(strided[j : j + stride])
+    # Where it finds nothing, it runs on every stride-th frame and the last alone.
+    grey = encode_stream([np.full((96, 128, 3), 120, np.uint8)] * 8)
+    sampled = set(range(0, 8, stride)) | {7}
+    with patch("onshore.deidentify.video.check_masked", wraps=check_masked) as check:
+        found = stream_findings(grey, CHECK, "grey", "front")
+    assert found == [0 if j in sampled else UNCHECKED for j in range(8)]
+    assert check.call_count == len(sampled) < 8
+
+
+def _box(x: float, y: float = 100.0, side: float = 16.0, kind: str = "face") -> Box:
+    return Box(kind, x, y, x + side, y + side, 0.6)  # type: ignore[arg-type]
+
+
+def test_boxes_between_detected_frames_follow_their_track() -> None:
+    # Detected on frames 0, 3, 6 and 7 (the last): a face crossing at 30 px a frame, a plate
+    # standing, and a second face that appears at 6.
+    found: list[list[Box]] = [[] for _ in range(8)]
+    found[0] = [_box(300), _box(600, kind="plate")]
+    found[3] = [_box(210), _box(600, kind="plate")]
+    found[6] = [_box(120), _box(600, kind="plate"), _box(900)]
+    found[7] = [_box(900)]
+    out = interpolate(found, [0, 3, 6, 7])
+    faces = [sorted(b.x1 for b in frame if b.kind == "face") for frame in out]
+    plates = [[b.x1 for b in frame if b.kind == "plate"] for frame in out]
+    # The crossing face moves frame by frame; a face and a plate are never one track.
+    assert faces[1][0] == pytest.approx(270) and faces[2][0] == pytest.approx(240)
+    assert faces[4][0] == pytest.approx(180) and faces[5][0] == pytest.approx(150)
+    assert plates[1:6] == [[600]] * 5
+    # The face that appears at 6 may have been there since 3: held at 4 and 5.
+    assert [f for f in faces[4] if f > 800] == [900] and [f for f in faces[5] if f > 800] == [900]
+    # The crossing face's track ends at 6; beyond it the face is masked where it may be at half
+    # to one and a half times its speed, but frame 7 was detected, so nothing is added there.
+    assert faces[7] == [900]
+
+
+def test_a_track_that_ends_between_detected_frames_is_swept_on() -> None:
+    # A passer-by close to the camera, speeding up as it leaves the frame: seen at 0 and 3, not
+    # at 6. At 4 and 5 it is masked over the span it may have covered.
+    found: list[list[Box]] = [[] for _ in range(7)]
+    found[0], found[3] = [_box(193)], [_box(98)]
+    out = interpolate(found, [0, 3, 6])
+    swept = out[5][0]
+    speed = (98 - 193) / 3
+    assert swept.x1 == pytest.approx(98 + 1.5 * speed * 2) and swept.x2 == pytest.approx(
+        98 + 16 + 0.5 * speed * 2
+    )
+    assert out[6] == []
+    # Seen only once, a box is held over the frames either side, up to the detected ones.
+    alone: list[list[Box]] = [[] for _ in range(7)]
+    alone[3] = [_box(400)]
+    assert [len(frame) for frame in interpolate(alone, [0, 3, 6])] == [0, 1, 1, 1, 1, 1, 0]
+
+
+def test_a_video_is_scanned_on_its_stride(
+    h264: tuple[Clip, list[DrawnFrame]], tmp_path: Path
+) -> None:
+    store = ObjectStore(str(tmp_path))
+    record = _stored(store, h264[0])
+    count = record.frames
+    with patch("onshore.deidentify.video.detect", wraps=detect) as calls:
+        strided = scan_frames(store, record)
+    assert calls.call_count == len(set(range(0, count, 3)) | {count - 1})
+    with patch("onshore.deidentify.video.detect", wraps=detect) as calls:
+        every = scan_frames(store, record, replace(DEFAULT, video_stride=1))
+    assert calls.call_count == count, "the stride is part of the detections' cache key"
+    # Between detected frames, the boxes follow those of every frame closely enough to mask them
+    # (with their margins and carried over, as masking does).
+    settings = MaskSettings()
+    masked = carry_over(strided.found, settings.carry)
+    covered = [
+        any(
+            b.kind == box.kind
+            and b.expanded(settings.margin if b.kind == "face" else settings.plate_margin).covers(
+                (box.x1, box.y1, box.x2, box.y2)
+            )
+            for b in own
+        )
+        for own, found in zip(masked, every.found, strict=True)
+        for box in found
+        if box.score >= 0.5
+    ]
+    assert len(covered) >= 10 and sum(covered) >= 0.95 * len(covered), covered
 
 
 # --- through a site ----------------------------------------------------------------------------

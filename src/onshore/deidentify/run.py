@@ -435,7 +435,7 @@ class _FramesTally:
     """Frames in, kept, masked and dropped, summed over outputs."""
 
     def __init__(self) -> None:
-        self.frames_in = self.kept = self.faces = self.plates = 0
+        self.frames_in = self.kept = self.faces = self.plates = self.unchecked = 0
         self.dropped: dict[str, int] = defaultdict(int)
 
     def add(self, video: Sequence[FramesOutput]) -> None:
@@ -444,6 +444,7 @@ class _FramesTally:
             self.kept += v.table.num_rows
             self.faces += v.faces
             self.plates += v.plates
+            self.unchecked += v.unchecked
             for reason, n in v.dropped.items():
                 self.dropped[reason] += n
 
@@ -452,6 +453,7 @@ class _FramesTally:
         self.kept += other.kept
         self.faces += other.faces
         self.plates += other.plates
+        self.unchecked += other.unchecked
         for reason, n in other.dropped.items():
             self.dropped[reason] += n
 
@@ -469,6 +471,11 @@ class _FramesTally:
                 f"; {self.dropped['still_identifiable']} frames still showing one after "
                 "masking were dropped"
             )
+        if self.unchecked:
+            detail += (
+                f"; the check ran on {self.kept - self.unchecked} of them, video frames at "
+                "the detectors' video_stride and beside any finding"
+            )
         return Check(_FRAMES_CHECK, True, detail + ")")
 
     def as_dict(self) -> dict[str, Any]:
@@ -477,6 +484,7 @@ class _FramesTally:
             "kept": self.kept,
             "faces_masked": self.faces,
             "plates_masked": self.plates,
+            "checked": self.kept - self.unchecked,
             "dropped": dict(self.dropped),
         }
 

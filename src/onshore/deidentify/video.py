@@ -13,11 +13,15 @@ that masks the same frames alike, reads the result for the very same bytes back,
 that does not verify, written by anyone without the secret, is ignored and the check runs.
 
 A camera that sends video (:mod:`onshore.clips.codec`) is scanned and masked as its stream: its
-frames are decoded in order, one per row, detected and masked like stills, and the kept frames
-of the masked output are re-encoded as one H.264 stream, one access unit per kept frame (a frame
-dropped from the middle is simply not encoded; the raw stream stays where it is in the store).
-The check decodes that encoded stream, so what it holds to is what is stored; a frame in which
-it still finds a face or plate is dropped and the rest re-encoded and checked again, until a
+frames are decoded in order, one per row, and masked like stills. The detectors run on every
+``video_stride``-th frame (:class:`~onshore.deidentify.detectors.DetectorConfig`), and the
+frames between take boxes moved between those found either side (:func:`interpolate`). The
+kept frames of the masked output are re-encoded as one H.264 stream, one access unit per kept
+frame (a frame dropped from the middle is simply not encoded; the raw stream stays where it is
+in the store).
+The check decodes that encoded stream, so what it holds to is what is stored, and runs on the
+same stride and on every frame beside one where it finds something; a frame in which it still
+finds a face or plate is dropped and the rest re-encoded and checked again, until a
 stream holds. Its result is kept per encoded stream, with the face and plate count of each
 frame, under the raw frames' hash and the stream's (:func:`~onshore.clips.codec.stream_digest`).
 
@@ -31,10 +35,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Final
 
@@ -62,12 +67,16 @@ __all__ = [
     "DETECTIONS_DIR",
     "LOCAL_FRAMES_SCHEMA",
     "OUTPUT_VIDEO",
+    "UNCHECKED",
     "CheckMemo",
     "FrameScan",
     "FramesOutput",
     "count_tracks",
     "deidentify_frames",
+    "detect_stream",
+    "interpolate",
     "scan_frames",
+    "stream_findings",
 ]
 
 DETECTIONS_DIR: Final = "derived/detections"
@@ -190,12 +199,156 @@ def scan_frames(
     if found is None:
         found = [[] for _ in range(frames.num_rows)]
         for camera, index in _by_camera(frames).items():
-            if not is_cabin(camera):
-                for i, pixels in _pixels(frames, camera, index, record.path):
-                    found[i] = detect(pixels, config)
+            if is_cabin(camera):
+                continue
+            video = is_video(str(frames["format"][index[0]].as_py()))
+            pixels = (p for _, p in _pixels(frames, camera, index, record.path))
+            if video:
+                boxes = detect_stream(pixels, len(index), config)
+            else:
+                boxes = [detect(p, config) for p in pixels]
+            for i, frame_boxes in zip(index, boxes, strict=True):
+                found[i] = frame_boxes
         payload = [[[b.kind, b.x1, b.y1, b.x2, b.y2, b.score] for b in boxes] for boxes in found]
         store.put(cache, orjson.dumps({"frames": record.sha256, "found": payload}))
     return FrameScan(clip_id, frames, found, config, record.sha256)
+
+
+def detect_stream(
+    frames: Iterable[NDArray[np.uint8]], count: int, config: DetectorConfig = DEFAULT
+) -> list[list[Box]]:
+    r"""Faces and plates in each of the ``count`` decoded frames of one video stream, in order:
+    the detectors run on every ``config.video_stride``-th frame and the last, and the frames
+    between take boxes :func:`interpolate`\ d from those."""
+    detected = _sampled(count, config.video_stride)
+    found = [detect(pixels, config) if j in detected else [] for j, pixels in enumerate(frames)]
+    if len(found) != count:
+        raise ValueError(f"the stream has {len(found)} frames, not {count}")
+    return interpolate(found, sorted(detected))
+
+
+def _sampled(count: int, stride: int) -> set[int]:
+    """The positions of a stream of ``count`` frames that the detectors run on at ``stride``:
+    every ``stride``-th from the first, and the last."""
+    return set(range(0, count, stride)) | ({count - 1} if count else set())
+
+
+def interpolate(found: Sequence[Sequence[Box]], detected: Sequence[int]) -> list[list[Box]]:
+    """Boxes for every frame of a stream whose frames ``detected`` (positions, ascending, the
+    first and last among them) were run through the detectors, with ``found`` their boxes
+    (those of the other frames are ignored).
+
+    The boxes of the detected frames are linked into tracks (:func:`_link`). Between two
+    detected frames of a track, its box moves linearly from one to the other, with the lower of
+    the two scores. Beyond a track's ends it goes on, at its speed where it has one and held
+    where it does not, up to the detected frames either side: the face or plate may have been
+    there since the last detected frame, and stay up to the next. That errs towards masking
+    more, which is the side masking must err on."""
+    marked = set(detected)
+    out = [list(found[i]) if i in marked else [] for i in range(len(found))]
+    after = dict(pairwise(detected))
+    before = {b: a for a, b in after.items()}
+    for track in _link(found, detected):
+        for (a, p), (b, q) in pairwise(track):
+            out[a + 1 : b] = [
+                [*boxes, _moved(p, q, (j - a) / (b - a))]
+                for j, boxes in zip(range(a + 1, b), out[a + 1 : b], strict=True)
+            ]
+        (first, head), (last, tail) = track[0], track[-1]
+        speed_in = _speed(track[0], track[1]) if len(track) > 1 else (0.0, 0.0)
+        speed_out = _speed(track[-2], track[-1]) if len(track) > 1 else (0.0, 0.0)
+        for j in range(before.get(first, first) + 1, first):
+            out[j].append(_swept(head, speed_in, j - first))
+        for j in range(last + 1, after.get(last, last)):
+            out[j].append(_swept(tail, speed_out, j - last))
+    return out
+
+
+def _link(found: Sequence[Sequence[Box]], detected: Sequence[int]) -> list[list[tuple[int, Box]]]:
+    """The boxes of the ``detected`` frames linked into tracks, each a list of (position, box)
+    on consecutive detected frames. A track goes on to the next detected frame with the box of
+    its kind nearest to where it is expected there (moved at its speed, where it has one),
+    within reach: sizes within a factor of two, and centres no further apart than its longer
+    side times 2, or times one more than the frames between where it has no speed yet (a
+    passer-by close to the camera crosses 40 px a frame at 10 Hz)."""
+    tracks: list[list[tuple[int, Box]]] = []
+    open_: list[list[tuple[int, Box]]] = [[(detected[0], b)] for b in found[detected[0]]]
+    for a, b in pairwise(detected):
+        gap = b - a
+        candidates = []
+        for t, track in enumerate(open_):
+            last = track[-1][1]
+            speed = _speed(track[-2], track[-1]) if len(track) > 1 else None
+            expected = _shifted(last, speed or (0.0, 0.0), gap)
+            side = max(last.width, last.height)
+            reach = side * (max(2, 1 + gap) if speed is not None else 1 + 2 * gap)
+            for j, box in enumerate(found[b]):
+                other = max(box.width, box.height)
+                if (
+                    box.kind != last.kind
+                    or min(side, other) <= 0
+                    or max(side, other) > 2 * min(side, other)
+                ):
+                    continue
+                distance = float(np.hypot(*np.subtract(_centre(expected), _centre(box))))
+                if distance <= reach:
+                    candidates.append((distance, t, j))
+        taken_t: set[int] = set()
+        taken_j: set[int] = set()
+        for _, t, j in sorted(candidates):
+            if t not in taken_t and j not in taken_j:
+                taken_t.add(t)
+                taken_j.add(j)
+                open_[t].append((b, found[b][j]))
+        tracks.extend(track for t, track in enumerate(open_) if t not in taken_t)
+        open_ = [track for t, track in enumerate(open_) if t in taken_t]
+        open_.extend([(b, box)] for j, box in enumerate(found[b]) if j not in taken_j)
+    return tracks + open_
+
+
+def _centre(box: Box) -> tuple[float, float]:
+    return (box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2
+
+
+def _speed(p: tuple[int, Box], q: tuple[int, Box]) -> tuple[float, float]:
+    """Pixels a frame that a track's centre moves from ``p`` to ``q`` (position, box)."""
+    (a, first), (b, second) = p, q
+    (x1, y1), (x2, y2) = _centre(first), _centre(second)
+    return (x2 - x1) / (b - a), (y2 - y1) / (b - a)
+
+
+def _shifted(box: Box, speed: tuple[float, float], frames: int) -> Box:
+    """``box`` moved at ``speed`` (pixels a frame) for ``frames`` frames (back, if negative)."""
+    dx, dy = speed[0] * frames, speed[1] * frames
+    return Box(box.kind, box.x1 + dx, box.y1 + dy, box.x2 + dx, box.y2 + dy, box.score)
+
+
+def _swept(box: Box, speed: tuple[float, float], frames: int) -> Box:
+    """Where ``box`` may be ``frames`` frames on at about ``speed``: the box covering it moved
+    at half and at one and a half times that speed (a passer-by close to the camera speeds up
+    across the frame, one that stops slows down)."""
+    slow = _shifted(box, (speed[0] * 0.5, speed[1] * 0.5), frames)
+    fast = _shifted(box, (speed[0] * 1.5, speed[1] * 1.5), frames)
+    return Box(
+        box.kind,
+        min(slow.x1, fast.x1),
+        min(slow.y1, fast.y1),
+        max(slow.x2, fast.x2),
+        max(slow.y2, fast.y2),
+        box.score,
+    )
+
+
+def _moved(p: Box, q: Box, f: float) -> Box:
+    """The box a fraction ``f`` of the way from ``p`` to ``q``."""
+    return Box(
+        p.kind,
+        p.x1 + (q.x1 - p.x1) * f,
+        p.y1 + (q.y1 - p.y1) * f,
+        p.x2 + (q.x2 - p.x2) * f,
+        p.y2 + (q.y2 - p.y2) * f,
+        min(p.score, q.score),
+    )
 
 
 def _by_camera(frames: pa.Table) -> dict[str, list[int]]:
@@ -263,20 +416,41 @@ def _stream_check_key(config: DetectorConfig) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def _stream_findings(
+UNCHECKED: Final = -1
+"""A frame of a checked stream that the check did not run on (see
+:attr:`~onshore.deidentify.detectors.DetectorConfig.video_stride`)."""
+
+
+def stream_findings(
     packets: Sequence[bytes],
     config: DetectorConfig,
     name: str,
     camera: str,
     known: Sequence[int] = (),
 ) -> list[int]:
-    """Faces and plates :func:`check_masked` finds in each frame of an encoded stream, but for
-    its first frames, whose counts are ``known`` (every frame is decoded all the same: those
-    after them are predicted from them)."""
-    return [
-        known[j] if j < len(known) else len(check_masked([pixels], config).findings)
-        for j, pixels in enumerate(decode_stream(packets, OUTPUT_VIDEO, name, camera))
-    ]
+    """Faces and plates :func:`check_masked` finds in the frames of an encoded stream, or
+    :data:`UNCHECKED` for a frame it did not run on. It runs on every ``config.video_stride``-th
+    frame and the last, then on every frame beside one where it found something, up to the
+    next frame it ran on, until none is left: a face or plate the check finds is followed
+    through every frame it stays in. The first frames' counts are ``known`` (every frame is
+    decoded all the same: those after them are predicted from them)."""
+    counts = [known[j] if j < len(known) else UNCHECKED for j in range(len(packets))]
+    todo = {j for j in _sampled(len(packets), config.video_stride) if counts[j] == UNCHECKED}
+    while todo:
+        last = max(todo)
+        for j, pixels in enumerate(decode_stream(packets, OUTPUT_VIDEO, name, camera)):
+            if j in todo:
+                counts[j] = len(check_masked([pixels], config).findings)
+            if j == last:
+                break
+        todo = {
+            k
+            for j, count in enumerate(counts)
+            if count > 0
+            for k in range(max(0, j - config.video_stride + 1), j + config.video_stride)
+            if k < len(counts) and counts[k] == UNCHECKED
+        }
+    return counts
 
 
 class CheckMemo:
@@ -328,7 +502,8 @@ class CheckMemo:
         known: Sequence[int] = (),
     ) -> list[int]:
         """Faces and plates found in each frame of the encoded :data:`OUTPUT_VIDEO` stream
-        ``packets`` at ``config``'s thresholds (0 where nothing is). ``source`` is the hash of
+        ``packets`` at ``config``'s thresholds (0 where nothing is, :data:`UNCHECKED` where
+        the check did not run, see :func:`stream_findings`). ``source`` is the hash of
         the raw frames object the stream was made from (:attr:`FrameScan.source`); ``name``
         and ``camera`` say which stream it is in errors. ``known`` are the counts of its first
         frames, where the caller checked a stream with the very same first packets: a frame
@@ -340,7 +515,7 @@ class CheckMemo:
         kept = self._read_stream(path, subject, len(packets))
         if kept is not None:
             return kept
-        findings = _stream_findings(packets, config, name, camera, known)
+        findings = stream_findings(packets, config, name, camera, known)
         mac = self._stream_mac(subject, findings)
         self._pending.append((path, orjson.dumps({"findings": findings, "mac": mac})))
         return findings
@@ -378,7 +553,7 @@ class CheckMemo:
             return None
         if not isinstance(findings, list) or not isinstance(mac, str) or len(findings) != frames:
             return None
-        if any(type(n) is not int for n in findings):
+        if any(type(n) is not int or n < UNCHECKED for n in findings):
             return None
         if not hmac.compare_digest(mac, self._stream_mac(subject, findings)):
             return None
@@ -422,6 +597,9 @@ class FramesOutput:
     """Faces and plates the check still found after masking (in the frames it dropped)."""
     table_id: str = ""
     """The output id of the clip these frames belong to."""
+    unchecked: int = 0
+    """Video frames kept that the check did not run on: those between the frames of its
+    ``video_stride`` where it found nothing either side."""
 
 
 def deidentify_frames(
@@ -461,7 +639,7 @@ def deidentify_frames(
     near = _near_kept(times, kept_us)
     dropped["rows_dropped"] = int((outside & ~near).sum())
     keep = outside & near
-    faces = plates = findings = 0
+    faces = plates = findings = unchecked = 0
     out: dict[int, bytes] = {}
     out_format: dict[int, str] = {}
     for camera in dict.fromkeys(c for c, o in zip(cameras, outside, strict=True) if o):
@@ -475,6 +653,7 @@ def deidentify_frames(
             out_format.update(dict.fromkeys(stream.kept, OUTPUT_VIDEO))
             dropped["still_identifiable"] += stream.dropped
             findings += stream.findings
+            unchecked += stream.unchecked
             continue
         if mask is None:
             out.update({i: data(i) for i in index if keep[i]})
@@ -515,7 +694,9 @@ def deidentify_frames(
         ],
         schema=LOCAL_FRAMES_SCHEMA,
     )
-    return FramesOutput(table, frames.num_rows, dropped, faces, plates, findings, output_id)
+    return FramesOutput(
+        table, frames.num_rows, dropped, faces, plates, findings, output_id, unchecked
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -528,6 +709,8 @@ class _Stream:
     """Frames dropped because the check still found a face or plate in them."""
     findings: int
     """Faces and plates the check found in the frames dropped."""
+    unchecked: int = 0
+    """Frames kept that the check did not run on."""
 
 
 def _masked_stream(
@@ -573,13 +756,14 @@ def _masked_stream(
                 packets, check, scan.source, name=name, camera=camera, known=known
             )
         else:
-            left = _stream_findings(packets, check, name, camera, known)
-        if not any(left):
-            return _Stream(dict(zip(rows, packets, strict=True)), dropped, findings)
+            left = stream_findings(packets, check, name, camera, known)
+        failed = {row for row, count in zip(rows, left, strict=True) if count > 0}
+        if not failed:
+            unchecked = sum(count == UNCHECKED for count in left)
+            return _Stream(dict(zip(rows, packets, strict=True)), dropped, findings, unchecked)
         checked = list(zip(rows, packets, left, strict=True))
-        failed = {row for row, count in zip(rows, left, strict=True) if count}
         dropped += len(failed)
-        findings += sum(left)
+        findings += sum(count for count in left if count > 0)
         wanted -= failed
     return _Stream({}, dropped, findings)
 
