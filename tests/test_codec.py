@@ -51,6 +51,7 @@ from onshore.deidentify.video import (
 )
 from onshore.errors import SchemaError, UnreadableFile
 from onshore.fleet.camera import CameraSettings, DrawnFrame, render_frames
+from onshore.rights.access import access_vehicle
 from onshore.rights.erase import erase_vehicle
 from onshore.settings import Project
 from onshore.sites.keystore import load_keystore
@@ -593,6 +594,20 @@ def test_a_standard_upload_through_ingest_classification_and_deidentification(
     else:
         pixels = [decode_image(d, "output") for d in table["data"].to_pylist()]
     assert check_masked(pixels, CHECK).held
+    # A driver's access request gets each camera as one file a player opens: the stream, and
+    # the time of each of its frames.
+    answer = access_vehicle(project, clip.meta.vin, tmp_path / "answer", site_id=SITE)
+    assert answer["frames"] == stills.num_rows
+    shown_frames = sorted((tmp_path / "answer" / "frames" / "vid-003").iterdir())
+    if fmt == "h264":
+        assert [p.name for p in shown_frames] == ["front.h264", "front.h264.times.json"]
+        with av.open(str(shown_frames[0]), format="h264") as player:
+            assert sum(1 for _ in player.decode(video=0)) == stills.num_rows
+        times = orjson.loads(shown_frames[1].read_bytes())
+        assert times["format"] == "h264" and len(times["frames"]) == stills.num_rows
+    else:
+        assert len(shown_frames) == stills.num_rows
+        assert all(p.suffix == ".jpeg" for p in shown_frames)
     # An erasure of the vehicle takes the detections of its video and the check of its
     # masked stream (kept under the stream's digest) with it.
     with SiteStore.open(project, SITE) as site:

@@ -2,9 +2,10 @@
 and when, written to a folder in open formats.
 
 The folder holds ``clips/<clip>.parquet`` (each clip as stored: positions, motion, objects),
-``frames/<clip>/<camera>-<time>.<format>`` (the camera images themselves), ``deidentified/
-<profile>/<clip>.parquet`` (the site's de-identified versions), ``vehicle.json`` (the
-catalogue's records: clips, labels with their evidence, consent and its withdrawals, erasures
+``frames/<clip>/<camera>-<time>.<format>`` (the camera images themselves; a video camera's
+frames as one stream, ``frames/<clip>/<camera>.h264`` and the time of each frame beside it),
+``deidentified/<profile>/<clip>.parquet`` (the site's de-identified versions), ``vehicle.json``
+(the catalogue's records: clips, labels with their evidence, consent and its withdrawals, erasures
 made), ``sent.json`` (from the ledger: each transfer that carried any of it, to whom, when, for
 what purpose, under which decision) and ``manifest.json`` (every file with its size and
 SHA-256). The request is recorded in the ledger, the vehicle named by its keyed hash.
@@ -21,6 +22,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from onshore.clips.codec import is_video
 from onshore.errors import ConfigError, UnknownVehicle
 from onshore.gate.site import OpenSite
 from onshore.rights.erase import erasures, transfers_carrying
@@ -33,6 +35,37 @@ __all__ = ["access_vehicle"]
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:120]
+
+
+def _frame_files(folder: str, data: bytes) -> dict[str, bytes]:
+    """A clip's stored frames as files a driver can open: each still as its image
+    (``<camera>-<time>.<format>``), each video camera as its stream (``<camera>.<codec>``, the
+    access units in order, which players open as a raw H.264 or H.265 stream) with the time of
+    each of its frames beside it (``<camera>.<codec>.times.json``)."""
+    table = pq.read_table(pa.BufferReader(data))
+    files: dict[str, bytes] = {}
+    streams: dict[str, tuple[str, list[bytes], list[str]]] = {}
+    for camera, time, kind, image in zip(
+        table["camera"].to_pylist(),
+        table["time"].to_pylist(),
+        table["format"].to_pylist(),
+        table["data"].to_pylist(),
+        strict=True,
+    ):
+        if is_video(kind):
+            stream = streams.setdefault(camera, (kind, [], []))
+            stream[1].append(image)
+            stream[2].append(time.isoformat())
+            continue
+        stamp = time.strftime("%Y%m%dT%H%M%S%f")
+        files[f"{folder}/{_safe(camera)}-{stamp}.{_safe(kind)}"] = image
+    for camera, (kind, packets, times) in streams.items():
+        name = f"{folder}/{_safe(camera)}.{_safe(kind)}"
+        files[name] = b"".join(packets)
+        files[f"{name}.times.json"] = orjson.dumps(
+            {"camera": camera, "format": kind, "frames": times}, option=orjson.OPT_INDENT_2
+        )
+    return files
 
 
 def access_vehicle(
@@ -65,20 +98,12 @@ def access_vehicle(
             name = f"clips/{_safe(clip.clip_id)}.parquet"
             written[name] = objects.read(clip.path)
             paths[clip.path] = name
+        frame_count = 0
         for frames in catalogue.frames(ids):
+            frame_count += frames.frames
             data = objects.read(frames.path)
             paths[frames.path] = f"frames/{_safe(frames.clip_id)}"
-            table = pq.read_table(pa.BufferReader(data))
-            for camera, time, kind, image in zip(
-                table["camera"].to_pylist(),
-                table["time"].to_pylist(),
-                table["format"].to_pylist(),
-                table["data"].to_pylist(),
-                strict=True,
-            ):
-                stamp = time.strftime("%Y%m%dT%H%M%S%f")
-                name = f"frames/{_safe(frames.clip_id)}/{_safe(camera)}-{stamp}.{_safe(kind)}"
-                written[name] = image
+            written.update(_frame_files(f"frames/{_safe(frames.clip_id)}", data))
         outputs = _unique(catalogue.deidentified_of(ids) + catalogue.outputs_of_vehicle(vin))
         for output in outputs:
             name = f"deidentified/{_safe(output.profile)}/{_safe(output.clip_id)}.parquet"
@@ -152,7 +177,7 @@ def access_vehicle(
             "vehicle": key,
             "out": str(out),
             "clips": len(clips),
-            "frames": sum(name.startswith("frames/") for name in written),
+            "frames": frame_count,
             "deidentified": len(outputs),
             "transfers": len(sent),
             "files": len(manifest),
