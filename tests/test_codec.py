@@ -556,6 +556,46 @@ def test_a_video_is_scanned_on_its_stride(
 # --- through a site ----------------------------------------------------------------------------
 
 
+def test_a_stream_that_fails_to_decode_after_ingest_is_kept_out_not_fatal(
+    project: Project, tmp_path: Path
+) -> None:
+    """A slice cut short passes ingest's parse (it does not look into slice data); the decode
+    of classification finds it. The clip is labelled as if its frames showed faces, its frames
+    are kept out of every output, and the other clips go through."""
+    damaged, _ = _video_clip(5, steps=30)
+    assert damaged.frames is not None
+    packets = _truncated(_packets(damaged))
+    check_stream(packets, "h264", "v.mcap", "front")
+    at = damaged.frames.schema.get_field_index("data")
+    frames = damaged.frames.set_column(at, "data", pa.array(packets, pa.binary()))
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    write_upload(Clip(damaged.meta, damaged.table, frames), uploads / "damaged.mcap", "foxglove")
+    fine, _ = _video_clip(6, steps=30)
+    write_upload(fine, uploads / "fine.mcap", "foxglove")
+    steps = [{"name": n} for n in ("pseudonymise", "drop_zones", "to_local", "mask_frames")]
+    profile = resolve_profile("training", {"training": steps})
+    secret = load_keystore(project.keystore_path(project.site(SITE))).hmac_secret
+    with SiteStore.open(project, SITE) as site:
+        assert ingest(site, [uploads]).clips == 2
+        summary = classify_site(site, as_of=date(2026, 11, 29))
+        deidentified = deidentify_site(site, profile, secret=secret)
+        outputs = {r.clip_id: r for r in site.catalogue.deidentified("training")}
+    (label,) = [
+        x for x in summary["clip_labels"]["vid-005"] if x["category"].startswith("outside_video")
+    ]
+    assert label["category"] == "outside_video_identifiable"
+    assert "could not be decoded" in label["evidence"] and "front" in label["evidence"]
+    assert label["count"] == frames.num_rows
+    assert summary["subjects"]["persons"] >= frames.num_rows
+    assert set(outputs) == {"vid-005", "vid-006"}
+    assert orjson.loads(outputs["vid-005"].detail)["frames"] is None, "no frame of it is kept"
+    assert orjson.loads(outputs["vid-006"].detail)["frames"]["frames"] > 0
+    assert deidentified["frames"]["dropped"]["undecodable"] > 0
+    check = next(c for c in deidentified["checks"] if c["name"] == "no_unmasked_face_or_plate")
+    assert check["held"] and "could not be decoded" in check["detail"]
+
+
 @pytest.mark.parametrize("upload_format", ["foxglove", "ros2"])
 def test_a_standard_upload_through_ingest_classification_and_deidentification(
     upload_format: UploadFormat, project: Project, tmp_path: Path

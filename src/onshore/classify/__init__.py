@@ -134,24 +134,49 @@ def frame_labels(scan: FrameScan) -> list[LabelRecord]:
     labels = []
     outside = scan.outside()
     cameras = scan.cameras
-    seen = sorted({c for c, out in zip(cameras, outside, strict=True) if out})
-    n_out = int(outside.sum())
+    n_cabin = len(cameras) - int(outside.sum())
+    # Frames that could not be decoded were not scanned: what they show is unknown, so they
+    # count as showing a face or plate each, the side a threshold must err on.
+    broken = sorted(
+        {c for c, out in zip(cameras, outside, strict=True) if out} & set(scan.unreadable)
+    )
+    n_broken = sum(1 for c, out in zip(cameras, outside, strict=True) if out and c in broken)
+    readable = [out and c not in scan.unreadable for c, out in zip(cameras, outside, strict=True)]
+    seen = sorted({c for c, ok in zip(cameras, readable, strict=True) if ok})
+    n_out = sum(readable)
     cfg = scan.config
-    if n_out:
+    unscanned = (
+        f"{n_broken} frames of camera{'s' if len(broken) > 1 else ''} {', '.join(broken)} could "
+        "not be decoded, so were not scanned, and count as showing a face or plate each ("
+        + "; ".join(f"{c}: {scan.unreadable[c]}" for c in broken)
+        + ")"
+        if broken
+        else ""
+    )
+    if n_out or broken:
         faces, plates = scan.boxes("face"), scan.boxes("plate")
         where = f"camera{'s' if len(seen) > 1 else ''} {', '.join(seen)}"
         thresholds = f"faces >= {cfg.face_threshold}, plates >= {cfg.plate_threshold}"
         if faces or plates:
             persons, plate_tracks = scan.tracks("face"), scan.tracks("plate")
+            evidence = (
+                f"{faces} faces and {plates} licence plates in "
+                f"{scan.frames_with_detections()} of {n_out} frames of {where} "
+                f"(at most {persons} persons and {plate_tracks} plates; {thresholds})"
+            )
+            count = persons + plate_tracks + n_broken
             labels.append(
                 LabelRecord(
                     scan.clip_id,
                     "outside_video_identifiable",
-                    persons + plate_tracks,
-                    f"{faces} faces and {plates} licence plates in "
-                    f"{scan.frames_with_detections()} of {n_out} frames of {where} "
-                    f"(at most {persons} persons and {plate_tracks} plates; {thresholds})",
+                    count,
+                    f"{evidence}; {unscanned}" if broken else evidence,
                 )
+            )
+        elif broken:
+            clean = f"; no face or plate found in {n_out} frames of {where}" if n_out else ""
+            labels.append(
+                LabelRecord(scan.clip_id, "outside_video_identifiable", n_broken, unscanned + clean)
             )
         else:
             labels.append(
@@ -162,7 +187,6 @@ def frame_labels(scan: FrameScan) -> list[LabelRecord]:
                     f"{n_out} frames of {where}, no face or plate found ({thresholds})",
                 )
             )
-    n_cabin = len(cameras) - n_out
     if n_cabin:
         inside = sorted({c for c, out in zip(cameras, outside, strict=True) if not out})
         labels.append(
@@ -293,9 +317,9 @@ class _LabelClips:
                 out.append(_Found(labels))
                 continue
             scan = scan_frames(self.store, item.frames)
-            out.append(
-                _Found(labels, tuple(frame_labels(scan)), scan.tracks("face"), scan.tracks("plate"))
-            )
+            # Frames that could not be decoded count as a person each (see frame_labels).
+            persons = scan.tracks("face") + scan.unscanned()
+            out.append(_Found(labels, tuple(frame_labels(scan)), persons, scan.tracks("plate")))
         return out
 
 

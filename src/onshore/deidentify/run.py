@@ -471,6 +471,11 @@ class _FramesTally:
                 f"; {self.dropped['still_identifiable']} frames still showing one after "
                 "masking were dropped"
             )
+        if self.dropped["undecodable"]:
+            detail += (
+                f"; {self.dropped['undecodable']} frames of cameras that could not be decoded "
+                "were dropped"
+            )
         if self.unchecked:
             detail += (
                 f"; the check ran on {self.kept - self.unchecked} of them, video frames at "

@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from itertools import pairwise
@@ -58,7 +58,7 @@ from onshore.deidentify import _centerface_int8, detectors
 from onshore.deidentify import frames as masking
 from onshore.deidentify.detectors import DEFAULT, Box, DetectorConfig, detect
 from onshore.deidentify.frames import MaskSettings, carry_over, check_masked, mask_frame
-from onshore.errors import StoreError
+from onshore.errors import StoreError, UnreadableFile
 from onshore.store.catalogue import FramesRecord
 from onshore.store.objects import ObjectStore, sha256
 
@@ -102,6 +102,10 @@ class FrameScan:
     source: str
     """The SHA-256 of the stored frames object they were read from: what the check results of
     their masked video are kept under, so that an erasure of the frames finds them."""
+    unreadable: dict[str, str] = field(default_factory=dict)
+    """Cameras whose frames could not be decoded (a stream damaged past what ingest's parse
+    finds), with the reason: none of their frames was scanned, so classification counts them
+    as showing faces and plates and de-identification keeps none of them."""
 
     @property
     def cameras(self) -> list[str]:
@@ -128,6 +132,14 @@ class FrameScan:
             ]
             total += count_tracks(boxes)
         return total
+
+    def unscanned(self) -> int:
+        """Outside frames of cameras that could not be decoded (:attr:`unreadable`)."""
+        return sum(
+            1
+            for c, out in zip(self.cameras, self.outside(), strict=True)
+            if out and c in self.unreadable
+        )
 
     def boxes(self, kind: str) -> int:
         """Faces or plates found, summed over frames."""
@@ -195,23 +207,33 @@ def scan_frames(
     """The frames of ``record``'s clip with their detections, from the cache when it has them."""
     clip_id, frames = read_frames(store.read(record.path), record.path)
     cache = f"{DETECTIONS_DIR}/{record.sha256[:2]}/{record.sha256}-{_detector_key(config)}.json"
-    found = _cached(store, cache, frames.num_rows)
-    if found is None:
+    kept = _cached(store, cache, frames.num_rows)
+    if kept is not None:
+        found, unreadable = kept
+    else:
         found = [[] for _ in range(frames.num_rows)]
+        unreadable = {}
         for camera, index in _by_camera(frames).items():
             if is_cabin(camera):
                 continue
             video = is_video(str(frames["format"][index[0]].as_py()))
             pixels = (p for _, p in _pixels(frames, camera, index, record.path))
-            if video:
-                boxes = detect_stream(pixels, len(index), config)
-            else:
-                boxes = [detect(p, config) for p in pixels]
+            try:
+                if video:
+                    boxes = detect_stream(pixels, len(index), config)
+                else:
+                    boxes = [detect(p, config) for p in pixels]
+            except UnreadableFile as e:
+                unreadable[camera] = str(e)
+                continue
             for i, frame_boxes in zip(index, boxes, strict=True):
                 found[i] = frame_boxes
         payload = [[[b.kind, b.x1, b.y1, b.x2, b.y2, b.score] for b in boxes] for boxes in found]
-        store.put(cache, orjson.dumps({"frames": record.sha256, "found": payload}))
-    return FrameScan(clip_id, frames, found, config, record.sha256)
+        store.put(
+            cache,
+            orjson.dumps({"frames": record.sha256, "found": payload, "unreadable": unreadable}),
+        )
+    return FrameScan(clip_id, frames, found, config, record.sha256, unreadable)
 
 
 def detect_stream(
@@ -375,16 +397,24 @@ def _pixels(
         yield i, decode_image(bytes(data[i].as_py()), f"{name} frame {i}")
 
 
-def _cached(store: ObjectStore, path: str, count: int) -> list[list[Box]] | None:
-    """Detections kept at ``path``, or None when there are none (or they do not fit)."""
+def _cached(
+    store: ObjectStore, path: str, count: int
+) -> tuple[list[list[Box]], dict[str, str]] | None:
+    """Detections kept at ``path`` and the cameras found unreadable, or None when there are
+    none (or they do not fit)."""
     if not store.exists(path):
         return None
     try:
-        data = orjson.loads(store.read(path))["found"]
-        found = [[_box(raw) for raw in frame] for frame in data]
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        data = orjson.loads(store.read(path))
+        found = [[_box(raw) for raw in frame] for frame in data["found"]]
+        unreadable = data.get("unreadable", {})
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None
-    return found if len(found) == count else None
+    if not isinstance(unreadable, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in unreadable.items()
+    ):
+        return None
+    return (found, unreadable) if len(found) == count else None
 
 
 def _box(raw: list[Any]) -> Box:
@@ -589,7 +619,9 @@ class FramesOutput:
     frames_in: int
     dropped: dict[str, int]
     """Frames dropped, by reason: ``cabin``, ``rows_dropped`` (their place was removed from
-    the trajectory), ``still_identifiable`` (a face or plate was still found after masking)."""
+    the trajectory), ``still_identifiable`` (a face or plate was still found after masking),
+    ``undecodable`` (their camera's frames could not be decoded, see
+    :attr:`FrameScan.unreadable`)."""
     faces: int
     """Faces masked (found in the raw frames)."""
     plates: int
@@ -622,7 +654,8 @@ def deidentify_frames(
     they are re-encoded unmasked, as a stream with frames cut out of it cannot be kept as it
     came. ``time_step_s`` rounds frame times as the profile's coarsening rounds the rows'.
     ``memo`` keeps the check's results, and reads back those of images and streams checked
-    before. Raises UnreadableFile for a raw frame or stream that cannot be decoded.
+    before. A camera the scan could not decode (:attr:`FrameScan.unreadable`) keeps none of
+    its frames: they are dropped as ``undecodable``.
     """
     frames = scan.frames
     cameras = scan.cameras
@@ -639,10 +672,16 @@ def deidentify_frames(
     near = _near_kept(times, kept_us)
     dropped["rows_dropped"] = int((outside & ~near).sum())
     keep = outside & near
+    undecodable = np.array([c in scan.unreadable for c in cameras], dtype=bool) & keep
+    if undecodable.any():
+        dropped["undecodable"] = int(undecodable.sum())
+        keep &= ~undecodable
     faces = plates = findings = unchecked = 0
     out: dict[int, bytes] = {}
     out_format: dict[int, str] = {}
     for camera in dict.fromkeys(c for c, o in zip(cameras, outside, strict=True) if o):
+        if camera in scan.unreadable:
+            continue
         index = [i for i, c in enumerate(cameras) if c == camera and outside[i]]
         if mask is not None:
             faces += sum(1 for i in index if keep[i] for b in scan.found[i] if b.kind == "face")
