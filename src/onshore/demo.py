@@ -200,6 +200,27 @@ def _start(
 ) -> dict[str, Any]:
     """Start ``onshore ARGS`` in the background (its stderr to ``log``) and return the JSON it
     prints once ready."""
+    return _ready(processes, _launch(processes, name, args, project, log=log), timeout=timeout)
+
+
+@dataclass
+class _Launched:
+    """A background command started by :func:`_launch`, not yet known to be ready."""
+
+    name: str
+    args: Sequence[str]
+    project: Path
+    log: Path
+    process: subprocess.Popen[bytes]
+    found: list[Any]
+
+
+def _launch(
+    processes: _Processes, name: str, args: Sequence[str], project: Path, *, log: Path
+) -> _Launched:
+    """Start ``onshore ARGS`` in the background, its stderr to ``log``. Call it from the
+    thread that outlives the process (the main one): a command started by the demo stops when
+    the thread that started it ends (see :mod:`onshore.processes`)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as err:
         process = subprocess.Popen(
@@ -210,7 +231,6 @@ def _start(
             env=_environment(),
         )
     processes.add(name, process)
-    assert process.stdout is not None
     lines: list[str] = []
     found: list[Any] = []
 
@@ -227,18 +247,25 @@ def _start(
             pass
 
     threading.Thread(target=read, daemon=True).start()
+    return _Launched(name, args, project, log, process, found)
+
+
+def _ready(processes: _Processes, launched: _Launched, *, timeout: float = 120.0) -> dict[str, Any]:
+    """The JSON ``launched`` prints once ready; raises DemoError (and stops it) if it ends or
+    says nothing for ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while not found:
+    process, log = launched.process, launched.log
+    while not launched.found:
         if process.poll() is not None or time.monotonic() > deadline:
             tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
-            processes.stop(name)
+            processes.stop(launched.name)
             raise DemoError(
-                f"onshore {' '.join(args)} in {project.name} did not start: "
+                f"onshore {' '.join(launched.args)} in {launched.project.name} did not start: "
                 + (" ".join(tail) or "it said nothing"),
                 hint=f"see {log}",
             )
         time.sleep(0.1)
-    return dict(found[0])
+    return dict(launched.found[0])
 
 
 def _free_port() -> int:
@@ -294,12 +321,16 @@ def run_demo(
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, terminated)
     try:
-        services = []
+        # The services start side by side: waiting for each before starting the next would
+        # only add up their start-ups.
+        launched = {}
         for party, path in parties.items():
             say(f"{party}: starting its service")
-            ready = _start(
-                processes, f"serve {party}", ["serve"], path, log=path / "logs" / "serve.err"
-            )
+            log = path / "logs" / "serve.err"
+            launched[party] = _launch(processes, f"serve {party}", ["serve"], path, log=log)
+        services = []
+        for party, path in parties.items():
+            ready = _ready(processes, launched[party])
             services.append(
                 {
                     "party": party,
@@ -323,7 +354,12 @@ def run_demo(
         for path in parties.values():
             _run(["ledger", "witness"], path)
         say("verifying every party's ledger, and the heads its peers hold")
-        ledgers = [_run(["ledger", "verify"], path, ok=(0, 11))[1] for path in parties.values()]
+        with ThreadPoolExecutor(max_workers=len(parties)) as pool:
+            ledgers = list(
+                pool.map(
+                    lambda path: _run(["ledger", "verify"], path, ok=(0, 11))[1], parties.values()
+                )
+            )
         console = _console_users(parties, say)
     finally:
         say("stopping the parties' processes")
@@ -654,15 +690,16 @@ def _train(
         coordinator,
         log=coordinator / "logs" / "federation-serve.err",
     )
+
+    joining = []
     for site in _SITES:
         say(f"{site}: joining with its SuperNode")
-        _start(
-            processes,
-            f"supernode {site}",
-            ["site", "join"],
-            parties[site],
-            log=parties[site] / "logs" / "site-join.err",
+        log = parties[site] / "logs" / "site-join.err"
+        joining.append(
+            _launch(processes, f"supernode {site}", ["site", "join"], parties[site], log=log)
         )
+    for launched in joining:
+        _ready(processes, launched)
     say(f"federated training: {rounds} rounds across the sites, DP-SGD at each")
     try:
         _, federated = _run(
@@ -899,23 +936,35 @@ def _console_users(parties: dict[str, Path], say: Say) -> dict[str, Any]:
     ``console/demo-users.txt`` (0600), never printed; a rerun keeps them."""
     wanted = [(_COORD, "engineer", "coordinator-engineer"), (_COORD, "auditor", "auditor")]
     wanted += [(site, f"operator-{site}", "site-operator") for site in _SITES]
-    users = []
-    for party, name, role in wanted:
+
+    def add(party: str) -> None:
+        """The users of ``party``, one after another (they share its console's store)."""
         path = parties[party]
         _, listed = _run(["console", "users", "list"], path)
         known = {u["name"] for u in listed}
         passwords = path / "console" / DEMO_USERS
-        users.append({"name": name, "role": role, "party": party, "passwords": str(passwords)})
-        if name in known:
-            continue
-        password = secrets.token_urlsafe(12)
-        args = ["console", "users", "add", name, "--role", role, "--password-stdin"]
-        if role == "site-operator":
-            args += ["--site", party]
-        _run(args, path, stdin=password + "\n")
-        fd = os.open(passwords, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "a", encoding="utf-8") as out:
-            out.write(f"{name}\t{role}\t{party}\t{password}\n")
+        for name, role in ((n, r) for p, n, r in wanted if p == party and n not in known):
+            password = secrets.token_urlsafe(12)
+            args = ["console", "users", "add", name, "--role", role, "--password-stdin"]
+            if role == "site-operator":
+                args += ["--site", party]
+            _run(args, path, stdin=password + "\n")
+            fd = os.open(passwords, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8") as out:
+                out.write(f"{name}\t{role}\t{party}\t{password}\n")
+
+    # Each party's console is its own: they are made side by side.
+    with ThreadPoolExecutor(max_workers=len(parties)) as pool:
+        list(pool.map(add, dict.fromkeys(p for p, _, _ in wanted)))
+    users = [
+        {
+            "name": name,
+            "role": role,
+            "party": party,
+            "passwords": str(parties[party] / "console" / DEMO_USERS),
+        }
+        for party, name, role in wanted
+    ]
     say(f"console users, one per role; their passwords are in each party's console/{DEMO_USERS}")
     return {
         "users": users,
