@@ -177,7 +177,6 @@ def _iou(a: Box, b: Box) -> float:
 
 
 @cache
-@cache
 def _plate_weights() -> str:
     """The hash of onshore's own plate model: retrained weights make other detections."""
     from onshore.deidentify.plates import weights
@@ -185,6 +184,7 @@ def _plate_weights() -> str:
     return hashlib.sha256(weights()).hexdigest()
 
 
+@cache
 def _detector_key(config: DetectorConfig) -> str:
     """A short hash of what decides detections: thresholds, passes, and the model packages
     (looked up once per process: reading package metadata costs a millisecond each time)."""
