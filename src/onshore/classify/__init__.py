@@ -140,7 +140,7 @@ def frame_labels(scan: FrameScan) -> list[LabelRecord]:
     broken = sorted(
         {c for c, out in zip(cameras, outside, strict=True) if out} & set(scan.unreadable)
     )
-    n_broken = sum(1 for c, out in zip(cameras, outside, strict=True) if out and c in broken)
+    n_broken = scan.unscanned()
     readable = [out and c not in scan.unreadable for c, out in zip(cameras, outside, strict=True)]
     seen = sorted({c for c, ok in zip(cameras, readable, strict=True) if ok})
     n_out = sum(readable)
