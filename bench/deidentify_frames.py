@@ -291,23 +291,33 @@ PLATE_WIDTHS = (25, 30, 35, 40, 45, 50, 60, 75, 100, 130, 160)
 PLATE_CENTRES = ((640, 360), (500, 400), (800, 300))
 
 
+def placed(
+    image: Frame, box: Sequence[float], width: int, centre: tuple[int, int]
+) -> tuple[Frame, list[float]]:
+    """``image`` resized so that ``box`` (x1, y1, x2, y2) is ``width`` px wide, laid on a grey
+    1280x720 frame (the part of it that falls inside) with the box's centre at ``centre``; and
+    where the box is in that frame."""
+    x1, y1, x2, y2 = box
+    f = width / (x2 - x1)
+    resized = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+    cx, cy = centre
+    dx, dy = round(cx - (x1 + x2) / 2 * f), round(cy - (y1 + y2) / 2 * f)
+    frame = np.full((HEIGHT, WIDTH, 3), 114, dtype=np.uint8)
+    sx, sy = max(0, -dx), max(0, -dy)
+    ex, ey = min(resized.shape[1], WIDTH - dx), min(resized.shape[0], HEIGHT - dy)
+    frame[sy + dy : ey + dy, sx + dx : ex + dx] = resized[sy:ey, sx:ex]
+    return frame, [x1 * f + dx, y1 * f + dy, x2 * f + dx, y2 * f + dy]
+
+
 def plate_sizes(bus: Labelled, config: DetectorConfig) -> dict[int, str]:
     """At each plate width, at how many of three places near the frame's centre (where distant
     plates are) the bus's plate is found, the photo resized to give the plate that width."""
-    ((x1, y1, x2, y2),) = bus.plates
+    (plate,) = bus.plates
     found = {}
     for width in PLATE_WIDTHS:
-        f = width / (x2 - x1)
-        resized = cv2.resize(bus.image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
         hits = 0
-        for cx, cy in PLATE_CENTRES:
-            dx, dy = round(cx - (x1 + x2) / 2 * f), round(cy - (y1 + y2) / 2 * f)
-            frame = np.full((HEIGHT, WIDTH, 3), 114, dtype=np.uint8)
-            # the part of the resized photo that falls inside the frame
-            sx, sy = max(0, -dx), max(0, -dy)
-            ex, ey = min(resized.shape[1], WIDTH - dx), min(resized.shape[0], HEIGHT - dy)
-            frame[sy + dy : ey + dy, sx + dx : ex + dx] = resized[sy:ey, sx:ex]
-            label = [x1 * f + dx, y1 * f + dy, x2 * f + dx, y2 * f + dy]
+        for centre in PLATE_CENTRES:
+            frame, label = placed(bus.image, plate, width, centre)
             hits += any(matches(label, box) for box in detect_plates(frame, config))
         found[width] = f"{hits}/{len(PLATE_CENTRES)}"
     return found

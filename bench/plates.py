@@ -45,9 +45,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from deidentify_frames import PLATE_CENTRES, matches, placed
+
 # The same recall and the same match as the frames bench (its folder is on the path).
 from deidentify_frames import Recall as Tally
-from deidentify_frames import matches
 from onshore.deidentify.detectors import Box, DetectorConfig, Frame, detect_plates
 from onshore.deidentify.plate_scenes import (
     REGIONS,
@@ -187,20 +188,13 @@ def resized_bus(
     bus: Labelled, widths: Sequence[int] = (25, 30, 40, 50, 75, 100, 130, 160)
 ) -> list[Labelled]:
     """The bus's photo resized so that its plate is each of ``widths``, at three places."""
-    ((x1, y1, x2, y2),) = bus.plates
+    (plate,) = bus.plates
     image = bus.image[:375, :500]
     out = []
     for width in widths:
-        f = width / (x2 - x1)
-        resized = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-        for cx, cy in ((640, 360), (500, 400), (800, 300)):
-            dx, dy = round(cx - (x1 + x2) / 2 * f), round(cy - (y1 + y2) / 2 * f)
-            frame = np.full((HEIGHT, WIDTH, 3), 114, dtype=np.uint8)
-            sx, sy = max(0, -dx), max(0, -dy)
-            ex, ey = min(resized.shape[1], WIDTH - dx), min(resized.shape[0], HEIGHT - dy)
-            frame[sy + dy : ey + dy, sx + dx : ex + dx] = resized[sy:ey, sx:ex]
-            label = [x1 * f + dx, y1 * f + dy, x2 * f + dx, y2 * f + dy]
-            out.append(Labelled(f"bus-{width}px-{cx}", frame, [label], f"bus {width} px"))
+        for centre in PLATE_CENTRES:
+            frame, label = placed(image, plate, width, centre)
+            out.append(Labelled(f"bus-{width}px-{centre[0]}", frame, [label], f"bus {width} px"))
     return out
 
 
