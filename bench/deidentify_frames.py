@@ -602,8 +602,9 @@ def video_recall(
     scenes: Sequence[tuple[str, Sequence[DrawnFrame]]], config: DetectorConfig
 ) -> dict[str, Any]:
     """Of the faces and plates the renderer drew, those masked (:func:`matches` a box masked
-    in their frame, carried over included), per plate region, with the boxes detected where
-    nothing was drawn."""
+    in their frame, carried over included), per plate region, with the boxes a frame holds
+    before carry-over (detected, or moved there from the frames detected) where nothing was
+    drawn."""
     faces, false, frames = Recall(), 0, 0
     plates: dict[str, Recall] = {}
     for style, drawn in scenes:
