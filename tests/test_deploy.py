@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from conftest import make_clip, make_parties
+from conftest import free_port, make_clip, make_parties
 from onshore.clips.mcap import write_mcap
 from onshore.clips.schema import Clip
 from onshore.deidentify import deidentify_site, resolve_profile
@@ -469,3 +469,58 @@ def test_a_site_s_clientapp_process_refuses_and_records_foreign_apps_and_unsigne
     reasons = [str(e["reason"]) for e in _site_entries(site, REFUSED_KIND)]
     assert len(reasons) == 2
     assert "files of its own" in reasons[0] and "not signed" in reasons[1]
+
+
+@pytest.mark.parametrize("role", ["coordinator", "site"])
+def test_a_task_whose_flower_process_is_gone_stops(role: str, tmp_path: Path) -> None:
+    """onshore's ``flwr-serverapp`` and ``flwr-clientapp`` end with the Flower process that
+    started them: a SuperExec stopped outright must not leave its ServerApp running."""
+    import time
+
+    from onshore.federation.runner import write_programs
+
+    program = write_programs(tmp_path / "bin", role) / (
+        "flwr-serverapp" if role == "coordinator" else "flwr-clientapp"
+    )
+    # Nothing listens at the address: the task keeps retrying it until it is stopped.
+    address = f"127.0.0.1:{free_port()}"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            f"task = subprocess.Popen([{str(program)!r}, '--runtime-api-address', {address!r},"
+            " '--token', 'x', '--insecure'])\n"
+            "print(task.pid, flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    task = int(parent.stdout.readline())
+    try:
+        time.sleep(3)
+        assert _alive(task), "the task ended on its own before its parent did"
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while _alive(task) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(task), "the task outlived the process that started it"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        parent.stdout.close()
+        if _alive(task):
+            os.kill(task, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, or a process that is gone, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"

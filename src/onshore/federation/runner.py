@@ -182,10 +182,33 @@ def _load_client_app_fn(*_args: Any, **_kwargs: Any) -> Any:
     return load
 
 
-def clientapp_main() -> None:
-    """``flwr-clientapp`` at a site: Flower's task loop, with onshore loading the app."""
+def _end_with_parent(parent: int, grace: float = 5.0) -> None:
+    """End this task once the Flower process that started it is gone: first as Ctrl-C would
+    (Flower's exit handlers run), and outright ``grace`` seconds later if it is still here
+    (a task still connecting to its Flower process does not answer Ctrl-C). Flower's
+    SuperExec starts ``flwr-serverapp`` without its ``--parent-pid``, so a coordinator stopped
+    outright would otherwise leave its ServerApp running. ``parent``: the PID the program
+    saw as its parent when it started, before its imports (seconds on a busy machine)."""
+    import signal
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(grace)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="onshore-end-with-parent", daemon=True).start()
+
+
+def clientapp_main(parent: int | None = None) -> None:
+    """``flwr-clientapp`` at a site: Flower's task loop, with onshore loading the app; it ends
+    when ``parent`` (the SuperNode that started it; default: this process's parent) is gone."""
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 
+    _end_with_parent(os.getppid() if parent is None else parent)
     # The module, not the function of the same name its package exports.
     runtime = importlib.import_module("flwr.supernode.runtime.run_clientapp")
     runtime.get_load_client_app_fn = _load_client_app_fn  # type: ignore[attr-defined]
@@ -220,10 +243,13 @@ def _run_server_app(
     return context
 
 
-def serverapp_main() -> None:
-    """``flwr-serverapp`` at the coordinator: Flower's loop, with onshore's ServerApp only."""
+def serverapp_main(parent: int | None = None) -> None:
+    """``flwr-serverapp`` at the coordinator: Flower's loop, with onshore's ServerApp only; it
+    ends when ``parent`` (the SuperExec that started it; default: this process's parent) is
+    gone."""
     from flwr.superlink.cli.flwr_serverapp import flwr_serverapp
 
+    _end_with_parent(os.getppid() if parent is None else parent)
     # The module, not the function of the same name its package exports.
     runtime = importlib.import_module("flwr.superlink.runtime.run_serverapp")
     runtime.run_ = _run_server_app  # type: ignore[attr-defined]
@@ -243,8 +269,12 @@ def write_programs(folder: Path, role: str) -> Path:
     text = (
         f"#!{sys.executable}\n"
         "# Written by onshore: Flower runs onshore's own apps here, for signed runs only.\n"
-        f"from onshore.federation.runner import {entry}\n\n"
-        f"{entry}()\n"
+        "# The parent is read first: onshore's imports take seconds, and the task is to end\n"
+        "# with the Flower process that started it.\n"
+        "import os\n\n"
+        "parent = os.getppid()\n"
+        f"from onshore.federation.runner import {entry}  # noqa: E402\n\n"
+        f"{entry}(parent)\n"
     )
     staging = folder / f".{name}.new"
     staging.write_text(text, encoding="utf-8")
