@@ -18,6 +18,7 @@ from onshore.gate import Approval
 from onshore.gate.record import add_approval
 from onshore.ledger import Ledger
 from onshore.reports import REPORT_KINDS, build_report, write_report
+from onshore.reports.model import Report
 from onshore.settings import Project
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
@@ -200,3 +201,86 @@ def test_the_cli_writes_both_files_and_prints_the_figures(project: Project) -> N
     assert Path(data["paths"]["pdf"]).parent == project.root / "reports" / CN
     assert Path(data["paths"]["html"]).is_file()
     assert any(f["key"] == "transactions" for f in data["report"]["figures"])
+
+
+def _table_words(report: Report) -> set[str]:
+    """Every word of every table cell the PDF shows (figures, tables, the appendix)."""
+    cells = [c for f in report.figures for c in (f.label, str(f.value))]
+    shown = [t for t in report.tables if t.rows]  # an empty table shows a line, no header
+    cells += [str(c) for t in shown for row in (t.columns, *t.rows) for c in row]
+    cells += [s.hash or s.detail for s in report.sources()] + [s.kind for s in report.sources()]
+    return {word for cell in cells for word in cell.split()}
+
+
+def _unbroken(pdf_bytes: bytes, words: set[str]) -> tuple[list[str], list[tuple[float, float]]]:
+    """The words of ``words`` the PDF does not show whole (a word broken inside a cell shows
+    as two pieces on two lines), and each page's size."""
+    import pymupdf
+
+    with pymupdf.open(stream=pdf_bytes, filetype="pdf") as pdf:
+        shown = {w[4] for page in pdf for w in page.get_text("words")}
+        sizes = [(page.rect.width, page.rect.height) for page in pdf]
+    return sorted(w for w in words if w not in shown), sizes
+
+
+def test_no_word_breaks_inside_a_table_cell(project: Project) -> None:
+    """The PDF's tables take their column widths from their content, so that no word of a
+    cell is broken across two lines."""
+    from onshore.reports.render import render_pdf
+
+    report = build_report(project, "cn-annual", CN, year=2026)
+    assert any(len(t.columns) >= 8 and t.rows for t in report.tables)
+    broken, _sizes = _unbroken(render_pdf(report), _table_words(report))
+    assert not broken
+
+
+def _wide_report(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Report:
+    from onshore.reports.model import Figure, Source, TableBlock
+
+    source = Source(CN, "transfer_out", seq=1, hash="ab" * 32)
+    report = Report(kind="cn-annual", site=CN, title="Wide", scope="test", generated="now")
+    report.figures.append(Figure("k", "a figure", "value", (source,)))
+    report.tables.append(TableBlock("wide", columns, tuple(rows), tuple((source,) for _ in rows)))
+    return report
+
+
+def test_a_table_too_wide_for_a_portrait_page_goes_on_a_landscape_one() -> None:
+    """The outbound transfers as a site with several recipients and approvals has them: nine
+    columns of long words (reportlab's own widths broke them mid-word)."""
+    from onshore.reports.render import render_pdf
+
+    columns = ("date", "what", "recipient", "categories and subjects", "purpose", "objects")
+    columns += ("approval", "entry")
+    rows = [
+        (
+            "2026-12-07",
+            "model_update" if i % 2 else "remote_read",
+            "Onshore Mobility Europe GmbH (DE)",
+            "sensitive_area_geodata 6, trajectory 6, vehicle_id 6",
+            "remote_query",
+            str(i),
+            "cn_security_assessment CAC-DEMO-2026-003 (CAC-SA-2026-0612 (demo))",
+            f"cn-shanghai#{i}",
+        )
+        for i in range(12)
+    ]
+    report = _wide_report(columns, rows)
+    broken, sizes = _unbroken(render_pdf(report), _table_words(report))
+    assert not broken
+    assert sizes[0][0] < sizes[0][1], "the report starts on a portrait page"
+    assert any(width > height for width, height in sizes), "the wide table's page is landscape"
+
+
+def test_a_table_too_wide_even_for_landscape_gets_a_smaller_font_not_broken_words() -> None:
+    from onshore.reports.render import column_widths, render_pdf
+
+    columns = tuple(f"column_{i}" for i in range(9))
+    row = tuple(f"cn_security_assessment_{i}" for i in range(9))
+    texts = [[*columns, "sources"], [*row, "[1]"]]
+    landscape = 842 - 85 - 12  # A4's long side less the margins and the frame's padding
+    assert column_widths(texts, landscape, 7.0) is None, "too wide at 7 points"
+    assert column_widths(texts, landscape, 5.0) is not None
+    report = _wide_report(columns, [row, row])
+    broken, sizes = _unbroken(render_pdf(report), _table_words(report))
+    assert not broken
+    assert any(width > height for width, height in sizes)

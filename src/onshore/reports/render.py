@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -57,6 +58,41 @@ def _key(source: Source) -> tuple[str, str, int | None, str]:
     return source.key
 
 
+_FONT: Final = "Helvetica"
+_PADDING: Final = 6.0
+"""reportlab's default left and right padding of a table cell, in points."""
+_SIZES: Final = (7.0, 6.0, 5.0)
+"""Font sizes a table's cells are tried in, largest first, before a word must break."""
+
+
+def column_widths(
+    rows: Sequence[Sequence[str]], available: float, size: float
+) -> list[float] | None:
+    """Widths (points) for a table of ``rows`` (the header first) in ``available`` points, in
+    ``_FONT`` at ``size``, laid out as a reader expects: each column at least as wide as its
+    longest word, so that no word breaks inside a cell; a column wider than that only where
+    there is room, shared out by how much more its text asks for. None when the longest
+    words alone do not fit."""
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    def width(text: str) -> float:
+        return stringWidth(text, _FONT, size) + 2 * _PADDING + 1
+
+    columns = list(zip(*rows, strict=True))
+    least = [max(width(w) for cell in col for w in cell.split() or [""]) for col in columns]
+    most = [
+        max(max(width(line) for line in cell.splitlines() or [""]) for cell in col)
+        for col in columns
+    ]
+    if sum(most) <= available:
+        return most
+    if sum(least) > available:
+        return None
+    room = available - sum(least)
+    wants = [m - n for m, n in zip(most, least, strict=True)]
+    return [n + room * w / sum(wants) for n, w in zip(least, wants, strict=True)]
+
+
 def render_html(report: Report) -> str:
     """The report as one self-contained HTML page."""
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
@@ -72,25 +108,31 @@ def render_html(report: Report) -> str:
 
 
 def render_pdf(report: Report) -> bytes:
-    """The report as PDF bytes: the same figures, tables, pictures and appendix as the HTML."""
+    """The report as PDF bytes: the same figures, tables, pictures and appendix as the HTML.
+    Each table's columns are as wide as its content asks (see :func:`column_widths`); a table
+    too wide for a portrait page gets a landscape one, and a smaller font only if it must."""
     from xml.sax.saxutils import escape
 
     from reportlab.lib import colors
-    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.pagesizes import A4, landscape
     from reportlab.lib.styles import getSampleStyleSheet
     from reportlab.lib.units import cm
     from reportlab.platypus import (
+        BaseDocTemplate,
         Flowable,
+        Frame,
         Image,
+        NextPageTemplate,
+        PageBreak,
+        PageTemplate,
         Paragraph,
-        SimpleDocTemplate,
         Spacer,
         Table,
         TableStyle,
     )
 
     styles = getSampleStyleSheet()
-    small = styles["BodyText"].clone("small", fontSize=7, leading=8.5)
+    small = styles["BodyText"].clone("small", fontName=_FONT, fontSize=7, leading=8.5)
     sources = report.sources()
     numbers = {_key(s): i for i, s in enumerate(sources, 1)}
     style = TableStyle(
@@ -100,44 +142,74 @@ def render_pdf(report: Report) -> bytes:
             ("VALIGN", (0, 0), (-1, -1), "TOP"),
         ]
     )
+    margin, top = 1.5 * cm, 2.5 * cm
+    pages = {"portrait": A4, "landscape": landscape(A4)}
+    frames = {
+        name: Frame(margin, top, size[0] - 2 * margin, size[1] - 2 * top, id=name)
+        for name, size in pages.items()
+    }
+    # A frame's own padding (6 points a side) is not the table's.
+    room = {name: size[0] - 2 * margin - 12 for name, size in pages.items()}
+    story: list[Flowable] = []
+    orientation = "portrait"
 
-    def cell(text: object) -> Paragraph:
-        return Paragraph(escape(str(text)), small)
+    def turn(to: str) -> None:
+        nonlocal orientation
+        if to != orientation:
+            story.extend([NextPageTemplate(to), PageBreak()])
+            orientation = to
 
-    def refs(cited: tuple[Source, ...]) -> Paragraph:
-        return cell(" ".join(f"[{numbers[_key(s)]}]" for s in cited) or "-")
+    def refs(cited: tuple[Source, ...]) -> str:
+        return " ".join(f"[{numbers[_key(s)]}]" for s in cited) or "-"
 
-    def table(rows: list[list[Paragraph]]) -> Table:
-        t = Table(rows, repeatRows=1)
+    def table(title: str, rows: list[list[str]]) -> None:
+        """``title`` and the table of ``rows`` (the header first), as wide as they ask."""
+        layouts = [("portrait", _SIZES[0])] + [("landscape", size) for size in _SIZES]
+        for page, size in layouts:
+            widths = column_widths(rows, room[page], size)
+            if widths is not None:
+                break
+        else:
+            # Words longer than a landscape page's width: they break, as they must.
+            page, size = "landscape", _SIZES[-1]
+        turn(page)
+        cell = small.clone(f"cell{size:g}", fontSize=size, leading=size * 1.2)
+        t = Table(
+            [[Paragraph(escape(text), cell) for text in row] for row in rows],
+            colWidths=widths,
+            repeatRows=1,
+            hAlign="LEFT",
+        )
         t.setStyle(style)
-        return t
+        story.extend([Paragraph(escape(title), styles["Heading2"]), t])
 
-    story: list[Flowable] = [
+    story += [
         Paragraph(escape(report.title), styles["Title"]),
         Paragraph(
             escape(f"Site {report.site}. Scope: {report.scope}. Generated {report.generated}."),
             styles["BodyText"],
         ),
-        Paragraph("Figures", styles["Heading2"]),
-        table(
-            [[cell("figure"), cell("value"), cell("sources")]]
-            + [[cell(f.label), cell(f.value), refs(f.sources)] for f in report.figures]
-        ),
     ]
+    table(
+        "Figures",
+        [["figure", "value", "sources"]]
+        + [[f.label, str(f.value), refs(f.sources)] for f in report.figures],
+    )
     for t in report.tables:
-        story.append(Paragraph(escape(t.title), styles["Heading2"]))
         if not t.rows:
+            turn("portrait")
+            story.append(Paragraph(escape(t.title), styles["Heading2"]))
             story.append(Paragraph(escape(t.empty), styles["BodyText"]))
             continue
-        story.append(
-            table(
-                [[cell(c) for c in (*t.columns, "sources")]]
-                + [
-                    [*(cell(v) for v in row), refs(src)]
-                    for row, src in zip(t.rows, t.sources, strict=True)
-                ]
-            )
+        table(
+            t.title,
+            [[*t.columns, "sources"]]
+            + [
+                [*(str(v) for v in row), refs(src)]
+                for row, src in zip(t.rows, t.sources, strict=True)
+            ],
         )
+    turn("portrait")
     for chart in report.charts:
         story.append(Paragraph(escape(chart.title), styles["Heading2"]))
         image = Image(io.BytesIO(chart.png))
@@ -149,27 +221,21 @@ def render_pdf(report: Report) -> bytes:
             story.append(Paragraph(escape(chart.caption), small))
     for note in report.notes:
         story.append(Paragraph(escape(f"Note: {note}"), styles["BodyText"]))
-    story += [
-        Spacer(1, 0.4 * cm),
-        Paragraph("Appendix: sources", styles["Heading2"]),
-        table(
-            [[cell(h) for h in ("#", "site", "seq", "kind", "hash")]]
-            + [
-                [
-                    cell(i),
-                    cell(s.site),
-                    cell("-" if s.seq is None else s.seq),
-                    cell(s.kind),
-                    cell(s.hash or s.detail),
-                ]
-                for i, s in enumerate(sources, 1)
-            ]
-        ),
-    ]
+    story.append(Spacer(1, 0.4 * cm))
+    table(
+        "Appendix: sources",
+        [["#", "site", "seq", "kind", "hash"]]
+        + [
+            [str(i), s.site, "-" if s.seq is None else str(s.seq), s.kind, s.hash or s.detail]
+            for i, s in enumerate(sources, 1)
+        ],
+    )
     buffer = io.BytesIO()
-    SimpleDocTemplate(
-        buffer, pagesize=A4, title=report.title, leftMargin=1.5 * cm, rightMargin=1.5 * cm
-    ).build(story)
+    document = BaseDocTemplate(buffer, pagesize=A4, title=report.title)
+    document.addPageTemplates(
+        [PageTemplate(name, [frames[name]], pagesize=pages[name]) for name in pages]
+    )
+    document.build(story)
     return buffer.getvalue()
 
 
