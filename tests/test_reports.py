@@ -284,3 +284,32 @@ def test_a_table_too_wide_even_for_landscape_gets_a_smaller_font_not_broken_word
     broken, sizes = _unbroken(render_pdf(report), _table_words(report))
     assert not broken
     assert any(width > height for width, height in sizes)
+
+
+US_CONCERN_PLUS_US = """\
+extends: us
+version: "2026.1-test"
+effective: 2026-04-01
+country_sets:
+  countries_of_concern:
+    description: The DOJ rule's countries, and the US itself, to see where the report reads them.
+    countries: [CN, HK, MO, CU, IR, KP, RU, VE, US]
+    source: a test
+    confidence: checked
+"""
+
+
+def test_the_reports_read_the_law_from_the_rulebooks(project: Project, tmp_path: Path) -> None:
+    """Which countries are of concern, and which are inside the EEA, come from the project's
+    rulebooks (a user's override included), not from lists of the reports' own."""
+    import dataclasses
+
+    us = build_report(project, "us-bulk-data", CN, with_map=False)
+    assert us.figure("transactions").value == 1 and us.figure("concern").value == 0
+    path = tmp_path / "us-test.yaml"
+    path.write_text(US_CONCERN_PLUS_US)
+    rulebooks = project.settings.rulebooks.model_copy(update={"overrides": {"us": str(path)}})
+    settings = project.settings.model_copy(update={"rulebooks": rulebooks})
+    overridden = dataclasses.replace(project, settings=settings)
+    us = build_report(overridden, "us-bulk-data", CN, with_map=False)
+    assert us.figure("concern").value == 1, "the recipient in the US is now of concern"

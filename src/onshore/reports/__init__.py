@@ -8,12 +8,12 @@ the catalogue query for what the site holds); the HTML and PDF cite them as foot
 them in an appendix.
 """
 
-from onshore.reports.build import COUNTRIES_OF_CONCERN, REPORT_KINDS, Flow, build_report, flows
+from onshore.reports.build import CONCERN_SET, REPORT_KINDS, Flow, build_report, flows
 from onshore.reports.model import Chart, Figure, Report, Source, TableBlock
 from onshore.reports.render import render_html, render_pdf, write_report
 
 __all__ = [
-    "COUNTRIES_OF_CONCERN",
+    "CONCERN_SET",
     "REPORT_KINDS",
     "Chart",
     "Figure",

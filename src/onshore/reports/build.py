@@ -16,56 +16,23 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
 from onshore.deidentify.profiles import resolve_profile
-from onshore.errors import ConfigError, OnshoreError
+from onshore.errors import ConfigError, OnshoreError, RulebookError
 from onshore.gate import Approval, ApprovalRegistry
 from onshore.ledger import Entry, Ledger
 from onshore.reports.charts import bar_chart, trace_map, training_chart
 from onshore.reports.model import Chart, Figure, Report, Source, TableBlock
-from onshore.rulebook.loader import project_rulebooks
+from onshore.rulebook.loader import Rulebooks, project_rulebooks
 from onshore.settings import CONFIG_NAME, Project, SiteSettings, redact_url
 from onshore.store.catalogue import DeidentifiedRecord, FileRecord
 from onshore.store.site import SiteStore
 
-__all__ = ["COUNTRIES_OF_CONCERN", "REPORT_KINDS", "Flow", "build_report", "flows"]
+__all__ = ["CONCERN_SET", "REPORT_KINDS", "Flow", "build_report", "flows"]
 
 REPORT_KINDS: Final = ("cn-annual", "outbound-dossier", "eu-transfers", "us-bulk-data")
 
-COUNTRIES_OF_CONCERN: Final = frozenset({"CN", "HK", "MO", "CU", "IR", "KP", "RU", "VE"})
-"""28 CFR 202.211 (RULEBOOK.md): China incl. Hong Kong and Macau, Cuba, Iran, North Korea,
-Russia, Venezuela."""
-
-EU_COUNTRIES: Final = frozenset(
-    [
-        "AT",
-        "BE",
-        "BG",
-        "CY",
-        "CZ",
-        "DE",
-        "DK",
-        "EE",
-        "ES",
-        "FI",
-        "FR",
-        "GR",
-        "HR",
-        "HU",
-        "IE",
-        "IT",
-        "LT",
-        "LU",
-        "LV",
-        "MT",
-        "NL",
-        "PL",
-        "PT",
-        "RO",
-        "SE",
-        "SI",
-        "SK",
-        "EU",
-    ]
-)
+CONCERN_SET: Final = "countries_of_concern"
+"""The US rulebook's country set the bulk-data report screens recipients against (28 CFR
+202.211); a user's own US rulebook must keep one of that name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +131,7 @@ class _Site:
     approvals: list[Approval]
     entries: list[Entry]
     map_png: bytes | None
+    books: Rulebooks
 
     def catalogue(self, detail: str) -> Source:
         return Source(self.settings.id, "catalogue", detail=detail)
@@ -183,19 +151,33 @@ class _Site:
                 return Source(e.site, e.kind, e.seq, e.hash)
         return None
 
+    def territory(self, jurisdiction: str) -> frozenset[str]:
+        """The territory of ``jurisdiction``'s rulebook (the EU's: the EEA and ``EU``)."""
+        return self.books.for_origin(jurisdiction).territory_set
+
     def domestic(self, flow: Flow) -> bool:
-        here = {self.settings.location, self.settings.jurisdiction}
-        if self.settings.jurisdiction == "EU":
-            return flow.destination in EU_COUNTRIES
-        return flow.destination in here
+        """Whether ``flow`` stayed in the territory of the site's own law."""
+        return flow.destination in self.territory(self.settings.jurisdiction)
+
+    def of_concern(self, flow: Flow) -> bool:
+        """Whether ``flow``'s recipient is in, or linked to, a country of concern of the US
+        rulebook (its :data:`CONCERN_SET`)."""
+        book = self.books.for_origin("US")
+        if CONCERN_SET not in book.country_sets:
+            raise RulebookError(
+                f"{book.file}: the US rulebook has no country set {CONCERN_SET!r}, which the "
+                "us-bulk-data report screens recipients against",
+                hint=f"add country_sets.{CONCERN_SET} (28 CFR 202.211) to the rulebook",
+            )
+        concern = book.country_sets[CONCERN_SET].countries
+        return bool({flow.recipient_country, flow.destination, *flow.linked_to} & set(concern))
 
 
 def _gather(project: Project, site_id: str, *, with_map: bool) -> _Site:
     settings = project.site(site_id)
     with SiteStore.open(project, site_id) as store:
-        registry = ApprovalRegistry(
-            store.catalogue, project_rulebooks(project), jurisdiction=settings.jurisdiction
-        )
+        books = project_rulebooks(project)
+        registry = ApprovalRegistry(store.catalogue, books, jurisdiction=settings.jurisdiction)
         map_png = None
         if with_map:
             profiles = {d.profile for d in store.catalogue.deidentified()}
@@ -213,6 +195,7 @@ def _gather(project: Project, site_id: str, *, with_map: bool) -> _Site:
             approvals=registry.approvals(),
             entries=Ledger.open(store.catalogue).entries(),
             map_png=map_png,
+            books=books,
         )
 
 
@@ -638,7 +621,8 @@ def outbound_dossier(site: _Site, recipient: str) -> Report:
 def eu_transfers(site: _Site) -> Report:
     """The record of transfers to third countries under GDPR Chapter V."""
     s = site.settings
-    out = [f for f in flows(s.id, site.entries) if f.destination not in EU_COUNTRIES]
+    eea = site.territory("EU")
+    out = [f for f in flows(s.id, site.entries) if f.destination not in eea]
     report = Report(
         "eu-transfers",
         s.id,
@@ -704,7 +688,7 @@ def us_bulk_data(site: _Site, on: date | None = None) -> Report:
         _count(
             "concern",
             "Transactions with a country of concern or linked party",
-            [f for f in sent if _of_concern(f)],
+            [f for f in sent if site.of_concern(f)],
         ),
     ]
     by_party: dict[str, list[Flow]] = defaultdict(list)
@@ -718,7 +702,7 @@ def us_bulk_data(site: _Site, on: date | None = None) -> Report:
             (
                 party,
                 ", ".join(sorted({f.recipient_country for f in chosen})),
-                "yes" if any(_of_concern(f) for f in chosen) else "no",
+                "yes" if any(site.of_concern(f) for f in chosen) else "no",
                 ", ".join(f"{fig.label.split(': ')[-1]} {fig.value}" for fig in figs),
             )
         )
@@ -770,10 +754,6 @@ def _declared_notes(site: _Site, *, retention: bool = True) -> list[str]:
             f"retention run' (schedule it daily); {enforced}."
         )
     return notes
-
-
-def _of_concern(flow: Flow) -> bool:
-    return bool({flow.recipient_country, flow.destination, *flow.linked_to} & COUNTRIES_OF_CONCERN)
 
 
 def build_report(
