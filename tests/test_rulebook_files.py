@@ -476,3 +476,27 @@ def test_the_format_example_in_the_docs_loads() -> None:
     example = model.__doc__.split("::\n\n", 1)[1].split("\n\nA user", 1)[0]
     book = load_text(textwrap.dedent(example), "model.__doc__")
     assert list(book.rules) == ["cn.cbdf.sensitive_10k_or_more"]
+
+
+def test_a_site_may_have_the_jurisdiction_of_a_project_s_own_rulebook(tmp_path: Path) -> None:
+    """The jurisdictions a site may have come from the rulebooks in force: a site under
+    Testland's law (a rulebook of the project's own) loads; one under a law no rulebook
+    governs is refused naming the site."""
+    from onshore.errors import ConfigError
+    from onshore.rulebook.loader import project_rulebooks
+    from onshore.settings import load_project
+
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "xx.yaml").write_text(MINI)
+    site = '[sites.xx-one]\njurisdiction = "XX"\nentity = "Testland Data Ltd"\ncountry = "XX"\n'
+    (tmp_path / "onshore.toml").write_text(f'[rulebooks]\nextra = ["rules/xx.yaml"]\n{site}')
+    project = load_project(tmp_path)
+    books = project_rulebooks(project)
+    assert books.for_origin(project.site("xx-one").jurisdiction).territory_set == {"XX"}
+    with pytest.raises(ConfigError, match=r"\[sites.xx-one.fleet\]"):
+        _ = project.site("xx-one").region_profile
+
+    (tmp_path / "onshore.toml").write_text(site.replace('"XX"', '"YY"', 1))
+    with pytest.raises(ConfigError, match=r"\[sites.xx-one\] jurisdiction YY") as raised:
+        project_rulebooks(load_project(tmp_path))
+    assert "[rulebooks] extra" in str(raised.value)

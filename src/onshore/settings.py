@@ -49,7 +49,10 @@ __all__ = [
 
 CONFIG_NAME: Final = "onshore.toml"
 
-Jurisdiction = Literal["CN", "EU", "US"]
+Jurisdiction = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+"""Whose law governs a site's data: a jurisdiction some rulebook in force governs (``CN``,
+``EU``, ``US``, or a user's own rulebook's, listed under ``[rulebooks] extra``). The rulebooks
+are checked when they are loaded (:func:`onshore.rulebook.loader.project_rulebooks`)."""
 SiteId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
 Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
 """An ISO 3166-1 alpha-2 country code."""
@@ -104,7 +107,8 @@ class FleetSettings(_Model):
     """How the site's simulated fleet behaves (``onshore fleet simulate``)."""
 
     profile: Literal["cn", "eu", "us"] | None = None
-    """Region profile for the simulator; defaults to the site's jurisdiction."""
+    """Region profile for the simulator; defaults to the site's jurisdiction (a site under a
+    rulebook of the project's own names one)."""
     fleet_share: float = Field(default=0.3, gt=0, le=1)
     """Share of passenger cars in traffic that are fleet vehicles and record."""
     no_consent_share: float = Field(default=0.15, ge=0, le=1)
@@ -215,7 +219,8 @@ class SiteSettings(_Model):
 
     id: SiteId
     jurisdiction: Jurisdiction
-    """Whose law governs the data recorded here: ``CN``, ``EU`` or ``US``."""
+    """Whose law governs the data recorded here: ``CN``, ``EU``, ``US``, or the jurisdiction
+    of a rulebook of the project's own (``[rulebooks] extra``)."""
     entity: str = Field(min_length=1)
     """The legal entity operating the site (the data handler in that jurisdiction)."""
     country: Country | None = None
@@ -256,6 +261,11 @@ class SiteSettings(_Model):
                 return "eu"
             case "US":
                 return "us"
+        raise ConfigError(
+            f"[sites.{self.id}] jurisdiction {self.jurisdiction}: the fleet simulator has no "
+            "region profile of that name",
+            hint=f"set profile = 'cn', 'eu' or 'us' under [sites.{self.id}.fleet]",
+        )
 
 
 class CoordinatorSettings(_Model):

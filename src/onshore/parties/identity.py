@@ -81,8 +81,9 @@ class Identity(BaseModel):
     role: Literal["site", "coordinator"]
     project: str
     """The project's name: peers of one federation share it."""
-    jurisdiction: Literal["CN", "EU", "US"] | None = None
-    """Whose law governs the data recorded at a site; None for the coordinator."""
+    jurisdiction: _Country | None = None
+    """Whose law governs the data recorded at a site (``CN``, ``EU``, ``US`` or a project's
+    own rulebook's); None for the coordinator."""
     entity: str = Field(min_length=1)
     country: _Country
     """Where the entity and its data centre are (for an EU site, its member state)."""

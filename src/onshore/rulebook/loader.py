@@ -775,13 +775,24 @@ def load_rulebooks(
 
 def project_rulebooks(project: Project) -> Rulebooks:
     """The rulebooks a project uses: the built-ins with the overrides and extra files its
-    ``onshore.toml`` names under ``[rulebooks]`` (paths relative to the project folder)."""
+    ``onshore.toml`` names under ``[rulebooks]`` (paths relative to the project folder).
+    Raises :class:`RulebookNotFound` naming a site whose jurisdiction no rulebook governs."""
     conf = project.settings.rulebooks
     overrides: dict[str, Path] = {
         name: project.root / path for name, path in conf.overrides.items()
     }
     extra = [project.root / path for path in conf.extra]
-    return load_rulebooks(overrides, extra)
+    books = load_rulebooks(overrides, extra)
+    for site in project.settings.sites.values():
+        try:
+            books.for_origin(site.jurisdiction)
+        except RulebookNotFound as exc:
+            raise RulebookNotFound(
+                f"{project.config_path}: [sites.{site.id}] jurisdiction {site.jurisdiction}: "
+                "no rulebook in force governs it",
+                hint=f"{exc.hint}, listed under [rulebooks] extra",
+            ) from None
+    return books
 
 
 def resolve(ref: str, books: Rulebooks | None = None) -> Rulebook:
