@@ -10,24 +10,55 @@ around it to its next 3 s, trained at each site on its own consented, de-identif
   (``onshore train``), the baseline federated training is measured against.
 """
 
-from onshore.model.dataset import (
-    OBJECT_FEATURES,
-    PAST_FEATURES,
-    DatasetConfig,
-    Samples,
-    SiteDataset,
-    build_site_dataset,
+from typing import TYPE_CHECKING
+
+from onshore._lazy import lazy
+
+if TYPE_CHECKING:
+    from onshore.model.dataset import (
+        OBJECT_FEATURES,
+        PAST_FEATURES,
+        DatasetConfig,
+        Samples,
+        SiteDataset,
+        build_site_dataset,
+    )
+    from onshore.model.metrics import Metrics, evaluate
+    from onshore.model.nets import (
+        MODELS,
+        ForecastModel,
+        ModelSpec,
+        build_model,
+        check_weights,
+        weight_signature,
+    )
+    from onshore.model.train import DPConfig, PrivacyAccountant, TrainResult, train_local
+
+# Imported when first used (see onshore._lazy): importing one module of the package does
+# not bring all the others.
+__getattr__, __dir__ = lazy(
+    __name__,
+    {
+        "OBJECT_FEATURES": "dataset",
+        "PAST_FEATURES": "dataset",
+        "DatasetConfig": "dataset",
+        "Samples": "dataset",
+        "SiteDataset": "dataset",
+        "build_site_dataset": "dataset",
+        "Metrics": "metrics",
+        "evaluate": "metrics",
+        "MODELS": "nets",
+        "ForecastModel": "nets",
+        "ModelSpec": "nets",
+        "build_model": "nets",
+        "check_weights": "nets",
+        "weight_signature": "nets",
+        "DPConfig": "train",
+        "PrivacyAccountant": "train",
+        "TrainResult": "train",
+        "train_local": "train",
+    },
 )
-from onshore.model.metrics import Metrics, evaluate
-from onshore.model.nets import (
-    MODELS,
-    ForecastModel,
-    ModelSpec,
-    build_model,
-    check_weights,
-    weight_signature,
-)
-from onshore.model.train import DPConfig, PrivacyAccountant, TrainResult, train_local
 
 __all__ = [
     "MODELS",

@@ -15,21 +15,59 @@ the checks at load time.
 - :mod:`~onshore.release.story`: the demo's part.
 """
 
-from onshore.release.bundle import Bundle, read_bundle
-from onshore.release.create import create_release
-from onshore.release.licence import (
-    Licence,
-    LicenceTerms,
-    TerritoryDecision,
-    grant_licence,
-    list_licences,
-    parse_model_years,
-    read_licence,
-    revoke_licence,
+from typing import TYPE_CHECKING
+
+from onshore._lazy import lazy
+
+if TYPE_CHECKING:
+    from onshore.release.bundle import Bundle, read_bundle
+    from onshore.release.create import create_release
+    from onshore.release.licence import (
+        Licence,
+        LicenceTerms,
+        TerritoryDecision,
+        grant_licence,
+        list_licences,
+        parse_model_years,
+        read_licence,
+        revoke_licence,
+    )
+    from onshore.release.load import (
+        DEFAULT_PURPOSE,
+        LicenceCheck,
+        LicensedModel,
+        check_use,
+        load_model,
+    )
+    from onshore.release.restrictions import Prohibition
+    from onshore.release.verify import BundleReport, verify_bundle
+
+# Imported when first used (see onshore._lazy): importing one module of the package does
+# not bring all the others.
+__getattr__, __dir__ = lazy(
+    __name__,
+    {
+        "Bundle": "bundle",
+        "read_bundle": "bundle",
+        "create_release": "create",
+        "Licence": "licence",
+        "LicenceTerms": "licence",
+        "TerritoryDecision": "licence",
+        "grant_licence": "licence",
+        "list_licences": "licence",
+        "parse_model_years": "licence",
+        "read_licence": "licence",
+        "revoke_licence": "licence",
+        "DEFAULT_PURPOSE": "load",
+        "LicenceCheck": "load",
+        "LicensedModel": "load",
+        "check_use": "load",
+        "load_model": "load",
+        "Prohibition": "restrictions",
+        "BundleReport": "verify",
+        "verify_bundle": "verify",
+    },
 )
-from onshore.release.load import DEFAULT_PURPOSE, LicenceCheck, LicensedModel, check_use, load_model
-from onshore.release.restrictions import Prohibition
-from onshore.release.verify import BundleReport, verify_bundle
 
 __all__ = [
     "DEFAULT_PURPOSE",
