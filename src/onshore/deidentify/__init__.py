@@ -6,9 +6,38 @@ trip ends removed, clip-local coordinates and relative time, coarsening. Camera 
 (:mod:`~onshore.deidentify.frames`): faces and licence plates masked, offline.
 """
 
-from onshore.deidentify.checks import Check, run_checks, state_of
-from onshore.deidentify.profiles import BUILTIN_PROFILES, TRANSFORMS, Profile, Step, resolve_profile
-from onshore.deidentify.run import deidentify_site, read_output
+from typing import TYPE_CHECKING
+
+from onshore._lazy import lazy
+
+if TYPE_CHECKING:
+    from onshore.deidentify.checks import Check, run_checks, state_of
+    from onshore.deidentify.profiles import (
+        BUILTIN_PROFILES,
+        TRANSFORMS,
+        Profile,
+        Step,
+        resolve_profile,
+    )
+    from onshore.deidentify.run import deidentify_site, read_output
+
+# Imported when first used (see onshore._lazy): importing one module of the package does
+# not bring all the others.
+__getattr__, __dir__ = lazy(
+    __name__,
+    {
+        "Check": "checks",
+        "run_checks": "checks",
+        "state_of": "checks",
+        "BUILTIN_PROFILES": "profiles",
+        "TRANSFORMS": "profiles",
+        "Profile": "profiles",
+        "Step": "profiles",
+        "resolve_profile": "profiles",
+        "deidentify_site": "run",
+        "read_output": "run",
+    },
+)
 
 __all__ = [
     "BUILTIN_PROFILES",

@@ -8,7 +8,23 @@
   simulation on one machine.
 """
 
-from onshore.federation.options import STRATEGIES, FederatedOptions
-from onshore.federation.run import run_federated
+from typing import TYPE_CHECKING
+
+from onshore._lazy import lazy
+
+if TYPE_CHECKING:
+    from onshore.federation.options import STRATEGIES, FederatedOptions
+    from onshore.federation.run import run_federated
+
+# Imported when first used (see onshore._lazy): importing one module of the package does
+# not bring all the others.
+__getattr__, __dir__ = lazy(
+    __name__,
+    {
+        "STRATEGIES": "options",
+        "FederatedOptions": "options",
+        "run_federated": "run",
+    },
+)
 
 __all__ = ["STRATEGIES", "FederatedOptions", "run_federated"]

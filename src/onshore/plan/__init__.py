@@ -2,8 +2,28 @@
 a model per market (:mod:`.build`), each site's part asked of its own gate (:mod:`.site`), and
 the decision memo (:mod:`.memo`)."""
 
-from onshore.plan.build import PLANS_DIR, PlanOptions, latest_plan, make_plan, plan_sites
-from onshore.plan.memo import memo_report, write_memo
+from typing import TYPE_CHECKING
+
+from onshore._lazy import lazy
+
+if TYPE_CHECKING:
+    from onshore.plan.build import PLANS_DIR, PlanOptions, latest_plan, make_plan, plan_sites
+    from onshore.plan.memo import memo_report, write_memo
+
+# Imported when first used (see onshore._lazy): importing one module of the package does
+# not bring all the others.
+__getattr__, __dir__ = lazy(
+    __name__,
+    {
+        "PLANS_DIR": "build",
+        "PlanOptions": "build",
+        "latest_plan": "build",
+        "make_plan": "build",
+        "plan_sites": "build",
+        "memo_report": "memo",
+        "write_memo": "memo",
+    },
+)
 
 __all__ = [
     "PLANS_DIR",

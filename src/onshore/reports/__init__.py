@@ -8,9 +8,35 @@ the catalogue query for what the site holds); the HTML and PDF cite them as foot
 them in an appendix.
 """
 
-from onshore.reports.build import CONCERN_SET, REPORT_KINDS, Flow, build_report, flows
-from onshore.reports.model import Chart, Figure, Report, Source, TableBlock
-from onshore.reports.render import render_html, render_pdf, write_report
+from typing import TYPE_CHECKING
+
+from onshore._lazy import lazy
+
+if TYPE_CHECKING:
+    from onshore.reports.build import CONCERN_SET, REPORT_KINDS, Flow, build_report, flows
+    from onshore.reports.model import Chart, Figure, Report, Source, TableBlock
+    from onshore.reports.render import render_html, render_pdf, write_report
+
+# Imported when first used (see onshore._lazy): importing one module of the package does
+# not bring all the others.
+__getattr__, __dir__ = lazy(
+    __name__,
+    {
+        "CONCERN_SET": "build",
+        "REPORT_KINDS": "build",
+        "Flow": "build",
+        "build_report": "build",
+        "flows": "build",
+        "Chart": "model",
+        "Figure": "model",
+        "Report": "model",
+        "Source": "model",
+        "TableBlock": "model",
+        "render_html": "render",
+        "render_pdf": "render",
+        "write_report": "render",
+    },
+)
 
 __all__ = [
     "CONCERN_SET",

@@ -9,8 +9,27 @@ destination's service receives them (:mod:`.inbound`, which alone calls
 signed, and records them in its own ledger.
 """
 
-from onshore.transfer.outbound import TransferReport, transfer
-from onshore.transfer.selection import Dataset, Selection, StoredRef, resolve
+from typing import TYPE_CHECKING
+
+from onshore._lazy import lazy
+
+if TYPE_CHECKING:
+    from onshore.transfer.outbound import TransferReport, transfer
+    from onshore.transfer.selection import Dataset, Selection, StoredRef, resolve
+
+# Imported when first used (see onshore._lazy): importing one module of the package does
+# not bring all the others.
+__getattr__, __dir__ = lazy(
+    __name__,
+    {
+        "TransferReport": "outbound",
+        "transfer": "outbound",
+        "Dataset": "selection",
+        "Selection": "selection",
+        "StoredRef": "selection",
+        "resolve": "selection",
+    },
+)
 
 __all__ = [
     "Dataset",
