@@ -35,7 +35,7 @@ import orjson
 from onshore.classify import classify_site
 from onshore.deidentify import deidentify_site, resolve_profile
 from onshore.fleet import simulate_fleet
-from onshore.model.dataset import build_site_dataset
+from onshore.forecast.dataset import build_site_dataset
 from onshore.rights.erase import erase_vehicle
 from onshore.settings import load_project
 from onshore.sites import init_project

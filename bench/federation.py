@@ -37,9 +37,9 @@ import orjson
 from onshore.federation import STRATEGIES, FederatedOptions, run_federated
 from onshore.federation.centralized import train_centralized
 from onshore.federation.site import model_parameters_assessment
+from onshore.forecast import build_model, build_site_dataset, evaluate, train_local
+from onshore.forecast.nets import ModelSpec
 from onshore.gate.record import add_approval
-from onshore.model import build_model, build_site_dataset, evaluate, train_local
-from onshore.model.nets import ModelSpec
 from onshore.settings import Project, load_project
 from onshore.store import SiteStore
 

@@ -67,16 +67,16 @@ from onshore.federation.site import (
     site_dp,
     site_of,
 )
-from onshore.gate.record import add_approval
-from onshore.ledger import Ledger
-from onshore.model import (
+from onshore.forecast import (
     PrivacyAccountant,
     build_model,
     build_site_dataset,
     evaluate,
     train_local,
 )
-from onshore.model.nets import ModelSpec
+from onshore.forecast.nets import ModelSpec
+from onshore.gate.record import add_approval
+from onshore.ledger import Ledger
 from onshore.settings import Project, load_project
 from onshore.store import SiteStore
 from onshore.store.catalogue import Catalogue

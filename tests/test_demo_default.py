@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from onshore.demo import run_demo
+from onshore.forecast import build_site_dataset
+from onshore.forecast import dataset as dataset_module
 from onshore.lab import build_lab
-from onshore.model import build_site_dataset
-from onshore.model import dataset as dataset_module
 from onshore.store import SiteStore
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(1800)]

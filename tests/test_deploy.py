@@ -26,8 +26,8 @@ from onshore.errors import ConfigError, NotAParty, PeerNotFound
 from onshore.federation import deploy
 from onshore.federation.options import FederatedOptions
 from onshore.federation.runner import REFUSED_KIND, app_problem, options_problem, sign_options
+from onshore.forecast.nets import ModelSpec
 from onshore.ledger import Ledger, verify
-from onshore.model.nets import ModelSpec
 from onshore.parties.identity import LocalParty
 from onshore.settings import Project
 from onshore.sites import init_project

@@ -48,10 +48,10 @@ from onshore.federation.envelope import (
 )
 from onshore.federation.faults import Fault, drill
 from onshore.federation.site import FINE_TUNE, ErrorCode, govern, load_accountant
+from onshore.forecast.nets import ModelSpec, build_model, check_weights
 from onshore.gate import Approval
 from onshore.gate.record import add_approval
 from onshore.ledger import Ledger, verify
-from onshore.model.nets import ModelSpec, build_model, check_weights
 from onshore.settings import Project, load_project
 from onshore.sites import init_project
 from onshore.sites.keystore import load_keystore
@@ -117,7 +117,7 @@ def both_splits(
     has training and test samples: the split goes by a keyed hash of each vehicle's pseudonym,
     and the key is the site's own random secret, so a handful of vehicles may all land on one
     side."""
-    from onshore.model.dataset import build_site_dataset
+    from onshore.forecast.dataset import build_site_dataset
 
     for n in range(40):
         with SiteStore.open(project, site_id) as site:
@@ -431,7 +431,7 @@ def test_chinese_model_parameters_stay_without_an_approval(federation: Project) 
 
 
 def _train_vehicles(project: Project, site: str) -> int:
-    from onshore.model.dataset import build_site_dataset
+    from onshore.forecast.dataset import build_site_dataset
 
     with SiteStore.open(project, site) as store:
         return int(build_site_dataset(store).info["vehicles_train"])

@@ -18,10 +18,10 @@ from onshore.cli.app import app
 from onshore.clips.mcap import write_mcap
 from onshore.deidentify import deidentify_site, resolve_profile
 from onshore.errors import ConfigError, SiteNotFound
+from onshore.forecast.local import LocalOptions, train_sites_locally
 from onshore.gate import Approval
 from onshore.gate.record import add_approval
 from onshore.ledger import Ledger
-from onshore.model.local import LocalOptions, train_sites_locally
 from onshore.plan import PlanOptions, make_plan, memo_report, write_memo
 from onshore.rulebook.loader import project_rulebooks
 from onshore.settings import Project, load_project

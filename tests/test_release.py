@@ -36,11 +36,11 @@ from onshore.errors import (
     UseProhibited,
 )
 from onshore.federation import run_federated
+from onshore.forecast import OBJECT_FEATURES, PAST_FEATURES
+from onshore.forecast.nets import ModelSpec, build_model
 from onshore.gate import Approval
 from onshore.gate.record import add_approval
 from onshore.ledger.entry import canonical_json
-from onshore.model import OBJECT_FEATURES, PAST_FEATURES
-from onshore.model.nets import ModelSpec, build_model
 from onshore.release import (
     create_release,
     grant_licence,
@@ -197,7 +197,7 @@ def test_a_release_verifies_and_loads_to_the_trained_models_predictions(
 
 
 def test_only_a_finished_federated_run_is_released(released: tuple[Project, Path]) -> None:
-    from onshore.model.local import LocalOptions, train_sites_locally
+    from onshore.forecast.local import LocalOptions, train_sites_locally
 
     project, _ = released
     train_sites_locally(

@@ -21,9 +21,9 @@ from conftest import Services, make_clip, make_parties, write_clips
 from onshore.cli.app import app
 from onshore.deidentify import deidentify_site, resolve_profile
 from onshore.errors import ConfigError, ErasureBlocked, InvalidVin, PeerUnreachable, UnknownVehicle
+from onshore.forecast.dataset import DatasetConfig, build_site_dataset
 from onshore.gate.record import add_approval
 from onshore.ledger import Ledger, verify
-from onshore.model.dataset import DatasetConfig, build_site_dataset
 from onshore.parties.witness import verify_party
 from onshore.reports.build import build_report
 from onshore.rights.access import access_vehicle

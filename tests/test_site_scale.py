@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 
 from conftest import S3Server
 from onshore.fleet import simulate_site
-from onshore.model.dataset import build_site_dataset
+from onshore.forecast.dataset import build_site_dataset
 from onshore.settings import Project, load_project
 from onshore.sites import init_project
 from onshore.sites.compute import Engine

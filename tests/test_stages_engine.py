@@ -25,7 +25,7 @@ from onshore.clips.schema import Clip
 from onshore.deidentify import deidentify_site, resolve_profile
 from onshore.deidentify.video import DETECTIONS_DIR
 from onshore.fleet.camera import CameraSettings, render_frames
-from onshore.model.dataset import (
+from onshore.forecast.dataset import (
     DatasetConfig,
     SiteDataset,
     build_site_dataset,
@@ -183,7 +183,7 @@ def test_training_samples_on_ray_are_those_of_one_process(
             assert inline.info["clips_refused_no_consent"] == 3
         # On Ray the outputs are cut in batches on two workers, each batch's stride counted
         # from its outputs' places among all.
-        monkeypatch.setattr("onshore.model.dataset._WORKER_OUTPUTS", 2)
+        monkeypatch.setattr("onshore.forecast.dataset._WORKER_OUTPUTS", 2)
         on_ray = build_site_dataset(site, config, engine=engine)
         assert on_ray.info == inline.info
         _assert_same(on_ray, inline)

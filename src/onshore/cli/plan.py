@@ -92,7 +92,7 @@ def plan(
     folder.mkdir(parents=True, exist_ok=True)
     import orjson
 
-    from onshore.model.local import _write_atomically
+    from onshore.forecast.local import _write_atomically
 
     result["memo"] = write_memo(result, folder)
     _write_atomically(folder / "plan.json", orjson.dumps(result, option=orjson.OPT_INDENT_2))

@@ -128,7 +128,7 @@ def train(
     velocity. Local: each site on its own data alone, weights stay in its store. Federated:
     Flower across the sites, only DP-trained model updates and metrics leave them, each through
     its gate and into its ledger. Centralized-counterfactual: simulated data only, pooled."""
-    from onshore.model.nets import ModelSpec, build_model
+    from onshore.forecast.nets import ModelSpec, build_model
 
     proj = load_project(project)
     build_model(model)  # an unknown name fails here, before any site is read
@@ -138,8 +138,8 @@ def train(
         err_console.print(f"[bold cyan]>[/] {message}")
 
     if mode == "local":
-        from onshore.model.local import LocalOptions, train_sites_locally
-        from onshore.model.train import DPConfig
+        from onshore.forecast.local import LocalOptions, train_sites_locally
+        from onshore.forecast.train import DPConfig
 
         options = LocalOptions(
             model=ModelSpec(model),
@@ -158,7 +158,7 @@ def train(
             f"no mode {mode!r}", hint="modes: local, federated, centralized-counterfactual"
         )
     from onshore.federation import FederatedOptions
-    from onshore.model.local import new_run_id
+    from onshore.forecast.local import new_run_id
 
     deployed = proj.party is not None
     if deployed and not proj.is_coordinator:

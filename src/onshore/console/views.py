@@ -315,7 +315,7 @@ def _read_json(path: Path) -> Any:
 def runs(project: Project, user: User) -> list[dict[str, Any]]:
     """Training runs under ``runs/``, newest first: federated and local, with the per-region
     figures of the regions the user sees."""
-    from onshore.model.local import RUNS_DIR
+    from onshore.forecast.local import RUNS_DIR
 
     folder = project.root / RUNS_DIR
     found = []
@@ -355,7 +355,7 @@ def run_detail(project: Project, user: User, run: str) -> dict[str, Any]:
     """One run: per-region figures, and for a federated run the per-round curves of each
     visible region (ADE against the constant-velocity baseline, privacy spent) and what each
     round accepted and refused."""
-    from onshore.model.local import RUNS_DIR
+    from onshore.forecast.local import RUNS_DIR
 
     folder = project.root / RUNS_DIR
     found = _run_row(folder / run, user) if run not in ("", ".", "..") and "/" not in run else None

@@ -35,11 +35,11 @@ from onshore.federation.site import (
     outbound,
     train_reply,
 )
+from onshore.forecast.dataset import FUNNEL
+from onshore.forecast.local import RUNS_DIR, _read_json, _write_atomically
+from onshore.forecast.metrics import Metrics
+from onshore.forecast.nets import build_model
 from onshore.ledger import Ledger
-from onshore.model.dataset import FUNNEL
-from onshore.model.local import RUNS_DIR, _read_json, _write_atomically
-from onshore.model.metrics import Metrics
-from onshore.model.nets import build_model
 from onshore.parties.identity import load_peers, site_facts
 from onshore.settings import Project, load_project
 from onshore.sites.keystore import PUBLIC_FILE, SiteKeys, create_keystore, load_keystore

@@ -18,11 +18,11 @@ import orjson
 
 from onshore.errors import ConfigError, NoTrainingData
 from onshore.federation.options import FederatedOptions
-from onshore.model.dataset import Samples, build_site_dataset
-from onshore.model.local import RUNS_DIR, _write_atomically
-from onshore.model.metrics import evaluate
-from onshore.model.nets import build_model
-from onshore.model.train import train_local
+from onshore.forecast.dataset import Samples, build_site_dataset
+from onshore.forecast.local import RUNS_DIR, _write_atomically
+from onshore.forecast.metrics import evaluate
+from onshore.forecast.nets import build_model
+from onshore.forecast.train import train_local
 from onshore.settings import Project
 from onshore.store.site import SiteStore
 

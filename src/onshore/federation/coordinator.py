@@ -45,7 +45,7 @@ from onshore.federation.envelope import (
     open_envelope,
 )
 from onshore.federation.options import FederatedOptions
-from onshore.model.nets import weight_signature
+from onshore.forecast.nets import weight_signature
 
 __all__ = ["Admitted", "Governance", "RoundLog", "make_strategy"]
 

@@ -53,7 +53,7 @@ from onshore.errors import ConfigError, NotAParty, TrainingError
 from onshore.federation.options import RUN_CONFIG_KEY, SIGNATURE_KEY, FederatedOptions
 from onshore.federation.run import prepare_run
 from onshore.federation.runner import sign_options, write_programs
-from onshore.model.local import RUNS_DIR, _read_json, _write_atomically
+from onshore.forecast.local import RUNS_DIR, _read_json, _write_atomically
 from onshore.parties.identity import LocalParty, load_peers
 from onshore.parties.tls import NODE_KEY_FILE, check_certificate
 from onshore.settings import Project

@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from onshore.model.nets import ModelSpec, weight_signature
+from onshore.forecast.nets import ModelSpec, weight_signature
 from onshore.sites.keystore import SiteKeys
 
 __all__ = [

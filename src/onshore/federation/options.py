@@ -11,8 +11,8 @@ from typing import Any, Final, Literal
 import orjson
 
 from onshore.errors import ConfigError
-from onshore.model.dataset import DatasetConfig
-from onshore.model.nets import ModelSpec
+from onshore.forecast.dataset import DatasetConfig
+from onshore.forecast.nets import ModelSpec
 
 __all__ = ["RUN_CONFIG_KEY", "SIGNATURE_KEY", "STRATEGIES", "FederatedOptions", "Strategy"]
 

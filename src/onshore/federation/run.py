@@ -24,7 +24,7 @@ import orjson
 from onshore.errors import ConfigError, TrainingError
 from onshore.federation.apps import Mod, make_client_app, make_server_app
 from onshore.federation.options import FederatedOptions
-from onshore.model.local import RUNS_DIR, _read_json, _write_atomically
+from onshore.forecast.local import RUNS_DIR, _read_json, _write_atomically
 from onshore.parties.identity import site_facts
 from onshore.settings import Project
 from onshore.sites.compute import RAY_ENVIRONMENT, local_ray_auth, ray_temp_dir
@@ -226,7 +226,7 @@ def _say_privacy_plan(
     """Before a run with DP: what it will take each site's privacy spent to, beside its
     budget (a site refuses a run that would use the budget up, unless ``spend_budget``)."""
     from onshore.federation.site import load_accountant, planned_epsilon, site_dp
-    from onshore.model.dataset import build_site_dataset
+    from onshore.forecast.dataset import build_site_dataset
     from onshore.store import SiteStore
 
     for site_id in options.sites:

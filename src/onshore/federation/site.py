@@ -44,14 +44,14 @@ from onshore.federation.envelope import (
     seal,
 )
 from onshore.federation.options import FederatedOptions
+from onshore.forecast.dataset import SiteDataset, build_site_dataset
+from onshore.forecast.local import RUNS_DIR
+from onshore.forecast.metrics import Metrics, evaluate
+from onshore.forecast.nets import build_model, check_weights
+from onshore.forecast.train import DPConfig, PrivacyAccountant, train_local
 from onshore.gate import Approval, Decision
 from onshore.gate.site import OpenSite
 from onshore.ledger import Ledger
-from onshore.model.dataset import SiteDataset, build_site_dataset
-from onshore.model.local import RUNS_DIR
-from onshore.model.metrics import Metrics, evaluate
-from onshore.model.nets import build_model, check_weights
-from onshore.model.train import DPConfig, PrivacyAccountant, train_local
 from onshore.parties.identity import coordinator_of
 from onshore.rulebook.evaluate import DataItem, TransferRequest
 from onshore.settings import Project, SiteSettings, load_project

@@ -315,8 +315,8 @@ def _time_steps() -> float:
     process)."""
     import torch
 
-    from onshore.model.nets import build_model
-    from onshore.model.train import sample_loss
+    from onshore.forecast.nets import build_model
+    from onshore.forecast.train import sample_loss
 
     model = build_model("object_encoder")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -539,7 +539,7 @@ def _per_market(ctx: _Context, federated: Mapping[str, Any]) -> list[dict[str, A
 def _model_bytes() -> int:
     """The most a message of the object encoder carries (its tensors and metrics)."""
     from onshore.federation.envelope import size_limit
-    from onshore.model.nets import ModelSpec
+    from onshore.forecast.nets import ModelSpec
 
     return size_limit(ModelSpec("object_encoder"))
 

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from onshore.errors import InvalidWeights, NotReleasable, ReleaseExists
+from onshore.forecast.local import RUNS_DIR, _read_json, _write_atomically
 from onshore.ledger import Entry, Ledger, verify
-from onshore.model.local import RUNS_DIR, _read_json, _write_atomically
 from onshore.release.bundle import Signer, build_bundle, read_bundle
 from onshore.release.card import build_card
 from onshore.release.lineage import check_lineage, parse_links
@@ -65,7 +65,7 @@ def create_release(
     from safetensors import SafetensorError
     from safetensors.torch import load as load_tensors
 
-    from onshore.model.nets import ModelSpec, build_model, check_weights
+    from onshore.forecast.nets import ModelSpec, build_model, check_weights
 
     check_version(version)
     target = bundle_path(project, version)

@@ -43,9 +43,9 @@ from onshore.errors import (
     LicenceInvalid,
     OnshoreError,
 )
+from onshore.forecast.local import _write_atomically
 from onshore.ledger import Ledger
 from onshore.ledger.entry import canonical_json, public_key_hex
-from onshore.model.local import _write_atomically
 from onshore.release.bundle import Bundle, signature_valid, signed_digest
 from onshore.release.card import SOFTWARE, parties
 from onshore.release.records import (

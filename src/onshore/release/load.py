@@ -47,7 +47,7 @@ from onshore.settings import Project, load_project
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from onshore.model.nets import ForecastModel
+    from onshore.forecast.nets import ForecastModel
 
 __all__ = [
     "DEFAULT_PURPOSE",
@@ -400,7 +400,7 @@ def load_model(
     """
     from safetensors.torch import load as load_tensors
 
-    from onshore.model.nets import ModelSpec, build_model
+    from onshore.forecast.nets import ModelSpec, build_model
 
     decision, opened, read = check_use(
         Path(bundle),

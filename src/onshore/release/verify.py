@@ -151,7 +151,7 @@ def open_release(
     from safetensors import SafetensorError
     from safetensors.torch import load as load_tensors
 
-    from onshore.model.nets import ModelSpec, check_weights
+    from onshore.forecast.nets import ModelSpec, check_weights
 
     report = BundleReport(bundle=str(path))
     try:

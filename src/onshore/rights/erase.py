@@ -46,10 +46,10 @@ from sqlalchemy.engine import Connection
 
 from onshore.deidentify.video import CHECKS_DIR, DETECTIONS_DIR
 from onshore.errors import ErasureBlocked, OnshoreError, RequestRefused, UnknownVehicle
+from onshore.forecast.dataset import CACHE_DIR
 from onshore.gate.site import OpenSite
 from onshore.ledger import Entry
 from onshore.ledger.entry import RECEIVED_DIR
-from onshore.model.dataset import CACHE_DIR
 from onshore.processes import failpoint
 from onshore.rights.vin import check_vin, vehicle_key
 from onshore.settings import Project

@@ -24,8 +24,8 @@ from typing import Any
 import orjson
 
 from onshore.deidentify.video import DETECTIONS_DIR
+from onshore.forecast.dataset import CACHE_DIR
 from onshore.gate.site import OpenSite
-from onshore.model.dataset import CACHE_DIR
 from onshore.rights.erase import delete_upload
 from onshore.settings import Project
 

@@ -23,7 +23,7 @@ from onshore.deidentify import deidentify_site, resolve_profile
 from onshore.deidentify.run import DEID_KEY
 from onshore.deidentify.trajectory import LOCAL_SCHEMA
 from onshore.errors import ConfigError, InvalidWeights, NoTrainingData, PrivacyBudgetSpent
-from onshore.model import (
+from onshore.forecast import (
     MODELS,
     OBJECT_FEATURES,
     PAST_FEATURES,
@@ -39,8 +39,8 @@ from onshore.model import (
     train_local,
     weight_signature,
 )
-from onshore.model.dataset import FUNNEL, _fraction, _test_side, samples_from_outputs
-from onshore.model.metrics import MOTION_GROUPS, Metrics, motion_groups
+from onshore.forecast.dataset import FUNNEL, _fraction, _test_side, samples_from_outputs
+from onshore.forecast.metrics import MOTION_GROUPS, Metrics, motion_groups
 from onshore.settings import Project
 from onshore.sites import init_project
 from onshore.sites.keystore import load_keystore

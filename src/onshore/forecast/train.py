@@ -36,9 +36,9 @@ from opacus.optimizers import DPOptimizer
 from torch import Tensor
 
 from onshore.errors import ConfigError, NoTrainingData, PrivacyBudgetSpent
-from onshore.model.dataset import Samples
-from onshore.model.metrics import STANDING_MPS
-from onshore.model.nets import ForecastModel, check_weights
+from onshore.forecast.dataset import Samples
+from onshore.forecast.metrics import STANDING_MPS
+from onshore.forecast.nets import ForecastModel, check_weights
 
 __all__ = ["DPConfig", "PrivacyAccountant", "TrainResult", "sample_loss", "train_local"]
 

@@ -26,10 +26,10 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from onshore.errors import ConfigError, NoTrainingData
-from onshore.model.dataset import DatasetConfig, build_site_dataset
-from onshore.model.metrics import evaluate
-from onshore.model.nets import ModelSpec, build_model
-from onshore.model.train import DPConfig, train_local
+from onshore.forecast.dataset import DatasetConfig, build_site_dataset
+from onshore.forecast.metrics import evaluate
+from onshore.forecast.nets import ModelSpec, build_model
+from onshore.forecast.train import DPConfig, train_local
 from onshore.settings import Project
 from onshore.store.objects import sha256
 from onshore.store.site import SiteStore

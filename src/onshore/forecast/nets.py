@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from onshore.errors import ConfigError, InvalidWeights
-from onshore.model.dataset import DT, OBJECT_FEATURES, PAST_FEATURES
+from onshore.forecast.dataset import DT, OBJECT_FEATURES, PAST_FEATURES
 
 __all__ = [
     "MODELS",

@@ -8,8 +8,8 @@ under DP-SGD, each model's ADE over constant velocity's, and training samples pe
 (DP-SGD against plain training of the same model, measured in the same run). Last, each site's
 object-encoder model on every other site's test split: what the federation must beat.
 
-    python bench/model.py --project /tmp/lab           # a lab `onshore lab` made
-    python bench/model.py --vehicles 400 --minutes 15  # simulates one first (~15 min)
+    python bench/forecast.py --project /tmp/lab           # a lab `onshore lab` made
+    python bench/forecast.py --vehicles 400 --minutes 15  # simulates one first (~15 min)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from onshore.deidentify import read_output
-from onshore.model import (
+from onshore.forecast import (
     DatasetConfig,
     DPConfig,
     Metrics,
@@ -34,7 +34,7 @@ from onshore.model import (
     evaluate,
     train_local,
 )
-from onshore.model.dataset import SiteDataset
+from onshore.forecast.dataset import SiteDataset
 from onshore.settings import Project, load_project
 from onshore.store import SiteStore
 

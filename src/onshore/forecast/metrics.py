@@ -18,8 +18,8 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from onshore.model.dataset import DT, Samples
-from onshore.model.nets import ForecastModel
+from onshore.forecast.dataset import DT, Samples
+from onshore.forecast.nets import ForecastModel
 
 __all__ = [
     "MISS_THRESHOLD_M",

@@ -1,12 +1,12 @@
 """The driving model: motion forecasting from 2 s of the ego's past and the objects tracked
 around it to its next 3 s, trained at each site on its own consented, de-identified data.
 
-- :mod:`~onshore.model.dataset`: samples built at a site, split by vehicle, cached in its store.
-- :mod:`~onshore.model.nets`: the models, declared by name and configuration; the weights a
+- :mod:`~onshore.forecast.dataset`: samples built at a site, split by vehicle, cached in its store.
+- :mod:`~onshore.forecast.nets`: the models, declared by name and configuration; the weights a
   declared model may hold.
-- :mod:`~onshore.model.train`: local training, with DP-SGD and a privacy accountant.
-- :mod:`~onshore.model.metrics`: ADE, FDE and miss rate.
-- :mod:`~onshore.model.local`: every site trains alone and is evaluated on its own test split
+- :mod:`~onshore.forecast.train`: local training, with DP-SGD and a privacy accountant.
+- :mod:`~onshore.forecast.metrics`: ADE, FDE and miss rate.
+- :mod:`~onshore.forecast.local`: every site trains alone and is evaluated on its own test split
   (``onshore train``), the baseline federated training is measured against.
 """
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from onshore._lazy import lazy
 
 if TYPE_CHECKING:
-    from onshore.model.dataset import (
+    from onshore.forecast.dataset import (
         OBJECT_FEATURES,
         PAST_FEATURES,
         DatasetConfig,
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
         SiteDataset,
         build_site_dataset,
     )
-    from onshore.model.metrics import Metrics, evaluate
-    from onshore.model.nets import (
+    from onshore.forecast.metrics import Metrics, evaluate
+    from onshore.forecast.nets import (
         MODELS,
         ForecastModel,
         ModelSpec,
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
         check_weights,
         weight_signature,
     )
-    from onshore.model.train import DPConfig, PrivacyAccountant, TrainResult, train_local
+    from onshore.forecast.train import DPConfig, PrivacyAccountant, TrainResult, train_local
 
 # Imported when first used (see onshore._lazy): importing one module of the package does
 # not bring all the others.
