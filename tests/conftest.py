@@ -29,7 +29,6 @@ SHARED_SESSION_FIXTURES = ("small_demo",)
 pytest-xdist worker (see :func:`pytest_collection_modifyitems`)."""
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Group the tests that share an expensive fixture for pytest-xdist's ``--dist loadgroup``
     (``scripts/check`` runs the suite on two workers): each worker makes the module- and
