@@ -24,35 +24,6 @@ from onshore.sites import init_project
 
 POSTGRES_URL = os.environ.get("ONSHORE_TEST_POSTGRES_URL")
 
-SHARED_SESSION_FIXTURES = ("small_demo",)
-"""Fixtures of this file that take minutes to make: every test using one runs on the same
-pytest-xdist worker (see :func:`pytest_collection_modifyitems`)."""
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Group the tests that share an expensive fixture for pytest-xdist's ``--dist loadgroup``
-    (``scripts/check`` runs the suite on two workers): each worker makes the module- and
-    session-scoped fixtures its tests use, so tests sharing one run on one worker and it is
-    made once. A test module's own fixture of that scope groups that module's tests; the
-    conftest's :data:`SHARED_SESSION_FIXTURES` group every test that uses them, across modules.
-    Other tests go to whichever worker is free. Without xdist the mark does nothing."""
-    for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None:
-            continue
-        group = None
-        for name, defs in sorted(info.name2fixturedefs.items()):
-            fixture = defs[-1]
-            if name in SHARED_SESSION_FIXTURES:
-                group = name
-                break
-            if fixture.scope in ("module", "session") and fixture.baseid.endswith(".py"):
-                group = group or fixture.baseid
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
-
 
 PLACES = {"CN": (31.23, 121.47), "EU": (50.11, 8.68), "US": (45.52, -122.68)}
 """Where synthetic clips start by default: Shanghai, Frankfurt, Portland, by the jurisdiction
