@@ -167,6 +167,9 @@ def test_every_page_needs_a_signed_session(world: World) -> None:
     for path in ["/", "/sites/cn-shanghai", "/decisions", "/ledger", "/runs", "/reports"]:
         response = anonymous.get(path, follow_redirects=False)
         assert response.status_code == 303 and response.headers["location"].startswith("/login")
+    login = anonymous.get("/login")
+    assert login.status_code == 200 and "console users add" in login.text
+    assert str(world.parties[COORD].root) not in login.text, "no folder path for strangers"
     wrong = anonymous.post("/login", data={"username": "eng", "password": "guess"})
     assert wrong.status_code == 401 and COOKIE not in wrong.cookies
     assert "Wrong user name or password" in wrong.text
