@@ -15,7 +15,9 @@ party's folder with only that party's keys.
 
 Each SuperLink and SuperNode is a separate process in a process group of its own, so that
 :meth:`FlowerProcess.stop` ends it with every process Flower started under it (SuperExec, the
-ServerApp, ClientApps).
+ServerApp, ClientApps): :mod:`onshore.federation.processes` starts, watches and stops them
+(``FlowerProcess``, ``find_flower``, ``foreground`` and ``stop`` are re-exported here); the
+certificates are :mod:`onshore.parties.tls`'s.
 
 What lives in a party's folder::
 
@@ -31,26 +33,35 @@ What lives in a party's folder::
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import itertools
-import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final, Literal
+from typing import IO, Any, Final
 
 import orjson
 
 from onshore.errors import ConfigError, NotAParty, TrainingError
 from onshore.federation.options import RUN_CONFIG_KEY, SIGNATURE_KEY, FederatedOptions
+from onshore.federation.processes import (
+    FlowerProcess,
+    check_port_free,
+    find_flower,
+    foreground,
+    free_port,
+    join_address,
+    logged_reason,
+    probe_address,
+    process_environment,
+    reap_group,
+    signal_group,
+    split_address,
+    start_process,
+    stop,
+)
 from onshore.federation.run import prepare_run
 from onshore.federation.runner import sign_options, write_programs
 from onshore.forecast.local import RUNS_DIR, _read_json, _write_atomically
@@ -85,365 +96,6 @@ DEFAULT_PORT: Final = 9092
 CONNECTION: Final = "onshore"
 """The name of the SuperLink connection in a run's Flower configuration."""
 _WILDCARDS: Final = ("0.0.0.0", "::", "")
-_NODE_ID: Final = re.compile(r"SuperNode ID: (\d+)")
-"""What a SuperNode logs once the SuperLink has registered it."""
-_COLOUR: Final = re.compile(r"\x1b\[[0-9;]*m")
-_ERROR: Final = re.compile(r"^\s*(?:[\d/]+ [\d:]+:)?ERROR\s*:")
-_NOT_ERROR: Final = re.compile(r"^\s*(?:[\d/]+ [\d:]+:)?(?:DEBUG|INFO|WARNING)\s*:|For more")
-_LOG_PREFIX: Final = re.compile(r"^\s*(?:[\d/]+ [\d:]+:)?(?:DEBUG|INFO|WARNING|ERROR)\s*:\s*")
-
-
-# --- Processes ----------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class FlowerProcess:
-    """A SuperLink or SuperNode onshore started: the leader of a process group of its own."""
-
-    kind: Literal["superlink", "supernode"]
-    address: str
-    """The SuperLink's address (``host:port``): the one served, or the one joined."""
-    log: Path
-    process: subprocess.Popen[bytes] = field(repr=False)
-    ready_at: tuple[str, int]
-    """Where the process accepts connections once it runs (the SuperLink's port, a
-    SuperNode's own API)."""
-    log_from: int = 0
-    """Where this process's part of :attr:`log` begins."""
-    site: str | None = None
-    """The site a SuperNode serves."""
-    node_id: int | None = None
-    """The id the SuperLink gave a SuperNode when it joined."""
-
-    @property
-    def role(self) -> str:
-        return "superlink" if self.kind == "superlink" else f"supernode {self.site}"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Return once the process accepts connections and, for a SuperNode, has joined its
-        SuperLink. Otherwise stop it and raise :class:`ConfigError` with the last thing it
-        logged."""
-        deadline = time.monotonic() + timeout
-        if not _wait_for_port(self.process, *self.ready_at, timeout):
-            last = _logged_reason(self.log, self.log_from)
-            self.stop()
-            raise ConfigError(f"the {self.role} did not start: {last}", hint=f"see {self.log}")
-        while self.kind == "supernode" and self.node_id is None:
-            joined = _NODE_ID.search(_read_from(self.log, self.log_from))
-            if joined:
-                self.node_id = int(joined.group(1))
-            elif self.process.poll() is not None or time.monotonic() > deadline:
-                last = _logged_reason(self.log, self.log_from)
-                self.stop()
-                raise ConfigError(
-                    f"the SuperNode of {self.site} did not join the SuperLink at "
-                    f"{self.address} within {timeout:g} s: {last}",
-                    hint="check that 'onshore federation serve' runs at the coordinator, that "
-                    "the address is one its certificate names, and that the coordinator "
-                    f"registered this site (its identity on file there); see {self.log}",
-                )
-            else:
-                time.sleep(0.2)
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """End the process and every process under it; returns the leader's exit status."""
-        _signal_group(self.process, signal.SIGTERM)
-        return _reap_group(self.process, timeout)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "role": self.role,
-            "pid": self.pid,
-            "address": self.address,
-            "log": str(self.log),
-            **({"site": self.site, "node_id": self.node_id} if self.site else {}),
-        }
-
-    def __enter__(self) -> FlowerProcess:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-
-def stop(*processes: FlowerProcess, timeout: float = 10.0) -> None:
-    """Stop ``processes``: the SuperNodes together, then the SuperLinks (a SuperNode that
-    outlived its SuperLink would keep trying to say goodbye to it)."""
-    for kind in ("supernode", "superlink"):
-        batch = [p for p in processes if p.kind == kind]
-        for process in batch:
-            _signal_group(process.process, signal.SIGTERM)
-        for process in batch:
-            _reap_group(process.process, timeout)
-
-
-def foreground(process: FlowerProcess) -> int:
-    """Wait while ``process`` runs; when this process is interrupted (Ctrl-C or SIGTERM), stop
-    it and return its exit status.
-
-    Raises :class:`TrainingError` when it ends on its own (with the end of its log).
-    """
-
-    def interrupted(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    # SIGINT too: a process started in the background inherits SIGINT ignored, and would
-    # otherwise never hear Ctrl-C (or a supervisor's interrupt).
-    previous = signal.signal(signal.SIGTERM, interrupted)
-    previous_int = signal.signal(signal.SIGINT, interrupted)
-    try:
-        while not _exited(process.pid, 3600.0, poll=0.5):  # unreaped: its group can be stopped
-            pass
-    except KeyboardInterrupt:
-        return process.stop()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
-    status = process.stop()
-    last = _logged_reason(process.log, process.log_from)
-    raise TrainingError(
-        f"the {process.role} ended by itself (exit status {status}): {last}",
-        hint=f"see {process.log}",
-    )
-
-
-def find_flower(name: str) -> Path:
-    """Flower's program ``name`` (``flower-superlink``, ``flower-supernode``, ``flwr``): the one
-    installed beside this Python first, else the first on ``PATH``.
-
-    Raises :class:`ConfigError` when neither exists.
-    """
-    beside = Path(sys.executable).parent / name
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return beside
-    found = shutil.which(name)
-    if found is None:
-        raise ConfigError(
-            f"{name} not found beside {sys.executable} or on PATH",
-            hint="install Flower 1.42 in onshore's environment (pip install 'flwr==1.42.*')",
-        )
-    return Path(found)
-
-
-def _environment(
-    flwr_home: Path, *, programs: Path | None = None, project: Project | None = None
-) -> dict[str, str]:
-    """What Flower's processes need: onshore's task programs (``programs``, see
-    :mod:`onshore.federation.runner`) then this Python's first on PATH (the SuperLink and
-    SuperNodes start flower-superexec, flwr-serverapp and flwr-clientapp by name), a home of
-    their own, the party's folder, and no run-time installation of an app's dependencies (it
-    would fetch another torch)."""
-    env = dict(os.environ)
-    first = [str(programs)] if programs is not None else []
-    env["PATH"] = os.pathsep.join([*first, str(Path(sys.executable).parent), env.get("PATH", "")])
-    if project is not None:
-        env["ONSHORE_PROJECT"] = str(project.root)
-    env.update(
-        FLWR_HOME=str(flwr_home),
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        FLWR_TELEMETRY_ENABLED="0",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def _start(
-    command: Sequence[str], *, env: dict[str, str], log: Path, cwd: Path
-) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``command`` in a session of its own, appending its output to ``log``; returns it
-    and where its output begins in ``log``."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        out.write(f"\n--- {dt.datetime.now(dt.UTC).isoformat()} {' '.join(command)}\n".encode())
-        out.flush()
-        offset = out.tell()
-        process = subprocess.Popen(
-            list(command),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-        )
-    return process, offset
-
-
-def _signal_group(process: subprocess.Popen[bytes], signum: int) -> bool:
-    """Send ``signum`` to the process group ``process`` leads (``start_new_session``: its pid is
-    the group's id); whether the group still exists. Once the leader is reaped, its id may be
-    reused, so a reaped leader's group is never signalled."""
-    if process.returncode is not None:
-        return False
-    try:
-        os.killpg(process.pid, signum)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def _reap_group(process: subprocess.Popen[bytes], timeout: float) -> int:
-    """Wait for the leader to end (killing the group after ``timeout``), then for what it left
-    in its group, and reap it."""
-    if process.returncode is not None:
-        return process.returncode
-    if not _exited(process.pid, timeout):
-        _signal_group(process, signal.SIGKILL)
-        _exited(process.pid, timeout)
-    # The leader is a zombie until reaped, so the group's id cannot have been reused: what is
-    # still in it was started by it. Give it a moment to go, then make it go.
-    deadline = time.monotonic() + 3.0
-    while _group_lives(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    _signal_group(process, signal.SIGKILL)
-    return process.wait()
-
-
-def _group_lives(group: int) -> bool:
-    """Whether a process of ``group`` still runs (zombies, the leader's among them, do not)."""
-    proc = Path("/proc")
-    if not proc.is_dir():  # not Linux: a group of zombies still counts
-        try:
-            os.killpg(group, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses.
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == group and fields[0] != "Z":
-            return True
-    return False
-
-
-def _exited(pid: int, timeout: float, *, poll: float = 0.05) -> bool:
-    """Whether ``pid`` (a child) exited within ``timeout``; it is left unreaped."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return True
-        if info is not None:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(poll)
-
-
-def _read_from(path: Path, offset: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def _check_port_free(host: str, port: int) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the SuperLink's server
-        try:
-            s.bind((host or "0.0.0.0", port))
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve on {host}:{port}: {exc.strerror or exc}",
-                hint="another program (an earlier SuperLink?) listens there; stop it or "
-                "choose another --port",
-            ) from exc
-
-
-def _probe(host: str, port: int) -> tuple[str, int]:
-    """Where to knock to see a server listening on ``host:port`` is up."""
-    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host), port
-
-
-def _wait_for_port(process: subprocess.Popen[bytes], host: str, port: int, timeout: float) -> bool:
-    """Whether ``host:port`` accepts connections within ``timeout`` while ``process`` lives."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def _split_address(address: str) -> tuple[str, int]:
-    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^\s:/\[\]]+):(\d{1,5})", address)
-    port = int((match.group(2) or match.group(4)) if match else 0)
-    if match is None or not 0 < port < 65536:
-        raise ConfigError(
-            f"{address!r} is not a SuperLink address",
-            hint="give it as HOST:PORT, e.g. superlink.example.com:9092 or [::1]:9092",
-        )
-    return match.group(1) or match.group(3), port
-
-
-def _join_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _logged_reason(log: Path, offset: int = 0) -> str:
-    """Why a Flower process failed or stalls, from what it logged after ``offset``: the first
-    error it logged (the exception a traceback ends with, the text of an error box, an ERROR
-    line and its explanation), else its last line; without colours, times and levels."""
-    size = log.stat().st_size if log.exists() else 0
-    text = _read_from(log, max(offset, size - 65536))
-    lines = [_COLOUR.sub("", line) for line in text.splitlines()]
-    for i, line in enumerate(lines):
-        if line.startswith("Traceback"):
-            return _raised(lines[i:])
-        if line.lstrip().startswith("╭─ Error"):
-            box = itertools.takewhile(lambda x: not x.lstrip().startswith("╰"), lines[i + 1 :])
-            return " ".join(x.strip().strip("│").strip() for x in box)
-        if _ERROR.match(line):
-            after = lines[i + 1 : i + 8]
-            if any(x.startswith("Traceback") for x in after):
-                continue
-            said = [x for x in [line, *after] if x.strip() and not _NOT_ERROR.match(x)]
-            return " ".join(_LOG_PREFIX.sub("", x).strip() for x in said)
-    for line in reversed(lines):
-        line = _LOG_PREFIX.sub("", line).strip()
-        if line:
-            return line
-    return "it wrote nothing"
-
-
-def _raised(traceback: list[str]) -> str:
-    """The exception a traceback ends with; the last of a chain of them."""
-    raised = ""
-    for line in traceback[1:]:
-        if not line.strip() or line[0].isspace() or line.startswith("Traceback"):
-            continue
-        if line.startswith(("The above exception", "During handling")):
-            raised = ""
-        elif raised:
-            break
-        else:
-            raised = line.strip()
-    return raised
-
-
 # --- SuperLink and SuperNodes -------------------------------------------------------------------
 
 
@@ -487,13 +139,13 @@ def serve(
     """
     local = _coordinator(project)
     binary = find_flower("flower-superlink")
-    advertised_host, advertised_port = _split_address(_federation_address(project))
+    advertised_host, advertised_port = split_address(_federation_address(project))
     port = advertised_port if port is None else port
     if host is None:
         host = advertised_host if _is_address(advertised_host) else "0.0.0.0"
     tls = local.tls
     check_certificate(tls.cert.read_bytes(), str(tls.cert))
-    _check_port_free(host, port)
+    check_port_free(host, port)
     home = project.root / FLOWER_DIR / "superlink"
     home.mkdir(parents=True, exist_ok=True)
     log = project.root / LOGS_DIR / "superlink.log"
@@ -513,14 +165,14 @@ def serve(
         str(port),
         "--disable-runtime-dependency-installation",
     ]
-    env = _environment(home, programs=programs, project=project)
-    process, offset = _start(command, env=env, log=log, cwd=project.root)
+    env = process_environment(home, programs=programs, project=project)
+    process, offset = start_process(command, env=env, log=log, cwd=project.root)
     link = FlowerProcess(
-        "superlink", _join_address(host, port), log, process, _probe(host, port), offset
+        "superlink", join_address(host, port), log, process, probe_address(host, port), offset
     )
     try:
         link.wait_ready(timeout)
-        register_sites(project, f"{_probe(host, port)[0]}:{port}")
+        register_sites(project, f"{probe_address(host, port)[0]}:{port}")
     except BaseException:
         link.stop()
         raise
@@ -558,7 +210,7 @@ def register_sites(project: Project, address: str) -> dict[str, dict[str, Any]]:
     SuperNode key, from its identity. Writes :data:`NODES_FILE` (which node is which site) and
     returns it. A site whose identity carries no SuperNode key is left out (it cannot join)."""
     flwr = find_flower("flwr")
-    env = _environment(_control_home(project, address))
+    env = process_environment(_control_home(project, address))
     folder = project.root / FEDERATION_DIR / "nodes"
     folder.mkdir(parents=True, exist_ok=True)
     known = dict(_read_json(project.root / NODES_FILE) or {})
@@ -684,7 +336,7 @@ def join(
     superlink = superlink or coordinator.federation
     if not superlink:
         raise ConfigError("the coordinator's identity names no SuperLink; pass --superlink")
-    _split_address(superlink)
+    split_address(superlink)
     root = str(project.root.resolve())
     if "'" in root:  # the node config quotes it so
         raise ConfigError(f"the party's folder {root} has a quote in its name; rename it")
@@ -700,7 +352,7 @@ def join(
     trusted = project.root / FEDERATION_DIR / "coordinator.crt"
     _write_atomically(trusted, coordinator.tls_certificate.encode())
     log = project.root / LOGS_DIR / "supernode.log"
-    api_port = port or _free_port("127.0.0.1")
+    api_port = port or free_port("127.0.0.1")
     programs = write_programs(project.root / BIN_DIR, "site")
     command = [
         str(binary),
@@ -717,8 +369,8 @@ def join(
         "--port",
         str(api_port),
     ]
-    env = _environment(home, programs=programs, project=project)
-    process, offset = _start(command, env=env, log=log, cwd=project.root)
+    env = process_environment(home, programs=programs, project=project)
+    process, offset = start_process(command, env=env, log=log, cwd=project.root)
     node = FlowerProcess(
         "supernode", superlink, log, process, ("127.0.0.1", api_port), offset, site=local.id
     )
@@ -758,7 +410,7 @@ def run_deployed(
     """
     local = _coordinator(project)
     superlink = superlink or _federation_address(project)
-    _split_address(superlink)
+    split_address(superlink)
     flwr = find_flower("flwr")
     options, done = prepare_run(project, options, say)
     if done is not None:
@@ -789,7 +441,7 @@ def run_deployed(
         f"sites have {options.join_timeout:g} s to connect before round 1, and each round "
         f"{options.timeout:g} s to answer; a site that does not is left out and named"
     )
-    env = _environment(home)
+    env = process_environment(home)
     command = [str(flwr), "run", str(app), CONNECTION, "--stream"]
     process = subprocess.Popen(
         command,
@@ -818,13 +470,13 @@ def run_deployed(
                 process.wait(timeout=0.5)
     except (KeyboardInterrupt, TimeoutError) as exc:
         _stop_run(flwr, env, folder, run_id)
-        _signal_group(process, signal.SIGTERM)
-        _reap_group(process, 10.0)
+        signal_group(process, signal.SIGTERM)
+        reap_group(process, 10.0)
         if isinstance(exc, KeyboardInterrupt):
             raise
         raise TrainingError(
             f"federated run {options.run} did not finish within {timeout:g} s; it was stopped "
-            f"({_logged_reason(log, begun)})",
+            f"({logged_reason(log, begun)})",
             hint=f"check that the sites' SuperNodes joined (onshore site join) and see {log}",
         ) from None
     finally:
@@ -834,7 +486,7 @@ def run_deployed(
     summary = _read_json(folder / "federated.json")
     if summary is None:
         raise TrainingError(
-            f"federated run {options.run} ended without a result: {_logged_reason(log, begun)}",
+            f"federated run {options.run} ended without a result: {logged_reason(log, begun)}",
             hint=f"Flower's log is {log}, the SuperLink's {LOGS_DIR}/superlink.log in the "
             f"coordinator's folder; is 'onshore federation serve' running at {superlink}? The "
             "rounds done so far are in the coordinator's ledger and the run's rounds.json",
@@ -935,7 +587,7 @@ def local_federation(
     folder on this machine, stopped on exit (SuperNodes first): what the demo, a drill or a
     test of the deployment needs."""
     address = _federation_address(coordinator)
-    host, advertised = _split_address(address)
+    host, advertised = split_address(address)
     link = serve(coordinator, port=port or advertised)
     nodes: list[FlowerProcess] = []
     try:
