@@ -61,7 +61,9 @@ def test_unknown_site_lists_the_declared_ones(project: Project) -> None:
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ('[sites.a1]\njurisdiction = "JP"\nentity = "x"\n', "[sites.a1] jurisdiction"),
+        # A code no rulebook governs ("JP") is refused when the rulebooks load (see
+        # test_rulebook_files); one that is no code at all, here.
+        ('[sites.a1]\njurisdiction = "Japan"\nentity = "x"\n', "[sites.a1] jurisdiction"),
         ('[sites.a1]\njurisdiction = "CN"\n', "[sites.a1] entity: Field required"),
         ('[sites.a1]\njurisdiction = "CN"\nentity = "x"\ncolour = 1\n', "[sites.a1] colour"),
         ('[sites.a1]\njurisdiction = "CN"\nentity = "x"\nstore = "s3://b/x"\n', "no default"),
