@@ -78,17 +78,14 @@ def main() -> None:
         for _ in range(args.repeat):  # interleaved, so that load on the machine hits both
             runs["lazy"].append(_once(COMMAND.format(preload=""), project))
             runs["eager"].append(_once(COMMAND.format(preload=preload), project))
+    wall = {name: statistics.median(w for w, _ in found) for name, found in runs.items()}
+    cpu = {name: statistics.median(c for _, c in found) for name, found in runs.items()}
+    lazy, eager, lazy_cpu, eager_cpu = wall["lazy"], wall["eager"], cpu["lazy"], cpu["eager"]
     result: dict[str, object] = {
-        name: {
-            "wall_s": round(statistics.median(w for w, _ in found), 2),
-            "cpu_s": round(statistics.median(c for _, c in found), 2),
-        }
-        for name, found in runs.items()
+        **{name: {"wall_s": round(wall[name], 2), "cpu_s": round(cpu[name], 2)} for name in runs},
+        "ratio_wall": round(eager / lazy, 2),
+        "ratio_cpu": round(eager_cpu / lazy_cpu, 2),
     }
-    lazy, eager = (statistics.median(w for w, _ in runs[n]) for n in ("lazy", "eager"))
-    lazy_cpu, eager_cpu = (statistics.median(c for _, c in runs[n]) for n in ("lazy", "eager"))
-    result["ratio_wall"] = round(eager / lazy, 2)
-    result["ratio_cpu"] = round(eager_cpu / lazy_cpu, 2)
     if args.json:
         print(json.dumps(result, indent=2))
         return

@@ -169,8 +169,8 @@ class _Site:
                 "us-bulk-data report screens recipients against",
                 hint=f"add country_sets.{CONCERN_SET} (28 CFR 202.211) to the rulebook",
             )
-        concern = book.country_sets[CONCERN_SET].countries
-        return bool({flow.recipient_country, flow.destination, *flow.linked_to} & set(concern))
+        concern = book.countries((CONCERN_SET,))  # the rulebook keeps it, made once
+        return bool({flow.recipient_country, flow.destination, *flow.linked_to} & concern)
 
 
 def _gather(project: Project, site_id: str, *, with_map: bool) -> _Site:

@@ -90,7 +90,8 @@ def column_widths(
         return None
     room = available - sum(least)
     wants = [m - n for m, n in zip(most, least, strict=True)]
-    return [n + room * w / sum(wants) for n, w in zip(least, wants, strict=True)]
+    asked = sum(wants)
+    return [n + room * w / asked for n, w in zip(least, wants, strict=True)]
 
 
 def render_html(report: Report) -> str:
@@ -132,7 +133,7 @@ def render_pdf(report: Report) -> bytes:
     )
 
     styles = getSampleStyleSheet()
-    small = styles["BodyText"].clone("small", fontName=_FONT, fontSize=7, leading=8.5)
+    small = styles["BodyText"].clone("small", fontName=_FONT, fontSize=_SIZES[0], leading=8.5)
     sources = report.sources()
     numbers = {_key(s): i for i, s in enumerate(sources, 1)}
     style = TableStyle(
