@@ -28,7 +28,7 @@ EAGER = [
     "onshore.release.load",
     "onshore.forecast.train",
     "onshore.forecast.local",
-    "onshore.store.ingest",
+    "onshore.ingest.run",
     "onshore.deidentify.run",
 ]
 """The modules the command imported then and does not need."""

@@ -67,7 +67,7 @@ ahead, passers-by with LFW faces, drawn plates), sensor noise added (sigma ``--n
 the stream has a camera's bitrate, encoded as H.264 by :func:`~onshore.clips.codec.encode_stream`.
 Each worker process (one per core, detectors and codec on one thread each, as the site's engine
 runs them) takes the whole stream through: decode + encode alone (the reference); decode +
-detect + mask + encode, detecting as the scan does (:func:`~onshore.deidentify.video.
+detect + mask + encode, detecting as the scan does (:func:`~onshore.classify.scan.
 detect_stream`, every ``video_stride``-th frame); and that plus what de-identification adds,
 decoding the encoded output and checking it (:func:`~onshore.deidentify.video.stream_findings`).
 Each plate detector runs at the default stride and at 1 (every frame). Frames per second are
@@ -104,9 +104,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from onshore.clips.codec import check_stream, decode_stream, encode_stream
-from onshore.clips.schema import OBJECT_TYPE, SCHEMA, Clip, ClipMeta
-from onshore.deidentify.detectors import (
+from onshore.classify.detectors import (
     Box,
     DetectorConfig,
     Frame,
@@ -115,6 +113,9 @@ from onshore.deidentify.detectors import (
     detect_plates,
     warm_up,
 )
+from onshore.classify.scan import detect_stream
+from onshore.clips.codec import check_stream, decode_stream, encode_stream
+from onshore.clips.schema import OBJECT_TYPE, SCHEMA, Clip, ClipMeta
 from onshore.deidentify.frames import (
     CHECK,
     MaskSettings,
@@ -123,7 +124,7 @@ from onshore.deidentify.frames import (
     mask_frame,
     mask_frames,
 )
-from onshore.deidentify.video import detect_stream, stream_findings
+from onshore.deidentify.video import stream_findings
 from onshore.fleet.camera import CameraSettings, DrawnFrame, PlateStyle, render_frames
 
 MASK = MaskSettings()
@@ -349,7 +350,7 @@ def _detect_plates(job: tuple[Frame, DetectorConfig]) -> list[Box]:
 @cache
 def _opencv_ssd() -> Any:
     """The plate SSD as it ran before: the Caffe files on OpenCV's DNN module."""
-    from onshore.deidentify.detectors import _package_file
+    from onshore.classify.detectors import _package_file
 
     return cv2.dnn.readNetFromCaffe(
         str(_package_file("hyperlpr", "models", "dnn", "mininet_ssd_v1.prototxt")),
@@ -457,7 +458,7 @@ def calibrate(method: str) -> None:
     )
     from onnxruntime.quantization.calibrate import load_tensors_data
 
-    from onshore.deidentify.detectors import _centerface_graph
+    from onshore.classify.detectors import _centerface_graph
 
     blobs = iter([cv2.dnn.blobFromImage(image) for image in calibration_images()])
 

@@ -32,11 +32,11 @@ import pyarrow.parquet as pq
 
 from onshore.deidentify import BUILTIN_PROFILES, deidentify_site
 from onshore.fleet import simulate_site
+from onshore.ingest import ingest
 from onshore.sites import init_project
 from onshore.sites.compute import Engine
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
-from onshore.store.ingest import ingest
 
 SITES = {"cn": "cn-shanghai", "eu": "eu-frankfurt", "us": "us-oregon"}
 

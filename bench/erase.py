@@ -36,12 +36,12 @@ from onshore.classify import classify_site
 from onshore.deidentify import deidentify_site, resolve_profile
 from onshore.fleet import simulate_fleet
 from onshore.forecast.dataset import build_site_dataset
+from onshore.ingest import ingest
 from onshore.rights.erase import erase_vehicle
 from onshore.settings import load_project
 from onshore.sites import init_project
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
-from onshore.store.ingest import ingest
 
 AIM = 2.0
 SITE = "eu-frankfurt"

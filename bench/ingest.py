@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from onshore.clips.mcap import read_mcap
+from onshore.ingest import ingest
 from onshore.sites import init_project
 from onshore.store import SiteStore
-from onshore.store.ingest import ingest
 
 
 def _uploads(args: argparse.Namespace, scratch: Path) -> list[Path]:

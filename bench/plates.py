@@ -1,6 +1,6 @@
 """Plate detection: recall per region, false boxes and milliseconds per 1280x720 frame on one
 thread, for onshore's plate model and, as the reference, the plate SSD of HyperLPR that
-``onshore.deidentify.detectors`` runs (``_PlateSSD``, 1x pass + 2x pass over the lower two
+``onshore.classify.detectors`` runs (``_PlateSSD``, 1x pass + 2x pass over the lower two
 thirds, threshold 0.2), measured in the same run on the same frames.
 
 Test sets, none of them used in training:
@@ -49,8 +49,8 @@ from deidentify_frames import PLATE_CENTRES, matches, placed
 
 # The same recall and the same match as the frames bench (its folder is on the path).
 from deidentify_frames import Recall as Tally
-from onshore.deidentify.detectors import Box, DetectorConfig, Frame, detect_plates
-from onshore.deidentify.plate_scenes import (
+from onshore.classify.detectors import Box, DetectorConfig, Frame, detect_plates
+from onshore.classify.plate_scenes import (
     REGIONS,
     Fonts,
     compose,
@@ -59,7 +59,7 @@ from onshore.deidentify.plate_scenes import (
     frame_from,
     photos,
 )
-from onshore.deidentify.plates import PlateDetector, weights
+from onshore.classify.plates import PlateDetector, weights
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 LABEL_FILES = (DATA / "frames_labels.json", DATA / "plates_labels.json")

@@ -64,12 +64,12 @@ from onshore.clips.mcap import read_mcap, write_mcap
 from onshore.clips.schema import Clip
 from onshore.clips.vin import check_digit
 from onshore.deidentify import BUILTIN_PROFILES, deidentify_site
+from onshore.ingest import ingest
 from onshore.settings import load_project
 from onshore.sites import init_project
 from onshore.sites.compute import Engine
 from onshore.sites.keystore import Secret, load_keystore
 from onshore.store import SiteStore
-from onshore.store.ingest import ingest
 
 SITES: Final = {"cn": "cn-shanghai", "eu": "eu-frankfurt", "us": "us-oregon"}
 """The site of the three-regions example that each region's uploads land at."""

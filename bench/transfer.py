@@ -57,13 +57,13 @@ from onshore.clips.tabular import clip_to_parquet
 from onshore.clips.vin import make_vin
 from onshore.gate import Approval
 from onshore.gate.record import add_approval
+from onshore.ingest import ingest
 from onshore.parties.identity import LocalParty, load_peers
 from onshore.parties.init import Address, init_parties
 from onshore.parties.messages import new_stamp, open_stamp, seal
 from onshore.parties.tls import client_context
 from onshore.settings import Project
 from onshore.store import SiteStore
-from onshore.store.ingest import ingest
 from onshore.transfer import transfer
 from onshore.transfer.outbound import CHUNK
 

@@ -497,9 +497,9 @@ def test_a_site_ingests_standard_uploads_with_its_own_mapping(project: Any, tmp_
     """Ingest at the EU site: the ROS 2 bag, the site's own JSON type once onshore.toml maps
     it, and a bag whose object class the site did not map is quarantined naming the channel,
     while the other files land."""
+    from onshore.ingest import ingest
     from onshore.settings import load_project
     from onshore.store import SiteStore
-    from onshore.store.ingest import ingest
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()

@@ -23,6 +23,8 @@ import pytest
 
 from conftest import make_clip
 from onshore.classify import classify_site, frame_labels
+from onshore.classify.detectors import DEFAULT, Box, detect
+from onshore.classify.scan import DETECTIONS_DIR, FrameScan, interpolate, scan_frames
 from onshore.clips.camera import decode_image, frames_table, frames_to_parquet, read_frames
 from onshore.clips.codec import (
     VIDEO_FORMATS,
@@ -36,28 +38,23 @@ from onshore.clips.recorder import UploadFormat, write_upload
 from onshore.clips.schema import OBJECT_TYPE, Clip
 from onshore.clips.validate import validate_clip
 from onshore.deidentify import deidentify_site, resolve_profile
-from onshore.deidentify.detectors import DEFAULT, Box, detect
 from onshore.deidentify.frames import CHECK, MaskSettings, carry_over, check_masked
 from onshore.deidentify.video import (
     CHECKS_DIR,
-    DETECTIONS_DIR,
     UNCHECKED,
     CheckMemo,
-    FrameScan,
     deidentify_frames,
-    interpolate,
-    scan_frames,
     stream_findings,
 )
 from onshore.errors import SchemaError, UnreadableFile
 from onshore.fleet.camera import CameraSettings, DrawnFrame, render_frames
+from onshore.ingest import ingest
 from onshore.rights.access import access_vehicle
 from onshore.rights.erase import erase_vehicle
 from onshore.settings import Project
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
 from onshore.store.catalogue import FramesRecord
-from onshore.store.ingest import ingest
 from onshore.store.objects import ObjectStore, sha256
 
 SITE = "cn-shanghai"
@@ -320,7 +317,7 @@ def test_classification_counts_the_persons_in_a_video_camera(
     assert f"at most {persons} persons" in identifiable.evidence
     assert "of camera front" in identifiable.evidence
     record = _stored(store, h264[0])
-    with patch("onshore.deidentify.video.detect") as detect:
+    with patch("onshore.classify.scan.detect") as detect:
         again = scan_frames(store, record)
     assert again.found == scan.found and not detect.called, "read back from the cache"
 
@@ -528,10 +525,10 @@ def test_a_video_is_scanned_on_its_stride(
     store = ObjectStore(str(tmp_path))
     record = _stored(store, h264[0])
     count = record.frames
-    with patch("onshore.deidentify.video.detect", wraps=detect) as calls:
+    with patch("onshore.classify.scan.detect", wraps=detect) as calls:
         strided = scan_frames(store, record)
     assert calls.call_count == len(set(range(0, count, DEFAULT.video_stride)) | {count - 1})
-    with patch("onshore.deidentify.video.detect", wraps=detect) as calls:
+    with patch("onshore.classify.scan.detect", wraps=detect) as calls:
         every = scan_frames(store, record, replace(DEFAULT, video_stride=1))
     assert calls.call_count == count, "the stride is part of the detections' cache key"
     # Between detected frames, the boxes follow those of every frame closely enough to mask them

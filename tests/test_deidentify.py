@@ -36,10 +36,10 @@ from onshore.deidentify import (
 from onshore.deidentify.checks import run_checks
 from onshore.deidentify.trajectory import deidentify_vehicle, pseudonym
 from onshore.errors import ConfigError
+from onshore.ingest import ingest
 from onshore.settings import Project
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
-from onshore.store.ingest import ingest
 
 SITE = "eu-frankfurt"
 SECRET = b"k" * 32
@@ -235,7 +235,7 @@ def test_no_raw_vin_zone_position_or_absolute_coordinate_survives(
     table = out.table
     assert {"lat", "lon", "time"}.isdisjoint(table.column_names)
     checks = {
-        c.name: c for c in run_checks(table, b"{}", raw_vins={clips[0].meta.vin}, zones=zones)
+        c.check: c for c in run_checks(table, b"{}", raw_vins={clips[0].meta.vin}, zones=zones)
     }
     assert all(c.held for c in checks.values()), checks
     if table.num_rows:
@@ -298,7 +298,7 @@ def test_deidentify_site_end_to_end(project: Project, site: SiteStore, tmp_path:
     assert summary["state"] == "pseudonymized"
     assert summary["removed"]["drop_zones"] > 0 and summary["removed"]["trim_ends"] > 0
     assert summary["rows"] + sum(summary["removed"].values()) == summary["rows_in"]
-    assert {c["name"] for c in summary["checks"]} >= {"no_raw_vin", "no_position_in_zone"}
+    assert {c["check"] for c in summary["checks"]} >= {"no_raw_vin", "no_position_in_zone"}
     records = site.catalogue.deidentified("training")
     assert records and all(r.state == "pseudonymized" for r in records)
     for path in {r.path for r in records}:
@@ -353,7 +353,7 @@ def test_vin_check_finds_vins_as_tokens_not_digit_runs_inside_digests() -> None:
         (check,) = [
             c
             for c in run_checks(empty, metadata, raw_vins=raw, zones=no_zones)
-            if c.name == "no_raw_vin"
+            if c.check == "no_raw_vin"
         ]
         return check.held
 

@@ -26,11 +26,11 @@ from onshore.deidentify.run import _vehicles
 from onshore.deidentify.video import CHECKS_DIR
 from onshore.errors import DeidentifyError
 from onshore.fleet import simulate_site
+from onshore.ingest import ingest
 from onshore.settings import Project
 from onshore.sites.compute import Engine
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
-from onshore.store.ingest import ingest
 
 SITE = "eu-frankfurt"
 VINS = {"WVWZZZ1JZXW000001", "WVWZZZ1JZXW000002"}

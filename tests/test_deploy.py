@@ -27,13 +27,13 @@ from onshore.federation import deploy
 from onshore.federation.options import FederatedOptions
 from onshore.federation.runner import REFUSED_KIND, app_problem, options_problem, sign_options
 from onshore.forecast.nets import ModelSpec
+from onshore.ingest import ingest
 from onshore.ledger import Ledger, verify
 from onshore.parties.identity import LocalParty
 from onshore.settings import Project
 from onshore.sites import init_project
 from onshore.store import SiteStore
 from onshore.store.catalogue import Catalogue
-from onshore.store.ingest import ingest
 from test_federation import both_splits
 
 SITES = ("cn-shanghai", "eu-frankfurt", "us-oregon")

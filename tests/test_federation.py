@@ -51,13 +51,13 @@ from onshore.federation.site import FINE_TUNE, ErrorCode, govern, load_accountan
 from onshore.forecast.nets import ModelSpec, build_model, check_weights
 from onshore.gate import Approval
 from onshore.gate.record import add_approval
+from onshore.ingest import ingest
 from onshore.ledger import Ledger, verify
 from onshore.settings import Project, load_project
 from onshore.sites import init_project
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
 from onshore.store.catalogue import Catalogue
-from onshore.store.ingest import ingest
 
 SPEC = ModelSpec("past_mlp")
 REGIONS = {

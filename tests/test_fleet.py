@@ -32,9 +32,9 @@ from onshore.fleet.demand import FleetVehicle, apportion
 from onshore.fleet.networks import Georeference
 from onshore.fleet.stats import ks_statistic
 from onshore.fleet.sumo_tools import ToolRun, run_tool, sumo_binary
+from onshore.ingest import ingest
 from onshore.settings import Project
 from onshore.store import SiteStore
-from onshore.store.ingest import ingest
 
 pytestmark = pytest.mark.slow
 

@@ -41,11 +41,11 @@ from onshore.forecast import (
 )
 from onshore.forecast.dataset import FUNNEL, _fraction, _test_side, samples_from_outputs
 from onshore.forecast.metrics import MOTION_GROUPS, Metrics, motion_groups
+from onshore.ingest import ingest
 from onshore.settings import Project
 from onshore.sites import init_project
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
-from onshore.store.ingest import ingest
 
 SITE = "eu-frankfurt"
 BRAKE = PAST_FEATURES.index("brake")

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 import pytest
 
-from onshore.deidentify import detectors
-from onshore.deidentify.detectors import (
+from onshore.classify import detectors
+from onshore.classify.detectors import (
     Box,
     DetectorConfig,
     detect,
@@ -456,7 +456,7 @@ def test_mask_result_records_counts_and_parameters(labelled: Callable[[str], Lab
     assert record["carried"] == result.faces  # each frame's faces are carried to the other
     assert record["method"] == "pixelate" and record["face_threshold"] == 0.2
     check = check_masked(result.frames).to_dict()
-    assert check["name"] == "no_unmasked_face_or_plate" and check["held"] is True
+    assert check["check"] == "no_unmasked_face_or_plate" and check["held"] is True
 
 
 def test_check_reports_what_it_still_finds(labelled: Callable[[str], Labelled]) -> None:

@@ -16,9 +16,9 @@ from conftest import make_clip, write_clips
 from onshore.clips.mcap import write_mcap
 from onshore.clips.schema import SCHEMA, Clip
 from onshore.clips.tabular import export_table
+from onshore.ingest import ingest
 from onshore.settings import Project
 from onshore.store import SiteStore
-from onshore.store.ingest import ingest
 
 SITE = "cn-shanghai"
 
@@ -282,7 +282,7 @@ def test_only_conflicting_files_in_a_batch_are_quarantined(site: SiteStore, tmp_
 def test_unreadable_and_oversized_files_do_not_stop_the_run(
     site: SiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import onshore.store.ingest as ingest_module
+    import onshore.ingest.run as ingest_module
 
     good = write_clips(tmp_path / "in", 2)
     big = tmp_path / "in" / "big.mcap"

@@ -165,15 +165,15 @@ def test_a_transfer_killed_anywhere_at_either_end_completes_exactly_once(tmp_pat
     received once, nothing partial left, and both ledgers verify (with each other)."""
     from conftest import make_parties
     from onshore.gate import Approval
+    from onshore.gate.audit import verify_party
     from onshore.gate.record import add_approval
-    from onshore.parties.witness import verify_party
     from onshore.store.objects import RECEIVED_DIR
 
     parties = make_parties(tmp_path / "parties")
     eu, us = parties["eu-frankfurt"], parties["us-oregon"]
     paths = write_clips(tmp_path / "up", 40, steps=3000, recorded_in="eu-frankfurt")
     with SiteStore.open(eu) as site:
-        from onshore.store.ingest import ingest
+        from onshore.ingest import ingest
 
         assert ingest(site, paths).quarantined == []
     add_approval(

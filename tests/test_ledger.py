@@ -33,6 +33,7 @@ from typer.testing import CliRunner
 
 from onshore.cli.app import app
 from onshore.errors import LedgerError, LedgerTampered
+from onshore.gate.audit import verify_site
 from onshore.ledger import (
     RECEIVED_DIR,
     Entry,
@@ -42,7 +43,6 @@ from onshore.ledger import (
     canonical_json,
     fingerprint,
     verify,
-    verify_site,
 )
 from onshore.ledger.chain import entries_table, genesis_payload, heads_table
 from onshore.ledger.entry import GENESIS_PREV_HASH, SIGNATURE_CONTEXT, entry_bytes

@@ -31,7 +31,9 @@ from onshore.errors import (
     RequestRefused,
 )
 from onshore.gate import Approval
+from onshore.gate.audit import verify_party
 from onshore.gate.record import add_approval
+from onshore.ingest import ingest
 from onshore.ledger import Ledger
 from onshore.parties.client import PeerClient
 from onshore.parties.identity import (
@@ -42,12 +44,11 @@ from onshore.parties.identity import (
     trust_peer,
 )
 from onshore.parties.messages import new_stamp, seal
-from onshore.parties.witness import verify_party, witness_peers
+from onshore.parties.witness import witness_peers
 from onshore.reads import read
 from onshore.settings import Project
 from onshore.sites.keystore import SiteKeys, create_keystore
 from onshore.store import SiteStore
-from onshore.store.ingest import ingest
 from onshore.transfer import transfer
 
 CN, EU, US, COORD = "cn-shanghai", "eu-frankfurt", "us-oregon", "coordinator"

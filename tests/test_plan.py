@@ -21,6 +21,7 @@ from onshore.errors import ConfigError, SiteNotFound
 from onshore.forecast.local import LocalOptions, train_sites_locally
 from onshore.gate import Approval
 from onshore.gate.record import add_approval
+from onshore.ingest import ingest
 from onshore.ledger import Ledger
 from onshore.plan import PlanOptions, make_plan, memo_report, write_memo
 from onshore.rulebook.loader import project_rulebooks
@@ -29,7 +30,6 @@ from onshore.sites import init_project
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
 from onshore.store.catalogue import _meta
-from onshore.store.ingest import ingest
 
 TODAY = date(2027, 1, 4)
 NEAR = TODAY + timedelta(days=30)

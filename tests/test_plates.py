@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onshore.deidentify.detectors import Box
-from onshore.deidentify.plate_scenes import (
+from onshore.classify.detectors import Box
+from onshore.classify.plate_scenes import (
     REGIONS,
     TEST_PHOTOS,
     Fonts,
@@ -31,8 +31,8 @@ from onshore.deidentify.plate_scenes import (
     photos,
     render_plate,
 )
-from onshore.deidentify.plate_training import load_labelled_frames, targets
-from onshore.deidentify.plates import PlateDetector, plate_detector, weights
+from onshore.classify.plate_training import load_labelled_frames, targets
+from onshore.classify.plates import PlateDetector, plate_detector, weights
 from onshore.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,8 +101,8 @@ def test_the_detector_config_chooses_the_trained_model(
 ) -> None:
     """``plate_model="onshore"`` runs the trained detector where de-identification detects,
     and its detections are cached apart from the SSD's."""
-    from onshore.deidentify.detectors import DetectorConfig, detect_plates
-    from onshore.deidentify.video import _detector_key
+    from onshore.classify.detectors import DetectorConfig, detect_plates
+    from onshore.classify.scan import detector_key
 
     street = next(p for p in test_photos if p.name == "detect_test2.jpg")
     rng = np.random.default_rng([7, 1])
@@ -110,7 +110,7 @@ def test_the_detector_config_chooses_the_trained_model(
     (plate,) = scene.plates
     config = DetectorConfig(plate_model="onshore", plate_threshold=THRESHOLD, threads=1)
     assert _found(plate.box, detect_plates(scene.image, config))
-    assert _detector_key(config) != _detector_key(DetectorConfig(plate_threshold=THRESHOLD))
+    assert detector_key(config) != detector_key(DetectorConfig(plate_threshold=THRESHOLD))
     with pytest.raises(ConfigError, match="plate_model"):
         DetectorConfig(plate_model="yolo")  # type: ignore[arg-type]
 

@@ -16,13 +16,13 @@ from conftest import Services, make_parties, write_clips
 from onshore.deidentify import deidentify_site, resolve_profile
 from onshore.gate import Approval
 from onshore.gate.record import add_approval
+from onshore.ingest import ingest
 from onshore.ledger import Ledger
 from onshore.reports import REPORT_KINDS, build_report, write_report
 from onshore.reports.model import Report
 from onshore.settings import Project
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
-from onshore.store.ingest import ingest
 from onshore.transfer import transfer
 
 CN, US = "cn-shanghai", "us-oregon"

@@ -22,9 +22,10 @@ from onshore.cli.app import app
 from onshore.deidentify import deidentify_site, resolve_profile
 from onshore.errors import ConfigError, ErasureBlocked, InvalidVin, PeerUnreachable, UnknownVehicle
 from onshore.forecast.dataset import DatasetConfig, build_site_dataset
+from onshore.gate.audit import verify_party
 from onshore.gate.record import add_approval
+from onshore.ingest import ingest
 from onshore.ledger import Ledger, verify
-from onshore.parties.witness import verify_party
 from onshore.reports.build import build_report
 from onshore.rights.access import access_vehicle
 from onshore.rights.consent import withdraw_consent
@@ -33,7 +34,6 @@ from onshore.rights.retention import run_retention
 from onshore.settings import Project, load_project
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
-from onshore.store.ingest import ingest
 from onshore.store.objects import RECEIVED_DIR
 from onshore.transfer import transfer
 from test_transfer import _approval

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from conftest import S3Server, free_port, write_clips
 from onshore.cli.app import app
 from onshore.errors import KeystoreError, StoreError
+from onshore.ingest import ingest
 from onshore.settings import Project, load_project
 from onshore.sites import init_project
 from onshore.sites.keystore import (
@@ -30,7 +31,6 @@ from onshore.sites.keystore import (
     save_s3_credentials,
 )
 from onshore.store import SiteStore
-from onshore.store.ingest import ingest
 from onshore.store.objects import ObjectStore, sha256
 
 SITE = "cn-shanghai"

@@ -19,11 +19,11 @@ import shapely
 
 from conftest import make_clip
 from onshore.classify import classify_clip, classify_site, label_clips
+from onshore.classify.scan import DETECTIONS_DIR
 from onshore.classify.zones import load_zones
 from onshore.clips.mcap import write_mcap
 from onshore.clips.schema import Clip
 from onshore.deidentify import deidentify_site, resolve_profile
-from onshore.deidentify.video import DETECTIONS_DIR
 from onshore.fleet.camera import CameraSettings, render_frames
 from onshore.forecast.dataset import (
     DatasetConfig,
@@ -31,12 +31,12 @@ from onshore.forecast.dataset import (
     build_site_dataset,
     samples_from_outputs,
 )
+from onshore.ingest import ingest
 from onshore.settings import Project
 from onshore.sites import init_project
 from onshore.sites.compute import Engine, Spill
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
-from onshore.store.ingest import ingest
 
 pytestmark = [
     # Ray Data's DataContext sets, as it is made, options it deprecates (ray/data/context.py).

@@ -20,11 +20,11 @@ from onshore.clips.schema import SCHEMA, Clip
 from onshore.errors import RulebookError
 from onshore.fleet.networks import _location, load_network
 from onshore.fleet.profiles import PROFILES
+from onshore.ingest import Residency, ingest
 from onshore.rulebook import Boundary, builtin, lint_builtin, lint_text, load_file, load_rulebooks
 from onshore.rulebook.loader import _builtin_text
 from onshore.settings import Project, load_project
 from onshore.store import SiteStore
-from onshore.store.ingest import ingest
 
 EU_SITE = "eu-frankfurt"
 
@@ -329,8 +329,9 @@ def test_a_user_rulebook_s_own_boundary_is_the_one_ingest_checks(
     _write(inbox, "berlin", seed=1, clip_id="berlin", recorded_in="EU", lat0=52.52, lon0=13.40)
     frankfurt = _write(inbox, "frankfurt", seed=2, recorded_in="EU")
     with SiteStore.open(project, EU_SITE) as site:
-        assert site.residency.boundary is not None
-        assert site.residency.boundary.file.endswith("rules/berlin.geojson")
+        residency = Residency.of(project, EU_SITE)
+        assert residency.boundary is not None
+        assert residency.boundary.file.endswith("rules/berlin.geojson")
         report = ingest(site, [inbox])
         assert [c.clip_id for c in site.catalogue.clips()] == ["berlin"]
     (refused,) = report.quarantined
@@ -368,5 +369,5 @@ def test_a_site_whose_rulebook_has_no_boundary_takes_the_label_on_trust(
     lat, lon = PLACES["CN"]
     path = _write(tmp_path / "in", "far", seed=9, recorded_in="EU", lat0=lat, lon0=lon)
     with SiteStore.open(project, EU_SITE) as site:
-        assert site.residency.boundary is None
+        assert Residency.of(project, EU_SITE).boundary is None
         assert ingest(site, [path]).clips == 1

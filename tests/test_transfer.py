@@ -18,14 +18,14 @@ from conftest import Services, write_clips
 from onshore.deidentify import deidentify_site, resolve_profile
 from onshore.errors import ConfigError, NotAParty, OnshoreError, PeerUnreachable, StoreError
 from onshore.gate import Approval
+from onshore.gate.audit import verify_party
 from onshore.gate.record import add_approval, revoke_approval
+from onshore.ingest import ingest
 from onshore.ledger import Ledger
-from onshore.parties.witness import verify_party
 from onshore.settings import Project
 from onshore.sites import init_project
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
-from onshore.store.ingest import ingest
 from onshore.store.objects import RECEIVED_DIR
 from onshore.transfer import Selection, transfer
 

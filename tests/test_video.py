@@ -24,6 +24,8 @@ from skimage.data import astronaut
 
 from conftest import make_clip
 from onshore.classify import classify_site
+from onshore.classify.detectors import Box
+from onshore.classify.scan import DETECTIONS_DIR, count_tracks
 from onshore.clips import mcap as clip_mcap
 from onshore.clips.camera import (
     check_image,
@@ -36,15 +38,13 @@ from onshore.clips.camera import (
 from onshore.clips.mcap import read_mcap, write_mcap
 from onshore.clips.schema import OBJECT_TYPE, Clip
 from onshore.deidentify import deidentify_site, resolve_profile
-from onshore.deidentify.detectors import Box
 from onshore.deidentify.frames import check_masked
-from onshore.deidentify.video import DETECTIONS_DIR, count_tracks
 from onshore.errors import PhysicsError
 from onshore.fleet.camera import CameraSettings, render_frames
+from onshore.ingest import ingest
 from onshore.settings import Project
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
-from onshore.store.ingest import ingest
 
 SITE = "cn-shanghai"
 
@@ -329,7 +329,7 @@ def test_simulated_frames_are_deterministic_and_show_what_was_drawn() -> None:
     faces = [box for frame in drawn for box in frame.faces]
     plates = [box for frame in drawn for box in frame.plates]
     assert faces and plates
-    from onshore.deidentify.detectors import detect_faces, detect_plates
+    from onshore.classify.detectors import detect_faces, detect_plates
 
     found_faces = found_plates = 0
     for frame in drawn:
@@ -344,7 +344,8 @@ def test_simulated_frames_are_deterministic_and_show_what_was_drawn() -> None:
 def test_an_erasure_takes_the_detections_and_check_results_made_of_the_frames(
     filmed: Project,
 ) -> None:
-    from onshore.deidentify.video import CHECKS_DIR, DETECTIONS_DIR
+    from onshore.classify.scan import DETECTIONS_DIR
+    from onshore.deidentify.video import CHECKS_DIR
     from onshore.rights.erase import erase_vehicle
 
     steps = [{"name": n} for n in ("pseudonymise", "drop_zones", "to_local", "mask_frames")]

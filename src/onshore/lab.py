@@ -20,12 +20,12 @@ from typing import Any
 from onshore.classify import classify_site
 from onshore.deidentify import deidentify_site, resolve_profile
 from onshore.fleet import simulate_site
+from onshore.ingest import ingest
 from onshore.rulebook.loader import project_rulebooks
 from onshore.settings import CONFIG_NAME, Project, load_project
 from onshore.sites import init_project
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
-from onshore.store.ingest import ingest
 
 __all__ = ["build_lab"]
 

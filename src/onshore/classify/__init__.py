@@ -6,7 +6,7 @@ evidence a person can check ("214 positions inside zone zone-3 (military)"). Lab
 in the site's catalogue. Subjects are counted per category and per counting window (the calendar
 year for China, the trailing 12 months for the US, up to ``as_of``): distinct vehicles, and,
 where clips carry camera frames, the persons and plates seen in them (as tracks: an upper bound,
-see :mod:`onshore.deidentify.video`). Outside frames with a face or plate found are
+see :mod:`onshore.classify.scan`). Outside frames with a face or plate found are
 ``outside_video_identifiable``, without one ``outside_video_masked``; cabin frames are
 ``cabin_video``.
 
@@ -33,10 +33,10 @@ import pyarrow.compute as pc
 from sqlalchemy import Column, MetaData, Select, String, Table, Text, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from onshore.classify.scan import FrameScan, scan_frames
 from onshore.classify.zones import Zones, load_zones
 from onshore.clips.schema import Clip
 from onshore.clips.tabular import read_parquet
-from onshore.deidentify.video import FrameScan, scan_frames
 from onshore.rulebook.model import Rulebook
 from onshore.sites.compute import Engine, Spill
 from onshore.store.catalogue import ClipRecord, FramesRecord, LabelRecord

@@ -166,7 +166,7 @@ def deidentify(
             err_console.print(f"[yellow]warning:[/] {escape(warning)}")
         for check in d["checks"]:
             mark = "[green]held[/]" if check["held"] else "[red]failed[/]"
-            console.print(f"  {mark} {check['name']}: {check['detail']}")
+            console.print(f"  {mark} {check['check']}: {check['reason']}")
 
     emit({**summary, "compute": engine.describe()}, as_json, render)
 

@@ -140,12 +140,12 @@ def verify(
     its chain, and which head of this party it holds (a peer that does not answer is a note).
     In a lab project, --site names the ledger and the other sites' are read locally. Exits
     11 listing the problems."""
-    from onshore.ledger import verify_site
+    from onshore.gate.audit import verify_site
     from onshore.release.records import verify_coordinator
 
     loaded = load_project(project)
     if loaded.party is not None:
-        from onshore.parties.witness import verify_party
+        from onshore.gate.audit import verify_party
 
         if site is not None and site != loaded.party.id:
             raise ConfigError(

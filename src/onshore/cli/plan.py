@@ -90,15 +90,12 @@ def plan(
     result = make_plan(proj, options, say=say)
     folder = out or proj.root / PLANS_DIR / result["plan"]
     folder.mkdir(parents=True, exist_ok=True)
-    import orjson
-
-    from onshore.forecast.local import _write_atomically
+    from onshore.files import write_json
 
     result["memo"] = write_memo(result, folder)
-    _write_atomically(folder / "plan.json", orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    write_json(folder / "plan.json", result)
     if out is not None:
-        kept = proj.root / PLANS_DIR / result["plan"] / "plan.json"
-        _write_atomically(kept, orjson.dumps(result, option=orjson.OPT_INDENT_2))
+        write_json(proj.root / PLANS_DIR / result["plan"] / "plan.json", result)
     emit(result, as_json, render)
 
 

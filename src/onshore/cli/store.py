@@ -49,8 +49,8 @@ def ingest(
     as_json: JsonOption = False,
 ) -> None:
     """Ingest fleet uploads into the site's store and catalogue; bad files go to quarantine."""
+    from onshore.ingest import ingest as run_ingest
     from onshore.sites.compute import Engine
-    from onshore.store.ingest import ingest as run_ingest
 
     proj = load_project(project)
     site = proj.site_for(site)

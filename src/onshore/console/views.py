@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any, Final
-
-import orjson
 
 from onshore.console.access import (
     Forbidden,
@@ -28,7 +25,8 @@ from onshore.console.access import (
 )
 from onshore.console.auth import Role, User
 from onshore.console.charts import line_chart
-from onshore.errors import OnshoreError
+from onshore.errors import ConfigError, FileSystemError, OnshoreError
+from onshore.forecast.runs import RUNS_DIR, RunFolder
 from onshore.gate import WARN_DAYS
 from onshore.parties.identity import coordinator_of
 from onshore.reads import PAGE_ROWS, REPORTS_DIR, is_local
@@ -288,7 +286,7 @@ def verify_ledger(
         if user.role is Role.SITE_OPERATOR:
             raise Forbidden(f"{user.name} operates {user.site}, not the coordinator")
         if project.party is not None:
-            from onshore.parties.witness import verify_party
+            from onshore.gate.audit import verify_party
 
             return verify_party(project, check_hashes=False, http_for=http_for).as_dict()
         from onshore.release.records import verify_coordinator
@@ -296,7 +294,7 @@ def verify_ledger(
         return verify_coordinator(project).as_dict()
     _check_site(project, user, name)
     if project.party is not None and is_local(project, name):
-        from onshore.parties.witness import verify_party
+        from onshore.gate.audit import verify_party
 
         return verify_party(project, http_for=http_for).as_dict()
     found = read_site(project, user, name, "verify", http_for=http_for)
@@ -305,39 +303,32 @@ def verify_ledger(
     return found.data
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-
-
 def runs(project: Project, user: User) -> list[dict[str, Any]]:
     """Training runs under ``runs/``, newest first: federated and local, with the per-region
     figures of the regions the user sees."""
-    from onshore.forecast.local import RUNS_DIR
-
-    folder = project.root / RUNS_DIR
     found = []
-    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        row = _run_row(path, user)
+    for folder in RunFolder.all(project):
+        row = _run_row(folder, user)
         if row is not None:
             found.append(row)
     found.sort(key=lambda r: str(r["finished_at"] or "~"), reverse=True)
     return found
 
 
-def _run_row(path: Path, user: User) -> dict[str, Any] | None:
+def _run_row(folder: RunFolder, user: User) -> dict[str, Any] | None:
     """A run folder's summary (a federated run still going has only its rounds), with the
-    regions the user sees; None for a folder that holds no run."""
-    summary = _read_json(path / "federated.json") or _read_json(path / "run.json")
-    rounds = _read_json(path / "rounds.json")
+    regions the user sees; None for a folder that holds no run, or files that are not JSON."""
+    try:
+        summary = folder.read("federated.json") or folder.read("run.json")
+        rounds = folder.read("rounds.json")
+    except (OSError, FileSystemError):
+        return None
     if summary is None and rounds is None:
         return None
-    summary = summary or {"run": path.name, "mode": "federated", "regions": {}}
+    summary = summary or {"run": folder.run, "mode": "federated", "regions": {}}
     model = summary.get("model")
     return {
-        "run": summary.get("run", path.name),
+        "run": summary.get("run", folder.run),
         "mode": summary.get("mode", "?"),
         "rounds": summary.get("rounds"),
         "strategy": summary.get("strategy"),
@@ -355,12 +346,12 @@ def run_detail(project: Project, user: User, run: str) -> dict[str, Any]:
     """One run: per-region figures, and for a federated run the per-round curves of each
     visible region (ADE against the constant-velocity baseline, privacy spent) and what each
     round accepted and refused."""
-    from onshore.forecast.local import RUNS_DIR
-
-    folder = project.root / RUNS_DIR
-    found = _run_row(folder / run, user) if run not in ("", ".", "..") and "/" not in run else None
+    try:
+        found = _run_row(RunFolder.of(project, run), user)
+    except ConfigError:
+        found = None
     if found is None:
-        raise LookupError(f"no training run {run!r} under {folder}")
+        raise LookupError(f"no training run {run!r} under {project.root / RUNS_DIR}")
     summary, rounds = found["summary"], found["rounds_log"]
     ade: dict[str, list[tuple[float, float]]] = {}
     baseline: dict[str, list[tuple[float, float]]] = {}

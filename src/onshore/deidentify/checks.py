@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from numpy.typing import NDArray
 
+from onshore.checks import Check
 from onshore.classify.zones import Zones
 from onshore.clips.vin import is_valid_vin
 
@@ -30,17 +30,6 @@ _VIN_LIKE: Final = re.compile(rb"(?<![A-Za-z0-9])[A-HJ-NPR-Z0-9]{17}(?![A-Za-z0-
 """A VIN standing as a token of its own. Inside longer tokens (hex digests, pseudonyms) 17
 digits in a row turn up by chance and 1 in 11 of them has a valid check digit; this site's own
 VINs are searched for everywhere, token or not."""
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    name: str
-    held: bool
-    detail: str
-
-    def as_dict(self) -> dict[str, Any]:
-        # Not dataclasses.asdict, which deep-copies: a check is made for every output.
-        return {"name": self.name, "held": self.held, "detail": self.detail}
 
 
 _NO_FRAMES: Final = Check("no_unmasked_face_or_plate", True, "no camera frames in these clips")
@@ -158,7 +147,7 @@ def run_checks(
 
 def state_of(checks: list[Check], *, identifier_left: bool) -> str:
     """The de-identification state the checks prove."""
-    held = {c.name: c.held for c in checks}
+    held = {c.check: c.held for c in checks}
     if not held["no_raw_vin"]:
         return "raw"
     if identifier_left or not all(held.values()):

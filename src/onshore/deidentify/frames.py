@@ -20,7 +20,8 @@ from typing import Any, Literal
 
 import cv2
 
-from onshore.deidentify.detectors import DEFAULT, Box, DetectorConfig, Frame, as_rgb, detect
+from onshore.checks import Check
+from onshore.classify.detectors import DEFAULT, Box, DetectorConfig, Frame, as_rgb, detect
 from onshore.errors import ConfigError
 
 __all__ = [
@@ -130,7 +131,7 @@ class MaskCheck:
     plate_threshold: float
     findings: list[tuple[int, Box]] = field(default_factory=list)
     """``(frame index, box)`` of every face or plate still found."""
-    name: str = "no_unmasked_face_or_plate"
+    check: str = "no_unmasked_face_or_plate"
 
     def __bool__(self) -> bool:
         return self.held
@@ -147,11 +148,13 @@ class MaskCheck:
         where = sorted({index for index, _ in self.findings})
         return f"{faces} faces and {plates} plates still found, in frames {where}"
 
+    def outcome(self) -> Check:
+        """The check's outcome, as every check of onshore gives it."""
+        return Check(self.check, self.held, self.reason)
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name,
-            "held": self.held,
-            "reason": self.reason,
+            **self.outcome().as_dict(),
             "findings": [{"frame": index, **box.to_dict()} for index, box in self.findings],
         }
 

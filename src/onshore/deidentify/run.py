@@ -29,15 +29,16 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from onshore.classify.detectors import DetectorConfig
+from onshore.classify.scan import scan_frames
 from onshore.classify.zones import load_zones
 from onshore.clips.schema import META_KEY, SCHEMA, Clip, ClipMeta
 from onshore.clips.tabular import read_parquet
 from onshore.deidentify.checks import Check, run_checks_by_part, state_of
-from onshore.deidentify.detectors import DetectorConfig
 from onshore.deidentify.frames import MaskSettings
 from onshore.deidentify.profiles import Profile
 from onshore.deidentify.trajectory import deidentify_vehicle
-from onshore.deidentify.video import CheckMemo, FramesOutput, deidentify_frames, scan_frames
+from onshore.deidentify.video import CheckMemo, FramesOutput, deidentify_frames
 from onshore.errors import DeidentifyError
 from onshore.sites.compute import Engine, Spill
 from onshore.sites.keystore import Secret
@@ -126,7 +127,7 @@ def deidentify_site(
         "state": state,
         "checks": [
             total.frames.check(profile).as_dict()
-            if check.name == _FRAMES_CHECK and total.frames.frames_in
+            if check.check == _FRAMES_CHECK and total.frames.frames_in
             else check.as_dict()
             for check, _rows in total.worst.values()
         ],
@@ -201,9 +202,9 @@ def _keep_worst(worst: dict[str, tuple[Check, int]], check: Check, rows: int) ->
     """The summary shows, per check, the first that failed if one did, else the one of the
     largest output (the first of equals). Keeping it per vehicle, then over vehicles in order,
     finds the same one as over every output in order."""
-    best = worst.get(check.name)
+    best = worst.get(check.check)
     if best is None or (best[0].held and (not check.held or rows > best[1])):
-        worst[check.name] = (check, rows)
+        worst[check.check] = (check, rows)
 
 
 class _DeidentifyVehicles:
@@ -311,12 +312,12 @@ class _DeidentifyVehicles:
         for i, (c, clip_facts, checks) in enumerate(zip(kept, facts, checks_of, strict=True)):
             state = state_of(checks, identifier_left=out.vehicle is not None)
             failed = [
-                check for check in checks if not check.held and _promised(check.name, profile)
+                check for check in checks if not check.held and _promised(check.check, profile)
             ]
             if failed:
                 raise DeidentifyError(
                     f"site {self._site}, profile {profile.name}: the output of one clip fails "
-                    + "; ".join(f"{f.name} ({f.detail})" for f in failed),
+                    + "; ".join(f"{f.check} ({f.reason})" for f in failed),
                     hint="nothing of that vehicle was stored; report this as a bug",
                 )
             clip_facts.update(state=state, checks=[check.as_dict() for check in checks])

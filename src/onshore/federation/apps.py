@@ -36,9 +36,9 @@ from onshore.federation.site import (
     train_reply,
 )
 from onshore.forecast.dataset import FUNNEL
-from onshore.forecast.local import RUNS_DIR, _read_json, _write_atomically
 from onshore.forecast.metrics import Metrics
 from onshore.forecast.nets import build_model
+from onshore.forecast.runs import RunFolder, run_object
 from onshore.ledger import Ledger
 from onshore.parties.identity import load_peers, site_facts
 from onshore.settings import Project, load_project
@@ -143,7 +143,7 @@ def coordinate(grid: Grid, options: FederatedOptions, say: Callable[[str], None]
     try:
         ledger = Ledger.open(catalogue, keys)
         objects = ObjectStore(project.store_url(coord))
-        folder = project.root / RUNS_DIR / options.run
+        folder = RunFolder.of(project, options.run)
         model = build_model(options.model, seed=options.seed)
         initial = ArrayRecord(model.state_dict())
         started = ledger.append(
@@ -164,7 +164,7 @@ def coordinate(grid: Grid, options: FederatedOptions, say: Callable[[str], None]
             # is not spent again.
             rounds = [
                 r
-                for r in (_read_json(folder / "rounds.json") or [])
+                for r in (folder.read("rounds.json") or [])
                 if r["round"] <= done and r["kind"] != "fine_tune"
             ]
             ledger.append("federated_run_resumed", {"run": options.run, "after_round": done})
@@ -175,9 +175,7 @@ def coordinate(grid: Grid, options: FederatedOptions, say: Callable[[str], None]
             entry = ledger.append("federated_round", {"run": options.run, **record})
             record["ledger"] = {"site": coord.id, "seq": entry.seq, "hash": entry.hash}
             rounds.append(record)
-            _write_atomically(
-                folder / "rounds.json", orjson.dumps(rounds, option=orjson.OPT_INDENT_2)
-            )
+            folder.write("rounds.json", rounds)
             accepted = ", ".join(a["site"] for a in record["accepted"]) or "none"
             refused = "; ".join(
                 f"{r['site'] or 'node ' + str(r['node'])}: {r['reason']}" for r in record["refused"]
@@ -251,7 +249,7 @@ def coordinate(grid: Grid, options: FederatedOptions, say: Callable[[str], None]
             )
             _fine_tune(grid, options, governance, final, list(present))
         blob = _safetensors(final, options)
-        path = f"derived/{RUNS_DIR}/{options.run}/{GLOBAL_MODEL}"
+        path = run_object(options.run, GLOBAL_MODEL)
         objects.put(path, blob)
         lineage = [
             {"site": a["ledger"]["site"], "seq": a["ledger"]["seq"], "hash": a["ledger"]["hash"]}
@@ -275,9 +273,7 @@ def coordinate(grid: Grid, options: FederatedOptions, say: Callable[[str], None]
         summary["model_bytes"] = sum(len(a.data) for a in final.values())
         summary["coordinator_ledger"] = {"started": started.seq, "finished": finished.seq}
         summary["lineage"] = lineage
-        _write_atomically(
-            folder / "federated.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2)
-        )
+        folder.write("federated.json", summary)
     finally:
         catalogue.close()
 
@@ -345,7 +341,7 @@ def _safetensors(arrays: ArrayRecord, options: FederatedOptions) -> bytes:
 
 
 def _checkpoint_path(options: FederatedOptions, server_round: int) -> str:
-    return f"derived/{RUNS_DIR}/{options.run}/rounds/{server_round:05d}.safetensors"
+    return run_object(options.run, f"rounds/{server_round:05d}.safetensors")
 
 
 def _checkpoint(
@@ -355,7 +351,7 @@ def _checkpoint(
     ``initial`` for a new run)."""
     from safetensors.torch import load
 
-    kept = sorted(objects.find(f"derived/{RUNS_DIR}/{options.run}/rounds/"))
+    kept = sorted(objects.find(run_object(options.run, "rounds/")))
     if not kept:
         return 0, initial
     last = kept[-1]
@@ -459,7 +455,7 @@ def _summary(
             # Where the site keeps the weights: they never left it.
             "weights": {
                 "store": a["site"],
-                "path": f"derived/{RUNS_DIR}/{options.run}/{FINE_TUNED}",
+                "path": run_object(options.run, FINE_TUNED),
             },
         }
         for r in rounds

@@ -14,14 +14,13 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import numpy as np
-import orjson
 
 from onshore.errors import ConfigError, NoTrainingData
 from onshore.federation.options import FederatedOptions
 from onshore.forecast.dataset import Samples, build_site_dataset
-from onshore.forecast.local import RUNS_DIR, _write_atomically
 from onshore.forecast.metrics import evaluate
 from onshore.forecast.nets import build_model
+from onshore.forecast.runs import RunFolder
 from onshore.forecast.train import train_local
 from onshore.settings import Project
 from onshore.store.site import SiteStore
@@ -120,8 +119,5 @@ def train_centralized(
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     # Kept beside the federated runs, so that a plan can say what pooling would have given.
-    _write_atomically(
-        project.root / RUNS_DIR / options.run / CENTRALIZED,
-        orjson.dumps(summary, option=orjson.OPT_INDENT_2),
-    )
+    RunFolder.of(project, options.run).write(CENTRALIZED, summary)
     return summary

@@ -44,7 +44,7 @@ from typing import IO, Any, Final
 
 import orjson
 
-from onshore.errors import ConfigError, NotAParty, TrainingError
+from onshore.errors import ConfigError, FileSystemError, NotAParty, TrainingError
 from onshore.federation.options import RUN_CONFIG_KEY, SIGNATURE_KEY, FederatedOptions
 from onshore.federation.processes import (
     FlowerProcess,
@@ -64,7 +64,8 @@ from onshore.federation.processes import (
 )
 from onshore.federation.run import prepare_run
 from onshore.federation.runner import sign_options, write_programs
-from onshore.forecast.local import RUNS_DIR, _read_json, _write_atomically
+from onshore.files import read_json, write_atomically, write_json
+from onshore.forecast.runs import RunFolder
 from onshore.parties.identity import LocalParty, load_peers
 from onshore.parties.tls import NODE_KEY_FILE, check_certificate
 from onshore.settings import Project
@@ -193,7 +194,7 @@ def _control_home(project: Project, address: str) -> Path:
     """A FLWR_HOME whose default connection is the coordinator's SuperLink at ``address``."""
     local = LocalParty.of(project)
     home = project.root / FLOWER_DIR / "control"
-    _write_atomically(
+    write_atomically(
         home / "config.toml",
         (
             f'[superlink]\ndefault = "{CONNECTION}"\n\n'
@@ -213,7 +214,7 @@ def register_sites(project: Project, address: str) -> dict[str, dict[str, Any]]:
     env = process_environment(_control_home(project, address))
     folder = project.root / FEDERATION_DIR / "nodes"
     folder.mkdir(parents=True, exist_ok=True)
-    known = dict(_read_json(project.root / NODES_FILE) or {})
+    known = dict(read_json(project.root / NODES_FILE) or {})
     registered = {str(n.get("key")): n for n in _list_nodes(flwr, env, project)}
     nodes: dict[str, dict[str, Any]] = {}
     for peer in load_peers(project).sites():
@@ -249,7 +250,7 @@ def register_sites(project: Project, address: str) -> dict[str, dict[str, Any]]:
             else:
                 node_id = int(answer["node-id"])
         nodes[peer.id] = {"node_id": node_id, "key": _key_id(peer.node_key)}
-    _write_atomically(project.root / NODES_FILE, orjson.dumps(nodes, option=orjson.OPT_INDENT_2))
+    write_json(project.root / NODES_FILE, nodes)
     return nodes
 
 
@@ -294,7 +295,7 @@ def _list_nodes(flwr: Path, env: dict[str, str], project: Project) -> list[dict[
 
 def node_sites(project: Project) -> dict[int, str]:
     """Which registered SuperNode is which site (empty outside a coordinator that served)."""
-    nodes = _read_json(project.root / NODES_FILE) or {}
+    nodes = read_json(project.root / NODES_FILE) or {}
     return {int(v["node_id"]): str(site) for site, v in nodes.items() if "node_id" in v}
 
 
@@ -350,7 +351,7 @@ def join(
     home = project.root / FLOWER_DIR / "supernode"
     home.mkdir(parents=True, exist_ok=True)
     trusted = project.root / FEDERATION_DIR / "coordinator.crt"
-    _write_atomically(trusted, coordinator.tls_certificate.encode())
+    write_atomically(trusted, coordinator.tls_certificate.encode())
     log = project.root / LOGS_DIR / "supernode.log"
     api_port = port or free_port("127.0.0.1")
     programs = write_programs(project.root / BIN_DIR, "site")
@@ -415,11 +416,12 @@ def run_deployed(
     options, done = prepare_run(project, options, say)
     if done is not None:
         return done
-    folder = project.root / RUNS_DIR / options.run
+    run = RunFolder.of(project, options.run)
+    folder = run.path
     signature = sign_options(options.to_json(), local.keys())
     app = write_app(folder / "app", options, signature)
     home = folder / "flower"
-    _write_atomically(
+    write_atomically(
         home / "config.toml",
         (
             f'[superlink]\ndefault = "{CONNECTION}"\n\n'
@@ -483,7 +485,7 @@ def run_deployed(
         reader.join(timeout=5.0)
         process.stdout.close()
     _say_rounds(folder, options, shown, say, stale)
-    summary = _read_json(folder / "federated.json")
+    summary = run.read("federated.json")
     if summary is None:
         raise TrainingError(
             f"federated run {options.run} ended without a result: {logged_reason(log, begun)}",
@@ -517,7 +519,7 @@ def write_app(folder: Path, options: FederatedOptions, signature: str = "") -> P
         f"{RUN_CONFIG_KEY} = {_toml_string(options.to_json())}\n"
         f"{SIGNATURE_KEY} = {_toml_string(signature)}\n"
     )
-    _write_atomically(folder / "pyproject.toml", text.encode())
+    write_atomically(folder / "pyproject.toml", text.encode())
     return folder
 
 
@@ -547,8 +549,8 @@ def _say_rounds(
     try:
         if path.stat().st_mtime_ns <= since:
             return shown
-        rounds = _read_json(path) or []
-    except (OSError, orjson.JSONDecodeError):
+        rounds = read_json(path) or []
+    except (OSError, FileSystemError):
         return shown
     for record in rounds[shown:]:
         accepted = ", ".join(a["site"] for a in record["accepted"]) or "none"

@@ -19,12 +19,10 @@ from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
-import orjson
-
-from onshore.errors import ConfigError, TrainingError
+from onshore.errors import TrainingError
 from onshore.federation.apps import Mod, make_client_app, make_server_app
 from onshore.federation.options import FederatedOptions
-from onshore.forecast.local import RUNS_DIR, _read_json, _write_atomically
+from onshore.forecast.runs import RunFolder
 from onshore.parties.identity import site_facts
 from onshore.settings import Project
 from onshore.sites.compute import RAY_ENVIRONMENT, local_ray_auth, ray_temp_dir
@@ -77,20 +75,12 @@ def prepare_run(
     options = FederatedOptions.from_dict(
         {**options.as_dict(), "project": str(project.root.resolve())}
     )
-    folder = project.root / RUNS_DIR / options.run
-    earlier = _read_json(folder / "options.json")
-    if earlier is not None and earlier != orjson.loads(orjson.dumps(options.settings())):
-        raise ConfigError(
-            f"run {options.run} was started with other options",
-            hint="give a new --run id, or the options of that run",
-        )
-    done = _read_json(folder / "federated.json")
+    folder = RunFolder.of(project, options.run)
+    folder.start(options.settings())
+    done = folder.read("federated.json")
     if done is not None:
         say(f"run {options.run} finished earlier; its summary is read back")
         return options, dict(done)
-    _write_atomically(
-        folder / "options.json", orjson.dumps(options.settings(), option=orjson.OPT_INDENT_2)
-    )
     return options, None
 
 
@@ -112,7 +102,7 @@ def run_federated(
     options, done = prepare_run(project, options, say)
     if done is not None:
         return done
-    folder = project.root / RUNS_DIR / options.run
+    folder = RunFolder.of(project, options.run)
     cpus = os.cpu_count() or 1
     n = len(options.sites)
     backend: dict[str, Any] = {
@@ -137,13 +127,13 @@ def run_federated(
         raise TrainingError(
             f"federated run {options.run} failed: {failure}",
             hint="the rounds done so far are in the coordinator's ledger and "
-            f"{folder / 'rounds.json'}; rerun the same command to resume after the last round",
+            f"{folder.file('rounds.json')}; rerun the same command to resume after the last round",
         )
-    summary = _read_json(folder / "federated.json")
+    summary = folder.read("federated.json")
     if summary is None:
         raise TrainingError(
             f"federated run {options.run} ended without a result",
-            hint=f"see {folder / 'rounds.json'} and the coordinator's ledger",
+            hint=f"see {folder.file('rounds.json')} and the coordinator's ledger",
         )
     return dict(summary)
 

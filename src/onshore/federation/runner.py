@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from onshore.errors import ConfigError, OnshoreError
 from onshore.federation.options import RUN_CONFIG_KEY, SIGNATURE_KEY
+from onshore.files import write_atomically
 from onshore.sites.keystore import SiteKeys
 
 __all__ = [
@@ -276,8 +277,9 @@ def write_programs(folder: Path, role: str) -> Path:
         f"from onshore.federation.runner import {entry}  # noqa: E402\n\n"
         f"{entry}(parent)\n"
     )
-    staging = folder / f".{name}.new"
-    staging.write_text(text, encoding="utf-8")
-    staging.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
-    staging.replace(path)
+    write_atomically(
+        path,
+        text.encode(),
+        mode=stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH,
+    )
     return folder

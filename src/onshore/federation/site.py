@@ -45,9 +45,9 @@ from onshore.federation.envelope import (
 )
 from onshore.federation.options import FederatedOptions
 from onshore.forecast.dataset import SiteDataset, build_site_dataset
-from onshore.forecast.local import RUNS_DIR
 from onshore.forecast.metrics import Metrics, evaluate
 from onshore.forecast.nets import build_model, check_weights
+from onshore.forecast.runs import run_object
 from onshore.forecast.train import DPConfig, PrivacyAccountant, train_local
 from onshore.gate import Approval, Decision
 from onshore.gate.site import OpenSite
@@ -388,7 +388,7 @@ def fine_tune_reply(msg: Message, context: Context, options: FederatedOptions) -
     weights = arrays.to_torch_state_dict()
     check_weights(options.model, weights)
     global_sha = arrays_digest(arrays)
-    path = f"derived/{RUNS_DIR}/{options.run}/{FINE_TUNED}"
+    path = run_object(options.run, FINE_TUNED)
     with _store(ref) as store:
         data = _dataset(store, options)
         # What leaves is measured on the test vehicles, of a model trained on the others.

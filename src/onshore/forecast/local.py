@@ -12,33 +12,28 @@ the sites it finished, and the same ``run`` id resumes it.
 
 from __future__ import annotations
 
-import os
-import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import orjson
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from onshore.errors import ConfigError, NoTrainingData
+from onshore.errors import NoTrainingData
 from onshore.forecast.dataset import DatasetConfig, build_site_dataset
 from onshore.forecast.metrics import evaluate
 from onshore.forecast.nets import ModelSpec, build_model
+from onshore.forecast.runs import RunFolder
 from onshore.forecast.train import DPConfig, train_local
 from onshore.settings import Project
 from onshore.store.objects import sha256
 from onshore.store.site import SiteStore
 
-__all__ = ["RUNS_DIR", "LocalOptions", "load_site_weights", "new_run_id", "train_sites_locally"]
-
-RUNS_DIR: Final = "runs"
+__all__ = ["LocalOptions", "load_site_weights", "new_run_id", "train_sites_locally"]
 """Folder of the project, and of each site's store under ``derived/``, holding runs."""
-_RUN_ID: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,29 +91,19 @@ def train_sites_locally(
     chosen = list(sites) if sites else list(project.settings.sites)
     for site_id in chosen:
         project.site(site_id)
-    run = run or new_run_id()
-    if not re.match(_RUN_ID, run):
-        raise ConfigError(f"run id {run!r}: letters, digits, '.', '_' and '-' only")
-    folder = project.root / RUNS_DIR / run
+    folder = RunFolder.of(project, run or new_run_id())
+    run = folder.run
     settings = options.as_dict()
-    earlier = _read_json(folder / "options.json")
-    if earlier is not None and earlier != orjson.loads(orjson.dumps(settings)):
-        raise ConfigError(
-            f"run {run} was started with other options",
-            hint="give a new --run id, or the options of that run",
-        )
-    _write_atomically(folder / "options.json", orjson.dumps(settings, option=orjson.OPT_INDENT_2))
+    folder.start(settings)
     regions: dict[str, Any] = {}
     for site_id in chosen:
-        done = _read_json(folder / "sites" / f"{site_id}.json")
+        done = folder.read(f"sites/{site_id}.json")
         if done is not None:
             say(f"{site_id}: done in an earlier attempt of run {run}")
             regions[site_id] = done
             continue
-        result = _train_site(project, site_id, options, run, say)
-        _write_atomically(
-            folder / "sites" / f"{site_id}.json", orjson.dumps(result, option=orjson.OPT_INDENT_2)
-        )
+        result = _train_site(project, site_id, options, folder, say)
+        folder.write(f"sites/{site_id}.json", result)
         regions[site_id] = result
     summary: dict[str, Any] = {
         "run": run,
@@ -127,15 +112,19 @@ def train_sites_locally(
         "options": settings,
         "regions": regions,
         "epsilon": {site: r.get("epsilon") for site, r in regions.items()},
-        "folder": str(folder),
+        "folder": str(folder.path),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    _write_atomically(folder / "run.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    folder.write("run.json", summary)
     return summary
 
 
 def _train_site(
-    project: Project, site_id: str, options: LocalOptions, run: str, say: Callable[[str], None]
+    project: Project,
+    site_id: str,
+    options: LocalOptions,
+    folder: RunFolder,
+    say: Callable[[str], None],
 ) -> dict[str, Any]:
     site = project.site(site_id)
     with SiteStore.open(project, site_id) as store:
@@ -179,12 +168,12 @@ def _train_site(
             metadata={
                 "model": orjson.dumps(options.model.as_dict()).decode(),
                 "site": site_id,
-                "run": run,
+                "run": folder.run,
                 "steps": str(result.steps),
                 "epsilon": "" if result.epsilon is None else f"{result.epsilon:.6f}",
             },
         )
-        path = f"derived/{RUNS_DIR}/{run}/{options.model.name}.safetensors"
+        path = folder.object_path(f"{options.model.name}.safetensors")
         store.objects.put(path, blob)
         say(
             f"{site_id}: ADE {metrics.ade:.3f} m (constant velocity {baseline.ade:.3f} m)"
@@ -218,30 +207,3 @@ def load_site_weights(project: Project, site_id: str, path: str) -> dict[str, to
 
     with SiteStore.open(project, site_id) as store:
         return load(store.objects.read(path))
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` aside, make it durable, rename it into place and sync the folder, so a
-    reader sees the old file or the new one, never part of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        with open(part, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(part, path)
-    finally:
-        part.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -34,7 +34,7 @@ from onshore.ledger.entry import (
     canonical_json,
     fingerprint,
 )
-from onshore.ledger.verify import Problem, VerifyReport, verify, verify_site
+from onshore.ledger.verify import VerifyReport, verify
 
 __all__ = [
     "ERASED_FIELD",
@@ -46,10 +46,8 @@ __all__ = [
     "Entry",
     "Head",
     "Ledger",
-    "Problem",
     "VerifyReport",
     "canonical_json",
     "fingerprint",
     "verify",
-    "verify_site",
 ]

@@ -25,8 +25,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
@@ -36,6 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from onshore.checks import Check
 from onshore.errors import LedgerError, LedgerTampered, OnshoreError
 from onshore.ledger.chain import Ledger, PinnedKey, entries_table, heads_table, pinned_by
 from onshore.ledger.entry import (
@@ -54,10 +55,9 @@ from onshore.ledger.entry import (
     fingerprint,
     is_hex64,
 )
-from onshore.settings import Project
 from onshore.store.objects import ObjectStore, sha256
 
-__all__ = ["Problem", "VerifyReport", "verify", "verify_site"]
+__all__ = ["VerifyReport", "verify"]
 
 _SIGNATURE_HEX: Final = re.compile(r"[0-9a-f]{128}")
 
@@ -70,22 +70,6 @@ _COLUMNS: Final = (
     entries_table.c.hash,
     entries_table.c.signature,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing ``verify`` found wrong: at which site and entry, which check, and why."""
-
-    site: str
-    seq: int | None
-    """The entry concerned; None for the ledger as a whole (its head) or a stray object."""
-    check: str
-    """``sequence``, ``genesis``, ``key``, ``link``, ``hash``, ``signature``, ``format``,
-    ``payload``, ``head``, ``peer_head``, ``object``, ``received`` or ``approvals``."""
-    reason: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"site": self.site, "seq": self.seq, "check": self.check, "reason": self.reason}
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +88,7 @@ class VerifyReport:
     """Objects listed by entries whose existence (and hash) was checked."""
     received: int = 0
     """Objects found under ``received/``."""
-    problems: tuple[Problem, ...] = ()
+    problems: tuple[Check, ...] = ()
     notes: tuple[str, ...] = ()
     """What could not be checked, and why (a peer out of reach, no keystore)."""
 
@@ -155,10 +139,10 @@ class _Chain:
     """seq -> payload text, for the entries that list objects or peer heads. Kept as text, which
     the garbage collector never walks: holding every parsed payload made it the bottleneck."""
     by_seq: dict[int, Any] = field(default_factory=dict)
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[Check] = field(default_factory=list)
 
     def problem(self, seq: int | None, check: str, reason: str) -> None:
-        self.problems.append(Problem(self.site, seq, check, reason))
+        self.problems.append(Check.failed(self.site, seq, check, reason))
 
 
 def _load(ledger: Ledger, conn: Connection) -> _Chain:
@@ -400,7 +384,7 @@ def verify(
     notes: list[str] = []
     checked_peers: list[str] = []
     compared = 0
-    extra: list[Problem] = []
+    extra: list[Check] = []
     for peer in peers:
         if peer.site == ledger.site:
             continue
@@ -528,53 +512,3 @@ def _check_store(chain: _Chain, objects: ObjectStore, check_hashes: bool) -> tup
                 "otherwise something wrote around the gate)",
             )
     return len(listed), len(found)
-
-
-def verify_site(project: Project, site_id: str, *, check_hashes: bool = True) -> VerifyReport:
-    """Verify a site of ``project``: its ledger against its keystore's key and its store, and
-    against the ledgers of every other site of the project as peers. A peer whose catalogue
-    cannot be opened, or a keystore that cannot be read, becomes a note in the report."""
-    from onshore.sites.keystore import load_keystore
-    from onshore.store.site import SiteStore
-
-    notes: list[str] = []
-    with ExitStack() as stack:
-        store = stack.enter_context(SiteStore.open(project, site_id))
-        ledger = Ledger.open(store.catalogue)
-        current = None
-        try:
-            current = load_keystore(project.keystore_path(project.site(site_id))).public_key
-        except OnshoreError as exc:
-            notes.append(f"keystore not read, so the pinned key was not compared with it: {exc}")
-        peers = []
-        for other in project.settings.sites:
-            if other == site_id:
-                continue
-            try:
-                peer_store = stack.enter_context(SiteStore.open(project, other))
-                peers.append(Ledger.open(peer_store.catalogue))
-            except OnshoreError as exc:
-                notes.append(f"peer {other} could not be opened: {exc}")
-        report = verify(
-            ledger,
-            peers=peers,
-            objects=store.objects,
-            current_key=current,
-            check_hashes=check_hashes,
-        )
-        approvals = _approvals_problems(project, site_id, store, ledger)
-    return replace(report, notes=tuple(notes) + report.notes, problems=report.problems + approvals)
-
-
-def _approvals_problems(
-    project: Project, site_id: str, store: Any, ledger: Ledger
-) -> tuple[Problem, ...]:
-    """Where the site's approvals table and its signed record of approvals differ."""
-    # Imported here: the transfer package builds on the ledger, not the other way round.
-    from onshore.gate import ApprovalRegistry
-    from onshore.gate.record import approvals_disagreement, recorded_approvals
-    from onshore.rulebook.loader import project_rulebooks
-
-    registry = ApprovalRegistry(store.catalogue, project_rulebooks(project))
-    found = approvals_disagreement(registry.approvals(), recorded_approvals(ledger))
-    return tuple(Problem(site_id, None, "approvals", reason) for reason in found)

@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from onshore.checks import Check
 from onshore.errors import LedgerError
 from onshore.ledger.chain import Ledger
 from onshore.ledger.entry import Entry, Head
-from onshore.ledger.verify import Problem
 
 __all__ = ["answer", "judge", "record_if_new", "vouch"]
 
@@ -76,17 +76,17 @@ def answer(
 
 def judge(
     ledger: Ledger, peer: str, held: Head | None, reply: Mapping[str, Any]
-) -> tuple[list[Problem], int]:
+) -> tuple[list[Check], int]:
     """The problems a witness ``reply`` from ``peer`` shows, and how many heads it compared.
     ``held`` is the head of the peer this ledger holds (what was asked about)."""
-    problems: list[Problem] = []
+    problems: list[Check] = []
     compared = 0
     check = reply.get("check")
     if held is not None and isinstance(check, dict):
         compared += 1
         if not check.get("found"):
             problems.append(
-                Problem(
+                Check.failed(
                     peer,
                     held.seq,
                     "peer_head",
@@ -96,7 +96,7 @@ def judge(
             )
         elif not check.get("matches"):
             problems.append(
-                Problem(
+                Check.failed(
                     peer,
                     held.seq,
                     "peer_head",
@@ -106,13 +106,13 @@ def judge(
             )
         if check.get("key_matches") is False:
             problems.append(
-                Problem(
+                Check.failed(
                     peer, 0, "key", f"{peer}'s ledger now pins another key than it did: swapped"
                 )
             )
     if reply.get("problem"):
         problems.append(
-            Problem(
+            Check.failed(
                 peer, None, "peer_head", f"{peer}'s own chain does not verify: {reply['problem']}"
             )
         )
@@ -121,13 +121,13 @@ def judge(
         try:
             head = Head.from_dict(theirs)
         except LedgerError as exc:
-            problems.append(Problem(peer, None, "payload", exc.message))
+            problems.append(Check.failed(peer, None, "payload", exc.message))
         else:
             compared += 1
             entry = ledger.entry(head.seq)
             if entry is None:
                 problems.append(
-                    Problem(
+                    Check.failed(
                         ledger.site,
                         head.seq,
                         "peer_head",
@@ -137,7 +137,7 @@ def judge(
                 )
             elif entry.hash != head.hash:
                 problems.append(
-                    Problem(
+                    Check.failed(
                         ledger.site,
                         head.seq,
                         "peer_head",
@@ -147,7 +147,7 @@ def judge(
                 )
             if head.key != ledger.pinned_fingerprint():
                 problems.append(
-                    Problem(
+                    Check.failed(
                         ledger.site,
                         0,
                         "key",

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from onshore.errors import ConfigError, IdentityInvalid, NotAParty, PeerNotFound
+from onshore.files import write_atomically
 from onshore.ledger.entry import canonical_json, fingerprint, public_key_hex
 from onshore.parties.tls import (
     NODE_PUBLIC_FILE,
@@ -464,9 +465,5 @@ def trust_peer(project: Project, source: Path | bytes, *, replace: bool = False)
                 f"(key {known.key_fingerprint[:16]}..., now {identity.key_fingerprint[:16]}...)",
                 hint="check with the peer out of band; pass --replace if it really changed",
             )
-    folder.mkdir(parents=True, exist_ok=True)
-    data = source.read_bytes() if isinstance(source, Path) else source
-    staging = folder / f".{identity.id}.json.new"
-    staging.write_bytes(data)
-    staging.replace(target)
+    write_atomically(target, source.read_bytes() if isinstance(source, Path) else source)
     return identity

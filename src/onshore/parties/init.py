@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from onshore.errors import ConfigError, ProjectExists
+from onshore.files import write_atomically
 from onshore.parties.identity import export_identity, trust_peer
 from onshore.parties.tls import make_node_key, make_tls
 from onshore.settings import CONFIG_NAME, Project, Settings, load_project, parse_settings
@@ -198,9 +199,10 @@ def init_parties(
             link = federation or f"{_bracket(address.host)}:{_FLEET_PORT}"
         home = folder / party
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        staging = home / f".{CONFIG_NAME}.new"
-        staging.write_text(render_config(settings, party, address, federation=link), "utf-8")
-        staging.replace(home / CONFIG_NAME)
+        write_atomically(
+            home / CONFIG_NAME,
+            render_config(settings, party, address, federation=link).encode(),
+        )
         project = load_project(home)
         keys = home / "keys"
         create_keystore(keys)

@@ -9,20 +9,18 @@ to see who answers.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import httpx
 
 from onshore.errors import OnshoreError
-from onshore.ledger import Problem, VerifyReport
 from onshore.ledger.witness import judge, record_if_new
 from onshore.parties.client import PeerClient
 from onshore.parties.identity import LocalParty, load_peers
 from onshore.parties.own import own_ledger
 from onshore.settings import Project
 
-__all__ = ["verify_party", "witness_peers"]
+__all__ = ["witness_peers"]
 
 
 def witness_peers(
@@ -67,44 +65,3 @@ def witness_peers(
                 row["recorded"] = None if entry is None else entry.seq
             out.append(row)
     return out
-
-
-def verify_party(
-    project: Project,
-    *,
-    check_hashes: bool = True,
-    witness: bool = True,
-    http_for: Callable[[str], httpx.Client | None] = lambda _peer: None,
-) -> VerifyReport:
-    """Verify this party's ledger fully (chain, signatures, pinned key; for a site also that
-    store and ledger agree and the approvals table matches its record), then, unless
-    ``witness`` is off, ask every peer whether the head held of it still holds and which head
-    of this party it holds (nothing is recorded). A peer that does not answer is a note."""
-    from onshore.ledger import verify, verify_site
-
-    local = LocalParty.of(project)
-    if project.is_coordinator:
-        with own_ledger(project) as (ledger, keys):
-            report = verify(ledger, current_key=keys.public_key)
-    else:
-        report = verify_site(project, local.id, check_hashes=check_hashes)
-    if not witness:
-        return replace(report, notes=(*report.notes, "peers not asked (--offline)"))
-    problems, peers = list(report.problems), []
-    # The peers are asked below: the heads this ledger holds of them are compared there.
-    notes = [n for n in report.notes if not n.startswith("heads recorded of")]
-    compared = 0
-    for row in witness_peers(project, record=False, http_for=http_for):
-        if "error" in row:
-            notes.append(f"peer {row['peer']} not asked: {row['error']}")
-            continue
-        peers.append(row["peer"])
-        compared += int(row["compared"])
-        problems.extend(Problem(**p) for p in row["problems"])
-    return replace(
-        report,
-        peers=tuple(peers),
-        peer_heads=compared,
-        problems=tuple(problems),
-        notes=tuple(notes),
-    )

@@ -1,6 +1,6 @@
 """The carmaker's decision, computed: transfer the data out, train where it lies, a hybrid, or
-a model per market (:mod:`.build`), each site's part asked of its own gate (:mod:`.site`), and
-the decision memo (:mod:`.memo`)."""
+a model per market (:mod:`.build`), each site's part asked of its own gate (the ``plan`` read,
+:mod:`onshore.reads.plan`), and the decision memo (:mod:`.memo`)."""
 
 from typing import TYPE_CHECKING
 

@@ -40,8 +40,9 @@ from typing import Any, Final
 import orjson
 
 from onshore.errors import ConfigError, OnshoreError, SiteNotFound
+from onshore.forecast.runs import RunFolder
 from onshore.parties.identity import Counterparty, coordinator_of, load_peers, site_facts
-from onshore.plan.site import MODEL_PARAMETERS, RAW
+from onshore.reads.plan import MODEL_PARAMETERS, RAW
 from onshore.release.card import SOFTWARE, Party
 from onshore.release.restrictions import prohibitions
 from onshore.rulebook.categories import CATEGORIES
@@ -244,14 +245,9 @@ def _centre(
 def _measured_runs(project: Project) -> dict[str, Any]:
     """The coordinator's latest federated run and centralised counterfactual, if any."""
     out: dict[str, Any] = {}
-    runs = project.root / "runs"
     for name, key in (("federated.json", "federated"), ("centralized.json", "centralized")):
         latest: tuple[str, dict[str, Any]] | None = None
-        for path in sorted(runs.glob(f"*/{name}")) if runs.is_dir() else []:
-            try:
-                run = orjson.loads(path.read_bytes())
-            except (OSError, orjson.JSONDecodeError):
-                continue
+        for _folder, run in RunFolder.each(project, name):
             stamp = str(run.get("finished_at") or "")
             if latest is None or stamp >= latest[0]:
                 latest = (stamp, run)

@@ -11,7 +11,7 @@ approval's status and deadlines), ``clips`` (one page of the inventory's rows: V
 bounding boxes), ``decisions`` (the gate's decisions on what left or asked to leave),
 ``reports`` (the report files written), ``report`` (one of them), ``verify`` (the site's own
 verification of its ledger), ``plan`` (aggregates and the site's gate on hypothetical crossings,
-for a planner: :mod:`onshore.plan.site`), ``rights`` (drivers' requests served and retention
+for a planner: :mod:`onshore.reads.plan`), ``rights`` (drivers' requests served and retention
 runs, from the ledger: dates and counts, no vehicle).
 """
 
@@ -229,7 +229,7 @@ def report(site: OpenSite, params: Mapping[str, Any], _today: date) -> View:
 
 def verify(site: OpenSite, params: Mapping[str, Any], _today: date) -> View:
     """The site's own check of its ledger (chain, signatures, store, approvals)."""
-    from onshore.ledger import verify_site
+    from onshore.gate.audit import verify_site
 
     shallow = bool(params.get("shallow", True))
     return View(
@@ -239,8 +239,8 @@ def verify(site: OpenSite, params: Mapping[str, Any], _today: date) -> View:
 
 def plan(site: OpenSite, params: Mapping[str, Any], today: date) -> View:
     """What a planner asks of a site: aggregates, and its gate's decisions on hypothetical
-    crossings, none recorded (:func:`onshore.plan.site.plan_facts`)."""
-    from onshore.plan.site import plan_facts
+    crossings, none recorded (:func:`onshore.reads.plan.plan_facts`)."""
+    from onshore.reads.plan import plan_facts
 
     return View(plan_facts(site, params, today), [_AGGREGATE])
 

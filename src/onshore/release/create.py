@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from onshore.errors import InvalidWeights, NotReleasable, ReleaseExists
-from onshore.forecast.local import RUNS_DIR, _read_json, _write_atomically
+from onshore.files import write_atomically
+from onshore.forecast.runs import RUNS_DIR, RunFolder
 from onshore.ledger import Entry, Ledger, verify
 from onshore.release.bundle import Signer, build_bundle, read_bundle
 from onshore.release.card import build_card
@@ -91,10 +92,10 @@ def create_release(
                 f"the coordinator's ledger already records release {version}",
                 hint="versions are never reused, even when a bundle was deleted; choose another",
             )
-        folder = project.root / RUNS_DIR / run
-        summary = _read_json(folder / "federated.json")
+        folder = RunFolder.of(project, run)
+        summary = folder.read("federated.json")
         if summary is None:
-            if (folder / "run.json").exists():
+            if folder.file("run.json").exists():
                 refuse(
                     "federated",
                     f"run {run} is a local run: each site's model stayed in its own store",
@@ -213,7 +214,7 @@ def create_release(
         # The bundle is written first and taken back if the ledger refuses the entry, so a
         # bundle on disk is a recorded release (verify says so when a crash left one that is
         # not).
-        _write_atomically(target, data)
+        write_atomically(target, data)
         try:
             entry = ledger.append(
                 RELEASE_CREATED,

@@ -43,7 +43,7 @@ from onshore.errors import (
     LicenceInvalid,
     OnshoreError,
 )
-from onshore.forecast.local import _write_atomically
+from onshore.files import write_json
 from onshore.ledger import Ledger
 from onshore.ledger.entry import canonical_json, public_key_hex
 from onshore.release.bundle import Bundle, signature_valid, signed_digest
@@ -481,7 +481,7 @@ def grant_licence(
         }
         licence = Licence(terms, signature, message)
         target = project.root / LICENCES_DIR / f"{terms.id}.json"
-        _write_atomically(target, orjson.dumps(licence.as_dict(), option=orjson.OPT_INDENT_2))
+        write_json(target, licence.as_dict())
         try:
             entry = ledger.append(LICENCE_GRANTED, {**record, "sha256": licence.sha256})
         except BaseException:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from onshore.checks import Check
 from onshore.errors import ConfigError, LicenceInvalid, LicenceRefused, UseProhibited
 from onshore.ledger import verify
 from onshore.release.card import SOFTWARE, parties
@@ -66,18 +67,6 @@ a load's purpose must be one its licence lists."""
 
 
 @dataclass(frozen=True, slots=True)
-class Check:
-    """One thing a load checked: which, whether it held, and why."""
-
-    check: str
-    ok: bool
-    reason: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"check": self.check, "ok": self.ok, "reason": self.reason}
-
-
-@dataclass(frozen=True, slots=True)
 class LicenceCheck:
     """What was decided about one use of a released model, and why."""
 
@@ -94,14 +83,14 @@ class LicenceCheck:
 
     @property
     def allowed(self) -> bool:
-        return not self.prohibited and all(c.ok for c in self.checks)
+        return not self.prohibited and all(c.held for c in self.checks)
 
     @property
     def reasons(self) -> list[str]:
         """The verdict's reasons: what the law forbids, then each licence check that failed;
         one sentence saying it is allowed when nothing did."""
         out = [p.reason for p in self.prohibited]
-        out += [c.reason for c in self.checks if not c.ok]
+        out += [c.reason for c in self.checks if not c.held]
         if not out:
             out.append(
                 f"Allowed: licence {self.licence} covers release {self.release} for "
@@ -130,14 +119,14 @@ class LicenceCheck:
         """Raise :class:`UseProhibited` when the law forbids the use, else
         :class:`LicenceRefused` when the licence does not cover it."""
         if self.prohibited:
-            failed = [c.reason for c in self.checks if not c.ok]
+            failed = [c.reason for c in self.checks if not c.held]
             raise UseProhibited(
                 self.prohibited[0].reason,
                 hint="no licence can allow it"
                 + (f"; the licence does not cover it either: {failed[0]}" if failed else ""),
                 check=self,
             )
-        failed_checks = [c for c in self.checks if not c.ok]
+        failed_checks = [c for c in self.checks if not c.held]
         if failed_checks:
             first = failed_checks[0]
             raise LicenceRefused(first.reason, hint=_HINTS.get(first.check), check=self)
@@ -475,18 +464,18 @@ def licence_report(
     revoked = by.get("revocation")
     if "revocation_unchecked" in by:
         status = "unknown"
-    elif revoked is not None and not revoked.ok:
+    elif revoked is not None and not revoked.held:
         status = "revoked"
     else:
         status = licence_status(read, None, today)
-    held = by["release"].ok and status == "valid"
+    held = by["release"].held and status == "valid"
     return {
         "valid": decision.allowed if use is not None else held,
         "licence": str(licence),
         "id": read.id,
         "status": status,
         "signed_by": opened.bundle.signer.as_dict() if opened.bundle is not None else None,
-        "release_matches": by["release"].ok,
+        "release_matches": by["release"].held,
         "terms": read.terms.model_dump(mode="json"),
         "check": decision.as_dict() if use is not None else None,
         "reasons": decision.reasons

@@ -44,7 +44,8 @@ import pyarrow.parquet as pq
 from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table, Text, select, update
 from sqlalchemy.engine import Connection
 
-from onshore.deidentify.video import CHECKS_DIR, DETECTIONS_DIR
+from onshore.classify.scan import DETECTIONS_DIR
+from onshore.deidentify.video import CHECKS_DIR
 from onshore.errors import ErasureBlocked, OnshoreError, RequestRefused, UnknownVehicle
 from onshore.forecast.dataset import CACHE_DIR
 from onshore.gate.site import OpenSite

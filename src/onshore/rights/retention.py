@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from onshore.deidentify.video import DETECTIONS_DIR
+from onshore.classify.scan import DETECTIONS_DIR
 from onshore.forecast.dataset import CACHE_DIR
 from onshore.gate.site import OpenSite
 from onshore.rights.erase import delete_upload

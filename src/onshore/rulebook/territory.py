@@ -7,7 +7,7 @@ FeatureCollection of them) that covers the territory with a margin for border cr
 and bridges. The built-in rulebooks ship theirs in ``builtin/territory/``, derived from Natural
 Earth by ``scripts/make-territories``: every point within 10 km of the territory's land, or
 within 25 km of it over water. Ingest refuses a clip whose positions lie outside the boundary of
-its site's jurisdiction (:class:`onshore.store.site.Residency`), so that a clip's
+its site's jurisdiction (:class:`onshore.ingest.Residency`), so that a clip's
 ``recorded_in`` is checked against where it was driven rather than believed.
 
 :meth:`Boundary.load` reads and prepares a file once (again only when the file changes); tests

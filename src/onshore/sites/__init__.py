@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from onshore.errors import ConfigError, KeystoreError, ProjectExists
+from onshore.files import write_atomically
 from onshore.settings import CONFIG_NAME, Project, load_project, redact_url
 from onshore.sites.keystore import create_keystore, load_keystore
 
@@ -98,10 +99,7 @@ def init_project(folder: Path, example: str = "three-regions") -> Project:
         raise ProjectExists(
             f"{config} already exists", hint="choose another folder, or edit the file you have"
         )
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = folder / f".{CONFIG_NAME}.new"
-    staging.write_text(EXAMPLES[example], encoding="utf-8")
-    staging.replace(config)
+    write_atomically(config, EXAMPLES[example].encode())
     project = load_project(folder)
     for site in project.settings.sites.values():
         if "://" not in site.store:

@@ -43,6 +43,7 @@ from typing import Any, Final, Generic, TypeVar
 import pyarrow as pa
 
 from onshore.errors import ComputeError, ConfigError, OnshoreError
+from onshore.files import write_atomically
 from onshore.settings import ComputeProfile
 
 __all__ = [
@@ -401,9 +402,7 @@ def _quiet_ray_data() -> None:
         return
     path = ray_temp_dir() / "ray-data-logging.yaml"
     if not path.exists() or path.read_text() != _RAY_DATA_LOGGING:
-        part = path.with_suffix(f".{os.getpid()}.part")
-        part.write_text(_RAY_DATA_LOGGING)
-        part.replace(path)
+        write_atomically(path, _RAY_DATA_LOGGING.encode())
     os.environ["RAY_DATA_LOGGING_CONFIG"] = str(path)
 
 

@@ -1,7 +1,5 @@
-"""The region-pinned store of each site: its objects, its catalogue, ingest and inventory.
-
-Ingest is :func:`onshore.store.ingest.ingest`; it is not re-exported here, so that the name
-``onshore.store.ingest`` always means the module."""
+"""The region-pinned store of each site: its objects and its catalogue (what ingest,
+:mod:`onshore.ingest`, writes into)."""
 
 from typing import TYPE_CHECKING
 
@@ -9,9 +7,8 @@ from onshore._lazy import lazy
 
 if TYPE_CHECKING:
     from onshore.store.catalogue import Catalogue, ClipRecord, FileRecord
-    from onshore.store.ingest import IngestReport
     from onshore.store.objects import ObjectStore
-    from onshore.store.site import Residency, SiteStore
+    from onshore.store.site import SiteStore
 
 # Imported when first used (see onshore._lazy): importing one module of the package does
 # not bring all the others.
@@ -21,9 +18,7 @@ __getattr__, __dir__ = lazy(
         "Catalogue": "catalogue",
         "ClipRecord": "catalogue",
         "FileRecord": "catalogue",
-        "IngestReport": "ingest",
         "ObjectStore": "objects",
-        "Residency": "site",
         "SiteStore": "site",
     },
 )
@@ -32,8 +27,6 @@ __all__ = [
     "Catalogue",
     "ClipRecord",
     "FileRecord",
-    "IngestReport",
     "ObjectStore",
-    "Residency",
     "SiteStore",
 ]

@@ -45,11 +45,12 @@ from onshore.errors import (
     StoreError,
     UnreadableFile,
 )
+from onshore.ingest.residency import Residency
 from onshore.settings import IngestSettings
 from onshore.sites.compute import Engine
 from onshore.store.catalogue import ClipRecord, FileRecord, FramesRecord
 from onshore.store.objects import ObjectStore, sha256
-from onshore.store.site import Residency, SiteStore
+from onshore.store.site import SiteStore
 
 __all__ = [
     "MAX_FILE_BYTES",
@@ -414,6 +415,7 @@ def ingest(
     paths: Iterable[Path],
     *,
     engine: Engine | None = None,
+    residency: Residency | None = None,
     on_start: Callable[[int], None] | None = None,
     on_file: Callable[[Path, int], None] | None = None,
     remove_quarantined_source: bool = True,
@@ -421,7 +423,8 @@ def ingest(
     """Ingest ``paths`` (files or folders) into ``site``'s store and catalogue.
 
     Each clip must have been recorded under the site's jurisdiction, and driven inside the
-    boundary of its territory where the site's rulebook has one (:class:`Residency`).
+    boundary of its territory where the site's rulebook has one (``residency``, by default
+    the site's own: :meth:`Residency.of`).
     Files are registered in the catalogue in batches, each batch in one transaction after its
     objects are durable in the store. ``on_start(total_bytes)`` is called once the inputs are
     found, and ``on_file(path, size)`` as each file is done (for a progress bar). A bad file
@@ -443,7 +446,8 @@ def ingest(
     site.objects.clean_staging()
     known = frozenset(site.catalogue.ingested_files())
     engine = engine or Engine()
-    worker = (site.objects, site.residency, known, site.uploads)
+    residency = residency or Residency.of(site.project, site.site)
+    worker = (site.objects, residency, known, site.uploads)
     # In this process, a worker's batch is a catalogue batch (one sync of each folder for the
     # lot); on Ray, smaller batches keep every worker busy.
     batch = _WORKER_FILES if engine.uses_ray else _BATCH_FILES

@@ -1,4 +1,4 @@
-"""Training of the plate detector (:mod:`~onshore.deidentify.plates`): its network, the targets
+"""Training of the plate detector (:mod:`~onshore.classify.plates`): its network, the targets
 and loss it learns from, the synthetic and labelled samples, and the export to ONNX.
 
 The network (:class:`PlateNet`) is CenterNet-like and fully convolutional: a 4 x 4 stride-4
@@ -32,7 +32,7 @@ import torch.nn.functional as F  # noqa: N812 (torch's own convention)
 from numpy.typing import NDArray
 from torch import nn
 
-from onshore.deidentify.plate_scenes import (
+from onshore.classify.plate_scenes import (
     REGIONS,
     Fonts,
     Photo,

@@ -18,9 +18,8 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any, Final
 
-import orjson
-
 from onshore.errors import ConfigError
+from onshore.forecast.runs import RunFolder
 from onshore.gate import Decision, Gate
 from onshore.gate.site import OpenSite
 from onshore.parties.identity import Counterparty
@@ -213,13 +212,8 @@ def _profile_bytes(site: OpenSite, profile: str, consented: int, outputs: int) -
 def _measured(site: OpenSite) -> dict[str, Any] | None:
     """The site's latest local run in its folder: the seconds per step it took, and its ADE
     (None when the site had no test sample)."""
-    runs = site.project.root / "runs"
     latest: tuple[str, dict[str, Any]] | None = None
-    for path in sorted(runs.glob("*/run.json")) if runs.is_dir() else []:
-        try:
-            run = orjson.loads(path.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            continue
+    for _folder, run in RunFolder.each(site.project, "run.json"):
         region = (run.get("regions") or {}).get(site.id) or {}
         if run.get("mode") != "local" or not region.get("steps") or not region.get("seconds"):
             continue

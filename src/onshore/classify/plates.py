@@ -3,8 +3,8 @@ EU and the US, from about 20 to 250 pixels wide, in one pass over the frame.
 
 Its weights (``weights/plates.onnx``, 0.36 MB) ship inside the package and are run by
 onnxruntime; ``scripts/train-plates`` made them, from plates rendered onto photos of Debian and
-PyPI packages (:mod:`~onshore.deidentify.plate_scenes`), and a carmaker can retrain them on its
-own labelled frames. The network (:class:`~onshore.deidentify.plate_training.PlateNet`) gives
+PyPI packages (:mod:`~onshore.classify.plate_scenes`), and a carmaker can retrain them on its
+own labelled frames. The network (:class:`~onshore.classify.plate_training.PlateNet`) gives
 at every 8 x 8 cell the probability that a plate's centre is there, the centre's offset and the
 plate's size; a box is read at each local maximum above the threshold.
 
@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from onshore.deidentify.detectors import Box, _nms, _session
+from onshore.classify.detectors import Box, _nms, _session
 from onshore.errors import ConfigError
 
 __all__ = ["PlateDetector", "plate_detector", "weights"]
@@ -36,12 +36,12 @@ PAD_VALUE = 114
 
 def weights() -> bytes:
     """The shipped ONNX model; raises ConfigError if the package was installed without it."""
-    resource = importlib.resources.files("onshore.deidentify").joinpath("weights/plates.onnx")
+    resource = importlib.resources.files("onshore.classify").joinpath("weights/plates.onnx")
     try:
         return resource.read_bytes()
     except FileNotFoundError as exc:
         raise ConfigError(
-            "the plate detector's weights (onshore/deidentify/weights/plates.onnx) are missing",
+            "the plate detector's weights (onshore/classify/weights/plates.onnx) are missing",
             hint="reinstall onshore, or train them with scripts/train-plates",
         ) from exc
 

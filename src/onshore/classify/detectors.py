@@ -148,7 +148,7 @@ class DetectorConfig:
     plate_model: PlateModel = "ssd"
     """Which plate detector runs. ``ssd`` is hyperlpr's SSD, with the upscaled pass above.
     ``onshore`` is the detector onshore trains for plates of every region
-    (:mod:`onshore.deidentify.plates`, ``scripts/train-plates``). It takes 10 ms a 1280x720
+    (:mod:`onshore.classify.plates`, ``scripts/train-plates``). It takes 10 ms a 1280x720
     frame against the SSD's 112, and on held-out synthetic frames finds 0.89-0.94 of each
     region's plates against 0.38-0.58 (threshold 0.3). It is not the default yet: on the few
     real labelled plates it finds no more than the SSD (2 of 10), and at 0.3 it leaves 2-3
@@ -158,7 +158,7 @@ class DetectorConfig:
     """In a video stream, the detectors run on every ``video_stride``-th frame and the last;
     the frames between take the boxes of the frames detected either side of them, moved
     between the two along the tracks they link into, and carried on beyond a track's ends
-    (:func:`onshore.deidentify.video.interpolate`). The check on a masked stream runs on the
+    (:func:`onshore.classify.scan.interpolate`). The check on a masked stream runs on the
     same frames, and on every frame beside one where it finds something. A face or plate seen
     on fewer than ``video_stride`` frames in a row (0.4 s at 10 Hz) can be missed by both.
     Stills are each detected. 1 detects every frame of a stream, at about three times the
@@ -222,7 +222,7 @@ def detect_plates(frame: Frame, config: DetectorConfig = DEFAULT) -> list[Box]:
         return []
     if config.plate_model == "onshore":
         # Imported here: the trained detector builds on this module's session and NMS.
-        from onshore.deidentify.plates import plate_detector
+        from onshore.classify.plates import plate_detector
 
         return plate_detector(config.threads).detect(rgb, config.plate_threshold)
     return _plate_ssd(config.threads).detect(
@@ -399,7 +399,7 @@ def _centerface_model(precision: Precision = "float32") -> bytes:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
-    from onshore.deidentify._centerface_int8 import RANGES
+    from onshore.classify._centerface_int8 import RANGES
 
     ranges = TensorsData(
         CalibrationMethod.MinMax,
@@ -647,7 +647,7 @@ def warm_up(config: DetectorConfig = DEFAULT) -> None:
     """Load both detectors now rather than on the first frame (e.g. in a worker's start-up)."""
     _centerface(config.threads, config.face_precision)
     if config.plate_model == "onshore":
-        from onshore.deidentify.plates import plate_detector
+        from onshore.classify.plates import plate_detector
 
         plate_detector(config.threads)
     else:
