@@ -313,3 +313,26 @@ def test_the_reports_read_the_law_from_the_rulebooks(project: Project, tmp_path:
     overridden = dataclasses.replace(project, settings=settings)
     us = build_report(overridden, "us-bulk-data", CN, with_map=False)
     assert us.figure("concern").value == 1, "the recipient in the US is now of concern"
+
+
+def test_an_approval_s_validity_is_the_one_approvals_list_gives(project: Project) -> None:
+    # CAC-1 has no end date of its own; the CN rulebook gives a security assessment 3 years.
+    listed = subprocess.run(
+        [sys.executable, "-m", "onshore", "approvals", "list", "--json"],
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    (approval,) = orjson.loads(listed.stdout)["approvals"]
+    assert approval["valid_to"] is None and approval["valid_until"] == "2028-12-31"
+    for kind in ("cn-annual", "outbound-dossier", "eu-transfers"):
+        report = build_report(
+            project, kind, CN, year=2026, recipient="Onshore Mobility Inc.", with_map=False
+        )
+        (table,) = [t for t in report.tables if t.title == "Approvals on file"]
+        (row,) = table.rows
+        assert row[table.columns.index("valid")] == "2026-01-01 to 2028-12-31", kind
+        assert row[table.columns.index("state")] == approval["status"].replace("_", " ")

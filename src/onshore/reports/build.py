@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from onshore.deidentify.profiles import resolve_profile
 from onshore.errors import ConfigError, OnshoreError, RulebookError
-from onshore.gate import Approval, ApprovalRegistry
+from onshore.gate import ApprovalRegistry, ApprovalStatus
 from onshore.ledger import Entry, Ledger
 from onshore.reports.charts import bar_chart, trace_map, training_chart
 from onshore.reports.model import Chart, Figure, Report, Source, TableBlock
@@ -128,7 +128,9 @@ class _Site:
     inventory: dict[str, Any]
     quarantined: list[FileRecord]
     deidentified: list[DeidentifiedRecord]
-    approvals: list[Approval]
+    approvals: list[ApprovalStatus]
+    """Every approval on file with its last valid day as ``approvals list`` gives it (the
+    earlier of its own end and what the rulebook allows), and its status on the report's day."""
     entries: list[Entry]
     map_png: bytes | None
     books: Rulebooks
@@ -192,7 +194,7 @@ def _gather(project: Project, site_id: str, *, with_map: bool) -> _Site:
             inventory=store.catalogue.inventory(),
             quarantined=store.catalogue.files("quarantined"),
             deidentified=store.catalogue.deidentified(),
-            approvals=registry.approvals(),
+            approvals=registry.statuses(datetime.now(UTC).date()),
             entries=Ledger.open(store.catalogue).entries(),
             map_png=map_png,
             books=books,
@@ -253,7 +255,8 @@ def _flow_table(title: str, chosen: list[Flow], empty: str = "none") -> TableBlo
 
 def _approvals_table(site: _Site) -> TableBlock:
     rows, sources = [], []
-    for a in site.approvals:
+    for status in site.approvals:
+        a = status.approval
         src = site.approval_entry(a.id)
         rows.append(
             (
@@ -263,8 +266,8 @@ def _approvals_table(site: _Site) -> TableBlock:
                 ", ".join(a.categories),
                 ", ".join(a.purposes),
                 "-" if a.max_subjects is None else str(a.max_subjects),
-                f"{a.valid_from} to {a.valid_to or 'open'}",
-                "revoked" if a.revoked else "in force",
+                f"{a.valid_from} to {status.valid_until or 'until revoked'}",
+                status.status.replace("_", " "),
             )
         )
         sources.append(() if src is None else (src,))
