@@ -589,8 +589,8 @@ def test_a_stream_that_fails_to_decode_after_ingest_is_kept_out_not_fatal(
     assert orjson.loads(outputs["vid-005"].detail)["frames"] is None, "no frame of it is kept"
     assert orjson.loads(outputs["vid-006"].detail)["frames"]["frames"] > 0
     assert deidentified["frames"]["dropped"]["undecodable"] > 0
-    check = next(c for c in deidentified["checks"] if c["name"] == "no_unmasked_face_or_plate")
-    assert check["held"] and "could not be decoded" in check["detail"]
+    check = next(c for c in deidentified["checks"] if c["check"] == "no_unmasked_face_or_plate")
+    assert check["held"] and "could not be decoded" in check["reason"]
 
 
 @pytest.mark.parametrize("upload_format", ["foxglove", "ros2"])
@@ -622,7 +622,7 @@ def test_a_standard_upload_through_ingest_classification_and_deidentification(
     assert summary["subjects"]["persons"] >= 1
     shown = {label["category"] for label in summary["clip_labels"]["vid-003"]}
     assert "outside_video_identifiable" in shown
-    check = next(c for c in deidentified["checks"] if c["name"] == "no_unmasked_face_or_plate")
+    check = next(c for c in deidentified["checks"] if c["check"] == "no_unmasked_face_or_plate")
     assert check["held"] and deidentified["frames"]["faces_masked"] >= 1
     assert set(table["format"].to_pylist()) == {fmt}
     assert table.num_rows == deidentified["frames"]["kept"] > 0
