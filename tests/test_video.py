@@ -24,8 +24,8 @@ from skimage.data import astronaut
 
 from conftest import make_clip
 from onshore.classify import classify_site
-from onshore.classify.detectors import Box
-from onshore.classify.scan import DETECTIONS_DIR, count_tracks
+from onshore.classify.detectors import DEFAULT, Box, DetectorConfig
+from onshore.classify.scan import DETECTIONS_DIR, count_tracks, detector_key
 from onshore.clips import mcap as clip_mcap
 from onshore.clips.camera import (
     check_image,
@@ -39,10 +39,10 @@ from onshore.clips.mcap import read_mcap, write_mcap
 from onshore.clips.schema import OBJECT_TYPE, Clip
 from onshore.deidentify import deidentify_site, resolve_profile
 from onshore.deidentify.frames import check_masked
-from onshore.errors import PhysicsError
+from onshore.errors import ConfigError, PhysicsError
 from onshore.fleet.camera import CameraSettings, render_frames
 from onshore.ingest import ingest
-from onshore.settings import Project
+from onshore.settings import CONFIG_NAME, DetectorSettings, Project, load_project
 from onshore.sites.keystore import load_keystore
 from onshore.store import SiteStore
 
@@ -265,6 +265,43 @@ def test_classify_labels_video_and_counts_persons(filmed: Project) -> None:
     assert len(cached) == 2  # one detections file per frames object
 
 
+def test_the_default_detector_settings_are_the_default_detectors() -> None:
+    assert DetectorConfig.of(DetectorSettings()) == DEFAULT
+
+
+def _with_detectors(project: Project, table: str) -> Project:
+    config = project.root / CONFIG_NAME
+    config.write_text(config.read_text() + f"\n[sites.{SITE}.detectors]\n{table}\n")
+    return load_project(project.root)
+
+
+def test_a_site_s_detector_settings_are_the_detectors_its_stages_run(filmed: Project) -> None:
+    project = _with_detectors(filmed, 'plate_model = "onshore"\nvideo_stride = 1')
+    chosen = DetectorConfig.of(project.site(SITE).detectors)
+    assert (chosen.plate_model, chosen.video_stride) == ("onshore", 1)
+    with SiteStore.open(project, SITE) as site:
+        classify_site(site, as_of=date(2026, 11, 29))
+        secret = load_keystore(project.keystore_path(project.site(SITE))).hmac_secret
+        deidentify_site(site, resolve_profile("training", {}), secret=secret)
+        cached = list(site.objects.find(DETECTIONS_DIR))
+    # Detections are kept under the key of the detectors that made them: the site's own,
+    # by classification and de-identification alike (one file per frames object).
+    assert len(cached) == 2
+    assert all(path.endswith(f"-{detector_key(chosen)}.json") for path in cached)
+    assert detector_key(chosen) != detector_key(DEFAULT)
+
+
+@pytest.mark.parametrize(
+    ("table", "field"),
+    [("video_stride = 0", "video_stride"), ('plate_model = "yolo"', "plate_model")],
+)
+def test_bad_detector_settings_are_refused_naming_the_field(
+    project: Project, table: str, field: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"detectors.{field}"):
+        _with_detectors(project, table)
+
+
 def test_persons_are_unknown_without_frames(project: Project, tmp_path: Path) -> None:
     folder = tmp_path / "plain"
     folder.mkdir()
@@ -293,7 +330,7 @@ def test_deidentified_frames_are_masked_relative_and_without_cabin(filmed: Proje
     # Every frame shows a face or plate, so without masking none would be kept: masking, not
     # dropping, is what keeps most of them.
     assert frames["dropped"]["still_identifiable"] < frames["kept"]
-    check = next(c for c in summary["checks"] if c["name"] == "no_unmasked_face_or_plate")
+    check = next(c for c in summary["checks"] if c["check"] == "no_unmasked_face_or_plate")
     assert check["held"]
     out = pa.concat_tables(tables)
     assert out.num_rows == frames["kept"] > 0

@@ -156,6 +156,26 @@ class MessageMapping(_Model):
     yaw_rate_unit: Literal["rad/s", "deg/s"] = "rad/s"
 
 
+class DetectorSettings(_Model):
+    """The face and plate detectors a site's classification and de-identification run
+    (``[sites.<id>.detectors]``; what each setting costs and finds is in
+    :class:`onshore.classify.detectors.DetectorConfig`). A change makes the next run detect
+    again: detections are kept per detector setting."""
+
+    face_threshold: float = Field(default=0.2, gt=0.0, lt=1.0)
+    """CenterFace score above which a face counts."""
+    plate_threshold: float = Field(default=0.2, gt=0.0, lt=1.0)
+    """Plate detector score above which a plate counts."""
+    plate_model: Literal["ssd", "onshore"] = "ssd"
+    """``ssd`` (hyperlpr's, Chinese plates) or ``onshore`` (onshore's own, trained on rendered
+    CN, EU and US plates; ``scripts/train-plates`` retrains it)."""
+    face_precision: Literal["float32", "int8"] = "float32"
+    """CenterFace's arithmetic: ``int8`` is twice as fast and misses more small faces."""
+    video_stride: int = Field(default=4, ge=1)
+    """In video, the detectors run on every ``video_stride``-th frame; the frames between take
+    boxes moved along the tracks either side."""
+
+
 class IngestSettings(_Model):
     """How the site reads uploads in standard message types (``[sites.<id>.ingest]``).
 
@@ -241,6 +261,7 @@ class SiteSettings(_Model):
     privacy: PrivacySettings = PrivacySettings()
     retention: RetentionSettings = RetentionSettings()
     ingest: IngestSettings = IngestSettings()
+    detectors: DetectorSettings = DetectorSettings()
     responsible_person: ResponsiblePerson | None = None
     """Who answers for the site's data security; reports say it is missing when unset."""
 

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 from sqlalchemy import Column, MetaData, Select, String, Table, Text, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from onshore.classify.detectors import DetectorConfig
 from onshore.classify.scan import FrameScan, scan_frames
 from onshore.classify.zones import Zones, load_zones
 from onshore.clips.schema import Clip
@@ -304,8 +305,8 @@ class _LabelClips:
     store keyed by the frames' hash; the labels go back to the driver, which alone keeps
     them."""
 
-    def __init__(self, store: ObjectStore, zones: Zones) -> None:
-        self.store, self.zones = store, zones
+    def __init__(self, store: ObjectStore, zones: Zones, detectors: DetectorConfig) -> None:
+        self.store, self.zones, self.detectors = store, zones, detectors
 
     def __call__(self, items: list[_Work]) -> list[_Found]:
         out = []
@@ -316,7 +317,7 @@ class _LabelClips:
             if item.frames is None:
                 out.append(_Found(labels))
                 continue
-            scan = scan_frames(self.store, item.frames)
+            scan = scan_frames(self.store, item.frames, self.detectors)
             # Frames that could not be decoded count as a person each (see frame_labels).
             persons = scan.tracks("face") + scan.unscanned()
             out.append(_Found(labels, tuple(frame_labels(scan)), persons, scan.tracks("plate")))
@@ -399,7 +400,10 @@ def _labelled(
         )
 
     done = 0
-    results = engine.map(_LabelClips, (site.objects, zones), work(), batch_size=_WORKER_CLIPS)
+    detectors = DetectorConfig.of(site.project.site(site.site).detectors)
+    results = engine.map(
+        _LabelClips, (site.objects, zones, detectors), work(), batch_size=_WORKER_CLIPS
+    )
     for found in results:
         # This result is the next clip's that asked for a worker; those before it had their
         # labels cached and no frames.

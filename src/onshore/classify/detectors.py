@@ -40,6 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from onshore.errors import ConfigError, SchemaError
+from onshore.settings import DetectorSettings
 
 __all__ = [
     "Box",
@@ -188,6 +189,17 @@ class DetectorConfig:
             raise ConfigError(f"video_stride must be 1 or more frames, not {self.video_stride}")
         if self.threads < 0:
             raise ConfigError(f"threads must be 0 (automatic) or more, not {self.threads}")
+
+    @classmethod
+    def of(cls, settings: DetectorSettings) -> DetectorConfig:
+        """The detectors a site's ``[sites.<id>.detectors]`` ask for."""
+        return cls(
+            face_threshold=settings.face_threshold,
+            plate_threshold=settings.plate_threshold,
+            plate_model=settings.plate_model,
+            face_precision=settings.face_precision,
+            video_stride=settings.video_stride,
+        )
 
 
 DEFAULT = DetectorConfig()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import numpy as np
@@ -97,7 +97,8 @@ def deidentify_site(
     """
     engine = engine if engine is not None else Engine()
     vins = site.catalogue.clip_vins()
-    work = (site.objects, site.site, profile, secret.reveal(), vins)
+    detectors = DetectorConfig.of(site.project.site(site.site).detectors)
+    work = (site.objects, site.site, profile, secret.reveal(), vins, detectors)
     batch = max(1, min(_BATCH_VEHICLES, -(-len(vins) // (4 * engine.workers))))
     total = _Done()
     # The records go to disk until the one transaction that stores them, and the vehicles
@@ -223,6 +224,7 @@ class _DeidentifyVehicles:
         profile: Profile,
         secret: bytes,
         raw_vins: frozenset[str],
+        detectors: DetectorConfig,
     ) -> None:
         self._store = store
         self._site = site
@@ -236,7 +238,9 @@ class _DeidentifyVehicles:
         mask = profile.step("mask_frames")
         threshold = float(mask.params["threshold"]) if mask is not None else 0.5
         self._mask = MaskSettings() if mask is not None else None
-        self._check = DetectorConfig(face_threshold=threshold, plate_threshold=threshold)
+        self._detectors = detectors
+        # The check runs the site's detectors, at the profile's stricter threshold.
+        self._check = replace(detectors, face_threshold=threshold, plate_threshold=threshold)
         coarsen = profile.step("coarsen")
         self._time_step = float(coarsen.params["time_s"]) if coarsen is not None else 0.0
         self._memo = CheckMemo(store, secret)
@@ -362,7 +366,7 @@ class _DeidentifyVehicles:
                 continue
             outputs.append(
                 deidentify_frames(
-                    scan_frames(self._store, record),
+                    scan_frames(self._store, record, self._detectors),
                     clip["kept_us"],
                     clip["output_id"],
                     mask=self._mask,
