@@ -284,3 +284,53 @@ def test_auditor_and_the_reports(
     dark = sum(1 for value in samples[:: pixmap.n] if value < 128)
     assert dark > 0.005 * pixmap.width * pixmap.height, "the first page has text on it"
     page.close()
+
+
+def test_auditor_follows_an_approval_to_its_ledger_entry_and_exports_it(
+    browser: Browser, consoles: dict[str, str]
+) -> None:
+    import csv
+
+    url = consoles[COORD]
+    page = sign_in(browser, url, "aud")
+    nav(page, "Approvals")
+    link = page.query_selector(f"tr.approval[data-site='{CN}'] a.ledger-entry")
+    assert link is not None, "each approval links to the entry that put it on file"
+    approval = link.get_attribute("data-approval") or ""
+    seq = int((link.get_attribute("href") or "").rsplit("/", 1)[1])
+    link.click()
+    page.wait_for_load_state()
+    # China's ledger, read from the coordinator through China's gate: the entry, checked.
+    row = page.query_selector(f"#entry-{seq}")
+    assert row is not None and row.get_attribute("data-kind") == "approval_added"
+    assert row.get_attribute("data-ok") == "true"
+    assert f'"id": "{approval}"' in page.inner_text(f"#entry-{seq} pre.payload")
+    assert "signature valid" in row.inner_text() and "links to the entry before" in row.inner_text()
+
+    with page.expect_download() as download:
+        page.click("#export-json")
+    exported = json.loads(Path(download.value.path()).read_text())
+    assert exported["ledger"] == CN and exported["complete"] is True
+    (entry,) = exported["entries"]
+    assert entry["seq"] == seq and entry["kind"] == "approval_added"
+    assert entry["payload"]["approval"]["id"] == approval and entry["check"]["ok"] is True
+    with page.expect_download() as download:
+        page.click("#export-csv")
+    with open(download.value.path(), newline="") as sheet:
+        (line,) = list(csv.DictReader(sheet))
+    assert int(line["seq"]) == seq and line["hash"] == entry["hash"]
+    assert line["check"] == "valid" and json.loads(line["payload"]) == entry["payload"]
+
+    # Who read what: the auditor's own reads of China's approvals, filtered at China's site.
+    nav(page, "Ledger")
+    page.click(f"#explore-{CN}")
+    page.select_option("select[name=view]", "approvals")
+    page.fill("input[name=reader]", "aud")
+    page.click("#filter-entries")
+    reads = page.query_selector_all("tr.entry")
+    assert reads and {r.get_attribute("data-kind") for r in reads} == {"remote_read"}
+    assert all("approvals by aud" in r.inner_text() for r in reads)
+    page.fill("input[name=since]", "not a date")
+    page.click("#filter-entries")
+    assert "since: 'not a date' is not a date" in page.inner_text("#filter-error")
+    page.close()

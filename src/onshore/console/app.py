@@ -15,12 +15,13 @@ from typing import Any, Final
 from urllib.parse import parse_qs, quote
 
 import jinja2
+import orjson
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from markupsafe import Markup
 
-from onshore.console import views
+from onshore.console import explorer, views
 from onshore.console.access import Forbidden, HttpFor
 from onshore.console.auth import SESSION_SECONDS, Role, Sessions, User, UserStore
 from onshore.errors import ConfigError, OnshoreError
@@ -62,6 +63,16 @@ def _size(value: float) -> str:
 _templates.filters["when"] = _when
 _templates.filters["size"] = _size
 _templates.filters["svg"] = lambda chart: Markup(chart.svg)  # built escaped in charts.py
+
+
+def _pretty(value: Any) -> str:
+    """A payload as indented JSON (one that is not a JSON object as its text)."""
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+
+
+_templates.filters["pretty"] = _pretty
 
 
 def _headers(csp: str = _PAGE_CSP) -> dict[str, str]:
@@ -252,6 +263,55 @@ def create_app(project: Project, *, http_for: HttpFor | None = None) -> FastAPI:
             result = views.verify_ledger(project, u, name, http_for=reach)
             data = views.ledgers(project, u, http_for=reach)
             return page(request, "ledger.html", u, data=data, result=result)
+
+        return guarded(request, render)
+
+    def explore(request: Request, name: str, params: dict[str, Any], single: bool) -> Response:
+        def render(u: User) -> Response:
+            try:
+                data = explorer.entries(project, u, name, params, http_for=reach)
+            except explorer.InvalidFilter as exc:
+                data = explorer.empty_page(project, u, name, exc.params, exc.message)
+                return page(request, "entries.html", u, 400, data=data, single=False)
+            if single and not data["entries"] and data["allowed"]:
+                raise LookupError(f"no entry {params.get('seq')} in the ledger of {name}")
+            return page(request, "entries.html", u, data=data, single=single)
+
+        return guarded(request, render)
+
+    @app.get("/ledger/{name}/entries")
+    def ledger_entries(request: Request, name: str) -> Response:
+        return explore(request, name, dict(request.query_params), single=False)
+
+    @app.get("/ledger/{name}/entries/{seq}")
+    def ledger_entry(request: Request, name: str, seq: str) -> Response:
+        return explore(request, name, {"seq": seq}, single=True)
+
+    @app.get("/ledger/{name}/entries.{fmt}")
+    def ledger_export(request: Request, name: str, fmt: str) -> Response:
+        def render(u: User) -> Response:
+            params = {k: v for k, v in request.query_params.items() if k not in ("before", "after")}
+            try:
+                found = explorer.export(project, u, name, params, fmt, http_for=reach)
+            except explorer.InvalidFilter as exc:
+                data = explorer.empty_page(project, u, name, exc.params, exc.message)
+                return page(request, "entries.html", u, 400, data=data, single=False)
+            if found.withheld is not None:
+                return page(
+                    request,
+                    "withheld.html",
+                    u,
+                    403,
+                    site=name,
+                    view="ledger",
+                    access=found.withheld,
+                    back=(f"/ledger/{name}/entries", "Back to the ledger"),
+                )
+            headers = {
+                **_headers(),
+                "Content-Disposition": f'attachment; filename="{found.filename}"',
+            }
+            return StreamingResponse(found.body, media_type=found.media_type, headers=headers)
 
         return guarded(request, render)
 

@@ -412,7 +412,32 @@ def run_detail(project: Project, user: User, run: str) -> dict[str, Any]:
         "bytes_crossed": bytes_crossed,
         "model_bytes": summary.get("model_bytes"),
         "refusals": summary.get("refusals"),
+        "ledger": _run_entries(project, user, summary),
     }
+
+
+def _run_entries(project: Project, user: User, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ledger entries a run names, for links into the explorer: where the coordinator
+    recorded its start and end (shown to the roles that see its ledger), and each site's
+    model updates its lineage lists (the sites the user sees)."""
+    found: list[dict[str, Any]] = []
+    recorded = summary.get("coordinator_ledger")
+    if isinstance(recorded, dict) and user.role is not Role.SITE_OPERATOR:
+        coordinator = project.settings.coordinator.id
+        for what in ("started", "finished"):
+            if isinstance(recorded.get(what), int):
+                found.append({"ledger": coordinator, "seq": recorded[what], "what": f"run {what}"})
+    for head in summary.get("lineage") or ():
+        if isinstance(head, dict) and sees_site(user, str(head.get("site"))):
+            found.append(
+                {
+                    "ledger": head.get("site"),
+                    "seq": head.get("seq"),
+                    "hash": head.get("hash"),
+                    "what": "model update",
+                }
+            )
+    return found
 
 
 def plan(project: Project, user: User) -> dict[str, Any]:
@@ -446,7 +471,11 @@ def releases(project: Project, user: User) -> dict[str, Any]:
         ]
     except OnshoreError:
         licences = []
-    return {"releases": rows, "licences": licences}
+    coordinator = project.settings.coordinator.id
+    shown = user.role is not Role.SITE_OPERATOR and (
+        project.party is None or project.is_coordinator
+    )
+    return {"releases": rows, "licences": licences, "ledger": coordinator if shown else None}
 
 
 def _release_rows(project: Project, user: User) -> list[dict[str, Any]]:

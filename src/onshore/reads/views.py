@@ -12,12 +12,14 @@ bounding boxes), ``decisions`` (the gate's decisions on what left or asked to le
 ``reports`` (the report files written), ``report`` (one of them), ``verify`` (the site's own
 verification of its ledger), ``plan`` (aggregates and the site's gate on hypothetical crossings,
 for a planner: :mod:`onshore.reads.plan`), ``rights`` (drivers' requests served and retention
-runs, from the ledger: dates and counts, no vehicle).
+runs, from the ledger: dates and counts, no vehicle), ``ledger`` (one page of the site's
+ledger, filtered, each entry checked: the ledger explorer's).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ from typing import Any, Final
 
 import orjson
 
-from onshore.errors import ConfigError
+from onshore.errors import ConfigError, LedgerError
 from onshore.gate import WARN_DAYS
 from onshore.gate.site import OpenSite
 from onshore.reports.build import flows
@@ -103,13 +105,25 @@ def summary(site: OpenSite, _params: Mapping[str, Any], today: date) -> View:
 
 
 def approvals(site: OpenSite, _params: Mapping[str, Any], today: date) -> View:
-    """Every approval on file with its deadlines (legal records, not personal data)."""
+    """Every approval on file with its deadlines (legal records, not personal data), and the
+    ledger entries that put it on file (``ledger_seq``) and revoked it (``revoked_seq``)."""
+    added: dict[str, int] = {}
+    revoked: dict[str, int] = {}
+    for entry in site.ledger.entries(kind="approval_added"):
+        approval = entry.data.get("approval")
+        if isinstance(approval, dict) and isinstance(approval.get("id"), str):
+            added[approval["id"]] = entry.seq
+    for entry in site.ledger.entries(kind="approval_revoked"):
+        if isinstance(entry.data.get("approval"), str):
+            revoked[entry.data["approval"]] = entry.seq
     rows = []
     for status in site.registry().statuses(today):
         row = {"site": site.id, **status.as_dict()}
         due = status.renew_by or status.valid_until
         row["days_left"] = None if due is None else (due - today).days
         row["due"] = due
+        row["ledger_seq"] = added.get(status.approval.id)
+        row["revoked_seq"] = revoked.get(status.approval.id)
         rows.append(row)
     return View({"approvals": rows, "warn_days": WARN_DAYS}, [_AGGREGATE])
 
@@ -284,6 +298,57 @@ def rights(site: OpenSite, _params: Mapping[str, Any], _today: date) -> View:
     return View({"rights": rows, "counts": dict(counts)}, [_AGGREGATE], rows=len(rows))
 
 
+_VEHICLE_FIELD: Final = "vehicle"
+"""Where an entry names a vehicle: its keyed hash (a pseudonym), in a driver's request."""
+
+
+def ledger(site: OpenSite, params: Mapping[str, Any], _today: date) -> View:
+    """One page of the site's own ledger, newest first, filtered (``kind``, ``actor``,
+    ``since``, ``until``, ``seq``, and of ``remote_read`` entries ``view`` and ``reader``;
+    paged by ``before``, ``after`` and ``limit``: :class:`~onshore.ledger.explore.EntryQuery`),
+    each entry with its payload and its own check (hash, signature under the pinned key, link to
+    the entry before). Raises :class:`~onshore.errors.ConfigError` naming a filter it cannot
+    take.
+
+    An entry holds no secret (one that would is withheld); it may name a vehicle by its keyed
+    hash (a driver's erasure, withdrawal or access request): a page that does holds
+    pseudonymised vehicle identifiers, each vehicle's hash one subject for the gate. The page's
+    entries change as the ledger grows (each read from abroad adds one); what the gate decides
+    on does not unless the vehicles named do, so the same page read again the same day is one
+    read (:mod:`onshore.reads.gate`)."""
+    from onshore.ledger.explore import EntryQuery, read_page, secret_marks
+
+    query = EntryQuery.parse(params)
+    try:
+        marks = secret_marks(site.keys)
+    except LedgerError:
+        marks = ()  # opened without its keys: nothing of them to look for
+    found = read_page(site.ledger, query, secrets=marks)
+    data = found.as_dict()
+    rows = data["entries"]
+    vehicles = {
+        str(row["payload"][_VEHICLE_FIELD])
+        for row in rows
+        if isinstance(row["payload"], dict) and isinstance(row["payload"].get(_VEHICLE_FIELD), str)
+    }
+    items = [_AGGREGATE]
+    if vehicles:
+        items.append(
+            DataItem(category="vehicle_id", subjects=len(vehicles), deid_state="pseudonymized")
+        )
+    # What the gate decides on, for matching a read with an earlier one: the vehicles named.
+    data["vehicles"] = (
+        hashlib.sha256("\n".join(sorted(vehicles)).encode()).hexdigest() if vehicles else None
+    )
+    return View(
+        data,
+        items,
+        {"vehicle_id": vehicles} if vehicles else {},
+        len(rows),
+        volatile=frozenset({"head", "entries", "newer", "older", "total"}),
+    )
+
+
 VIEWS: Final[dict[str, Callable[[OpenSite, Mapping[str, Any], date], View]]] = {
     "summary": summary,
     "approvals": approvals,
@@ -294,6 +359,7 @@ VIEWS: Final[dict[str, Callable[[OpenSite, Mapping[str, Any], date], View]]] = {
     "verify": verify,
     "plan": plan,
     "rights": rights,
+    "ledger": ledger,
 }
 
 

@@ -24,7 +24,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from onshore.errors import RequestRefused
+from onshore.errors import ConfigError, RequestRefused
 from onshore.ledger.witness import vouch
 from onshore.service.app import Incoming, PartyService
 from onshore.transfer import inbound
@@ -339,6 +339,8 @@ def reads(app: FastAPI, party: PartyService) -> None:
                 return answer(party.require_site(), reader, view, params)
             except LookupError as exc:
                 raise RequestRefused(str(exc.args[0]), reason="not_found") from None
+            except ConfigError as exc:  # an unknown view, or a filter it cannot take
+                raise RequestRefused(exc.message, hint=exc.hint, reason="malformed") from None
 
         return await party.handle(request, "read", work)
 
