@@ -275,6 +275,9 @@ def add(
         int | None, typer.Option(help="Largest volume covered (default: no limit).")
     ] = None,
     reference: Annotated[str, typer.Option(help="The authority's reference number.")] = "",
+    document: Annotated[
+        str, typer.Option(help="Where the decision or contract is filed (a path or URL).")
+    ] = "",
     origin: Annotated[
         str | None, typer.Option(help="Whose data it covers (default: the site's jurisdiction).")
     ] = None,
@@ -300,6 +303,7 @@ def add(
             "valid_from": valid_from,
             "valid_to": valid_to,
             "reference": reference,
+            "document": document,
         }
     )
     # One transaction: the approval and the ledger entry recording it.

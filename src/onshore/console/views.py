@@ -195,8 +195,9 @@ def decisions(
     http_for: HttpFor = _LOCAL,
 ) -> dict[str, Any]:
     """The gates' decisions on everything that left or asked to leave the sites the user sees
-    (transfers, model updates, remote reads), newest first, filtered. Each site answers with
-    its own, through its gate (as aggregate metrics: counts and reasons, no person's data)."""
+    (transfers, model updates, remote reads), newest first, filtered, and the transfers each
+    received. Each site answers with its own, through its gate (as aggregate metrics: counts
+    and reasons, no person's data)."""
     sites = [site] if site else visible_sites(project, user)
     answers, withheld = _read_sites(
         project, user, sites, "decisions", http_for=http_for, today=today
@@ -208,11 +209,17 @@ def decisions(
         if _matches(row, outcome, what, text)
     ]
     found.sort(key=lambda r: (r["time"], r["site"], r["seq"]), reverse=True)
+    inbound = sorted(
+        (row for data in answers.values() for row in data.get("inbound", [])),
+        key=lambda r: (r["time"], r["site"], r["seq"]),
+        reverse=True,
+    )
     kinds = sorted({r["what"] for r in found} | {"transfer", "model_update", "remote_read"})
     pages = max(1, -(-len(found) // PAGE_ROWS))
     page = min(max(1, page), pages)
     return {
         "decisions": found[(page - 1) * PAGE_ROWS : page * PAGE_ROWS],
+        "inbound": inbound,
         "total": len(found),
         "page": page,
         "pages": pages,
@@ -525,9 +532,11 @@ _LICENCE_FIELDS: Final = (
 
 
 def reports(project: Project, user: User, *, http_for: HttpFor = _LOCAL) -> dict[str, Any]:
-    """The reports each site the user sees has written for its regulator (in its folder), and
-    the sites that could not say (their service did not answer, or refused)."""
+    """The reports each site the user sees has written for its regulator (in its folder), the
+    deadlines its rulebook sets (the next first), and the sites that could not say (their
+    service did not answer, or refused)."""
     found: list[dict[str, Any]] = []
+    deadlines: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     for site_id in visible_sites(project, user):
         try:
@@ -536,7 +545,9 @@ def reports(project: Project, user: User, *, http_for: HttpFor = _LOCAL) -> dict
             failed.append({"site": site_id, "access": RowAccess.failed(exc)})
             continue
         found.extend((read.data or {}).get("reports", []))
-    return {"reports": found, "failed": failed}
+        deadlines.extend((read.data or {}).get("deadlines", []))
+    deadlines.sort(key=lambda d: (int(d["days_left"]), str(d["site"])))
+    return {"reports": found, "deadlines": deadlines, "failed": failed}
 
 
 def report_file(

@@ -45,7 +45,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, S
 from onshore.errors import ApprovalNotFound, CatalogueError, InvalidApproval, RulebookNotFound
 from onshore.rulebook import MechanismTerms, Rulebook, Rulebooks
 from onshore.rulebook.model import CategoryRef, CountryCode, MechanismRef, Name
-from onshore.store.catalogue import Catalogue
+from onshore.store.catalogue import Catalogue, add_missing_columns
 
 __all__ = [
     "WARN_DAYS",
@@ -98,6 +98,9 @@ class Approval(BaseModel):
     """Last valid day as the approval states it; none: as long as the rulebook allows."""
     reference: str = ""
     """The authority's or the contract's reference number."""
+    document: str = ""
+    """Where the decision or the signed contract is filed (a path or URL in the carmaker's
+    records), for an inspector to be shown."""
     revoked_at: datetime | None = None
     """When it was revoked; a revoked approval covers nothing any more."""
     revoke_reason: str | None = None
@@ -256,6 +259,7 @@ _approvals = Table(
     Column("valid_from", Date, nullable=False),
     Column("valid_to", Date),
     Column("reference", Text, nullable=False),
+    Column("document", Text, nullable=False, server_default=""),
     Column("added_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True)),
     Column("revoke_reason", Text),
@@ -284,6 +288,7 @@ def _row(approval: Approval, site: str) -> dict[str, Any]:
         "valid_from": approval.valid_from,
         "valid_to": approval.valid_to,
         "reference": approval.reference,
+        "document": approval.document,
         "added_at": approval.added_at,
         "revoked_at": approval.revoked_at,
         "revoke_reason": approval.revoke_reason,
@@ -322,6 +327,8 @@ class ApprovalRegistry:
                 # Two processes opening a new catalogue at once may both find the table
                 # missing; the loser's CREATE fails and its next look finds the table there.
                 _metadata.create_all(self.catalogue.engine)
+                with self.catalogue.engine.begin() as conn:
+                    add_missing_columns(conn, _metadata)  # a table an earlier onshore made
                 return
             except (OperationalError, ProgrammingError, IntegrityError) as exc:
                 if attempt == _RETRIES - 1:

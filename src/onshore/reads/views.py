@@ -34,6 +34,7 @@ from onshore.gate import WARN_DAYS
 from onshore.gate.site import OpenSite
 from onshore.reports.build import flows
 from onshore.rulebook.evaluate import DataItem
+from onshore.rulebook.problems import RulebookNotFound
 
 __all__ = ["PAGE_ROWS", "REPORTS_DIR", "VIEWS", "View", "compute"]
 
@@ -171,7 +172,8 @@ def clips(site: OpenSite, params: Mapping[str, Any], _today: date) -> View:
 
 
 def decisions(site: OpenSite, _params: Mapping[str, Any], _today: date) -> View:
-    """The gate's decisions recorded in the site's ledger: counts and reasons, no person."""
+    """The gate's decisions recorded in the site's ledger: counts and reasons, no person; and
+    the transfers the site received (``transfer_in``), each naming the origin's entry."""
     rows = []
     site_flows = flows(site.id, site.ledger.entries())
     for flow in site_flows:
@@ -187,7 +189,8 @@ def decisions(site: OpenSite, _params: Mapping[str, Any], _today: date) -> View:
                 "recipient": flow.recipient,
                 "purpose": flow.purpose,
                 "categories": sorted({str(i.get("category")) for i in flow.items}),
-                "subjects": sum(int(i.get("subjects", 0)) for i in flow.items),
+                "subjects": flow.subjects_summed,
+                "distinct_subjects": flow.distinct_subjects,
                 "reasons": list(decision.get("reasons", ()))
                 or [str(flow.entry.data["reason"])] * ("reason" in flow.entry.data),
                 "gated": bool(decision),
@@ -195,29 +198,78 @@ def decisions(site: OpenSite, _params: Mapping[str, Any], _today: date) -> View:
                 "approval": (decision.get("approval") or {}).get("id"),
             }
         )
-    return View({"decisions": rows}, [_AGGREGATE], rows=len(rows))
+    inbound = [
+        {
+            "site": site.id,
+            "seq": e.seq,
+            "time": e.time,
+            "from": str(e.data.get("from", "")),
+            "transfer": str(e.data.get("transfer", "")),
+            "dataset": e.data.get("dataset"),
+            "purpose": e.data.get("purpose"),
+            "objects": len(e.data.get("objects") or ()),
+            "approval": ((e.data.get("decision") or {}).get("approval") or {}).get("id"),
+            "origin_entry": e.data.get("transfer_out"),
+        }
+        for e in site.ledger.entries(kind="transfer_in")
+    ]
+    return View({"decisions": rows, "inbound": inbound}, [_AGGREGATE], rows=len(rows))
 
 
 def _reports_folder(site: OpenSite) -> Path:
     return (site.project.root / REPORTS_DIR / site.id).resolve()
 
 
-def reports(site: OpenSite, _params: Mapping[str, Any], _today: date) -> View:
-    """The reports written for the site's regulator (file names and dates)."""
+def reports(site: OpenSite, _params: Mapping[str, Any], today: date) -> View:
+    """The reports written for the site's regulator (file names and dates, and whether the
+    ledger has entries newer than each), and the yearly deadlines its rulebook states, the next
+    of each with the days left."""
     folder = _reports_folder(site)
+    head = site.ledger.head()
+    latest = None if head is None else site.ledger.entry(head.seq)
+    last_entry = None if latest is None else datetime.fromisoformat(latest.time)
     found = []
     for path in sorted(folder.glob("*.html")) if folder.is_dir() else []:
         pdf = path.with_suffix(".pdf")
+        written = datetime.fromtimestamp(path.stat().st_mtime, UTC)
         found.append(
             {
                 "site": site.id,
                 "kind": path.stem,
                 "html": path.name,
                 "pdf": pdf.name if pdf.exists() else None,
-                "written": datetime.fromtimestamp(path.stat().st_mtime, UTC),
+                "written": written,
+                # A report is made from the ledger as it was: entries since may change it.
+                "ledger_newer": last_entry is not None and last_entry > written,
+                "ledger_last": latest.time if latest is not None else None,
             }
         )
-    return View({"reports": found}, [_AGGREGATE])
+    return View({"reports": found, "deadlines": _deadlines(site, today)}, [_AGGREGATE])
+
+
+def _deadlines(site: OpenSite, today: date) -> list[dict[str, Any]]:
+    """The yearly duties with a due day in the rulebook of the site's jurisdiction (CN's annual
+    report by 15 December), the next occurrence of each on or after ``today``."""
+    try:
+        book = site.rulebooks.for_origin(site.settings.jurisdiction)
+    except RulebookNotFound:
+        return []
+    out = []
+    for obligation in book.obligations.values():
+        if obligation.due is None or not obligation.in_force.contains(today):
+            continue
+        due = obligation.due.next_on_or_after(today)
+        out.append(
+            {
+                "site": site.id,
+                "obligation": obligation.id,
+                "text": obligation.text,
+                "source": obligation.source,
+                "due": due.isoformat(),
+                "days_left": (due - today).days,
+            }
+        )
+    return sorted(out, key=lambda d: int(d["days_left"]))
 
 
 def report(site: OpenSite, params: Mapping[str, Any], _today: date) -> View:

@@ -61,6 +61,23 @@ class Flow:
         return Source(self.entry.site, self.entry.kind, self.entry.seq, self.entry.hash)
 
     @property
+    def subjects_summed(self) -> int:
+        """Subjects summed over the flow's categories: a vehicle in two categories counts
+        twice, so an upper bound on the persons concerned."""
+        return sum(int(i.get("subjects", 0)) for i in self.items)
+
+    @property
+    def distinct_subjects(self) -> int | None:
+        """The persons concerned, each once: recorded with a transfer; for a model update, its
+        one category's count; ``None`` for an entry that does not say (older transfers)."""
+        recorded = self.entry.data.get("distinct_subjects")
+        if isinstance(recorded, int):
+            return recorded
+        if len(self.items) == 1:
+            return int(self.items[0].get("subjects", 0))
+        return None
+
+    @property
     def approval(self) -> dict[str, Any] | None:
         found = self.decision.get("approval")
         return found if isinstance(found, dict) else None

@@ -68,7 +68,7 @@ __all__ = [
 
 SCHEMA_VERSION: Final = 1
 """Bumped only by changes an older onshore would get wrong. A column added with a server
-default (see :func:`_add_missing_columns`) is not one: an older onshore's inserts get the
+default (see :func:`add_missing_columns`) is not one: an older onshore's inserts get the
 default."""
 _RETRIES: Final = 5
 _CONNECT_TIMEOUT_S: Final = 10
@@ -401,8 +401,9 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _add_missing_columns(conn: Connection) -> None:
-    """Add the columns that a catalogue made by an earlier onshore lacks.
+def add_missing_columns(conn: Connection, metadata: MetaData = _metadata) -> None:
+    """Add the columns that a catalogue made by an earlier onshore lacks (in the tables of
+    ``metadata``: the catalogue's own, or another package's kept in the same database).
 
     ``create_all`` makes missing tables but never alters one that exists. Each column added
     since a table was first released has a server default, which fills the rows already there
@@ -410,7 +411,7 @@ def _add_missing_columns(conn: Connection) -> None:
     """
     inspector = inspect(conn)
     prepare = conn.dialect.identifier_preparer
-    for table in _metadata.sorted_tables:
+    for table in metadata.sorted_tables:
         have = {column["name"] for column in inspector.get_columns(table.name)}
         for column in table.columns:
             if column.name not in have:
@@ -486,7 +487,7 @@ class Catalogue:
                 # next look finds it there.
                 _metadata.create_all(self._engine)
                 with self._engine.begin() as conn:
-                    _add_missing_columns(conn)
+                    add_missing_columns(conn)
                     _add_missing_indexes(conn)
                     found = conn.execute(
                         select(_meta.c.value).where(_meta.c.key == "schema")

@@ -221,6 +221,9 @@ def transfer(
             "purpose": purpose,
             "date": day.isoformat(),
             "items": [item.model_dump(mode="json") for item in found.items],
+            # Each item counts its category's subjects; a vehicle in several categories is
+            # one data subject, counted once here.
+            "distinct_subjects": len(set().union(*found.subjects.values())),
             "decision": decision.as_dict(),
         }
         if not decision.allowed:
