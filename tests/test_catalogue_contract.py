@@ -4,10 +4,11 @@ memory, and PostgreSQL (CI starts one; set ONSHORE_TEST_POSTGRES_URL to run it l
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import (
@@ -460,6 +461,40 @@ def test_clip_pages_list_every_clip_once_in_order(catalogue: Catalogue) -> None:
     by_vin = [c for page in catalogue.clip_pages(by="vin", size=3) for c in page]
     assert by_vin == sorted(by_time, key=lambda c: (c.vin, c.start_time, c.clip_id))
     assert all(len(page) <= 3 for page in catalogue.clip_pages(by="vin", size=3))
+
+
+def test_a_page_of_clips_is_filtered_sorted_and_counted_by_the_database(
+    catalogue: Catalogue,
+) -> None:
+    vins = ("LSVAB12C2SS140891", "1FAHP3F21CL123456", "LSVZZ12C2SS000001")
+    clips = [
+        replace(_clip(n, vin=vins[n % 3], consent=n % 4 != 0), bytes=40_000 + (n * 37) % 1000)
+        for n in range(60)
+    ]
+    catalogue.register(_file(1, len(clips)), clips)
+    catalogue.replace_labels(
+        [c.clip_id for c in clips],
+        [LabelRecord(c.clip_id, "trajectory", 200, "positions") for c in clips[::5]],
+    )
+
+    def expect(keep: Callable[[ClipRecord], bool], key: Callable[[ClipRecord], Any]) -> list[str]:
+        return [c.clip_id for c in sorted(filter(keep, clips), key=lambda c: (key(c), c.clip_id))]
+
+    page, total = catalogue.clip_page(limit=7)
+    assert total == 60 and [c.clip_id for c in page] == expect(bool, lambda c: c.start_time)[:7]
+    page, total = catalogue.clip_page(label="trajectory", limit=100)
+    assert total == 12 and {c.clip_id for c in page} == {c.clip_id for c in clips[::5]}
+    page, total = catalogue.clip_page(consent=False, vin="lsva", sort="bytes", limit=100)
+    wanted = expect(
+        lambda c: not c.consent_training and c.vin.startswith("LSVA"), lambda c: c.bytes
+    )
+    assert total == len(wanted) and [c.clip_id for c in page] == wanted
+    page, total = catalogue.clip_page(
+        trigger="hard_brake", sort="vin", descending=True, offset=5, limit=5
+    )
+    wanted = expect(lambda c: c.trigger == "hard_brake", lambda c: c.vin)[::-1]
+    assert total == 30 and [c.clip_id for c in page] == wanted[5:10]
+    assert catalogue.clip_page(vin="%", limit=5) == ([], 0)  # a LIKE wildcard is a character
 
 
 def test_forgetting_a_vehicle_leaves_nothing_of_it_and_keeps_the_totals(

@@ -172,3 +172,29 @@ def test_the_next_deadline_of_each_site_s_rulebook_with_the_days_left(
     assert cn["site"] == CN and cn["due"] == expected.isoformat()
     assert cn["days-left"] == str((expected - today).days)
     assert [int(r["days-left"]) for r in rows] == sorted(int(r["days-left"]) for r in rows)
+
+
+def test_a_site_s_clips_are_filtered_and_sorted_by_the_site(
+    world: tuple[Parties, TestClient],
+) -> None:
+    parties, _ = world
+    # China's own console, in its own folder: its operator reads its clips directly.
+    UserStore(parties[CN]).add("op", Role.SITE_OPERATOR, PASSWORD, site=CN)
+    console = TestClient(create_app(parties[CN]))
+    signed = console.post(
+        "/login", data={"username": "op", "password": PASSWORD, "next": "/"}, follow_redirects=False
+    )
+    assert signed.status_code == 303, signed.text
+    with SiteStore.open(parties[CN]) as site:
+        clips = site.catalogue.clips()
+    biggest = sorted(clips, key=lambda c: (c.bytes, c.clip_id), reverse=True)
+    page = console.get(f"/sites/{CN}", params={"sort": "bytes", "order": "desc"}).text
+    shown = re.findall(r'<tr class="clip"><td>([^<]+)</td>', page)
+    assert shown == [c.clip_id for c in biggest]
+    first = clips[0]
+    page = console.get(f"/sites/{CN}", params={"vin": first.vin[:11]}).text
+    matching = [c.clip_id for c in clips if c.vin.startswith(first.vin[:11])]
+    assert re.findall(r'<tr class="clip"><td>([^<]+)</td>', page) == matching
+    assert f'<span id="clip-matches">{len(matching)}</span>' in page
+    refused = console.get(f"/sites/{CN}", params={"sort": "colour"})
+    assert refused.status_code == 400 and "sort: &#39;colour&#39; is not one of" in refused.text

@@ -187,15 +187,21 @@ def create_app(project: Project, *, http_for: HttpFor | None = None) -> FastAPI:
 
     @app.get("/sites/{site_id}")
     def site(request: Request, site_id: str, page_no: int = 1) -> Response:
-        return guarded(
-            request,
-            lambda u: page(
-                request,
-                "site.html",
-                u,
-                data=views.site_detail(project, u, site_id, page=page_no, http_for=reach),
-            ),
-        )
+        from onshore.reads.views import CLIP_FILTERS, ClipQuery
+
+        filters = {k: v for k in CLIP_FILTERS if (v := request.query_params.get(k, "").strip())}
+
+        def render(u: User) -> Response:
+            try:
+                ClipQuery.parse(filters)  # said here, before the site is asked
+            except ConfigError as exc:
+                return page(request, "error.html", u, 400, title="Bad filter", why=exc.message)
+            data = views.site_detail(
+                project, u, site_id, page=page_no, filters=filters, http_for=reach
+            )
+            return page(request, "site.html", u, data=data)
+
+        return guarded(request, render)
 
     @app.get("/approvals")
     def approvals(request: Request) -> Response:

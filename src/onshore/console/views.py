@@ -11,6 +11,7 @@ not see is left out here, not hidden in the page.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
@@ -101,20 +102,25 @@ def site_detail(
     site_id: str,
     *,
     page: int = 1,
+    filters: Mapping[str, str] | None = None,
     today: date | None = None,
     http_for: HttpFor = _LOCAL,
 ) -> dict[str, Any]:
     """One site: its aggregates for every role that sees it, and one page of its clips (the
-    rows) where the user's role or the site's gate allows."""
+    rows), filtered and sorted by the site (:class:`~onshore.reads.views.ClipQuery`), where the
+    user's role or the site's gate allows."""
     _check_site(project, user, site_id)
     summary = _summary(project, user, site_id, http_for, today)
-    found = read_site(project, user, site_id, "clips", {"page": page}, http_for=http_for, day=today)
+    params = {**(filters or {}), "page": page}
+    found = read_site(project, user, site_id, "clips", params, http_for=http_for, day=today)
     data = found.data or {}
     return {
         **summary,
         "page": data.get("page", page),
         "pages": data.get("pages", 1),
         "clips": data.get("clips"),
+        "filters": dict(filters or {}),
+        "sorts": data.get("sorts", []),
         "access": found.access,
         "rows": data.get("rows", []) if found.access.allowed else [],
     }

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,8 +36,9 @@ from onshore.gate.site import OpenSite
 from onshore.reports.build import flows
 from onshore.rulebook.evaluate import DataItem
 from onshore.rulebook.problems import RulebookNotFound
+from onshore.store.catalogue import CLIP_SORTS, ClipRecord
 
-__all__ = ["PAGE_ROWS", "REPORTS_DIR", "VIEWS", "View", "compute"]
+__all__ = ["CLIP_FILTERS", "PAGE_ROWS", "REPORTS_DIR", "VIEWS", "ClipQuery", "View", "compute"]
 
 PAGE_ROWS: Final = 100
 """Rows per page of a site's inventory and of its decisions."""
@@ -129,16 +131,90 @@ def approvals(site: OpenSite, _params: Mapping[str, Any], today: date) -> View:
     return View({"approvals": rows, "warn_days": WARN_DAYS}, [_AGGREGATE])
 
 
+CLIP_FILTERS: Final = ("label", "consent", "vin", "trigger", "sort", "order")
+"""The parameters of the ``clips`` view besides ``page``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClipQuery:
+    """The filters and order of a page of clips, read from a view's parameters."""
+
+    label: str | None = None
+    consent: bool | None = None
+    vin: str | None = None
+    trigger: str | None = None
+    sort: str = "start"
+    descending: bool = False
+    text: dict[str, str] = field(default_factory=dict)
+    """The parameters as given, for links and the form."""
+
+    @classmethod
+    def parse(cls, params: Mapping[str, Any]) -> ClipQuery:
+        """Raises :class:`ConfigError` naming the parameter and why."""
+        text = {
+            k: str(params[k]).strip()
+            for k in CLIP_FILTERS
+            if params.get(k) not in (None, "")
+        }
+        consent = text.get("consent")
+        if consent not in (None, "yes", "no"):
+            raise ConfigError(f"consent: {consent!r} is not yes or no")
+        sort = text.get("sort", "start")
+        if sort not in CLIP_SORTS:
+            raise ConfigError(f"sort: {sort!r} is not one of {', '.join(CLIP_SORTS)}")
+        order = text.get("order", "asc")
+        if order not in ("asc", "desc"):
+            raise ConfigError(f"order: {order!r} is not asc or desc")
+        vin = text.get("vin")
+        if vin is not None and not re.fullmatch(r"[A-Za-z0-9]{1,17}", vin):
+            raise ConfigError(f"vin: {vin!r} is not the start of a VIN (letters and digits)")
+        return cls(
+            label=text.get("label"),
+            consent=None if consent is None else consent == "yes",
+            vin=vin,
+            trigger=text.get("trigger"),
+            sort=sort,
+            descending=order == "desc",
+            text=text,
+        )
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "consent": self.consent,
+            "vin": self.vin,
+            "trigger": self.trigger,
+        }
+
+
 def clips(site: OpenSite, params: Mapping[str, Any], _today: date) -> View:
-    """One page of the site's clips: VINs, models, triggers, times and bounding boxes."""
+    """One page of the site's clips: VINs, models, triggers, times and bounding boxes. Filtered
+    (``label``, a category; ``consent``, ``yes`` or ``no``; ``vin``, its first characters;
+    ``trigger``), sorted (``sort``: one of :data:`~onshore.store.catalogue.CLIP_SORTS`;
+    ``order``: ``asc`` or ``desc``) and paged (``page``) by the catalogue's database, so a
+    page costs the same at a million clips. Raises :class:`ConfigError` naming a parameter it
+    cannot take."""
     catalogue = site.store.catalogue
-    records = catalogue.clips()
+    query = ClipQuery.parse(params)
+
+    def page_of(number: int) -> tuple[list[ClipRecord], int]:
+        return catalogue.clip_page(
+            **query.filters(),
+            sort=query.sort,
+            descending=query.descending,
+            offset=(number - 1) * PAGE_ROWS,
+            limit=PAGE_ROWS,
+        )
+
+    page = max(1, _int(params.get("page"), 1))
+    shown, count = page_of(page)
+    pages = max(1, -(-count // PAGE_ROWS))
+    if page > pages:  # past the end: the last page
+        page = pages
+        shown, count = page_of(page)
     labels: dict[str, set[str]] = {}
-    for label in catalogue.labels():
+    for label in catalogue.labels_of([c.clip_id for c in shown]):
         labels.setdefault(label.clip_id, set()).add(label.category)
-    pages = max(1, -(-len(records) // PAGE_ROWS))
-    page = min(max(1, _int(params.get("page"), 1)), pages)
-    shown = records[(page - 1) * PAGE_ROWS : page * PAGE_ROWS]
     vins = {c.vin for c in shown}
     found = set().union(*(labels.get(c.clip_id, set()) for c in shown)) if shown else set()
     categories = [
@@ -164,7 +240,14 @@ def clips(site: OpenSite, params: Mapping[str, Any], _today: date) -> View:
         for c in shown
     ]
     return View(
-        {"page": page, "pages": pages, "clips": len(records), "rows": rows},
+        {
+            "page": page,
+            "pages": pages,
+            "clips": count,
+            "rows": rows,
+            "filters": query.text,
+            "sorts": list(CLIP_SORTS),
+        },
         [DataItem(category=c, subjects=len(vins)) for c in categories],
         {c: set(vins) for c in categories},
         len(rows),

@@ -78,6 +78,9 @@ _R = TypeVar("_R", "FileRecord", "ClipRecord", "LabelRecord", "DeidentifiedRecor
 
 _metadata = MetaData()
 
+CLIP_SORTS: Final = ("start", "vin", "trigger", "bytes", "rows")
+"""What :meth:`Catalogue.clip_page` sorts clips by."""
+
 _files = Table(
     "files",
     _metadata,
@@ -126,6 +129,7 @@ _clips = Table(
     Column("source_sha256", String(64), nullable=False),
     Column("ingested_at", DateTime(timezone=True), nullable=False),
     Index("ix_clips_site_vin", "site", "vin"),
+    Index("ix_clips_site_start", "site", "start_time", "clip_id"),
 )
 
 _frames = Table(
@@ -149,6 +153,7 @@ _labels = Table(
     Column("count", Integer, nullable=False),
     Column("evidence", Text, nullable=False),
     Column("classified_at", DateTime(timezone=True), nullable=False),
+    Index("ix_labels_site_category", "site", "category", "clip_id"),
 )
 
 _deidentified = Table(
@@ -417,6 +422,9 @@ def add_missing_columns(conn: Connection, metadata: MetaData = _metadata) -> Non
             if column.name not in have:
                 spec = CreateColumn(column).compile(dialect=conn.dialect)
                 conn.exec_driver_sql(f"ALTER TABLE {prepare.format_table(table)} ADD COLUMN {spec}")
+        # Indexes added since too (create_all makes those of new tables only).
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
 
 
 def _row_to(cls: type[_R], row: Any) -> _R:
@@ -952,6 +960,55 @@ class Catalogue:
             yield page
             if len(rows) < size:
                 return
+
+    def clip_page(
+        self,
+        *,
+        label: str | None = None,
+        consent: bool | None = None,
+        vin: str | None = None,
+        trigger: str | None = None,
+        sort: str = "start",
+        descending: bool = False,
+        offset: int = 0,
+        limit: int = _PAGE_ROWS,
+    ) -> tuple[list[ClipRecord], int]:
+        """One page of the site's clips that match every filter given, and how many match:
+        with a label of category ``label``, of drivers who consented to training or not
+        (``consent``), of a VIN starting with ``vin``, recorded on ``trigger``; sorted by
+        ``sort`` (one of :data:`CLIP_SORTS`), then by clip id. The database filters, sorts,
+        counts and pages: nothing but the page is read."""
+        c = _clips.c
+        if sort not in CLIP_SORTS:
+            raise ValueError(f"sort: {sort!r} is not one of {', '.join(CLIP_SORTS)}")
+        where = [c.site == self.site]
+        if label is not None:
+            labelled = select(_labels.c.clip_id).where(
+                _labels.c.site == self.site, _labels.c.category == label
+            )
+            where.append(c.clip_id.in_(labelled))
+        if consent is not None:
+            where.append(c.consent_training == consent)
+        if vin:
+            where.append(c.vin.startswith(vin.upper(), autoescape=True))
+        if trigger is not None:
+            where.append(c.trigger == trigger)
+        column = {
+            "start": c.start_time,
+            "vin": c.vin,
+            "trigger": c.trigger,
+            "bytes": c.bytes,
+            "rows": c.rows,
+        }[sort]
+        keys = [column, c.clip_id]
+        order = [k.desc() for k in keys] if descending else keys
+        with self._tx() as conn:
+            total = conn.execute(select(func.count()).select_from(_clips).where(*where))
+            count = int(total.scalar_one())
+            rows = conn.execute(
+                select(_clips).where(*where).order_by(*order).offset(max(0, offset)).limit(limit)
+            ).all()
+        return [_row_to(ClipRecord, r) for r in rows], count
 
     def clips_of(self, vins: Sequence[str]) -> list[ClipRecord]:
         """The site's clips of the vehicles with these VINs."""
