@@ -151,11 +151,7 @@ class ClipQuery:
     @classmethod
     def parse(cls, params: Mapping[str, Any]) -> ClipQuery:
         """Raises :class:`ConfigError` naming the parameter and why."""
-        text = {
-            k: str(params[k]).strip()
-            for k in CLIP_FILTERS
-            if params.get(k) not in (None, "")
-        }
+        text = {k: str(params[k]).strip() for k in CLIP_FILTERS if params.get(k) not in (None, "")}
         consent = text.get("consent")
         if consent not in (None, "yes", "no"):
             raise ConfigError(f"consent: {consent!r} is not yes or no")
