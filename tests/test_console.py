@@ -11,6 +11,7 @@ engineer's first read of China's rows has no approval to go on.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -34,6 +35,8 @@ from onshore.console import Role, UserStore, create_app
 from onshore.console.access import HttpFor
 from onshore.console.app import COOKIE
 from onshore.console.auth import Sessions, User
+from onshore.console.charts import series_colour
+from onshore.forecast.runs import RunFolder
 from onshore.gate import Approval
 from onshore.gate.crossings import crossings_table
 from onshore.gate.record import add_approval, revoke_approval
@@ -630,3 +633,223 @@ def test_a_site_whose_service_does_not_answer(world: World) -> None:
     assert decisions.status_code == 200 and "us-oregon did not answer" in text_of(decisions.text)
     approvals = eng.get("/approvals")
     assert approvals.status_code == 200 and "us-oregon did not answer" in text_of(approvals.text)
+
+
+# A run an engineer judges: written by hand into a lab project, so these tests need no demo.
+
+JUDGED_SHA256 = hashlib.sha256(b"the global model's weights").hexdigest()
+
+
+def _evaluated(ade: float, cv: float, samples: int, *, stationary: int = 0) -> dict[str, Any]:
+    """A region's figures as ``federated.json`` holds them."""
+    groups = {"stationary": {"ade": ade, "fde": ade, "miss_rate": 0.0, "samples": stationary}}
+    return {
+        "round": 2,
+        "ade": ade,
+        "fde": ade * 2,
+        "miss_rate": 0.1,
+        "samples": samples,
+        "groups": groups if stationary else {},
+        "baselines": {"constant_velocity": {"ade": cv, "fde": cv * 2, "miss_rate": 0.2}},
+        "epsilon_total": 3.5,
+    }
+
+
+def write_judged_runs(project: Project) -> None:
+    """Into ``project``'s ``runs/``: ``judged`` (federated, FedProx, 2 rounds, fine-tuned)
+    where China's test split is 151 standing vehicles (constant velocity 0.000 m), and
+    ``local-judged``, a local run of the same model beside it."""
+    model = {"name": "object_encoder", "config": {"hidden": 64}}
+    options = {
+        "sites": list(SITES),
+        "model": model,
+        "rounds": 2,
+        "local_steps": 150,
+        "batch_size": 128,
+        "lr": 0.002,
+        "weight_decay": 0.1,
+        "strategy": "fedprox",
+        "proximal_mu": 0.01,
+        "server_lr": 0.05,
+        "dp": True,
+        "fine_tune_steps": 40,
+        "fine_tune_lr": 0.0,
+        "seed": 0,
+        "dataset": {"history": 20},
+    }
+    rounds: list[dict[str, Any]] = []
+    for n in (1, 2):
+        for kind in ("train", "evaluate"):
+            accepted = [
+                {
+                    "site": site,
+                    "sha256": "0" * 64,
+                    "bytes": 5000,
+                    "ledger": {"site": site, "seq": 10 * n + i, "hash": f"{i}" * 64},
+                    "metrics": {"train-loss": round(1.0 / n + i / 10, 4)}
+                    if kind == "train"
+                    else {"ade": 0.5 / n, "cv-ade": 0.0 if site == CN else 1.0},
+                }
+                for i, site in enumerate(SITES)
+            ]
+            rounds.append(
+                {
+                    "round": n,
+                    "kind": kind,
+                    "sent": dict.fromkeys(SITES, 40_000 if kind == "train" else 20_000),
+                    "received": dict.fromkeys(SITES, 40_100 if kind == "train" else 300),
+                    "accepted": accepted,
+                    "refused": [],
+                    "missing": [],
+                    "seconds": 3.25 if kind == "train" else 1.5,
+                }
+            )
+    summary = {
+        "run": "judged",
+        "mode": "federated",
+        "rounds": 2,
+        "strategy": "fedprox",
+        "dp": True,
+        "model": model,
+        "options": options,
+        "regions": {
+            CN: _evaluated(0.031, 0.0, 151, stationary=151),
+            EU: _evaluated(0.812, 1.204, 2400),
+            US: _evaluated(0.934, 1.118, 1800),
+        },
+        "fine_tuned": {
+            CN: {"site": CN, "ade": 0.021},
+            EU: {"site": EU, "ade": 0.777},
+            US: {"site": US, "ade": 0.901},
+        },
+        "epsilon": {CN: 1.25, EU: 0.75, US: 0.5},
+        "delta": dict.fromkeys(SITES, 1e-5),
+        "budget_epsilon": dict.fromkeys(SITES, 8.0),
+        "bytes_crossed": dict.fromkeys(SITES, 200_800),
+        "dp_settings": {s: {"noise_multiplier": 1.1, "max_grad_norm": 0.9} for s in SITES},
+        "refusals": [],
+        "model_path": {"store": COORD, "path": "derived/runs/judged/global.safetensors"},
+        "model_bytes": 123_456,
+        "coordinator_ledger": {"started": 4, "finished": 9},
+        "lineage": [a["ledger"] for r in rounds if r["kind"] == "train" for a in r["accepted"]],
+        "finished_at": "2026-03-01T12:00:00+00:00",
+    }
+    summary["model_path"]["sha256"] = JUDGED_SHA256
+    folder = RunFolder.of(project, "judged")
+    folder.write("options.json", options)
+    folder.write("rounds.json", rounds)
+    folder.write("federated.json", summary)
+    local = RunFolder.of(project, "local-judged")
+    local.write("options.json", {"model": model, "steps": 1500, "dataset": {"history": 20}})
+    local.write(
+        "run.json",
+        {
+            "run": "local-judged",
+            "mode": "local",
+            "model": model,
+            "options": {"model": model, "steps": 1500, "dataset": {"history": 20}},
+            "regions": {
+                s: {**_evaluated(ade, 1.0, 2000), "train_loss": 0.5, "seconds": 12.0}
+                for s, ade in ((CN, 0.044), (EU, 0.865), (US, 0.955))
+            },
+            "finished_at": "2026-02-28T12:00:00+00:00",
+        },
+    )
+
+
+@pytest.fixture
+def judged(project: Project) -> Project:
+    """A lab project holding :func:`write_judged_runs`, an engineer and the EU's operator."""
+    write_judged_runs(project)
+    users = UserStore(project)
+    users.add("eng", Role.COORDINATOR_ENGINEER, PASSWORD)
+    users.add("op-eu", Role.SITE_OPERATOR, PASSWORD, site=EU)
+    return project
+
+
+def _signed_in(project: Project, name: str) -> TestClient:
+    c = TestClient(create_app(project))
+    signed = c.post(
+        "/login",
+        data={"username": name, "password": PASSWORD, "next": "/runs"},
+        follow_redirects=False,
+    )
+    assert signed.status_code == 303, signed.text
+    return c
+
+
+def test_an_engineer_judges_a_run_by_its_settings_hash_and_warnings(judged: Project) -> None:
+    eng = _signed_in(judged, "eng")
+    page = eng.get("/runs/judged")
+    assert page.status_code == 200, page.text
+    html = page.text
+
+    def setting(key: str) -> str:
+        found = re.search(rf'<tr data-setting="{key}"><th>[^<]*</th><td>([^<]*)</td>', html)
+        assert found, key
+        return found.group(1)
+
+    assert setting("strategy") == "fedprox (proximal_mu 0.01)"
+    assert (setting("rounds"), setting("local_steps")) == ("2", "150")
+    assert (setting("lr"), setting("batch_size")) == ("0.002", "128")
+    assert (
+        setting("dp") == "DP-SGD at each site" and setting("fine_tune_steps") == "40 at each site"
+    )
+    assert setting("model") == "object_encoder hidden=64"
+    privacy = html.split('id="privacy"')[1].split("</table>")[0]
+    cn_privacy = privacy.split(f'data-site="{CN}">')[1].split("</tr>")[0]
+    assert re.findall(r"<td>([^<]+)</td>", cn_privacy)[:5] == [
+        "1.1",
+        "0.9",
+        "1e-05",
+        "8.00",
+        "1.25",
+    ]
+    assert f'<code id="model-sha256">{JUDGED_SHA256}</code>' in html
+    # Lineage: the coordinator's start and end, and each site's model updates.
+    assert 'href="/ledger/coordinator/entries/9"' in html
+    assert f'href="/ledger/{CN}/entries/20"' in html
+
+    # The degenerate baseline: China's row says so, a banner says why; the others are trusted.
+    banner = text_of(html.split('id="untrusted"')[1].split("</div>")[0])
+    assert f"cannot be trusted for {CN}." in banner
+    assert "test split of 151 samples, fewer than 500" in banner
+    assert "constant velocity scores 0.000 m" in banner and "standing still" in banner
+    rows = {
+        site: html.split(f'data-site="{site}" data-colour=')[1].split("</tr>")[0] for site in SITES
+    }
+    assert "WARNING" in rows[CN] and "WARNING" not in rows[EU] + rows[US]
+    assert f'<tr class="region untrusted" data-site="{CN}"' in html
+    # The local run of the same model beside the federated and fine-tuned ADE.
+    assert 'href="/runs/local-judged"' in html.split('id="local-run"')[1].split("</p>")[0]
+    assert re.findall(r"<td(?: class=\"\w+\")?>(\d\.\d{3})</td>", rows[CN])[:6] == [
+        "0.031",
+        "0.062",
+        "0.100",
+        "0.000",
+        "0.021",
+        "0.044",
+    ]
+    # Each round's duration, loss and bytes per region; one colour per region on every chart.
+    first = html.split('data-round="1">')[1].split("</tr>")[0]
+    assert "4.8 s" in first and "1.0000" in first
+    assert html.count(f'data-series="{CN}" ') == 3, "ADE, loss and bytes curves"
+    for site in SITES:
+        colour = series_colour(site)
+        assert f'data-site="{site}" data-colour="{colour}"' in html
+        assert all(
+            f'data-colour="{colour}"' in line
+            for line in re.findall(rf'<polyline[^>]*data-series="{site}[" ][^>]*>', html)
+        )
+    runs = eng.get("/runs").text
+    listed = runs.split('data-run="judged"')[1].split("</tr>")[0]
+    assert "WARNING" in listed.split(CN)[1].split(" · ")[0]
+
+
+def test_a_site_operator_sees_only_their_region_of_a_run(judged: Project) -> None:
+    html = _signed_in(judged, "op-eu").get("/runs/judged").text
+    assert f'data-site="{EU}"' in html
+    assert not any(f'data-site="{s}"' in html for s in (CN, US))
+    assert 'id="untrusted"' not in html, "China's warning is China's to see"
+    assert "/ledger/coordinator/" not in html and f"/ledger/{CN}/" not in html
+    assert f'data-series="{CN}"' not in html

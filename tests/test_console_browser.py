@@ -8,6 +8,7 @@ browser, the PDF's first page turned into an image)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ from test_console import (
     copy_demo,
     make_users,
     revoke_remote_queries,
+    write_judged_runs,
 )
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -333,4 +335,57 @@ def test_auditor_follows_an_approval_to_its_ledger_entry_and_exports_it(
     page.fill("input[name=since]", "not a date")
     page.click("#filter-entries")
     assert "since: 'not a date' is not a date" in page.inner_text("#filter-error")
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def lab_console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``onshore console`` in a fresh lab project holding a hand-written federated run whose
+    Chinese test split is degenerate (:func:`test_console.write_judged_runs`); its URL. No
+    demo: the run page reads only the run's folder."""
+    from onshore.console import Role, UserStore
+    from onshore.sites import init_project
+
+    root = tmp_path_factory.mktemp("lab-console")
+    project = init_project(root / "lab", "three-regions")
+    write_judged_runs(project)
+    UserStore(project).add("eng", Role.COORDINATOR_ENGINEER, PASSWORD)
+    processes = Processes(root)
+    try:
+        processes.start("console", ["console", "--port", "0", "-p", str(project.root)])
+        yield _url(processes.ready("console", lambda line: " at http://" in line))
+    finally:
+        processes.stop()
+
+
+def test_engineer_judges_a_run_and_sees_the_degenerate_baseline(
+    browser: Browser, lab_console: str
+) -> None:
+    page = sign_in(browser, lab_console, "eng")
+    nav(page, "Training")
+    assert "WARNING" in page.inner_text("tr.run[data-run='judged']")
+    page.click("text=judged")
+    page.wait_for_load_state()
+    assert (
+        page.inner_text("#settings tr[data-setting='strategy'] td") == "fedprox (proximal_mu 0.01)"
+    )
+    assert page.inner_text("#settings tr[data-setting='local_steps'] td") == "150"
+    assert page.inner_text("#settings tr[data-setting='lr'] td") == "0.002"
+    assert (
+        page.inner_text("#model-sha256")
+        == hashlib.sha256(b"the global model's weights").hexdigest()
+    )
+    banner = page.inner_text("#untrusted")
+    assert banner.startswith("WARNING") and CN in banner and "0.000 m" in banner
+    assert "WARNING" in page.inner_text(f"tr.region[data-site='{CN}'] td.trust")
+    assert "WARNING" not in page.inner_text(f"tr.region[data-site='{EU}'] td.trust")
+    # China keeps its colour on every chart of the page.
+    colours = {
+        line.get_attribute("data-colour")
+        for line in page.query_selector_all(f"figure.chart polyline[data-series='{CN}']")
+    }
+    assert colours == {page.get_attribute(f"tr.region[data-site='{CN}']", "data-colour")}
+    page.click("#local-run a")
+    page.wait_for_load_state()
+    assert page.inner_text("h1").startswith("local-judged")
     page.close()

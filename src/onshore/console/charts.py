@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import colorsys
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
-from typing import Final
 
-__all__ = ["SvgChart", "line_chart"]
+__all__ = ["SvgChart", "line_chart", "series_colour"]
 
-PALETTE: Final = ("#3b6ea8", "#c0392b", "#2e8b57", "#8e44ad", "#d68910", "#16a085", "#7f8c8d")
 _W, _H, _LEFT, _RIGHT, _TOP, _BOTTOM = 700, 280, 56, 230, 16, 40
 
 Points = Sequence[tuple[float, float]]
@@ -22,6 +22,17 @@ class SvgChart:
     title: str
     svg: str
     series: tuple[str, ...]
+
+
+def series_colour(name: str) -> str:
+    """The colour of ``name`` (a site's id) in every chart and table of the console: derived
+    from the name alone, so a region keeps its colour from page to page and run to run, however
+    many other regions a chart holds. Its hue comes from the name's hash; lightness and
+    saturation are fixed, dark enough to read on white."""
+    digest = hashlib.sha256(name.encode()).digest()
+    hue = int.from_bytes(digest[:2], "big") / 65536
+    r, g, b = colorsys.hls_to_rgb(hue, 0.4, 0.6)
+    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
 
 
 def _ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -39,8 +50,9 @@ def line_chart(
     x_label: str = "",
     y_label: str = "",
 ) -> SvgChart:
-    """One line per series (``dashed`` ones drawn dashed in the colour of the series whose name
-    they start with), axes with five ticks, a legend on the right. Each line carries a
+    """One line per series in its own colour (:func:`series_colour`: a site's series is drawn in
+    the site's colour on every page), ``dashed`` ones dashed in the colour of the series whose
+    name they start with; axes with five ticks, a legend on the right. Each line carries a
     ``<title>`` naming its series, which a browser shows on hover."""
     dashed = dashed or {}
     every = [p for pts in (*series.values(), *dashed.values()) for p in pts]
@@ -81,20 +93,21 @@ def line_chart(
         f'<text x="12" y="{_TOP + plot_h / 2}" transform="rotate(-90 12 {_TOP + plot_h / 2})" '
         f'text-anchor="middle">{escape(y_label)}</text>'
     )
-    colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(series)}
+    colours = {name: series_colour(name) for name in series}
     legend_y = _TOP + 8
     drawn = []
     for name, pts in [*series.items(), *dashed.items()]:
         is_dashed = name in dashed
         colour = colours.get(name) or next(
-            (c for s, c in colours.items() if name.startswith(s)), PALETTE[-1]
+            (c for s, c in colours.items() if name.startswith(s)), series_colour(name)
         )
         ordered = sorted(pts)
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in ordered)
         dash = ' stroke-dasharray="5 4"' if is_dashed else ""
         parts.append(
             f'<polyline class="series" data-series="{escape(name)}" points="{path}" fill="none" '
-            f'stroke="{colour}" stroke-width="2"{dash}><title>{escape(name)}</title></polyline>'
+            f'data-colour="{colour}" stroke="{colour}" stroke-width="2"{dash}>'
+            f"<title>{escape(name)}</title></polyline>"
         )
         for x, y in ordered:
             parts.append(

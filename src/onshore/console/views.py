@@ -25,9 +25,9 @@ from onshore.console.access import (
     sees_site,
 )
 from onshore.console.auth import Role, User
-from onshore.console.charts import line_chart
+from onshore.console.charts import SvgChart, line_chart, series_colour
 from onshore.errors import ConfigError, FileSystemError, OnshoreError
-from onshore.forecast.runs import RUNS_DIR, RunFolder
+from onshore.forecast.runs import OPTIONS, RUNS_DIR, RunFolder
 from onshore.gate import WARN_DAYS
 from onshore.parties.identity import coordinator_of
 from onshore.reads import PAGE_ROWS, REPORTS_DIR, is_local
@@ -316,9 +316,18 @@ def verify_ledger(
     return found.data
 
 
+_MIN_TEST_SAMPLES: Final = 500
+"""A region's test split smaller than this makes its ADE swing with a handful of vehicles: no
+comparison on it is worth trusting (the figure issue 15 asks of every region)."""
+_DEGENERATE_CV_ADE: Final = 0.01
+"""Metres: a constant-velocity ADE below this means the test vehicles barely move, so the
+baseline is no yardstick and a model's ratio to it means nothing."""
+
+
 def runs(project: Project, user: User) -> list[dict[str, Any]]:
     """Training runs under ``runs/``, newest first: federated and local, with the per-region
-    figures of the regions the user sees."""
+    figures of the regions the user sees, each region's colour, and the regions whose
+    figures cannot be trusted (:func:`_untrusted`)."""
     found = []
     for folder in RunFolder.all(project):
         row = _run_row(folder, user)
@@ -334,12 +343,16 @@ def _run_row(folder: RunFolder, user: User) -> dict[str, Any] | None:
     try:
         summary = folder.read("federated.json") or folder.read("run.json")
         rounds = folder.read("rounds.json")
+        options = folder.read(OPTIONS)
     except (OSError, FileSystemError):
         return None
     if summary is None and rounds is None:
         return None
     summary = summary or {"run": folder.run, "mode": "federated", "regions": {}}
     model = summary.get("model")
+    regions = {
+        site: r for site, r in (summary.get("regions") or {}).items() if sees_site(user, site)
+    }
     return {
         "run": summary.get("run", folder.run),
         "mode": summary.get("mode", "?"),
@@ -347,18 +360,22 @@ def _run_row(folder: RunFolder, user: User) -> dict[str, Any] | None:
         "strategy": summary.get("strategy"),
         "finished_at": summary.get("finished_at"),
         "model": model.get("name") if isinstance(model, dict) else model,
-        "regions": {
-            site: r for site, r in (summary.get("regions") or {}).items() if sees_site(user, site)
-        },
+        "regions": regions,
+        "colours": {site: series_colour(site) for site in regions},
+        "untrusted": sorted(site for site, r in regions.items() if _untrusted(r)),
         "summary": summary,
+        "options": summary.get("options") or options or {},
         "rounds_log": rounds or [],
     }
 
 
 def run_detail(project: Project, user: User, run: str) -> dict[str, Any]:
-    """One run: per-region figures, and for a federated run the per-round curves of each
-    visible region (ADE against the constant-velocity baseline, privacy spent) and what each
-    round accepted and refused."""
+    """One run, as an engineer judges it: its settings, each visible region's figures beside
+    constant velocity, the fine-tuned model and the newest local run of the same model, with a
+    warning on each region whose comparison cannot be trusted (:func:`_untrusted`); for a
+    federated run the per-round curves (ADE, training loss, bytes crossed, privacy spent), each
+    round's duration and bytes, what each phase accepted and refused, the global model's hash
+    and its lineage in the ledgers."""
     try:
         found = _run_row(RunFolder.of(project, run), user)
     except ConfigError:
@@ -366,10 +383,11 @@ def run_detail(project: Project, user: User, run: str) -> dict[str, Any]:
     if found is None:
         raise LookupError(f"no training run {run!r} under {project.root / RUNS_DIR}")
     summary, rounds = found["summary"], found["rounds_log"]
-    ade: dict[str, list[tuple[float, float]]] = {}
-    baseline: dict[str, list[tuple[float, float]]] = {}
-    epsilon: dict[str, list[tuple[float, float]]] = {}
     phases = []
+    curves: dict[str, dict[str, list[tuple[float, float]]]] = {
+        k: {} for k in ("ade", "cv", "epsilon", "loss", "bytes")
+    }
+    per_round: dict[int, dict[str, Any]] = {}
     for record in rounds:
         accepted = [a for a in record.get("accepted", ()) if sees_site(user, a.get("site", ""))]
         refused = [r for r in record.get("refused", ()) if sees_site(user, r.get("site") or "")]
@@ -377,6 +395,7 @@ def run_detail(project: Project, user: User, run: str) -> dict[str, Any]:
             {
                 "round": record["round"],
                 "kind": record["kind"],
+                "seconds": record.get("seconds"),
                 "accepted": [a["site"] for a in accepted],
                 "refused": [
                     (
@@ -387,46 +406,296 @@ def run_detail(project: Project, user: User, run: str) -> dict[str, Any]:
                 ],
             }
         )
-        if record["kind"] != "evaluate":
-            continue
+        _add_round(per_round, record, accepted, user)
+        x = float(record["round"])
         for a in accepted:
             metrics = a.get("metrics") or {}
-            x = float(record["round"])
-            if "ade" in metrics:
-                ade.setdefault(a["site"], []).append((x, metrics["ade"]))
-            if "cv-ade" in metrics:
-                baseline.setdefault(a["site"], []).append((x, metrics["cv-ade"]))
-            if metrics.get("epsilon-run") is not None:
-                epsilon.setdefault(a["site"], []).append((x, metrics["epsilon-run"]))
+            if record["kind"] == "train" and "train-loss" in metrics:
+                curves["loss"].setdefault(a["site"], []).append((x, metrics["train-loss"]))
+            if record["kind"] != "evaluate":
+                continue
+            for key, curve in (("ade", "ade"), ("cv-ade", "cv"), ("epsilon-run", "epsilon")):
+                if metrics.get(key) is not None:
+                    curves[curve].setdefault(a["site"], []).append((x, metrics[key]))
+    for n, row in per_round.items():
+        for site, moved in row["sites"].items():
+            curves["bytes"].setdefault(site, []).append((float(n), moved["down"] + moved["up"]))
+    local = _local_beside(project, summary)
+    regions = _region_rows(found, local, user)
+    return {
+        **found,
+        "settings": _settings(summary, found["options"]),
+        "privacy": _privacy_rows(found, user),
+        "region_rows": regions,
+        "warnings": [{"site": r["site"], "why": r["warnings"]} for r in regions if r["warnings"]],
+        "local": local,
+        "fine_tuned": bool(summary.get("fine_tuned")),
+        "charts": _run_charts(curves),
+        "phases": phases,
+        "round_rows": [per_round[n] for n in sorted(per_round)],
+        "round_sites": sorted({s for row in per_round.values() for s in row["sites"]}),
+        "colours": {
+            **found["colours"],
+            **{s: series_colour(s) for row in per_round.values() for s in row["sites"]},
+        },
+        "epsilon": {s: e for s, e in (summary.get("epsilon") or {}).items() if sees_site(user, s)},
+        "bytes_crossed": {
+            s: n for s, n in (summary.get("bytes_crossed") or {}).items() if sees_site(user, s)
+        },
+        "model_bytes": summary.get("model_bytes"),
+        "model_hash": _model_hash(summary),
+        "refusals": summary.get("refusals"),
+        "ledger": _run_entries(project, user, summary),
+    }
+
+
+def _add_round(
+    per_round: dict[int, dict[str, Any]],
+    record: dict[str, Any],
+    accepted: list[dict[str, Any]],
+    user: User,
+) -> None:
+    """Add one phase of ``rounds.json`` to its round's row: its duration (where the run
+    recorded it), and for each visible site the bytes sent to it and received from it, and
+    the training loss it reported."""
+    row = per_round.setdefault(record["round"], {"round": record["round"], "seconds": None})
+    sites = row.setdefault("sites", {})
+    if isinstance(record.get("seconds"), int | float):
+        row["seconds"] = (row["seconds"] or 0.0) + record["seconds"]
+    for key, direction in (("sent", "down"), ("received", "up")):
+        for site, size in (record.get(key) or {}).items():
+            if sees_site(user, site):
+                moved = sites.setdefault(site, {"down": 0, "up": 0, "loss": None})
+                moved[direction] += int(size)
+    if record["kind"] == "train":
+        for a in accepted:
+            loss = (a.get("metrics") or {}).get("train-loss")
+            if loss is not None:
+                sites.setdefault(a["site"], {"down": 0, "up": 0, "loss": None})["loss"] = loss
+
+
+def _run_charts(curves: dict[str, dict[str, list[tuple[float, float]]]]) -> list[SvgChart]:
+    """The run's curves per round, each region in its own colour on every chart."""
     charts = []
-    if ade:
-        dashed = {f"{s} constant velocity": pts for s, pts in baseline.items()}
+    if curves["ade"]:
+        dashed = {f"{s} constant velocity": pts for s, pts in curves["cv"].items()}
         charts.append(
             line_chart(
                 "ADE per round on each region's test split (m)",
-                ade,
+                curves["ade"],
                 dashed=dashed,
                 x_label="round",
                 y_label="ADE (m)",
             )
         )
-    if epsilon:
+    if curves["loss"]:
         charts.append(
-            line_chart("Privacy spent in this run (epsilon)", epsilon, x_label="round", y_label="ε")
+            line_chart(
+                "Training loss per round at each site",
+                curves["loss"],
+                x_label="round",
+                y_label="loss",
+            )
         )
-    bytes_crossed = {
-        site: n for site, n in (summary.get("bytes_crossed") or {}).items() if sees_site(user, site)
-    }
-    return {
-        **found,
-        "charts": charts,
-        "phases": phases,
-        "epsilon": {s: e for s, e in (summary.get("epsilon") or {}).items() if sees_site(user, s)},
-        "bytes_crossed": bytes_crossed,
-        "model_bytes": summary.get("model_bytes"),
-        "refusals": summary.get("refusals"),
-        "ledger": _run_entries(project, user, summary),
-    }
+    if curves["bytes"]:
+        charts.append(
+            line_chart(
+                "Bytes crossed per round, each way, per region",
+                curves["bytes"],
+                x_label="round",
+                y_label="bytes",
+            )
+        )
+    if curves["epsilon"]:
+        charts.append(
+            line_chart(
+                "Privacy spent in this run (epsilon)",
+                curves["epsilon"],
+                x_label="round",
+                y_label="ε",
+            )
+        )
+    return charts
+
+
+def _untrusted(region: dict[str, Any]) -> list[str]:
+    """Why a region's figures cannot be judged against constant velocity: a test split under
+    :data:`_MIN_TEST_SAMPLES`, a constant-velocity ADE under :data:`_DEGENERATE_CV_ADE`, or a
+    test split of vehicles that all stand still; empty when none holds (or the region has no
+    figures)."""
+    if region.get("error") or region.get("ade") is None:
+        return []
+    why = []
+    samples = region.get("samples")
+    if isinstance(samples, int) and samples < _MIN_TEST_SAMPLES:
+        why.append(f"test split of {samples} samples, fewer than {_MIN_TEST_SAMPLES}")
+    cv = ((region.get("baselines") or {}).get("constant_velocity") or {}).get("ade")
+    if isinstance(cv, int | float) and cv < _DEGENERATE_CV_ADE:
+        why.append(f"constant velocity scores {cv:.3f} m: a degenerate baseline")
+    stationary = ((region.get("groups") or {}).get("stationary") or {}).get("samples")
+    if samples and stationary == samples:
+        why.append("every test sample is a vehicle standing still")
+    return why
+
+
+def _region_rows(
+    found: dict[str, Any], local: dict[str, Any] | None, user: User
+) -> list[dict[str, Any]]:
+    """Each visible region's figures for the run's table: the run's ADE, FDE, miss rate and
+    test samples beside constant velocity, the fine-tuned model and the local run's ADE, the
+    training loss and time (local runs), bytes crossed, and why its comparison cannot be
+    trusted."""
+    summary = found["summary"]
+    fine = summary.get("fine_tuned") or {}
+    crossed = summary.get("bytes_crossed") or {}
+    rows = []
+    for site, r in sorted(found["regions"].items()):
+        if not sees_site(user, site):
+            continue
+        cv = ((r.get("baselines") or {}).get("constant_velocity") or {}).get("ade")
+        beside = (local or {}).get("regions", {}).get(site) or {}
+        error = r.get("error")
+        rows.append(
+            {
+                "site": site,
+                "colour": series_colour(site),
+                "jurisdiction": r.get("jurisdiction"),
+                "ade": r.get("ade"),
+                "fde": r.get("fde"),
+                "miss_rate": r.get("miss_rate"),
+                "cv_ade": cv,
+                "samples": r.get("samples"),
+                "fine_tuned_ade": (fine.get(site) or {}).get("ade"),
+                "local_ade": beside.get("ade"),
+                "train_loss": r.get("train_loss"),
+                "seconds": r.get("seconds"),
+                "bytes": crossed.get(site),
+                "weights_sha256": (r.get("weights") or {}).get("sha256"),
+                "error": error.get("message") if isinstance(error, dict) else error,
+                "warnings": _untrusted(r),
+            }
+        )
+    return rows
+
+
+def _local_beside(project: Project, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """For a federated run, the newest finished local run of the same model in this folder
+    (preferring one on the same dataset settings), whose per-region ADE the page shows beside
+    the federated one; None for a local run, or when there is none."""
+    if summary.get("mode") == "local":
+        return None
+    dataset = (summary.get("options") or {}).get("dataset")
+    found: list[tuple[bool, str, dict[str, Any]]] = []
+    for _folder, run in RunFolder.each(project, "run.json"):
+        if not isinstance(run, dict) or run.get("mode") != "local":
+            continue
+        if run.get("model") != summary.get("model"):
+            continue
+        same = (run.get("options") or {}).get("dataset") == dataset
+        found.append((same, str(run.get("finished_at") or ""), run))
+    if not found:
+        return None
+    same, _time, best = max(found, key=lambda f: (f[0], f[1]))
+    return {"run": best.get("run"), "regions": best.get("regions") or {}, "same_dataset": same}
+
+
+def _settings(summary: dict[str, Any], options: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the run was started with, as rows of the settings table (key, label, value)."""
+    model = summary.get("model") or options.get("model") or {}
+    local = summary.get("mode") == "local"
+    rows: list[tuple[str, str, Any]] = []
+    if local:
+        rows += [
+            ("strategy", "strategy", "none: each site trains alone"),
+            ("steps", "steps at each site", options.get("steps")),
+        ]
+    else:
+        strategy = options.get("strategy") or summary.get("strategy")
+        extra = {"fedprox": "proximal_mu", "fedadam": "server_lr", "fedavgm": "server_momentum"}
+        if strategy in extra and options.get(extra[strategy]) is not None:
+            strategy = f"{strategy} ({extra[strategy]} {options[extra[strategy]]:g})"
+        rows += [
+            ("strategy", "strategy", strategy),
+            ("rounds", "rounds", options.get("rounds") or summary.get("rounds")),
+            ("local_steps", "local steps per round", options.get("local_steps")),
+        ]
+    rows += [
+        ("lr", "learning rate", options.get("lr")),
+        ("batch_size", "batch size", options.get("batch_size")),
+        ("weight_decay", "weight decay", options.get("weight_decay")),
+    ]
+    if local:
+        dp = options.get("dp")
+        rows.append(("dp", "differential privacy", "DP-SGD" if dp else "off"))
+    else:
+        rows.append(
+            ("dp", "differential privacy", "DP-SGD at each site" if options.get("dp") else "off")
+        )
+        steps = options.get("fine_tune_steps") or 0
+        tuned = f"{steps} at each site" if steps else "none"
+        if steps and options.get("fine_tune_lr"):
+            tuned += f" (learning rate {options['fine_tune_lr']:g})"
+        rows.append(("fine_tune_steps", "fine-tune steps", tuned))
+    config = model.get("config") if isinstance(model, dict) else None
+    name = model.get("name") if isinstance(model, dict) else model
+    architecture = name or "?"
+    if config:
+        architecture += " " + ", ".join(f"{k}={v}" for k, v in sorted(config.items()))
+    rows += [("model", "model architecture", architecture), ("seed", "seed", options.get("seed"))]
+    return [{"key": k, "label": label, "value": v} for k, label, v in rows]
+
+
+def _privacy_rows(found: dict[str, Any], user: User) -> list[dict[str, Any]]:
+    """Each visible site's differential privacy in this run: DP-SGD's noise multiplier and
+    clipping norm, delta, the site's whole budget (epsilon) and what this run spent. A
+    deployed site states its budget and delta but trains under its own noise and clipping,
+    which the coordinator does not hold: those are shown as unknown here."""
+    summary, options = found["summary"], found["options"]
+    local = summary.get("mode") == "local"
+    dp = options.get("dp") if local else None
+    if (local and not isinstance(dp, dict)) or not options.get("dp", summary.get("dp")):
+        return []
+    sites = sorted({*found["regions"], *(summary.get("epsilon") or {})} - {""})
+    rows = []
+    for site in sites:
+        if not sees_site(user, site):
+            continue
+        if isinstance(dp, dict):
+            stated: dict[str, Any] = {
+                "noise_multiplier": dp.get("noise_multiplier"),
+                "max_grad_norm": dp.get("max_grad_norm"),
+                "delta": dp.get("delta"),
+                "budget": dp.get("target_epsilon"),
+            }
+        else:
+            declared = (summary.get("dp_settings") or {}).get(site) or {}
+            stated = {
+                "noise_multiplier": declared.get("noise_multiplier"),
+                "max_grad_norm": declared.get("max_grad_norm"),
+                "delta": (summary.get("delta") or {}).get(site),
+                "budget": (summary.get("budget_epsilon") or {}).get(site),
+            }
+        region = found["regions"].get(site) or {}
+        rows.append(
+            {
+                "site": site,
+                "colour": series_colour(site),
+                **stated,
+                "spent": (summary.get("epsilon") or {}).get(site),
+                "spent_total": region.get("epsilon_total"),
+            }
+        )
+    return rows
+
+
+def _model_hash(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """Where the run's global model is kept and its sha256 (a federated run's
+    ``model_path``); None for a local run (each site's weights stay at the site) or a run
+    not finished."""
+    path = summary.get("model_path")
+    if not isinstance(path, dict) or not path.get("sha256"):
+        return None
+    return {"sha256": path["sha256"], "store": path.get("store"), "path": path.get("path")}
 
 
 def _run_entries(project: Project, user: User, summary: dict[str, Any]) -> list[dict[str, Any]]:

@@ -170,10 +170,18 @@ def coordinate(grid: Grid, options: FederatedOptions, say: Callable[[str], None]
             ledger.append("federated_run_resumed", {"run": options.run, "after_round": done})
             say(f"run {options.run} resumes after round {done}")
 
+        clock = [time.monotonic()]
+
         def on_phase(log: RoundLog) -> None:
             record = _phase_record(log, governance)
             entry = ledger.append("federated_round", {"run": options.run, **record})
             record["ledger"] = {"site": coord.id, "seq": entry.seq, "hash": entry.hash}
+            # The phase's wall time, from the end of the one before (or the first round's
+            # start): what the sites took and the coordinator's checks and aggregation.
+            now = time.monotonic()
+            record["seconds"] = round(now - clock[0], 3)
+            record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+            clock[0] = now
             rounds.append(record)
             folder.write("rounds.json", rounds)
             accepted = ", ".join(a["site"] for a in record["accepted"]) or "none"
@@ -234,6 +242,7 @@ def coordinate(grid: Grid, options: FederatedOptions, say: Callable[[str], None]
                 f"going on without {', '.join(absent)}: not connected in {options.join_timeout:g} s"
             )
         final = initial
+        clock[0] = time.monotonic()
         if options.rounds > done and present:
             result = strategy.start(
                 grid=grid,
@@ -431,7 +440,11 @@ def _summary(
             reported[site] = metrics
     crossed: dict[str, int] = dict.fromkeys(options.sites, 0)
     per_round: dict[int, dict[str, dict[str, int]]] = {}
+    seconds: dict[str, float] = {}
     for record in rounds:
+        if "seconds" in record:
+            key = str(record["round"])
+            seconds[key] = round(seconds.get(key, 0.0) + record["seconds"], 3)
         slot = per_round.setdefault(record["round"], {})
         for site, size in record["sent"].items():
             if site in crossed:
@@ -483,8 +496,23 @@ def _summary(
         "budget_epsilon": {s: reported.get(s, {}).get("budget-epsilon") for s in options.sites},
         "bytes_crossed": crossed,
         "bytes_per_round": {str(k): v for k, v in sorted(per_round.items())},
+        "seconds_per_round": seconds,
+        "dp_settings": {s: _declared_dp(project, s) if options.dp else None for s in options.sites},
         "refusals": refusals,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _declared_dp(project: Project, site_id: str) -> dict[str, float] | None:
+    """The DP-SGD noise and clipping ``site_id`` trains with, where this folder declares the
+    site (a lab project, whose sites train under these very settings); None for a deployed
+    site, which states only its budget."""
+    if project.party is not None or site_id not in project.settings.sites:
+        return None
+    privacy = project.site(site_id).privacy
+    return {
+        "noise_multiplier": privacy.noise_multiplier,
+        "max_grad_norm": privacy.max_grad_norm,
     }
 
 
