@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from onshore.clips.recorder import UploadFormat, write_upload
 from onshore.clips.schema import TRIGGERS, Clip
 from onshore.errors import ConfigError, SimulationError
+from onshore.files import write_atomically
 from onshore.fleet.camera import CameraSettings, PlateStyle, render_frames
 from onshore.fleet.clips import FCD_COLUMNS, ClipBatch, ClipSettings, cut_clips
 from onshore.fleet.demand import FleetVehicle, build_demand, derive_seed
@@ -250,7 +251,7 @@ def simulate_fleet(
     report("zones", 0.0)
     placed = place_zones(batch.x, batch.y, profile.zones, network.centre)
     zones = out / _ZONES_FILE
-    _write_atomically(zones, zones_geojson(placed, network.georef))
+    write_atomically(zones, zones_geojson(placed, network.georef))
     report("zones", 1.0)
 
     triggers = Counter(clip.meta.trigger for clip in batch.clips)
@@ -328,7 +329,7 @@ def simulate_fleet(
         },
         "files": {"clips": [path.name for path in paths], "zones": zones.name},
     }
-    _write_atomically(
+    write_atomically(
         result.manifest,
         orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n",
     )
@@ -409,12 +410,6 @@ def _read_fcd(path: Path) -> pa.Table | None:
     if not set(FCD_COLUMNS) <= set(pq.read_schema(path).names):
         return None
     return pq.read_table(path, columns=list(FCD_COLUMNS))
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(data)
-    partial.replace(path)
 
 
 def _inserted(statistics: Path) -> int:
