@@ -474,6 +474,14 @@ def _add_round(
                 sites.setdefault(a["site"], {"down": 0, "up": 0, "loss": None})["loss"] = loss
 
 
+_RUN_CURVES: Final = (
+    ("loss", "Training loss per round at each site", "loss"),
+    ("bytes", "Bytes crossed per round, each way, per region", "bytes"),
+    ("epsilon", "Privacy spent in this run (epsilon)", "ε"),
+)
+"""The run's curves after ADE: which, the chart's title and its y axis."""
+
+
 def _run_charts(curves: dict[str, dict[str, list[tuple[float, float]]]]) -> list[SvgChart]:
     """The run's curves per round, each region in its own colour on every chart."""
     charts = []
@@ -488,33 +496,9 @@ def _run_charts(curves: dict[str, dict[str, list[tuple[float, float]]]]) -> list
                 y_label="ADE (m)",
             )
         )
-    if curves["loss"]:
-        charts.append(
-            line_chart(
-                "Training loss per round at each site",
-                curves["loss"],
-                x_label="round",
-                y_label="loss",
-            )
-        )
-    if curves["bytes"]:
-        charts.append(
-            line_chart(
-                "Bytes crossed per round, each way, per region",
-                curves["bytes"],
-                x_label="round",
-                y_label="bytes",
-            )
-        )
-    if curves["epsilon"]:
-        charts.append(
-            line_chart(
-                "Privacy spent in this run (epsilon)",
-                curves["epsilon"],
-                x_label="round",
-                y_label="ε",
-            )
-        )
+    for key, title, y_label in _RUN_CURVES:
+        if curves[key]:
+            charts.append(line_chart(title, curves[key], x_label="round", y_label=y_label))
     return charts
 
 
