@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+from fastapi.testclient import TestClient
 
 from onshore.clips.mcap import write_mcap
 from onshore.clips.schema import OBJECT_TYPE, SCHEMA, Clip, ClipMeta
@@ -224,6 +225,37 @@ class Services:
     def close(self) -> None:
         for party in list(self._clients):
             self.restart(party)
+
+
+CONSOLE_PASSWORD = "correct horse battery"
+
+
+def signed_in_console(
+    project: Project,
+    name: str,
+    role: str,
+    *,
+    site: str | None = None,
+    services: Services | None = None,
+) -> TestClient:
+    """The console of ``project``'s party (a Starlette test client), with user ``name`` added
+    in ``role`` (a site operator's ``site``) and signed in; with ``services``, the other
+    sites' services are reached in process."""
+    from onshore.console import Role, UserStore, create_app
+
+    UserStore(project).add(name, Role(role), CONSOLE_PASSWORD, site=site)
+    sites = set(PARTIES) - {"coordinator"}
+    reach = None
+    if services is not None:
+        reach = lambda peer: services.http(peer) if peer in sites else None  # noqa: E731
+    client = TestClient(create_app(project, http_for=reach))
+    signed = client.post(
+        "/login",
+        data={"username": name, "password": CONSOLE_PASSWORD, "next": "/"},
+        follow_redirects=False,
+    )
+    assert signed.status_code == 303, signed.text
+    return client
 
 
 @pytest.fixture

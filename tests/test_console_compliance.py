@@ -23,8 +23,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import Services, write_clips
-from onshore.console import Role, UserStore, create_app
+from conftest import Services, signed_in_console, write_clips
 from onshore.deidentify import deidentify_site, resolve_profile
 from onshore.gate import Approval
 from onshore.gate.record import add_approval
@@ -38,7 +37,6 @@ from onshore.transfer import transfer
 
 CN, EU, US, COORD = "cn-shanghai", "eu-frankfurt", "us-oregon", "coordinator"
 SITES = (CN, EU, US)
-PASSWORD = "correct horse battery"
 DOCUMENT = "https://records.example.com/cac/CAC-SA-7.pdf"
 Parties = dict[str, Project]
 
@@ -67,16 +65,7 @@ def world(parties: Parties, services: Services) -> Iterator[tuple[Parties, TestC
     add_approval(cn, CN, approval)
     sent = transfer(cn, US, "export", "adas_training", http=services.http(US))
     assert sent.status == "transferred", sent.decision.reasons
-    UserStore(parties[COORD]).add("aud", Role.AUDITOR, PASSWORD)
-    reach = lambda site: services.http(site) if site in SITES else None  # noqa: E731
-    client = TestClient(create_app(parties[COORD], http_for=reach))
-    signed = client.post(
-        "/login",
-        data={"username": "aud", "password": PASSWORD, "next": "/"},
-        follow_redirects=False,
-    )
-    assert signed.status_code == 303, signed.text
-    yield parties, client
+    yield parties, signed_in_console(parties[COORD], "aud", "auditor", services=services)
 
 
 def _cli(project: Project, *args: str) -> Any:
@@ -179,12 +168,7 @@ def test_a_site_s_clips_are_filtered_and_sorted_by_the_site(
 ) -> None:
     parties, _ = world
     # China's own console, in its own folder: its operator reads its clips directly.
-    UserStore(parties[CN]).add("op", Role.SITE_OPERATOR, PASSWORD, site=CN)
-    console = TestClient(create_app(parties[CN]))
-    signed = console.post(
-        "/login", data={"username": "op", "password": PASSWORD, "next": "/"}, follow_redirects=False
-    )
-    assert signed.status_code == 303, signed.text
+    console = signed_in_console(parties[CN], "op", "site-operator", site=CN)
     with SiteStore.open(parties[CN]) as site:
         clips = site.catalogue.clips()
     biggest = sorted(clips, key=lambda c: (c.bytes, c.clip_id), reverse=True)

@@ -21,8 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from fastapi.testclient import TestClient
 
-from conftest import Services
-from onshore.console import Role, UserStore, create_app
+from conftest import Services, signed_in_console
 from onshore.errors import ConfigError, RequestRefused
 from onshore.gate import Approval
 from onshore.gate.record import add_approval
@@ -33,7 +32,6 @@ from onshore.settings import Project
 
 CN, EU, US, COORD = "cn-shanghai", "eu-frankfurt", "us-oregon", "coordinator"
 SITES = (CN, EU, US)
-PASSWORD = "correct horse battery"
 Parties = dict[str, Project]
 NOTES = 250
 VEHICLE = "9" * 64
@@ -237,17 +235,7 @@ def test_an_entry_that_held_a_secret_would_be_withheld(cn: tuple[Parties, Servic
 
 
 def _console(parties: Parties, services: Services) -> TestClient:
-    users = UserStore(parties[COORD])
-    users.add("aud", Role.AUDITOR, PASSWORD)
-    reach = lambda site: services.http(site) if site in SITES else None  # noqa: E731
-    client = TestClient(create_app(parties[COORD], http_for=reach))
-    signed = client.post(
-        "/login",
-        data={"username": "aud", "password": PASSWORD, "next": "/"},
-        follow_redirects=False,
-    )
-    assert signed.status_code == 303, signed.text
-    return client
+    return signed_in_console(parties[COORD], "aud", "auditor", services=services)
 
 
 def _secrets(project: Project) -> list[str]:
@@ -392,13 +380,7 @@ def test_a_bad_filter_in_the_console_says_which_and_why(
 
 def test_a_site_operator_explores_their_own_site_only(cn: tuple[Parties, Services, int]) -> None:
     parties, _, _ = cn
-    UserStore(parties[CN]).add("op-cn", Role.SITE_OPERATOR, PASSWORD, site=CN)
-    console = TestClient(create_app(parties[CN]))
-    console.post(
-        "/login",
-        data={"username": "op-cn", "password": PASSWORD, "next": "/"},
-        follow_redirects=False,
-    )
+    console = signed_in_console(parties[CN], "op-cn", "site-operator", site=CN)
     own = console.get(f"/ledger/{CN}/entries", params={"kind": "consent_withdrawn"})
     assert own.status_code == 200 and VEHICLE in own.text, "their own site, no gate between"
     assert 'class="access' not in own.text
